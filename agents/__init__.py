@@ -1,0 +1,15 @@
+"""Host side of netevents: one module (or folder) per kernel source, plus the runner.
+
+    base.py        the collector interface (Collector, Sink)
+    runner.py      AgentRunner: collectors in a TaskGroup, batching, bounded queues, status
+    config.py      typed agent configuration (TOML file + command line), validated once
+    netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
+
+Each source folder holds its collector, its sans-IO parser, a sample config and a README;
+``SOURCES`` below is the registry the command line and config file use.
+"""
+
+SOURCES: dict[str, str] = {
+    "netstat": "agents.netstat:build",
+}
+"""Source name -> ``module:factory``; the factory takes (section dict, AgentConfig) -> Collector."""

@@ -1,0 +1,48 @@
+"""netevents: fleet-wide network loss observability for Linux.
+
+Map of the package (what agents and subscribers both import):
+
+    errors.py      the exception tree (ConfigError, CodecError, BusError, CapabilityError, ...)
+    events.py      the v1 event kinds as typed records; the JSON Schemas are generated from it
+    codec.py       sans-IO msgpack batch envelope: encode_batch, decode_batch, Batch
+    subjects.py    subject names and the token rule for kind/site/host
+    sequence.py    sans-IO sequence accounting: batches missed per (host, run, kind)
+    bus.py         NATS: connect(), EmbeddedServer, streams, publish, Subscription
+    memory.py      an in-memory bus with the same interface, for unit tests and notebooks
+    trio.py        the consumer API for trio programs (through trio-asyncio)
+    consumers/     subscribers we ship (tail, top view, ...)
+    cli.py         the `netevents` command
+
+Host-side collectors live in the sibling package ``agents``.
+
+The consumer API for your own programs:
+
+    async with netevents.connect("nats://127.0.0.1:4222") as bus:
+        async for batch in bus.subscribe(kinds=["drop"], hosts=["web-*"]):
+            print(batch.host, batch.missed, list(batch.rows()))
+"""
+
+__version__ = "0.1.0"
+
+from .bus import Bus, EmbeddedServer, Subscription, connect  # noqa: E402
+from .codec import Batch, decode_batch, encode_batch  # noqa: E402
+from .errors import (  # noqa: E402
+    BusError,
+    CapabilityError,
+    CodecError,
+    ConfigError,
+    MalformedError,
+    NeteventsError,
+    OversizeError,
+    SchemaError,
+    SubjectError,
+    VersionError,
+)
+from .events import KINDS  # noqa: E402
+
+__all__ = [
+    "KINDS", "Batch", "Bus", "BusError", "CapabilityError", "CodecError", "ConfigError",
+    "EmbeddedServer", "MalformedError", "NeteventsError", "OversizeError", "SchemaError",
+    "SubjectError", "Subscription", "VersionError", "__version__", "connect", "decode_batch",
+    "encode_batch",
+]

@@ -1,0 +1,358 @@
+"""The v1 event kinds as typed records: the one place the schema lives in code.
+
+Each kind is a dataclass whose fields carry their JSON type and meaning; from these the codec
+derives its validation tables and ``schemas/v1/<kind>.json`` is generated (a test keeps the files
+and this module in step: ``python -m netevents.events --write-schemas`` rewrites them).
+
+Times are integer nanoseconds since the epoch. Addresses are strings in events and bytes in
+frame columns. Fields are only ever added within v1; a reader fills missing ones with defaults.
+
+Records are what producers build; on the wire and in consumers an event is a plain ``dict``
+(cheap to decode), and :func:`from_wire` turns one back into its record when a program wants that.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+
+# JSON type name -> Python types accepted on decode (bool is not an integer here).
+_PYTYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float),
+    "string": (str,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list, tuple),
+    "bytes": (bytes, bytearray, memoryview),
+}
+
+
+def _f(json_type: str, doc: str, default: Any = None, *, required: bool = False,
+       items: str | None = None, enum: tuple[str, ...] | None = None) -> Any:
+    """A record field with its JSON type; a ``None`` default makes it nullable."""
+    meta = {"json": json_type, "doc": doc, "required": required, "items": items, "enum": enum}
+    if required:
+        return field(metadata=meta)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=type(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(slots=True, kw_only=True)
+class Flow:
+    """L3/L4 keys of one packet; the fingerprint fields frame summaries also carry."""
+
+    src: str | None = None
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+    l4: int | None = None
+    ip_id: int | None = None
+    tcp_seq: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class DropEvent:
+    """Packets the kernel freed as dropped, aggregated per (location, reason, iface, proto) and window."""
+
+    count: int = _f("integer", "packets dropped with this signature in the window", required=True)
+    source: str = _f("string", "which kernel source saw it", required=True,
+                     enum=("netdm", "tracepoint", "ebpf", "counter", "dwdump"))
+    reason: str = _f("string", "skb_drop_reason name without the SKB_DROP_REASON_ prefix", "NOT_SPECIFIED")
+    location: str | None = _f("string", "where: symbol+0xoff (or the counter name for counter drops)")
+    pc: int | None = _f("integer", "program counter of the freeing call site")
+    origin: str = _f("string", "software or hardware (device trap) drop", "sw", enum=("sw", "hw"))
+    hw_trap: str | None = _f("string", "devlink trap name for hardware drops")
+    hw_group: str | None = _f("string", "devlink trap group for hardware drops")
+    iface: str | None = _f("string", "interface name")
+    ifindex: int | None = _f("integer", "interface index")
+    proto: int | None = _f("integer", "ethertype (skb->protocol), host order")
+    netns: int | None = _f("integer", "network namespace inode, where the source knows it")
+    flow: dict | None = _f("object", "L3/L4 keys (src, dst, sport, dport, l4, ip_id, tcp_seq)")
+    first_ts: int | None = _f("integer", "first drop in the window (ns)")
+    last_ts: int | None = _f("integer", "last drop in the window (ns)")
+    payload: bytes | None = _f("bytes", "truncated packet (packet mode only)")
+    orig_len: int | None = _f("integer", "original packet length (packet mode only)")
+
+
+@dataclass(slots=True, kw_only=True)
+class GapEvent:
+    """The capture itself lost frames: `lost` frames between frame k and k+1 of one ring."""
+
+    iface: str = _f("string", "captured interface", required=True)
+    lost: int = _f("integer", "frames lost in this gap", required=True)
+    cause: str = _f("string", "why", required=True, enum=("ring_full", "freeze", "rxq_ovfl"))
+    worker: int = _f("integer", "capture worker (fanout member)", 0)
+    after_frame: int | None = _f("integer", "sequence number of the last frame before the gap")
+    before_frame: int | None = _f("integer", "sequence number of the first frame after the gap")
+    after_ts: int | None = _f("integer", "timestamp of the frame before the gap (ns)")
+    before_ts: int | None = _f("integer", "timestamp of the frame after the gap (ns)")
+    source: str = _f("string", "kernel interface that reported it", "packet_statistics")
+
+
+@dataclass(slots=True, kw_only=True)
+class IpstatEvent:
+    """Per-peer TCP counter deltas over the window (cumulative counters) plus gauges."""
+
+    peer: str = _f("string", "remote address", required=True)
+    local: str | None = _f("string", "local address (diagnostics level)")
+    level: str = _f("string", "publishing level", "default", enum=("default", "diagnostics"))
+    sockets: int = _f("integer", "sockets to this peer at the sample", 0)
+    opened: int = _f("integer", "sockets first seen in the window", 0)
+    closed: int = _f("integer", "sockets that closed in the window", 0)
+    retrans_segs: int = _f("integer", "delta of tcpi_total_retrans", 0)
+    bytes_retrans: int = _f("integer", "delta of tcpi_bytes_retrans", 0)
+    segs_out: int = _f("integer", "delta of tcpi_segs_out", 0)
+    segs_in: int = _f("integer", "delta of tcpi_segs_in", 0)
+    bytes_sent: int = _f("integer", "delta of tcpi_bytes_sent", 0)
+    bytes_acked: int = _f("integer", "delta of tcpi_bytes_acked", 0)
+    bytes_received: int = _f("integer", "delta of tcpi_bytes_received", 0)
+    lost: int = _f("integer", "delta of lost packets (tcpi_lost)", 0)
+    dsack_dups: int = _f("integer", "delta of tcpi_dsack_dups", 0)
+    timeouts: int = _f("integer", "RTO events in the window", 0)
+    resets: int = _f("integer", "resets seen in the window", 0)
+    rtt_us: int | None = _f("integer", "smoothed RTT gauge (max over sockets)")
+    rttvar_us: int | None = _f("integer", "RTT variance gauge")
+    cwnd: int | None = _f("integer", "congestion window gauge (min over sockets)")
+    retransmits: int | None = _f("integer", "current unrecovered retransmits gauge")
+    flags: list = _f("array", "red flags raised", [], items="string")
+
+
+@dataclass(slots=True, kw_only=True)
+class NetstatEvent:
+    """Host-wide counter deltas of one (group, scope), nstat semantics."""
+
+    group: str = _f("string", "Tcp, TcpExt, Udp, IpExt, Ip6, softnet, link, qdisc, ...", required=True)
+    scope: str = _f("string", "interface, cpu, qdisc handle, or empty", "")
+    interval_ns: int = _f("integer", "time between the two samples the deltas span", 0)
+    deltas: dict = _f("object", "counter name -> increase over the interval", {})
+    gauges: dict = _f("object", "gauge name -> current value (never delta'd)", {})
+    values: dict = _f("object", "absolute counter values (baseline samples only)", {})
+    flags: list = _f("array", "baseline, reset, wrap", [], items="string")
+
+
+@dataclass(slots=True, kw_only=True)
+class FrameEvent:
+    """One captured frame; on the wire frame batches are column-wise (one list per field)."""
+
+    ts: int = _f("integer", "timestamp (ns)", required=True)
+    ts_src: int = _f("integer", "0 fallback, 1 software, 2 hardware", 0)
+    caplen: int = _f("integer", "bytes captured", 0)
+    len: int = _f("integer", "bytes on the wire", 0)
+    dir: int = _f("integer", "sll_pkttype (0 host, 1 broadcast, 2 multicast, 3 otherhost, 4 outgoing)", 0)
+    queue: int | None = _f("integer", "rx queue / fanout member")
+    rxhash: int | None = _f("integer", "receive hash")
+    vlan: int | None = _f("integer", "VLAN TCI")
+    ethertype: int | None = _f("integer", "ethertype")
+    src: bytes | None = _f("bytes", "L3 source address")
+    dst: bytes | None = _f("bytes", "L3 destination address")
+    l4: int | None = _f("integer", "IP protocol number")
+    sport: int | None = _f("integer", "L4 source port")
+    dport: int | None = _f("integer", "L4 destination port")
+    ip_id: int | None = _f("integer", "IPv4 identification")
+    tcp_seq: int | None = _f("integer", "TCP sequence number")
+    head: bytes | None = _f("bytes", "first bytes of the frame (96 by default)")
+
+
+@dataclass(slots=True, kw_only=True)
+class StatusEvent:
+    """An agent's own health and its own losses (every place it can lose something, even at 0)."""
+
+    version: str = _f("string", "agent version", required=True)
+    uptime: float = _f("number", "seconds since the agent started", 0.0)
+    sources: dict = _f("object", "source -> {state: running|unavailable|stopped, reason}", {})
+    published: dict = _f("object", "kind -> batches published by this run", {})
+    events: dict = _f("object", "kind -> events published by this run", {})
+    lost: dict = _f("object", "place -> items lost there by this run (cumulative)", {})
+    queues: dict = _f("object", "queue -> {size, capacity}", {})
+    final: bool = _f("boolean", "true on the last status of a run (clean shutdown)", False)
+
+
+@dataclass(slots=True, kw_only=True)
+class IncidentEvent:
+    """What the correlator concludes."""
+
+    type: str = _f("string", "incident type", required=True, enum=("drop_storm", "path_loss", "peer"))
+    summary: str = _f("string", "one line a person reads", required=True)
+    hosts: list = _f("array", "hosts involved", [], items="string")
+    first_ts: int | None = _f("integer", "first evidence (ns)")
+    last_ts: int | None = _f("integer", "last evidence (ns)")
+    details: dict = _f("object", "type-specific details", {})
+    inputs: list = _f("array", "kinds used", [], items="string")
+    missing_input: dict = _f("object", "batches missing from the inputs, per host/kind", {})
+
+
+RECORDS: dict[str, type] = {
+    "drop": DropEvent,
+    "gap": GapEvent,
+    "ipstat": IpstatEvent,
+    "netstat": NetstatEvent,
+    "frame": FrameEvent,
+    "status": StatusEvent,
+    "incident": IncidentEvent,
+}
+KINDS: tuple[str, ...] = tuple(RECORDS)
+COLUMNAR: frozenset[str] = frozenset({"frame"})
+
+# Which JetStream stream holds which kind (DESIGN: events, stats, frames).
+STREAM_OF: dict[str, str] = {
+    "drop": "NETEVENTS_EVENTS", "gap": "NETEVENTS_EVENTS", "incident": "NETEVENTS_EVENTS",
+    "status": "NETEVENTS_EVENTS", "ipstat": "NETEVENTS_STATS", "netstat": "NETEVENTS_STATS",
+    "frame": "NETEVENTS_FRAMES",
+}
+
+# Envelope fields: name -> (json type, required, doc).
+ENVELOPE: dict[str, tuple[str, bool, str]] = {
+    "v": ("integer", True, "wire version (1)"),
+    "kind": ("string", True, "event kind"),
+    "site": ("string", True, "site token"),
+    "host": ("string", True, "host token"),
+    "run": ("string", True, "random id of the agent run"),
+    "seq": ("integer", True, "1, 2, ... per (run, kind)"),
+    "t0": ("integer", True, "start of the window covered (ns)"),
+    "t1": ("integer", True, "end of the window covered (ns)"),
+    "boot": ("string", False, "boot_id of the host"),
+    "agent": ("string", False, "agent version"),
+}
+
+# Batch-level fields some kinds add next to the envelope.
+BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
+    "frame": {
+        "iface": ("string", "captured interface"),
+        "worker": ("integer", "capture worker"),
+        "first_frame": ("integer", "ring sequence number of the first frame in the batch"),
+        "hwtstamp": ("object", "applied hardware timestamping: filter, phc_index"),
+    },
+    "ipstat": {
+        "residual": ("object", "host-wide MIB deltas not attributed to a peer"),
+        "level": ("string", "publishing level of the batch"),
+        "overflow": ("integer", "peers left out of this window by the per-batch cap"),
+    },
+    "netstat": {},
+    "drop": {"mode": ("string", "alert (aggregated) or packet")},
+}
+
+
+def fields_of(kind: str) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(RECORDS[kind]))
+
+
+def to_wire(record: Any) -> dict[str, Any]:
+    """A record as the dict that goes on the wire; ``None`` fields are left out (readers default them)."""
+    out = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+def from_wire(kind: str, event: dict[str, Any]) -> Any:
+    """A wire dict as its typed record; unknown keys are ignored, missing ones defaulted."""
+    cls = RECORDS[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in event.items() if k in names})
+
+
+def json_view(obj: Any) -> Any:
+    """A decoded batch or event with bytes as base64 strings: what ``tail --json`` prints."""
+    if isinstance(obj, dict):
+        return {k: json_view(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_view(v) for v in obj]
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode()
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Schema, generated from the records above.
+
+def _json_schema_type(json_type: str, nullable: bool, items: str | None, enum: tuple | None) -> dict:
+    if json_type == "bytes":
+        s: dict[str, Any] = {"type": "string", "contentEncoding": "base64"}
+    else:
+        s = {"type": json_type}
+    if items:
+        s["items"] = {"type": items}
+    if enum:
+        s["enum"] = list(enum)
+    if nullable:
+        s = {"anyOf": [s, {"type": "null"}]} if "enum" in s or "contentEncoding" in s else {
+            **s, "type": [s["type"], "null"]}
+    return s
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of one kind's batch, in its JSON view (bytes as base64)."""
+    props: dict[str, Any] = {}
+    for name, (jt, _req, doc) in ENVELOPE.items():
+        props[name] = {"type": jt, "description": doc}
+    props["v"]["const"] = VERSION
+    props["kind"]["const"] = kind
+    for name in ("site", "host"):
+        props[name]["pattern"] = "^[A-Za-z0-9_-]{1,128}$"
+    props["seq"]["minimum"] = 1
+    for name, (jt, doc) in BATCH_FIELDS.get(kind, {}).items():
+        props[name] = {"type": jt, "description": doc}
+
+    ev_props: dict[str, Any] = {}
+    required: list[str] = []
+    for f in fields_of(kind):
+        m = f.metadata
+        nullable = (not m["required"]) and f.default is None
+        s = _json_schema_type(m["json"], nullable, m["items"], m["enum"])
+        s["description"] = m["doc"]
+        ev_props[f.name] = s
+        if m["required"]:
+            required.append(f.name)
+
+    if kind in COLUMNAR:
+        columns = {
+            name: {"type": "array", "items": {k: v for k, v in s.items() if k != "description"},
+                   "description": s["description"]}
+            for name, s in ev_props.items()
+        }
+        events = {"type": "object", "properties": columns, "required": required,
+                  "description": "column-wise: one list per field, all of the same length"}
+    else:
+        events = {"type": "array", "items": {"type": "object", "properties": ev_props,
+                                             "required": required}}
+    props["events"] = events
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://netevents.dev/schemas/v1/{kind}.json",
+        "title": f"netevents v1 {kind} batch",
+        "description": (RECORDS[kind].__doc__ or "").strip(),
+        "type": "object",
+        "properties": props,
+        "required": [n for n, (_t, req, _d) in ENVELOPE.items() if req] + ["events"],
+    }
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in KINDS:
+        path = directory / f"{kind}.json"
+        path.write_text(json.dumps(json_schema(kind), indent=2) + "\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # python -m netevents.events --write-schemas [DIR]
+    if len(sys.argv) >= 2 and sys.argv[1] == "--write-schemas":
+        target = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("schemas/v1")
+        for p in write_schemas(target):
+            print(p)
+    else:
+        print("usage: python -m netevents.events --write-schemas [DIR]", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,90 @@
+"""Sans-IO sequence accounting: how many batches a consumer missed, per (host, run, kind).
+
+Every batch carries ``(host, run, kind, seq)`` with ``seq`` = 1, 2, ... per run and kind, so a
+jump tells a consumer exactly how many batches it did not receive. Batches from one agent
+connection arrive in order on NATS; a ``seq`` at or below the last one seen is a duplicate (a
+replay) and is counted as such, not delivered twice to the tally.
+
+Batches that were published before the consumer subscribed are not "missed" by it; they are
+counted apart as ``before_join`` so a reader can tell the two.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RunState:
+    first_seq: int
+    last_seq: int
+    received: int = 1
+    missed: int = 0
+    duplicates: int = 0
+
+
+@dataclass(slots=True)
+class Tally:
+    """Totals for one (host, kind) over all runs seen."""
+
+    received: int = 0
+    missed: int = 0
+    duplicates: int = 0
+    before_join: int = 0
+    runs: int = 0
+
+
+class SequenceTracker:
+    """Tracks ``seq`` per (host, run, kind); bounded, with evictions counted.
+
+    ``observe`` returns the number of batches missed immediately before the observed one
+    (0 for an in-order batch, -1 for a duplicate that should not be processed again).
+    """
+
+    def __init__(self, max_runs: int = 100_000) -> None:
+        self._runs: OrderedDict[tuple[str, str, str], RunState] = OrderedDict()
+        self._tally: dict[tuple[str, str], Tally] = {}
+        self.max_runs = max_runs
+        self.evicted = 0
+
+    def observe(self, host: str, run: str, kind: str, seq: int) -> int:
+        key = (host, run, kind)
+        tally = self._tally.get((host, kind))
+        if tally is None:
+            tally = self._tally[(host, kind)] = Tally()
+        state = self._runs.get(key)
+        if state is None:
+            self._runs[key] = RunState(first_seq=seq, last_seq=seq)
+            if len(self._runs) > self.max_runs:
+                self._runs.popitem(last=False)
+                self.evicted += 1
+            tally.runs += 1
+            tally.received += 1
+            tally.before_join += seq - 1
+            return 0
+        self._runs.move_to_end(key)
+        if seq <= state.last_seq:
+            state.duplicates += 1
+            tally.duplicates += 1
+            return -1
+        gap = seq - state.last_seq - 1
+        state.last_seq = seq
+        state.received += 1
+        state.missed += gap
+        tally.received += 1
+        tally.missed += gap
+        return gap
+
+    def missed(self, host: str | None = None, kind: str | None = None) -> int:
+        return sum(t.missed for (h, k), t in self._tally.items()
+                   if (host is None or h == host) and (kind is None or k == kind))
+
+    def report(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``{host: {kind: {received, missed, duplicates, before_join, runs}}}``."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for (host, kind), t in sorted(self._tally.items()):
+            out.setdefault(host, {})[kind] = {
+                "received": t.received, "missed": t.missed, "duplicates": t.duplicates,
+                "before_join": t.before_join, "runs": t.runs}
+        return out

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real nats-server on a free loopback port, and network-namespace test hosts.
+
+Tests are plain functions that call ``asyncio.run`` (or ``trio.run``); no event-loop plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from netevents.bus import EmbeddedServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A real nats-server with JetStream on 127.0.0.1:<free port>; stopped by pid afterwards."""
+    server = EmbeddedServer(tmp_path / "nats-store", port=0)
+    server.start_blocking()
+    try:
+        yield server
+    finally:
+        server.stop_blocking()
+
+
+@pytest.fixture
+def nats_url(nats_server) -> str:
+    return nats_server.url
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+needs_root = pytest.mark.skipif(not is_root(), reason="needs root (network namespaces, tracefs)")
+needs_ip = pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip command")
+
+
+class NetnsHost:
+    """A network namespace joined to another by a veth pair; removed on close."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def run(self, *cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], check=check,
+                              capture_output=True, text=True, **kw)
+
+
+@pytest.fixture
+def netns_pair():
+    """Two namespace hosts ``a`` (10.209.X.1) and ``b`` (10.209.X.2) joined by veth; always removed.
+
+    Yields ``(a, b, prefix)``; interface names are ``veth-a`` in a and ``veth-b`` in b.
+    """
+    if not is_root() or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    tag = uuid.uuid4().hex[:6]
+    a, b = NetnsHost(f"ne-a-{tag}"), NetnsHost(f"ne-b-{tag}")
+    octet = int(tag[:2], 16) % 200 + 20
+    prefix = f"10.209.{octet}"
+    made: list[str] = []
+    try:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "add", ns.name], check=True)
+            made.append(ns.name)
+        subprocess.run(["ip", "link", "add", f"va{tag}", "netns", a.name, "type", "veth",
+                        "peer", "name", f"vb{tag}", "netns", b.name], check=True)
+        a.run("ip", "link", "set", f"va{tag}", "name", "veth-a")
+        b.run("ip", "link", "set", f"vb{tag}", "name", "veth-b")
+        for ns, ifname, addr in ((a, "veth-a", f"{prefix}.1/24"), (b, "veth-b", f"{prefix}.2/24")):
+            ns.run("ip", "addr", "add", addr, "dev", ifname)
+            ns.run("ip", "link", "set", ifname, "up")
+            ns.run("ip", "link", "set", "lo", "up")
+        yield a, b, prefix
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], check=False)
