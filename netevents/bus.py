@@ -432,20 +432,26 @@ class Subscription:
     async def _pull(self, psub: Any) -> None:
         while True:
             try:
-                msgs = await psub.fetch(256, timeout=1.0)
+                msgs = await psub.fetch(64, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 log.debug("pull failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
+            for i, msg in enumerate(msgs):
                 batch = self.accept(msg.subject, msg.data)
                 if batch is None:
                     with contextlib.suppress(Exception):
                         await msg.ack()
                     continue
-                await self._queue.put((batch, msg))  # back-pressure instead of drops
+                try:
+                    await self._queue.put((batch, msg))  # back-pressure instead of drops
+                except asyncio.CancelledError:
+                    for undelivered in msgs[i:]:  # hand them back for immediate redelivery
+                        with contextlib.suppress(Exception):
+                            await undelivered.nak()
+                    raise
 
     def __aiter__(self) -> Subscription:
         return self
@@ -479,6 +485,11 @@ class Subscription:
             with contextlib.suppress(Exception):
                 await self._pending_ack.ack()
             self._pending_ack = None
+        while not self._queue.empty():  # fetched but never handed out: redeliver at once
+            _batch, msg = self._queue.get_nowait()
+            if msg is not None:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
         for s in self._subs:
             with contextlib.suppress(Exception):
                 await s.unsubscribe()
