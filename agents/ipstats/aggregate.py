@@ -9,9 +9,13 @@ Accounting rules:
 - Every socket is keyed on its ``idiag_cookie`` (unique per boot, never reused). Its counters
   are cumulative; the window gets the difference to the socket's previous sample. u32 counters
   wrap modulo 2**32, tcpi_total_rto (u16) modulo 2**16.
-- A socket first seen in a dump is a baseline: its history before the window is not counted.
-- A socket first seen in its destroy message opened and closed inside the window: everything it
-  counted happened in the window, so its full counters are counted.
+- The first dump is the baseline: the history of the sockets it finds is not counted.
+- A socket first seen in a later dump was born in this window (the previous dump has every
+  full TCP socket of the namespace), and a socket first seen in its destroy message opened and
+  closed inside the window: everything they counted happened in the window, so their full
+  counters are counted. (Taking their first sample as a baseline would hand whatever they did
+  before it, often most of a short transfer, to the residual.) The one thing they may carry in
+  from earlier is the SYN-ACK retransmits of the request socket an accepted socket came from.
 - A socket that left the dump without a destroy message is kept for ``grace`` windows (the
   kernel sends destroy messages from a workqueue, a little after the socket left its tables);
   then it is given up and counted in ``unseen_closes`` (its last counters are in the residual).
@@ -219,9 +223,8 @@ class PeerAccountant:
                 acc = self._acc[key] = [0] * _N
             old = baselines.get(cookie)
             if old is None:
-                acc[_S_OPENED] += 1
-            else:
-                self._add_delta(acc, s, old)
+                acc[_S_OPENED] += 1  # born in this window: the previous dump did not have it
+            self._add_delta(acc, s, old)
             acc[_S_SOCKETS] += 1
             g = gauges.get(key)
             if g is None:

@@ -17,7 +17,9 @@ from netevents.errors import CapabilityError
 
 from .sockdiag import in_netns
 
-MIB_FILES = ("/proc/net/snmp", "/proc/net/netstat")
+# /proc/net is /proc/self/net, and "self" is the thread group leader: a thread that entered
+# another namespace must open /proc/thread-self/net to see that namespace's counters.
+MIB_FILES = ("/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat")
 
 
 def parse_mib(text: str) -> dict[str, dict[str, int]]:
