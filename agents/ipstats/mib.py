@@ -1,8 +1,8 @@
 """The namespace's host-wide TCP MIB: /proc/net/snmp and /proc/net/netstat, for the residual.
 
-A minimal private reader (the netstat source's parsers in ``agents/netstat/parse.py`` were not
-on main yet when this was written; switch to them when they are). Both files are pairs of
-lines, a header naming the counters and a line of values, each starting with ``Group:``.
+Parsing is the netstat source's (``agents/netstat/parse.py``: pairs of ``Group:`` header and
+value lines); this module only adds the namespace-bound descriptors and the deltas the
+residual needs.
 
 The files are opened once, inside the collector's network namespace: a /proc/net seq file
 stays bound to the namespace it was opened in, so re-reading the same descriptor keeps
@@ -15,6 +15,7 @@ import os
 
 from netevents.errors import CapabilityError
 
+from ..netstat.parse import parse_snmp
 from .sockdiag import in_netns
 
 # /proc/net is /proc/self/net, and "self" is the thread group leader: a thread that entered
@@ -23,20 +24,14 @@ MIB_FILES = ("/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat")
 
 
 def parse_mib(text: str) -> dict[str, dict[str, int]]:
-    """``Group: names`` / ``Group: values`` line pairs -> {group: {counter: value}}.
+    """/proc/net/snmp or /proc/net/netstat text -> {group: {counter: value}} (gauges included).
 
     Raises:
-        ValueError: if a header has no matching value line or the counts differ (names the group).
+        ValueError: if a header and its value line do not pair up (from the netstat parser).
     """
     out: dict[str, dict[str, int]] = {}
-    lines = text.splitlines()
-    for i in range(0, len(lines) - 1, 2):
-        head, vals = lines[i].split(), lines[i + 1].split()
-        if not head or not vals or head[0] != vals[0] or not head[0].endswith(":"):
-            raise ValueError(f"MIB header/value lines do not pair up at line {i + 1}: {lines[i][:40]!r}")
-        if len(head) != len(vals):
-            raise ValueError(f"MIB group {head[0]} has {len(head) - 1} names but {len(vals) - 1} values")
-        out[head[0][:-1]] = {k: int(v) for k, v in zip(head[1:], vals[1:], strict=True)}
+    for sample in parse_snmp(text):
+        out[sample.group] = {**sample.counters, **sample.gauges}
     return out
 
 
