@@ -13,6 +13,7 @@ Own losses (in status, from the start):
                               counters are missing; they show up in the residual)
     ipstats.peer_cap          peer events left out of a batch by ``max_peers``
     ipstats.bad_message       destroy datagrams that did not parse
+    ipstats.failed_sample     samples (dump or MIB read) that failed; the next window spans them
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from netevents.errors import ConfigError
+from netevents.errors import CapabilityError, ConfigError
 
 from ..base import Sink
 from .aggregate import LEVELS, PeerAccountant, Window, residual
 from .mib import MibReader, mib_deltas
-from .sockdiag import DestroyListener, DiagSocket, TcpSock
+from .sockdiag import DestroyListener, DiagSocket, NetlinkError, TcpSock
 
 log = logging.getLogger("netevents.agent.ipstats")
 
 LOSS_PLACES = ("ipstats.destroy_overrun", "ipstats.unseen_close", "ipstats.peer_cap",
-               "ipstats.bad_message")
+               "ipstats.bad_message", "ipstats.failed_sample")
 
 _FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
@@ -160,9 +161,16 @@ class IpstatsCollector:
         destroy: DestroyListener | None = None
         mib: MibReader | None = None
         try:
-            destroy = self._destroy = await asyncio.to_thread(DestroyListener, netns)
+            try:
+                destroy = self._destroy = await asyncio.to_thread(DestroyListener, netns)
+            except CapabilityError as exc:
+                # Still useful without it: sockets that close between samples go unseen
+                # (counted in ipstats.unseen_close, their counters land in the residual).
+                sink.state(self.name, "running", f"without destroy messages: {exc}")
+                log.warning("ipstats: running without destroy messages: %s", exc)
             mib = await asyncio.to_thread(MibReader, netns)
-            loop.add_reader(destroy.fileno(), self._drain_destroy)
+            if destroy is not None:
+                loop.add_reader(destroy.fileno(), self._drain_destroy)
             # Baseline: MIB and dump at the start of the first window.
             prev_mib = mib.read()
             dump = await asyncio.to_thread(diag.dump)
@@ -177,8 +185,15 @@ class IpstatsCollector:
                 next_at += self.cfg.interval
                 if next_at < loop.time():  # fell behind (huge dump): skip, do not burst
                     next_at = loop.time() + self.cfg.interval
-                dump = await asyncio.to_thread(diag.dump)
-                cur_mib = mib.read()
+                try:
+                    dump = await asyncio.to_thread(diag.dump)
+                    cur_mib = mib.read()
+                except (OSError, ValueError, NetlinkError) as exc:
+                    # Skip the sample: the next window then spans both intervals (t0, the
+                    # baselines and the MIB reading stay), so nothing is counted twice or lost.
+                    sink.lost("ipstats.failed_sample", 1)
+                    log.warning("ipstats: sample failed, the next window covers it: %s", exc)
+                    continue
                 t1 = time.time_ns()
                 self._drain_destroy()
                 self.accountant.destroyed(self._take_pending())
