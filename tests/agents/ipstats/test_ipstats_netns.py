@@ -18,6 +18,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 import uuid
 
 import msgpack
@@ -26,7 +27,7 @@ import pytest
 from agents.control import ControlServer, control_request
 from agents.ipstats import IpstatsCollector, IpstatsConfig
 from agents.ipstats.mib import MibReader
-from agents.ipstats.sockdiag import in_netns
+from agents.ipstats.sockdiag import DestroyListener, in_netns
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
 from netevents.subjects import control_subject
@@ -259,3 +260,38 @@ def test_control_request_switches_the_level_of_a_running_collector(hosts, nats_u
     assert sum(e["bytes_acked"] for e in clean_events) >= 200_000
     assert all(e["local"] == lossy.rsplit(".", 1)[0] + ".1" for e in clean_events)
     assert all("segs_out" in e and e["level"] == "diagnostics" for e in clean_events)
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.losses: dict[str, int] = {}
+
+    def lost(self, place: str, count: int) -> None:
+        self.losses[place] = self.losses.get(place, 0) + count
+
+
+def test_destroy_multicast_overrun_is_counted_as_own_loss(netns_pair):
+    a, _b, _prefix = netns_pair
+    collector = IpstatsCollector(IpstatsConfig(netns=a.name))
+    sink = RecordingSink()
+    collector._sink = sink
+    # The smallest receive buffer the kernel allows: a burst of closes overruns it.
+    collector._destroy = DestroyListener(a.name, rcvbuf=1)
+    try:
+        ls = in_netns(a.name, lambda: socket.create_server(("127.0.0.1", 0)))
+        pairs = []
+        for _ in range(100):
+            c = in_netns(a.name, lambda: socket.socket())
+            c.connect(ls.getsockname())
+            pairs.append((c, ls.accept()[0]))
+        for c, s in pairs:
+            c.close()
+            s.close()
+        ls.close()
+        time.sleep(0.3)  # the kernel sends destroy messages from a workqueue
+        collector._drain_destroy()
+        got = len(collector._pending)
+    finally:
+        collector._destroy.close()
+    assert sink.losses.get("ipstats.destroy_overrun", 0) >= 1, (got, sink.losses)
+    assert 0 < got < 200  # some messages made it, the rest were lost to the overrun
