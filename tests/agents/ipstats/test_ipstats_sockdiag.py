@@ -154,6 +154,10 @@ def test_malformed_input_is_one_clear_error():
     struct.pack_into("=I", short, 0, 40)
     with pytest.raises(ValueError, match="short inet_diag_msg"):
         parse_dump(bytes(short), [])
+    bad_attr = bytearray(good)
+    struct.pack_into("=H", bad_attr, 16 + 72, 2)  # the first attribute claims 2 bytes
+    with pytest.raises(ValueError, match="bad attribute at offset 88"):
+        parse_dump(bytes(bad_attr), [])
     err = NLMSG_HDR.pack(36, 2, 0, 1, 0) + struct.pack("=i", -16) + bytes(16)
     with pytest.raises(NetlinkError) as info:
         parse_dump(err, [])
