@@ -57,16 +57,12 @@ COUNTERS: tuple[tuple[str, str, int], ...] = (
     ("bytes_received", "bytes_received", U64),
     ("dsack_dups", "dsack_dups", U32),
 )
-_COUNTER_IDX = tuple((name, TcpSock._fields.index(f), mask) for name, f, mask in COUNTERS)
-_I_LOST = TcpSock._fields.index("lost")
-_I_RTO = TcpSock._fields.index("total_rto")
 
 # Accumulator slots per (peer, local) in one window.
 _FIELDS = ("sockets", "opened", "closed", *(c[0] for c in COUNTERS), "lost", "timeouts", "resets")
 _SLOT = {name: i for i, name in enumerate(_FIELDS)}
 _N = len(_FIELDS)
 _S_SOCKETS, _S_OPENED, _S_CLOSED = _SLOT["sockets"], _SLOT["opened"], _SLOT["closed"]
-_S_LOST, _S_TIMEOUTS, _S_RESETS = _SLOT["lost"], _SLOT["timeouts"], _SLOT["resets"]
 
 DEFAULT_FIELDS = ("peer", "level", "sockets", "opened", "closed", "retrans_segs", "bytes_retrans",
                   "lost", "timeouts", "resets", "rtt_us", "retransmits", "flags")
@@ -121,6 +117,51 @@ def _sort_key(ev: dict[str, Any]) -> tuple:
             ev.get("bytes_sent", 0) + ev.get("bytes_received", 0))
 
 
+# Hot path (every socket, every window, 100k sockets per sample): unrolled index arithmetic
+# with literal indices. Slots: see _FIELDS; TcpSock indices: see sockdiag.TcpSock. The assert
+# below keeps the literals honest.
+assert _FIELDS[3:14] == ("retrans_segs", "bytes_retrans", "segs_out", "segs_in", "bytes_sent",
+                         "bytes_acked", "bytes_received", "dsack_dups", "lost", "timeouts", "resets")
+assert TcpSock._fields[8:24] == (
+    "info_len", "retransmits", "lost", "retrans", "rtt", "rttvar", "cwnd", "total_retrans",
+    "bytes_acked", "bytes_received", "segs_out", "segs_in", "bytes_sent", "bytes_retrans",
+    "dsack_dups", "total_rto")
+
+
+def _add_full(acc: list[int], s: TcpSock) -> None:
+    """A socket whose whole life is in the window: its counters as they are."""
+    acc[3] += s[15]    # retrans_segs   <- total_retrans
+    acc[4] += s[21]    # bytes_retrans
+    acc[5] += s[18]    # segs_out
+    acc[6] += s[19]    # segs_in
+    acc[7] += s[20]    # bytes_sent
+    acc[8] += s[16]    # bytes_acked
+    acc[9] += s[17]    # bytes_received
+    acc[10] += s[22]   # dsack_dups
+    acc[11] += s[10]   # lost           <- lost_out gauge
+    if s[8] >= TCP_INFO_LEN_TOTAL_RTO:
+        acc[12] += s[23]  # timeouts    <- total_rto
+
+
+def _add_change(acc: list[int], new: TcpSock, old: TcpSock) -> None:
+    """Differences to the previous sample; u32 counters modulo 2**32, total_rto modulo 2**16."""
+    if new[15:24] == old[15:24] and new[10] <= old[10]:
+        return  # idle socket (the common case on a big host): nothing moved
+    acc[3] += (new[15] - old[15]) & 0xFFFFFFFF
+    acc[4] += (new[21] - old[21]) & U64
+    acc[5] += (new[18] - old[18]) & 0xFFFFFFFF
+    acc[6] += (new[19] - old[19]) & 0xFFFFFFFF
+    acc[7] += (new[20] - old[20]) & U64
+    acc[8] += (new[16] - old[16]) & U64
+    acc[9] += (new[17] - old[17]) & U64
+    acc[10] += (new[22] - old[22]) & 0xFFFFFFFF
+    d = new[10] - old[10]
+    if d > 0:
+        acc[11] += d
+    if new[8] >= TCP_INFO_LEN_TOTAL_RTO:
+        acc[12] += (new[23] - old[23]) & 0xFFFF
+
+
 class PeerAccountant:
     """Per-socket baselines and per-window per-peer sums. Plain class: no I/O, no clock.
 
@@ -162,21 +203,10 @@ class PeerAccountant:
 
     @staticmethod
     def _add_delta(acc: list[int], new: TcpSock, old: TcpSock | None) -> None:
-        # Hot path (every socket, every window): index arithmetic, no attribute lookups.
         if old is None:
-            for i, (_name, idx, _mask) in enumerate(_COUNTER_IDX, 3):
-                acc[i] += new[idx]
-            acc[_S_LOST] += new[_I_LOST]
-            if new.info_len >= TCP_INFO_LEN_TOTAL_RTO:
-                acc[_S_TIMEOUTS] += new[_I_RTO]
-            return
-        for i, (_name, idx, mask) in enumerate(_COUNTER_IDX, 3):
-            acc[i] += (new[idx] - old[idx]) & mask
-        d = new[_I_LOST] - old[_I_LOST]
-        if d > 0:
-            acc[_S_LOST] += d
-        if new.info_len >= TCP_INFO_LEN_TOTAL_RTO:
-            acc[_S_TIMEOUTS] += (new[_I_RTO] - old[_I_RTO]) & U16
+            _add_full(acc, new)
+        else:
+            _add_change(acc, new, old)
 
     def destroyed(self, socks: Iterable[TcpSock]) -> None:
         """Account the final counters of destroyed sockets (from the destroy multicast)."""
@@ -210,34 +240,40 @@ class PeerAccountant:
         tombstones = self._tombstones
         gauges: dict[tuple, list[int]] = {}
         seen: dict[int, TcpSock] = {}
+        accs = self._acc
+        add_full, add_change = _add_full, _add_change
         for s in dump:
-            cookie = s.cookie
+            # Hot loop: literal TcpSock indices (0 cookie, 1 family, 3 src, 5 dst, 9 retransmits,
+            # 12 rtt, 13 rttvar, 14 cwnd), checked by the asserts above _add_full.
+            cookie = s[0]
             if cookie in tombstones:
                 continue  # dumped just before its destroy message was read: already final
             seen[cookie] = s
             if first:
                 continue
-            key = (s.family, s.dst, s.src)
-            acc = self._acc.get(key)
+            key = (s[1], s[5], s[3])
+            acc = accs.get(key)
             if acc is None:
-                acc = self._acc[key] = [0] * _N
+                acc = accs[key] = [0] * _N
             old = baselines.get(cookie)
             if old is None:
-                acc[_S_OPENED] += 1  # born in this window: the previous dump did not have it
-            self._add_delta(acc, s, old)
-            acc[_S_SOCKETS] += 1
+                acc[1] += 1  # opened: born in this window, the previous dump did not have it
+                add_full(acc, s)
+            else:
+                add_change(acc, s, old)
+            acc[0] += 1  # sockets
             g = gauges.get(key)
             if g is None:
-                gauges[key] = [s.rtt, s.rttvar, s.cwnd, s.retransmits]
+                gauges[key] = [s[12], s[13], s[14], s[9]]
             else:
-                if s.rtt > g[0]:
-                    g[0] = s.rtt
-                if s.rttvar > g[1]:
-                    g[1] = s.rttvar
-                if s.cwnd < g[2]:
-                    g[2] = s.cwnd
-                if s.retransmits > g[3]:
-                    g[3] = s.retransmits
+                if s[12] > g[0]:
+                    g[0] = s[12]
+                if s[13] > g[1]:
+                    g[1] = s[13]
+                if s[14] < g[2]:
+                    g[2] = s[14]
+                if s[9] > g[3]:
+                    g[3] = s[9]
 
         # Sockets that left the dump: wait for their destroy message, then give up.
         unseen = 0
