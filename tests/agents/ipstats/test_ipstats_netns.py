@@ -41,20 +41,27 @@ table inet {table} {{
   chain input {{
     type filter hook input priority 0; policy accept;
     ip daddr {addr} tcp dport {port} ip length > 200 numgen random mod {n} == 0 counter drop
+    ip6 daddr {addr6} tcp dport {port} ip6 length > 200 numgen random mod {n} == 0 counter drop
   }}
 }}
 """
 
 
+LOSSY6 = "fd52:1b5::2"
+
+
 @pytest.fixture
 def hosts(netns_pair):
-    """(a, b, lossy address, clean address): b listens on both; the lossy one drops 1 in 10."""
+    """(a, b, lossy address, clean address): b listens on both; the lossy one drops 1 in 10.
+    b also has the lossy IPv6 address LOSSY6 (a has fd52:1b5::1)."""
     a, b, prefix = netns_pair
     lossy, clean = f"{prefix}.2", f"{prefix}.3"
     b.run("ip", "addr", "add", f"{clean}/24", "dev", "veth-b")
+    a.run("ip", "addr", "add", "fd52:1b5::1/64", "dev", "veth-a", "nodad")
+    b.run("ip", "addr", "add", f"{LOSSY6}/64", "dev", "veth-b", "nodad")
     table = f"ipst_{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "exec", b.name, "nft", "-f", "-"], check=True, text=True,
-                   input=LOSSY_RULE.format(table=table, addr=lossy, port=PORT, n=10))
+                   input=LOSSY_RULE.format(table=table, addr=lossy, addr6=LOSSY6, port=PORT, n=10))
     try:
         yield a, b, lossy, clean
     finally:  # the table lives in b, which the netns_pair fixture deletes; remove it anyway
@@ -67,7 +74,8 @@ class Sink:
     def __init__(self, netns: str, addrs: tuple[str, ...]) -> None:
         self.listeners = []
         for addr in addrs:
-            ls = in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            ls = in_netns(netns, lambda family=family: socket.socket(family, socket.SOCK_STREAM))
             ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             ls.bind((addr, PORT))
             ls.listen(64)
@@ -97,7 +105,8 @@ class Sink:
 def send_flow(netns: str, dst: str, nbytes: int) -> None:
     """Connect from ``netns`` to dst, send nbytes, and wait until the receiver has read them all
     (its FIN after our FIN), so no retransmit can happen after this returns."""
-    s = in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    s = in_netns(netns, lambda: socket.socket(family, socket.SOCK_STREAM))
     with s:
         s.settimeout(20)
         s.connect((dst, PORT))
@@ -157,7 +166,7 @@ def peer_events(batches, peer: str) -> list[dict]:
 
 def test_retransmits_land_on_the_lossy_peer_and_add_up_with_the_residual(hosts, nats_url):
     a, b, lossy, clean = hosts
-    sink = Sink(b.name, (lossy, clean))
+    sink = Sink(b.name, (lossy, clean, LOSSY6))
     mib = MibReader(a.name)
     before = mib.read()
     collector = IpstatsCollector(IpstatsConfig(interval=0.4, netns=a.name))
@@ -165,7 +174,8 @@ def test_retransmits_land_on_the_lossy_peer_and_add_up_with_the_residual(hosts, 
     async def body(bus, batches):
         # Long-lived sockets that live across windows (dump deltas), lossy and clean peers.
         await asyncio.gather(asyncio.to_thread(send_flow, a.name, lossy, 3_000_000),
-                             asyncio.to_thread(send_flow, a.name, clean, 3_000_000))
+                             asyncio.to_thread(send_flow, a.name, clean, 3_000_000),
+                             asyncio.to_thread(send_flow, a.name, LOSSY6, 2_000_000))
         n = len(batches)
         await wait_batches(batches, n + 2 + collector.cfg.grace)
 
@@ -183,6 +193,7 @@ def test_retransmits_land_on_the_lossy_peer_and_add_up_with_the_residual(hosts, 
     assert sum(b.fields["mib"]["RetransSegs"] for b in batches) == host_retrans
     lossy_retrans = sum(e["retrans_segs"] for e in peer_events(batches, lossy))
     assert lossy_retrans > 0
+    assert sum(e["retrans_segs"] for e in peer_events(batches, LOSSY6)) > 0  # IPv6 as well
     # The clean peer has no red flags, so the default level never publishes it.
     assert peer_events(batches, clean) == []
     # Sum over peers plus the residual is the namespace's TcpRetransSegs delta...
