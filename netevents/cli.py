@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -81,6 +82,7 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
     chosen = [name for name in SOURCES if getattr(args, f"src_{name}", False)]
     for name in chosen:
         cfg.sources.setdefault(name, {})
+    _apply_ipstats_options(args, cfg)
     if not cfg.sources:
         for name in default_sources:
             if name in SOURCES:
@@ -100,7 +102,8 @@ async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Eve
         status_interval=cfg.status_interval))
     log.info("agent %s run %s: host %s site %s, sources %s, bus %s", __version__, runner.run_id,
              cfg.host, cfg.site, ", ".join(c.name for c in collectors), bus.url)
-    await runner.run(stop)
+    async with _control_server(cfg, bus, collectors):
+        await runner.run(stop)
     return runner
 
 
@@ -302,10 +305,12 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
                            help=SOURCE_FLAGS[name])
     g.add_argument("--interval", type=_positive, metavar="S",
                    help="netstat sampling interval in seconds (default 1)")
+    _add_ipstats_options(g)
 
 
 SOURCE_FLAGS = {
     "netstat": "host-wide counter deltas: /proc/net/snmp, netstat, snmp6, softnet, links, qdiscs",
+    "ipstats": "per-peer TCP counter deltas (sock_diag), with a residual against the MIB",
 }
 
 
@@ -366,7 +371,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=_positive, metavar="S", help="collect S seconds, print once, exit")
     p.set_defaults(func=cmd_top)
 
+    _add_ctl_parser(sub)
     return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# ipstats options and the control channel (agents/control.py): `agent --ipstats[-level]`,
+# the agent's control server, and `netevents ctl HOST level diagnostics|default`
+
+def _add_ipstats_options(g: Any) -> None:
+    g.add_argument("--ipstats-level", choices=("default", "diagnostics"), metavar="LEVEL",
+                   help="ipstats publishing level: default (peers with red flags) or "
+                        "diagnostics (every peer and local/peer pair); implies --ipstats")
+
+
+def _apply_ipstats_options(args: argparse.Namespace, cfg: Any) -> None:
+    level = getattr(args, "ipstats_level", None)
+    if level:
+        cfg.sources.setdefault("ipstats", {})["level"] = level
+
+
+def _control_server(cfg: Any, bus: Bus, collectors: list[Any]) -> Any:
+    """The agent's control server, with the commands its sources offer (``control_commands``)."""
+    from agents.control import ControlServer
+
+    control = ControlServer(bus, cfg.site, cfg.host)
+    for c in collectors:
+        control.register_source(c)
+    return control
+
+
+async def cmd_ctl(args: argparse.Namespace) -> int:
+    from agents.control import control_request
+
+    url = args.bus or default_url()
+    async with connect(url, name="netevents-ctl", reconnect=False) as bus:
+        try:
+            reply = await control_request(bus, args.target, args.cmd, args.value,
+                                          site=args.site or "local", timeout=args.timeout)
+        except TimeoutError as exc:
+            print(f"netevents ctl: error: {exc} (is the agent running with --site "
+                  f"{args.site or 'local'} --host {args.target}?)", file=sys.stderr)
+            return 1
+    print(json.dumps(reply, sort_keys=True))
+    if not reply.get("ok"):
+        print(f"netevents ctl: {args.target} refused: {reply.get('error')}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_ctl_parser(sub: Any) -> None:
+    p = sub.add_parser("ctl", help="control a running agent (e.g. the ipstats level)",
+                       description="Send a control request to one agent on "
+                       "netevents.v1.control.<site>.<host> and print its reply (JSON). "
+                       "Exit 1 if no agent answers in time, 2 if it refuses the request.")
+    p.add_argument("target", metavar="HOST", help="the agent's host token")
+    p.add_argument("cmd", metavar="COMMAND", choices=("level", "commands"),
+                   help="level: show or switch the ipstats level; commands: list the agent's commands")
+    p.add_argument("value", nargs="?", metavar="VALUE",
+                   help="for level: default or diagnostics (none: show the current level)")
+    p.add_argument("--site", help="site token (default: local)")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--timeout", type=_positive, default=5.0, metavar="S",
+                   help="seconds to wait for the reply (default 5)")
+    p.set_defaults(func=cmd_ctl)
 
 
 def main(argv: list[str] | None = None) -> int:
