@@ -134,7 +134,14 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     url = args.bus or cfg.bus or default_url()
-    async with connect(url, name=f"netevents-agent-{cfg.host}", streams=True) as bus:
+    async with connect(url, name=f"netevents-agent-{cfg.host}") as bus:
+        try:
+            async with asyncio.timeout(10):
+                await bus.ensure_streams()
+        except (BusError, TimeoutError) as exc:
+            # An agent whose credentials only allow publishing its own subjects cannot create
+            # streams; whoever runs the server does (netevents server / deploy configs).
+            log.warning("streams not created from here (%s); publishing anyway", exc or "timeout")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_stop_after(stop, args.duration))
             runner = await run_agent(cfg, collectors, bus, stop)
