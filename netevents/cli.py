@@ -79,6 +79,8 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
         cfg.site = args.site
     if getattr(args, "status_interval", None):
         cfg.status_interval = args.status_interval
+    if getattr(args, "spool", None):
+        cfg.spool_dir = args.spool
     chosen = [name for name in SOURCES if getattr(args, f"src_{name}", False)]
     for name in chosen:
         cfg.sources.setdefault(name, {})
@@ -93,17 +95,32 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
 
 
 async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Event) -> Any:
-    """Run ``collectors`` publishing on ``bus`` until ``stop``; returns the runner."""
-    from agents.runner import AgentRunner, RunnerOptions
+    """Run ``collectors`` publishing on ``bus`` until ``stop``; returns the runner.
 
-    runner = AgentRunner(bus, collectors, RunnerOptions(
+    Batches go out with JetStream acks, in order; while the bus is away they wait in the
+    on-disk spool (agents/spool.py), which a restarted agent replays first.
+    """
+    from agents.runner import AgentRunner, RunnerOptions
+    from agents.spool import ReliablePublisher, Spool
+
+    spool = Spool(cfg.spool_path(), max_bytes=int(cfg.spool_max_mb * (1 << 20)),
+                  policy=cfg.spool_policy)
+    if len(spool):
+        log.info("replaying %d spooled batches from %s", len(spool), spool.dir)
+    publisher = ReliablePublisher(bus, spool, max_inflight=cfg.max_inflight)
+    runner = AgentRunner(publisher, collectors, RunnerOptions(
         site=cfg.site, host=cfg.host, max_events=cfg.batch_max_events,
         max_wait=cfg.batch_max_wait, queue_size=cfg.queue_size,
         status_interval=cfg.status_interval))
     log.info("agent %s run %s: host %s site %s, sources %s, bus %s", __version__, runner.run_id,
              cfg.host, cfg.site, ", ".join(c.name for c in collectors), bus.url)
-    async with _control_server(cfg, bus, collectors):
-        await runner.run(stop)
+    try:
+        async with _control_server(cfg, bus, collectors):
+            await runner.run(stop)
+    finally:
+        await publisher.close()
+    if len(spool):
+        log.warning("%d batches stay spooled in %s for the next run", len(spool), spool.dir)
     return runner
 
 
@@ -227,6 +244,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
     cfg = agent_config(args, default_sources=UP_SOURCES)
     collectors = build_collectors(cfg)
     store = Path(args.store) if args.store else default_store()
+    if not cfg.spool_dir:
+        cfg.spool_dir = str(store.parent / "spool" / f"{cfg.site}-{cfg.host}")
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
     url = await server.start()
@@ -305,6 +324,9 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="agent config file (TOML; see deploy/agent.toml)")
     p.add_argument("--status-interval", type=_positive, metavar="S",
                    help="seconds between status heartbeats (default 5)")
+    p.add_argument("--spool", metavar="DIR",
+                   help="where batches wait while the bus is away (default "
+                        "/var/lib/netevents/spool/SITE-HOST as root)")
     g = p.add_argument_group("sources (none given: the defaults of the command)")
     for name in SOURCES:
         if name in SOURCE_FLAGS:
