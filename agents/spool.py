@@ -159,8 +159,9 @@ class Spool:
             self._save_cursor()
 
     # -- reading -------------------------------------------------------------------------------
-    def _records(self, seg: int, off: int):
-        """Yield ``([subject, msg_id, events, data], next_offset)`` from ``off``; stops at a torn record."""
+    def _records(self, seg: int, off: int, count_torn: bool = False):
+        """Yield ``([subject, msg_id, events, data], next_offset)`` from ``off``; stops at a torn
+        record (counted at ``spool.corrupt`` when ``count_torn``: only the replay counts it)."""
         try:
             with open(self._path(seg), "rb") as f:
                 f.seek(off)
@@ -169,12 +170,14 @@ class Spool:
                     if not head:
                         return
                     if len(head) < _HEADER.size:
-                        self._torn(seg)
+                        if count_torn:
+                            self._torn(seg)
                         return
                     length, crc = _HEADER.unpack(head)
                     payload = f.read(length)
                     if len(payload) < length or zlib.crc32(payload) != crc:
-                        self._torn(seg)
+                        if count_torn:
+                            self._torn(seg)
                         return
                     off += _HEADER.size + length
                     yield msgpack.unpackb(payload, raw=False), off
@@ -188,7 +191,7 @@ class Spool:
     def peek(self) -> tuple[str, str, int, bytes] | None:
         """The oldest spooled batch (subject, msg_id, events, data), or None."""
         while self.read_seg is not None:
-            for rec, nxt in self._records(self.read_seg, self.read_off):
+            for rec, nxt in self._records(self.read_seg, self.read_off, count_torn=True):
                 self._next_off = nxt
                 return rec[0], rec[1], rec[2], rec[3]
             if self.read_seg == self._writer_seg:

@@ -128,6 +128,8 @@ class EmbeddedServer:
     def _spawn(self) -> Path:
         binary = find_nats_server()
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self._run_dir is not None:  # restarted (after a crash): the old run's files go
+            shutil.rmtree(self._run_dir, ignore_errors=True)
         self._run_dir = run_dir = Path(tempfile.mkdtemp(prefix="netevents-nats-run-"))
         conf = run_dir / "nats.conf"
         conf.write_text(
