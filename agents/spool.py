@@ -282,6 +282,8 @@ class ReliablePublisher:
             self.spooled += 1
 
     async def _send(self, subject: str, msg_id: str, data: bytes) -> bool:
+        if not getattr(self.bus, "connected", True):
+            return False  # disconnected: spool now rather than wait out ack timeouts
         for attempt in range(self.retries + 1):
             try:
                 await self.bus.publish_raw(subject, data, msg_id, ack=True, timeout=self.ack_timeout)

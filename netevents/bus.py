@@ -278,6 +278,10 @@ class Bus:
             raise BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}") from exc
 
     @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    @property
     def max_payload(self) -> int:
         return min(self.nc.max_payload or MAX_BATCH_BYTES, MAX_BATCH_BYTES)
 

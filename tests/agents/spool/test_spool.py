@@ -10,7 +10,7 @@ from netevents.errors import BusError, ConfigError
 
 
 def rec(i, events=1):
-    return (f"netevents.v1.drop.s.h", f"h:r:drop:{i}", events, f"data-{i}".encode())
+    return ("netevents.v1.drop.s.h", f"h:r:drop:{i}", events, f"data-{i}".encode())
 
 
 def drain(spool):
