@@ -294,7 +294,8 @@ class Bus:
     # -- subscribing ---------------------------------------------------------------------------
     def subscribe(self, kinds: list[str] | tuple[str, ...] | None = None,
                   hosts: list[str] | tuple[str, ...] | None = None, site: str | None = None,
-                  *, durable: str | None = None, queue_size: int = 10_000) -> Subscription:
+                  *, durable: str | None = None, queue_size: int = 10_000,
+                  pending_limit: int = 200_000) -> Subscription:
         """An async iterator of decoded batches of the given kinds, hosts (globs) and site.
 
         ``durable`` uses a durable JetStream consumer of that name (per kind), so a consumer
@@ -304,7 +305,8 @@ class Bus:
         Raises:
             SubjectError: for an unknown kind or an invalid site token.
         """
-        return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size)
+        return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size,
+                            pending_limit=pending_limit)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -434,7 +436,8 @@ class Subscription:
         last_error: the message of the most recent rejection.
     """
 
-    def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int):
+    def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int,
+                 pending_limit: int = 200_000):
         self.bus = bus
         self.kinds = tuple(kinds) if kinds else ev.KINDS
         for k in self.kinds:
@@ -452,6 +455,7 @@ class Subscription:
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self._pending_ack: Any = None
+        self.pending_limit = pending_limit
 
     @property
     def missed(self) -> int:
@@ -466,7 +470,7 @@ class Subscription:
             subject = filter_subject(kind, self.site, single_host)
             if self.durable is None:
                 sub = await self.bus.nc.subscribe(subject, cb=self._on_msg,
-                                                  pending_msgs_limit=200_000,
+                                                  pending_msgs_limit=self.pending_limit,
                                                   pending_bytes_limit=512 * 1024 * 1024)
                 self._subs.append(sub)
             else:
@@ -476,6 +480,25 @@ class Subscription:
                 self._subs.append(psub)
                 self._tasks.append(asyncio.create_task(self._pull(psub)))
         return self
+
+    async def lag(self) -> dict[str, int]:
+        """How far behind this consumer is.
+
+        ``queued``: decoded batches waiting for the consumer; ``pending``: messages the client
+        library holds (core) or the server still has for this durable consumer (JetStream);
+        ``slow_consumer_drops``: messages the client library discarded because it fell too far
+        behind (they also show up as sequence holes in ``missed``).
+        """
+        pending = 0
+        for s in self._subs:
+            if self.durable is None:
+                pending += getattr(s, "pending_msgs", 0)
+            else:
+                with contextlib.suppress(Exception):
+                    info = await s.consumer_info()
+                    pending += info.num_pending + (info.num_ack_pending or 0)
+        return {"queued": self._queue.qsize(), "pending": pending,
+                "slow_consumer_drops": self.bus.errors["slow_consumer"]}
 
     def accept(self, subject: str, data: bytes) -> Batch | None:
         """Decode one message; return None (and count why) when it is rejected or filtered."""

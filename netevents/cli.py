@@ -178,10 +178,16 @@ async def _feed_view(bus: Bus, view: Any, stop: asyncio.Event, ready: asyncio.Ev
     sub = bus.subscribe()
     async with sub:
         ready.set()
+        loop = asyncio.get_running_loop()
+        next_lag = loop.time()
         while not stop.is_set():
             batch = await sub.next(timeout=0.2)
             if batch is not None:
                 view.feed(batch)
+            if loop.time() >= next_lag:
+                view.lag = await sub.lag()
+                next_lag = loop.time() + 1.0
+        view.lag = await sub.lag()
     return sub
 
 
