@@ -279,6 +279,8 @@ def decode_messages(data: bytes, net_dm_family: int | None = None) -> list[NetDm
             if m is not None:
                 out.append(m)
         off += (length + 3) & ~3
+    if off < len(mv):
+        raise CodecError(f"{len(mv) - off} trailing bytes after the last netlink message")
     return out
 
 
