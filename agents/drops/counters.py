@@ -110,10 +110,23 @@ class DropCounterDeltas:
         return 0
 
 
+CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
+
+
 def _setns(name: str) -> None:
+    """Move the calling thread into the named network namespace (os.setns is 3.12+).
+
+    Raises:
+        OSError: no such namespace, or no CAP_SYS_ADMIN.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
     try:
-        os.setns(fd, os.CLONE_NEWNET)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into netns {name!r}: {os.strerror(err)}")
     finally:
         os.close(fd)
 
@@ -137,11 +150,16 @@ class CounterDrops:
         self.deltas = DropCounterDeltas()
         self.netns_inode: int | None = None
         self._ipr: Any = None
+        self._init_error: OSError | None = None
 
     # -- runs in the reader thread (possibly inside another netns) -----------------------------
     def _init_thread(self) -> None:
         if self.netns:
-            _setns(self.netns)
+            try:
+                _setns(self.netns)
+            except OSError as exc:
+                self._init_error = exc
+                raise
         with contextlib.suppress(OSError):
             self.netns_inode = os.stat("/proc/thread-self/ns/net").st_ino
 
@@ -219,7 +237,8 @@ class CounterDrops:
             try:
                 await loop.run_in_executor(pool, self.sample)  # baseline
             except (OSError, concurrent.futures.BrokenExecutor) as exc:
-                raise CapabilityError("netns", f"cannot read drop counters: {exc}") from exc
+                why = self._init_error or exc
+                raise CapabilityError("netns", f"cannot read drop counters: {why}") from exc
             last = time.time_ns()
             while True:
                 await asyncio.sleep(self.interval)
