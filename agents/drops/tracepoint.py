@@ -192,13 +192,18 @@ def find_tracefs() -> Path:
     """
     for cand in TRACEFS_CANDIDATES:
         p = Path(cand)
-        if (p / "instances").is_dir():
-            if not os.access(p / "instances", os.W_OK):
-                raise CapabilityError(
-                    "CAP_SYS_ADMIN",
-                    f"tracefs at {p} is not writable: the kfree_skb tracepoint needs root "
-                    "(CAP_SYS_ADMIN or CAP_PERFMON with write access to tracefs)")
-            return p
+        try:
+            if not (p / "instances").is_dir():
+                continue
+            writable = os.access(p / "instances", os.W_OK)
+        except PermissionError:
+            writable = False
+        if not writable:
+            raise CapabilityError(
+                "CAP_SYS_ADMIN",
+                f"tracefs at {p} is not accessible: the kfree_skb tracepoint needs root "
+                "(CAP_SYS_ADMIN, or CAP_PERFMON with write access to tracefs)")
+        return p
     raise CapabilityError(
         "tracefs", "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); "
         "the kfree_skb tracepoint source cannot run")
