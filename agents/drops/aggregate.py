@@ -85,18 +85,19 @@ class DropAggregator:
     def __len__(self) -> int:
         return len(self._rows) + len(self._packets)
 
-    def add_key(self, key: DropKey, ts: int | None, count: int = 1) -> None:
-        """Hot path: count ``count`` drops of signature ``key`` seen at ``ts`` (ns)."""
+    def add_key(self, key: DropKey, ts: int | None, count: int = 1,
+                last_ts: int | None = None) -> None:
+        """Hot path: count ``count`` drops of signature ``key`` seen from ``ts`` to ``last_ts``."""
+        last = ts if last_ts is None else last_ts
         row = self._rows.get(key)
         if row is None:
-            self._rows[key] = [count, ts, ts]
+            self._rows[key] = [count, ts, last]
         else:
             row[0] += count
-            if ts is not None:
-                if row[1] is None or ts < row[1]:
-                    row[1] = ts
-                if row[2] is None or ts > row[2]:
-                    row[2] = ts
+            if ts is not None and (row[1] is None or ts < row[1]):
+                row[1] = ts
+            if last is not None and (row[2] is None or last > row[2]):
+                row[2] = last
         self.total += count
 
     def add(self, sample: DropSample) -> None:

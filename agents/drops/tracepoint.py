@@ -109,44 +109,56 @@ class KfreeSkbParser:
             return 0
         return self._lines([tail.decode("utf-8", "replace")])
 
-    # Hot loop: one call per drop under a storm. Everything after "protocol=" is the same for
-    # every drop of one signature, so that tail is parsed once and then looked up.
+    # Hot loop: one pass per drop under a storm. Everything after "protocol=" is the same for
+    # every drop of one signature, so lines are grouped by that tail first; the tail is parsed
+    # once per signature, and timestamps only for the first and last line of each group.
     def _lines(self, lines: list[str]) -> int:
-        keys = self._keys
-        add = self.agg.add_key
-        offset = self.clock_offset_ns
-        n = 0
+        groups: dict[str, list] = {}
+        get = groups.get
         for line in lines:
             i = line.find(_MARK)
             if i < 0:
                 self._other(line)
                 continue
             p = line.find(_PROTO, i)
-            j = line.rfind(" ", 0, i)
             if p < 0:
                 self._bad(line)
                 continue
             tail = line[p + 9:]
+            g = get(tail)
+            if g is None:
+                groups[tail] = [1, line, line]
+            else:
+                g[0] += 1
+                g[2] = line
+        keys = self._keys
+        n = 0
+        for tail, (count, first, last) in groups.items():
             key = keys.get(tail, False)
             if key is False:
                 key = keys[tail] = self._parse_tail(tail)
                 if len(keys) > 65536:  # unbounded signatures would be a leak; start over
                     keys.clear()
             if key is None:
-                self._bad(line)
+                for _ in range(count):
+                    self._bad(first)
                 continue
             if key[1] in self.exclude:
-                self.excluded += 1
+                self.excluded += count
                 continue
-            try:
-                ts = round(float(line[j + 1:i]) * 1e6) * 1000 + offset
-            except ValueError:
-                self._bad(line)
-                continue
-            add(key, ts)
-            n += 1
+            t_first, t_last = self._ts(first), self._ts(last)
+            self.agg.add_key(key, t_first, count, t_last)
+            n += count
         self.records += n
         return n
+
+    def _ts(self, line: str) -> int | None:
+        i = line.find(_MARK)
+        j = line.rfind(" ", 0, i)
+        try:
+            return round(float(line[j + 1:i]) * 1e6) * 1000 + self.clock_offset_ns
+        except ValueError:
+            return None
 
     @staticmethod
     def _parse_tail(tail: str) -> tuple | None:
