@@ -5,15 +5,12 @@ The kernel counts many drops without saying which packet: interface rx/tx droppe
 ``InErrors``. Their increases become drop events whose ``reason`` is named after the counter and
 whose ``location`` is the counter (``Udp:RcvbufErrors``, ``link:rx_dropped``, ...).
 
-    parse_snmp_drops(text)     /proc/net/snmp (and snmp6) -> {counter: value}   sans-IO
-    parse_softnet(text)        /proc/net/softnet_stat -> {cpu: dropped}          sans-IO
-    DropCounterDeltas          baseline, u32 wrap and reset handling              sans-IO
-    CounterDrops               the collector: reads in one worker thread, which can enter
-                               another network namespace (``netns``) so tests and containers
-                               can be watched without moving the agent
+The files and rtnetlink are read with the netstat source's readers and its nstat delta
+arithmetic (``agents/netstat``); this module only picks the drop counters out of them:
 
-These are minimal private readers; once ``agents/netstat/parse.py`` lands on main they should
-be replaced by its parsers and its ``CounterDeltas``.
+    drop_events(samples, deltas, now)   sans-IO: netstat Samples -> drop event dicts
+    CounterDrops                        the collector: reads in one worker thread, which can
+                                        enter another network namespace (``netns``)
 """
 
 from __future__ import annotations
@@ -27,87 +24,52 @@ from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
 
-# (group, counter) in /proc/net/snmp and snmp6 -> drop reason name.
-SNMP_DROPS: dict[tuple[str, str], str] = {
+from ..netstat import read_proc, read_rtnl
+from ..netstat.parse import CounterDeltas, Sample
+
+# (netstat group, counter) -> drop reason name. Groups: /proc/net/snmp{,6}, softnet_stat,
+# rtnl_link_stats64 (include/uapi/linux/if_link.h), gnet_stats_queue (linux/gen_stats.h).
+DROP_COUNTERS: dict[tuple[str, str], str] = {
     ("Udp", "RcvbufErrors"): "UDP_RCVBUF_ERRORS",
     ("Udp", "InErrors"): "UDP_IN_ERRORS",
     ("Udp6", "RcvbufErrors"): "UDP6_RCVBUF_ERRORS",
     ("Udp6", "InErrors"): "UDP6_IN_ERRORS",
+    ("softnet", "dropped"): "SOFTNET_DROPPED",
+    ("link", "rx_dropped"): "LINK_RX_DROPPED",
+    ("link", "tx_dropped"): "LINK_TX_DROPPED",
+    ("link", "rx_missed_errors"): "LINK_RX_MISSED",
+    ("qdisc", "drops"): "QDISC_DROPS",
 }
-# rtnl_link_stats64 field (include/uapi/linux/if_link.h) -> reason name.
-LINK_DROPS: dict[str, str] = {
-    "rx_dropped": "LINK_RX_DROPPED",
-    "tx_dropped": "LINK_TX_DROPPED",
-    "rx_missed_errors": "LINK_RX_MISSED",
-}
-U32 = 1 << 32
+_GROUPS = frozenset(g for g, _ in DROP_COUNTERS)
 
 
-def parse_snmp_drops(text: str) -> dict[str, int]:
-    """``Group: names`` / ``Group: values`` pairs (snmp) or ``Udp6InErrors 3`` lines (snmp6)
-    -> ``{"Udp:RcvbufErrors": n, ...}`` for the counters in :data:`SNMP_DROPS`.
+def drop_events(samples: list[Sample], deltas: CounterDeltas, now_ns: int,
+                netns: int | None = None) -> list[dict[str, Any]]:
+    """Increases of the drop counters in ``samples`` as drop event dicts (sans-IO).
 
-    Never raises: malformed lines are skipped.
+    The first sample of each (group, scope) is a baseline and gives nothing.
     """
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    header: dict[str, list[str]] = {}
-    for line in lines:
-        group, sep, rest = line.partition(":")
-        if sep:
-            fields = rest.split()
-            if group in header:
-                for name, value in zip(header.pop(group), fields, strict=False):
-                    if (group, name) in SNMP_DROPS:
-                        with contextlib.suppress(ValueError):
-                            out[f"{group}:{name}"] = int(value)
-            else:
-                header[group] = fields
+    events: list[dict[str, Any]] = []
+    for s in samples:
+        if s.group not in _GROUPS:
             continue
-        parts = line.split()
-        if len(parts) == 2 and parts[0].startswith("Udp6"):
-            name = parts[0][4:]
-            if ("Udp6", name) in SNMP_DROPS:
-                with contextlib.suppress(ValueError):
-                    out[f"Udp6:{name}"] = int(parts[1])
-    return out
-
-
-def parse_softnet(text: str) -> dict[int, int]:
-    """/proc/net/softnet_stat -> {cpu: dropped} (2nd hex column; the line index when the
-    kernel does not print the cpu id in column 13)."""
-    out: dict[int, int] = {}
-    for i, line in enumerate(text.splitlines()):
-        cols = line.split()
-        if len(cols) < 2:
-            continue
-        try:
-            cpu = int(cols[12], 16) if len(cols) > 12 else i
-            out[cpu] = int(cols[1], 16)
-        except ValueError:
-            continue
-    return out
-
-
-class DropCounterDeltas:
-    """Cumulative counters -> increases. First sight is a baseline (no delta); a decrease is a
-    wrap for 32-bit counters when plausible, otherwise a reset (new baseline, no delta)."""
-
-    def __init__(self) -> None:
-        self._last: dict[tuple, int] = {}
-        self.resets = 0
-
-    def update(self, key: tuple, value: int, bits: int = 64) -> int:
-        prev = self._last.get(key)
-        self._last[key] = value
-        if prev is None:
-            return 0
-        if value >= prev:
-            return value - prev
-        if bits == 32 and prev - value > (U32 >> 1):
-            return value + U32 - prev
-        self.resets += 1
-        return 0
+        d = deltas.update(s, now_ns)
+        for name, n in d.deltas.items():
+            reason = DROP_COUNTERS.get((s.group, name))
+            if reason is None or n <= 0:
+                continue
+            ev: dict[str, Any] = {"count": n, "source": "counter", "reason": reason,
+                                  "location": f"{s.group}:{name}", "last_ts": now_ns}
+            if d.interval_ns:
+                ev["first_ts"] = now_ns - d.interval_ns
+            if s.group == "link":
+                ev["iface"] = s.scope
+            elif s.group == "qdisc":
+                ev["iface"] = s.scope.split(":", 1)[0]
+            if netns is not None:
+                ev["netns"] = netns
+            events.append(ev)
+    return events
 
 
 CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
@@ -141,13 +103,14 @@ class CounterDrops:
     source = "counter"
 
     def __init__(self, *, interval: float = 1.0, netns: str | None = None,
-                 proc_net: str = "/proc/thread-self/net") -> None:
+                 proc: str = "/proc/thread-self") -> None:
         if interval <= 0:
             raise ConfigError("drops.counter_interval must be > 0")
         self.interval = interval
         self.netns = netns
-        self.proc_net = proc_net
-        self.deltas = DropCounterDeltas()
+        self.proc = proc  # thread-self: the reader thread's netns, which may be another one
+        self.deltas = CounterDeltas()
+        self._missing: set[str] = set()
         self.netns_inode: int | None = None
         self._ipr: Any = None
         self._init_error: OSError | None = None
@@ -163,71 +126,22 @@ class CounterDrops:
         with contextlib.suppress(OSError):
             self.netns_inode = os.stat("/proc/thread-self/ns/net").st_ino
 
-    def _read(self) -> list[tuple[tuple, int, int, dict]]:
-        """(key, value, bits, event fields) for every drop counter, read now."""
-        rows: list[tuple[tuple, int, int, dict]] = []
-        for fname in ("snmp", "snmp6"):
-            try:
-                with open(f"{self.proc_net}/{fname}") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            for name, value in parse_snmp_drops(text).items():
-                group, _, counter = name.partition(":")
-                rows.append((("snmp", name), value, 64,
-                             {"reason": SNMP_DROPS[(group, counter)], "location": name}))
-        with contextlib.suppress(OSError):
-            with open(f"{self.proc_net}/softnet_stat") as f:
-                for cpu, dropped in parse_softnet(f.read()).items():
-                    rows.append((("softnet", cpu), dropped, 32,
-                                 {"reason": "SOFTNET_DROPPED", "location": "softnet:dropped"}))
-        rows.extend(self._read_links())
-        return rows
-
-    def _read_links(self) -> list[tuple[tuple, int, int, dict]]:
-        rows: list[tuple[tuple, int, int, dict]] = []
+    def _read(self) -> list[Sample]:
+        """Read the counter files and rtnetlink once (blocking: in the reader thread)."""
+        samples = read_proc(self.proc, self._missing)
         try:
             if self._ipr is None:
                 from pyroute2 import IPRoute
+
                 self._ipr = IPRoute()  # opened in this thread: lives in its netns
-            names: dict[int, str] = {}
-            for link in self._ipr.get_links():
-                idx = link["index"]
-                name = link.get_attr("IFLA_IFNAME")
-                names[idx] = name
-                st = link.get_attr("IFLA_STATS64") or {}
-                for field, reason in LINK_DROPS.items():
-                    if field in st:
-                        rows.append((("link", idx, field), int(st[field]), 64,
-                                     {"reason": reason, "location": f"link:{field}",
-                                      "iface": name, "ifindex": idx}))
-            for q in self._ipr.get_qdiscs():
-                s2 = q.get_attr("TCA_STATS2")
-                qs = s2.get_attr("TCA_STATS_QUEUE") if s2 is not None else None
-                if not qs:
-                    continue
-                idx = q["index"]
-                handle = q["handle"]
-                kind = q.get_attr("TCA_KIND")
-                rows.append((("qdisc", idx, handle, kind), int(qs["drops"]), 32,
-                             {"reason": "QDISC_DROPS", "location": f"qdisc:{kind}:drops",
-                              "iface": names.get(idx), "ifindex": idx}))
-        except Exception:  # pyroute2 missing or netlink refused: proc counters still count
+            samples.extend(read_rtnl(self._ipr, links=True, qdiscs=True))
+        except Exception:  # pyroute2 raises widely; the /proc counters still count
             self._ipr = None
-        return rows
+        return samples
 
     def sample(self) -> list[dict[str, Any]]:
-        """One reading -> drop events for the counters that increased (sans loop)."""
-        now = time.time_ns()
-        events = []
-        for key, value, bits, fields in self._read():
-            d = self.deltas.update(key, value, bits)
-            if d > 0:
-                ev = {"count": d, "source": self.source, "last_ts": now, **fields}
-                if self.netns_inode is not None:
-                    ev["netns"] = self.netns_inode
-                events.append({k: v for k, v in ev.items() if v is not None})
-        return events
+        """One reading -> drop events for the counters that increased."""
+        return drop_events(self._read(), self.deltas, time.time_ns(), self.netns_inode)
 
     async def run(self, sink: Any) -> None:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, initializer=self._init_thread,
@@ -245,7 +159,6 @@ class CounterDrops:
                 events = await loop.run_in_executor(pool, self.sample)
                 now = time.time_ns()
                 for e in events:
-                    e.setdefault("first_ts", last)
                     sink.emit("drop", e, t0=last, t1=now)
                 last = now
         finally:

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from agents.drops import DropsCollector
-from agents.drops.counters import CounterDrops, parse_snmp_drops
+from agents.drops.counters import CounterDrops
 from agents.drops.netdm import NetDmDrops
 from agents.drops.tracepoint import TracepointDrops
+from agents.netstat.parse import parse_snmp
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
 
@@ -37,11 +38,8 @@ N_NFT, N_CLOSED, N_RCVBUF, N_QDISC = 300, 200, 400, 400
 
 
 def _snmp(ns) -> dict[str, int]:
-    text = ns.run("cat", "/proc/net/snmp").stdout
-    out = parse_snmp_drops(text)
-    lines = [ln.split() for ln in text.splitlines() if ln.startswith("Udp:")]
-    out["Udp:NoPorts"] = int(lines[1][lines[0].index("NoPorts")])
-    return out
+    udp = next(s for s in parse_snmp(ns.run("cat", "/proc/net/snmp").stdout) if s.group == "Udp")
+    return {f"Udp:{k}": v for k, v in udp.counters.items()}
 
 
 def _qdisc_drops(ns, dev: str) -> int:
@@ -157,7 +155,7 @@ async def _scenario(a, b, a_addr, b_addr, b_inode, nats_url, snmp0, q0):
         def satisfied() -> bool:
             return (all(seen.get(("tracepoint", r), 0) >= n for r, n in kernel.items())
                     and counter_seen.get("Udp:RcvbufErrors", 0) >= kernel["SOCKET_RCVBUFF"]
-                    and counter_seen.get("qdisc:tbf:drops", 0) >= kernel["QDISC_DROP"])
+                    and counter_seen.get("qdisc:drops", 0) >= kernel["QDISC_DROP"])
 
         async with asyncio.timeout(15):
             while not satisfied():
@@ -178,7 +176,7 @@ async def _scenario(a, b, a_addr, b_addr, b_inode, nats_url, snmp0, q0):
         await agent
         # The counter source sees only b: its counts are the kernel's, exactly.
         assert counter_seen["Udp:RcvbufErrors"] == kernel["SOCKET_RCVBUFF"]
-        assert counter_seen["qdisc:tbf:drops"] == kernel["QDISC_DROP"]
+        assert counter_seen["qdisc:drops"] == kernel["QDISC_DROP"]
         assert counter_seen.get("Udp:InErrors", 0) >= kernel["SOCKET_RCVBUFF"]
         src = statuses[-1]["sources"] if statuses else {}
         assert src.get("drops.tracepoint", {}).get("state") == "running"

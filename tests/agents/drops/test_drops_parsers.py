@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from agents.drops.aggregate import DropAggregator, DropSample, flow_of
-from agents.drops.counters import DropCounterDeltas, parse_snmp_drops, parse_softnet
 from agents.drops.kallsyms import Kallsyms
 from agents.drops.tracepoint import KfreeSkbParser, normalize_location, reason_table
 
@@ -183,31 +182,29 @@ def test_kallsyms_of_this_machine_resolves_a_known_symbol():
 SNMP = """Ip: Forwarding DefaultTTL InReceives
 Ip: 1 64 100
 Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
-Udp: 10 2 7 5 6 0 0 0 0
+Udp: {0} 2 {1} 5 {2} 0 0 0 0
 """
-SNMP6 = "Udp6InDatagrams                 \t3\nUdp6InErrors                    \t4\nUdp6RcvbufErrors                \t1\n"
 
 
-def test_snmp_drop_counters():
-    assert parse_snmp_drops(SNMP) == {"Udp:InErrors": 7, "Udp:RcvbufErrors": 6}
-    assert parse_snmp_drops(SNMP6) == {"Udp6:InErrors": 4, "Udp6:RcvbufErrors": 1}
-    assert parse_snmp_drops("Udp: a b\nnonsense\n") == {}
+def test_counter_drops_from_netstat_samples():
+    from agents.drops.counters import drop_events
+    from agents.netstat.parse import CounterDeltas, Sample, parse_snmp
 
-
-def test_softnet_dropped_column():
-    text = ("0000a000 00000003 00000000 00000000 00000000 00000000 00000000 00000000 "
-            "00000000 00000000 00000000 00000000 00000000 00000000\n"
-            "0000b000 00000010 00000000 00000000 00000000 00000000 00000000 00000000 "
-            "00000000 00000000 00000000 00000000 00000001 00000000\n")
-    assert parse_softnet(text) == {0: 3, 1: 16}
-
-
-def test_counter_deltas_baseline_wrap_reset():
-    d = DropCounterDeltas()
-    assert d.update(("q",), 10, 32) == 0          # baseline
-    assert d.update(("q",), 15, 32) == 5
-    assert d.update(("q",), (1 << 32) - 1, 32) == (1 << 32) - 16
-    assert d.update(("q",), 4, 32) == 5            # wrapped
-    assert d.update(("x",), 100) == 0
-    assert d.update(("x",), 3) == 0 and d.resets == 1   # reset: new baseline
-    assert d.update(("x",), 8) == 5
+    deltas = CounterDeltas()
+    base = parse_snmp(SNMP.format(10, 7, 6)) + [
+        Sample("qdisc", "veth-b:8001:0", {"drops": 4294967290, "requeues": 0}, bits=32),
+        Sample("link", "eth0", {"rx_dropped": 5, "rx_packets": 100}),
+    ]
+    assert drop_events(base, deltas, 1_000) == []  # baseline
+    later = parse_snmp(SNMP.format(99, 9, 16)) + [
+        Sample("qdisc", "veth-b:8001:0", {"drops": 3, "requeues": 0}, bits=32),   # wrapped
+        Sample("link", "eth0", {"rx_dropped": 5, "rx_packets": 200}),
+    ]
+    events = drop_events(later, deltas, 2_000, netns=4026531840)
+    by = {e["location"]: e for e in events}
+    assert set(by) == {"Udp:InErrors", "Udp:RcvbufErrors", "qdisc:drops"}
+    assert by["Udp:RcvbufErrors"]["count"] == 10 and by["Udp:RcvbufErrors"]["reason"] == "UDP_RCVBUF_ERRORS"
+    assert by["Udp:InErrors"]["count"] == 2
+    assert by["qdisc:drops"]["count"] == 9 and by["qdisc:drops"]["iface"] == "veth-b"
+    assert all(e["source"] == "counter" and e["netns"] == 4026531840 and e["first_ts"] == 1_000
+               for e in events)
