@@ -160,12 +160,31 @@ def capture_events(capture: CaptureDrops, *, packets: bool = True,
     return agg.flush(), overflow
 
 
+def load_capture(path: str | Path) -> CaptureDrops:
+    """Read and decode a capture file.
+
+    Raises:
+        ConfigError: the file cannot be read.
+        CodecError: the file is not a dwdump capture (the message says why).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read capture {path}: {exc.strerror}") from exc
+    try:
+        return decode_capture(data)
+    except CodecError as exc:
+        raise CodecError(f"{path}: {exc}") from exc
+
+
 async def import_capture(path: str | Path, bus: Any, *, site: str = "local",
-                         host: str | None = None, batch_size: int = 500) -> dict[str, int]:
+                         host: str | None = None, batch_size: int = 500,
+                         capture: CaptureDrops | None = None) -> dict[str, int]:
     """Publish a dwdump capture's drops as ``drop`` batches (source ``dwdump``).
 
-    ``bus`` is anything with ``async publish(batch)`` (a Bus, a MemoryBus). Returns counts:
-    events, drops, batches, tail_drops, errors.
+    ``bus`` is anything with ``async publish(batch)`` (a Bus, a MemoryBus). ``capture`` skips
+    reading ``path`` again when the caller already loaded it. Returns counts: events, drops,
+    batches, tail_drops, errors, packet_overflow.
 
     Raises:
         ConfigError: the file cannot be read.
@@ -174,11 +193,8 @@ async def import_capture(path: str | Path, bus: Any, *, site: str = "local",
     import secrets
     import socket
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read capture {path}: {exc.strerror}") from exc
-    capture = decode_capture(data)
+    if capture is None:
+        capture = load_capture(path)
     events, overflow = capture_events(capture)
     host = host or socket.gethostname().split(".")[0]
     run = secrets.token_hex(8)
