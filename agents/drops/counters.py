@@ -158,8 +158,8 @@ class CounterDrops:
                 await asyncio.sleep(self.interval)
                 events = await loop.run_in_executor(pool, self.sample)
                 now = time.time_ns()
-                for e in events:
-                    sink.emit("drop", e, t0=last, t1=now)
+                if events:
+                    sink.emit_batch("drop", events, t0=last, t1=now, mode="alert")
                 last = now
         finally:
             if self._ipr is not None:

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -354,6 +355,7 @@ class NetDmDrops:
         self.decode_errors = 0
         self._seq = 0
         self._last_dropped: int | None = None
+        self._window_start = time.time_ns()
 
     # -- blocking setup helpers (short request/ack exchanges on a private socket) --------------
     def _request(self, sock: socket.socket, family: int, cmd: int, attrs: bytes = b"") -> list[NetDmMessage]:
@@ -509,5 +511,9 @@ class NetDmDrops:
 
     def flush(self, sink: Any) -> None:
         sink.lost("netdm.packet_cap", self.agg.take_overflow())
-        for event in self.agg.flush():
-            sink.emit("drop", event)
+        now = time.time_ns()
+        events = self.agg.flush()
+        if events:
+            sink.emit_batch("drop", events, t0=self._window_start, t1=now,
+                            mode="packet" if self.packet_mode else "alert")
+        self._window_start = now

@@ -487,8 +487,10 @@ class TracepointDrops:
             sink.lost("tracepoint.parse_error", bad)
             log.warning("tracepoint: %d trace_pipe line(s) not understood, e.g. %r",
                         bad, self.parser.last_bad)
-        for event in self.agg.flush():
-            sink.emit("drop", event, t0=self._window_start, t1=now)
+        events = self.agg.flush()
+        if events:
+            # One batch per window, published at once (not held for the runner's batching).
+            sink.emit_batch("drop", events, t0=self._window_start, t1=now, mode="alert")
         self._window_start = now
 
     async def run(self, sink: Any) -> None:
