@@ -24,7 +24,8 @@ from netevents.errors import CapabilityError, ConfigError
 log = logging.getLogger("netevents.agent.drops")
 
 _KEYS = {"sources", "interval", "exclude_reasons", "buffer_kb", "mode", "trunc_len", "queue_len",
-         "packet_cap", "stats_interval", "read_budget", "counter_interval", "enabled"}
+         "packet_cap", "packet_reasons", "stats_interval", "read_budget", "counter_interval",
+         "netns"}
 
 
 class DropsCollector:
@@ -85,26 +86,40 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
     unknown = sorted(set(section) - _KEYS)
     if unknown:
         raise ConfigError(f"[drops]: unknown option(s) {unknown}; known: {sorted(_KEYS)}")
+
+    def num(key: str, default: float, kind: type = float) -> Any:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"[drops] {key} must be a positive number, got {value!r}")
+        return kind(value)
+
+    def names(key: str) -> frozenset[str]:
+        value = section.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+            raise ConfigError(f"[drops] {key} must be a list of drop reason names")
+        return frozenset(r.upper().removeprefix("SKB_DROP_REASON_") for r in value)
+
     sources = section.get("sources", ["netdm", "tracepoint", "counter"])
     if not isinstance(sources, list) or not set(sources) <= {"netdm", "tracepoint", "counter"}:
-        raise ConfigError("drops.sources must be a list of 'netdm', 'tracepoint', 'counter'")
-    interval = float(section.get("interval", 1.0))
-    exclude = section.get("exclude_reasons", [])
-    if not isinstance(exclude, list) or not all(isinstance(r, str) for r in exclude):
-        raise ConfigError("drops.exclude_reasons must be a list of reason names")
+        raise ConfigError("[drops] sources must be a list of 'netdm', 'tracepoint', 'counter'")
+    interval = num("interval", 1.0)
+    exclude = names("exclude_reasons")
+    packet_reasons = names("packet_reasons")
     event_sources: list[Any] = []
     if "netdm" in sources:
         event_sources.append(NetDmDrops(
-            mode=section.get("mode", "alert"), trunc_len=int(section.get("trunc_len", 128)),
-            queue_len=int(section.get("queue_len", 1000)), interval=interval,
-            stats_interval=float(section.get("stats_interval", 1.0)),
-            packet_cap=int(section.get("packet_cap", 256))))
+            mode=section.get("mode", "alert"), trunc_len=num("trunc_len", 128, int),
+            queue_len=num("queue_len", 1000, int), interval=interval,
+            stats_interval=num("stats_interval", 1.0), packet_cap=num("packet_cap", 256, int),
+            packet_reasons=packet_reasons, exclude_reasons=exclude))
     if "tracepoint" in sources:
         event_sources.append(TracepointDrops(
-            interval=interval, buffer_kb=int(section.get("buffer_kb", 4096)),
-            exclude_reasons=frozenset(r.upper().removeprefix("SKB_DROP_REASON_") for r in exclude),
-            read_budget=int(section.get("read_budget", 4 << 20))))
+            interval=interval, buffer_kb=num("buffer_kb", 4096, int), exclude_reasons=exclude,
+            read_budget=num("read_budget", 4 << 20, int)))
     counter = None
     if "counter" in sources:
-        counter = CounterDrops(interval=float(section.get("counter_interval", interval)))
+        netns = section.get("netns")
+        if netns is not None and not isinstance(netns, str):
+            raise ConfigError("[drops] netns must be a namespace name (under /run/netns)")
+        counter = CounterDrops(interval=num("counter_interval", interval), netns=netns)
     return DropsCollector(event_sources, counter)

@@ -328,7 +328,9 @@ def encode_config(*, packet_mode: bool, trunc_len: int, queue_len: int) -> bytes
 
 class NetDmDrops:
     """Collector over NET_DM. Config: ``mode`` (alert|packet), ``trunc_len``, ``queue_len``,
-    ``interval`` (aggregation window, s), ``stats_interval`` (s), ``packet_cap``.
+    ``interval`` (aggregation window, s), ``stats_interval`` (s), ``packet_cap`` (packets kept
+    per window), ``packet_reasons`` (keep packets of these reasons only; implies packet mode),
+    ``exclude_reasons``.
 
     Raises (from run):
         CapabilityError("CONFIG_NET_DROP_MONITOR"): the kernel has no NET_DM family.
@@ -340,15 +342,21 @@ class NetDmDrops:
     source = "netdm"
 
     def __init__(self, *, mode: str = "alert", trunc_len: int = 128, queue_len: int = 1000,
-                 interval: float = 1.0, stats_interval: float = 1.0, packet_cap: int = 256) -> None:
+                 interval: float = 1.0, stats_interval: float = 1.0, packet_cap: int = 256,
+                 packet_reasons: frozenset[str] = frozenset(),
+                 exclude_reasons: frozenset[str] = frozenset()) -> None:
         if mode not in ("alert", "packet"):
-            raise ConfigError(f"drops.mode must be 'alert' or 'packet', not {mode!r}")
-        self.packet_mode = mode == "packet"
+            raise ConfigError(f"[drops] mode must be 'alert' or 'packet', not {mode!r}")
+        # Asking for packets of some reasons needs the kernel in packet mode.
+        self.packet_mode = mode == "packet" or bool(packet_reasons)
+        self.exclude_reasons = exclude_reasons
         self.trunc_len = trunc_len
         self.queue_len = queue_len
         self.interval = interval
         self.stats_interval = stats_interval
-        self.agg = DropAggregator(self.source, packet_mode=self.packet_mode, packet_cap=packet_cap)
+        keep = (lambda smp: smp.reason in packet_reasons) if packet_reasons else None
+        self.agg = DropAggregator(self.source, packet_mode=self.packet_mode, packet_cap=packet_cap,
+                                  packet_filter=keep)
         self.kallsyms: Kallsyms | None = None
         self.family: int | None = None
         self.group: int | None = None
@@ -447,7 +455,8 @@ class NetDmDrops:
                 self.account_stats(m.dropped, sink)
                 continue
             for s in samples_of(m, self.kallsyms):
-                self.agg.add(s)
+                if s.reason not in self.exclude_reasons:
+                    self.agg.add(s)
 
     def account_stats(self, dropped: int, sink: Any) -> None:
         """The kernel's cumulative tail-drop count -> own-loss increase."""

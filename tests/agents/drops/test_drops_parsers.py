@@ -208,3 +208,22 @@ def test_counter_drops_from_netstat_samples():
     assert by["qdisc:drops"]["count"] == 9 and by["qdisc:drops"]["iface"] == "veth-b"
     assert all(e["source"] == "counter" and e["netns"] == 4026531840 and e["first_ts"] == 1_000
                for e in events)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+def test_sample_config_builds_and_bad_options_are_named():
+    import tomllib
+
+    from agents.drops import build
+    from netevents.errors import ConfigError
+
+    section = tomllib.loads((Path(__file__).parents[3] / "agents/drops/sample.toml").read_text())["drops"]
+    c = build(section)
+    assert [s.name for s in c.event_sources] == ["drops.netdm", "drops.tracepoint"]
+    assert c.event_sources[1].exclude_reasons == frozenset({"NOT_SPECIFIED"})
+    for bad, word in (({"intervall": 1}, "intervall"), ({"interval": 0}, "interval"),
+                      ({"exclude_reasons": "NOT_SPECIFIED"}, "exclude_reasons"),
+                      ({"mode": "burst"}, "mode"), ({"sources": ["ebpf"]}, "sources")):
+        with pytest.raises(ConfigError, match=word):
+            build(bad)
