@@ -1,11 +1,12 @@
 """Benchmark of the kfree_skb tracepoint drop source, against its limit, in one run.
 
-1. Throughput. One private tracefs instance is filled with the same burst of drops twice (a C
-   sender into an nftables output-hook drop rule inside a private namespace; the event is
-   disabled before reading, so nothing else enters). The burst is drained once by
-   ``dd iflag=nonblock if=trace_pipe of=/dev/null`` (cat that stops when the pipe is empty: the
-   kernel's own text formatting, the limit of any trace_pipe reader) and once by the agent's
-   reader (read + KfreeSkbParser + DropAggregator + flush). Prints both rates and the ratio.
+1. Throughput. One private tracefs instance is filled with a burst of drops (a C sender into
+   an nftables output-hook drop rule inside a private namespace; the event is disabled before
+   reading, so nothing else enters), four times, and drained each time by: ``dd iflag=nonblock
+   if=trace_pipe of=/dev/null`` (cat that stops when the pipe is empty: the kernel's text
+   formatting, the limit of any trace_pipe reader); the agent's text reader; dd on the per-CPU
+   ``trace_pipe_raw``; the agent's raw page reader (each: read + parse + aggregate + flush).
+   Prints the rates and the ratios against the limits.
 
 2. Latency from drop to event at a subscriber: the agent (AgentRunner + TracepointDrops)
    publishes to a real nats-server; a probe sends one IP packet with an unassigned protocol
@@ -38,13 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.drops import DropsCollector  # noqa: E402
-from agents.drops.aggregate import DropAggregator  # noqa: E402
-from agents.drops.tracepoint import (  # noqa: E402
-    KfreeSkbParser,
-    TraceInstance,
-    TracepointDrops,
-    boottime_offset_ns,
-)
+from agents.drops.tracepoint import TraceInstance, TracepointDrops  # noqa: E402
 from agents.runner import AgentRunner, RunnerOptions  # noqa: E402
 from netevents.bus import EmbeddedServer, connect  # noqa: E402
 
@@ -84,45 +79,68 @@ def fill(inst: TraceInstance, ns: Namespace, flood: Path, seconds: float) -> int
     return int(out)
 
 
+def _drain_with_dd(paths: list[Path]) -> float:
+    t = time.perf_counter()
+    for path in paths:
+        subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M", "iflag=nonblock",
+                        "status=none"], check=False, capture_output=True)
+    return time.perf_counter() - t
+
+
+def _drain_agent(inst: TraceInstance, reader: str) -> tuple[float, int, int]:
+    """The collector's own read path on a filled instance: (seconds, drops, events)."""
+    tp = TracepointDrops(reader=reader)
+    tp.instance = inst
+    if reader == "raw":
+        assert tp._open_raw(), "raw reader unavailable"
+    else:
+        inst.open_pipe()
+    t = time.perf_counter()
+    tp._drain_all()
+    events = tp.agg.flush()
+    dt = time.perf_counter() - t
+    for fd in [inst.pipe_fd, *inst.raw_fds.values()]:
+        if fd is not None:
+            os.close(fd)
+    inst.pipe_fd, inst.raw_fds = None, {}
+    return dt, sum(e["count"] for e in events), len(events)
+
+
 def bench_throughput(flood: Path, seconds: float) -> None:
+    """The same burst size drained four ways from one instance."""
+    rows = []
     with Namespace() as ns:
-        inst = TraceInstance.create(buffer_kb=16384)
+        inst = TraceInstance.create(buffer_kb=32768)
         try:
             inst.disable()
             inst.overrun_delta()
-            # 1. the limit: dd draining the text pipe into /dev/null
-            sent = fill(inst, ns, flood, seconds)
-            t = time.perf_counter()
-            subprocess.run(["dd", f"if={inst.path / 'trace_pipe'}", "of=/dev/null", "bs=1M",
-                            "iflag=nonblock", "status=none"], check=False, capture_output=True)
-            t_dd = time.perf_counter() - t
-            lost_dd = inst.overrun_delta()
-            # 2. the agent's reader on the same instance and the same burst size
-            sent2 = fill(inst, ns, flood, seconds)
-            agg = DropAggregator("tracepoint")
-            parser = KfreeSkbParser(agg, clock_offset_ns=boottime_offset_ns())
-            fd = inst.open_pipe()
-            t = time.perf_counter()
-            while True:
-                data = inst.read(1 << 20)
-                if not data:
-                    break
-                parser.feed(data)
-            events = agg.flush()
-            t_ours = time.perf_counter() - t
-            lost_ours = inst.overrun_delta()
-            os.close(fd)
-            inst.pipe_fd = None
+            cpus = sorted(inst.path.glob("per_cpu/cpu*"))
+            for label, how in (
+                    ("dd trace_pipe > /dev/null  (limit, text)", "dd-text"),
+                    ("agent, trace_pipe text reader", "text"),
+                    ("dd trace_pipe_raw > /dev/null (limit, raw)", "dd-raw"),
+                    ("agent, raw page reader", "raw")):
+                sent = fill(inst, ns, flood, seconds)
+                if how == "dd-text":
+                    dt, got, nev = _drain_with_dd([inst.path / "trace_pipe"]), None, None
+                elif how == "dd-raw":
+                    dt, got, nev = _drain_with_dd([c / "trace_pipe_raw" for c in cpus]), None, None
+                else:
+                    dt, got, nev = _drain_agent(inst, how)
+                lost = inst.overrun_delta()
+                n = got if got is not None else sent - lost
+                rows.append((label, how, n / dt, dt, n, nev, lost))
         finally:
             inst.remove()
-    got = sum(e["count"] for e in events)
-    r_dd = (sent - lost_dd) / t_dd
-    r_ours = got / t_ours
-    print(f"throughput: burst {sent:,} / {sent2:,} drops (ring overruns {lost_dd} / {lost_ours})")
-    print(f"  dd trace_pipe > /dev/null (limit): {r_dd:12,.0f} drops/s  ({t_dd:.3f} s)")
-    print(f"  agent reader+parse+aggregate:      {r_ours:12,.0f} drops/s  ({t_ours:.3f} s, "
-          f"{got:,} drops -> {len(events)} events)")
-    print(f"  ratio agent / limit: {r_ours / r_dd:.2f}")
+    print("throughput: one burst of drops in a private instance, drained:")
+    for label, _how, rate, dt, n, nev, lost in rows:
+        extra = f", -> {nev} events" if nev is not None else ""
+        print(f"  {label:44s} {rate:12,.0f} drops/s  ({n:,} in {dt:.3f} s{extra}; "
+              f"ring overrun {lost})")
+    rate = {how: r for _l, how, r, *_ in rows}
+    print(f"  ratio agent(raw) / dd trace_pipe:  {rate['raw'] / rate['dd-text']:.2f}")
+    print(f"  ratio agent(text) / dd trace_pipe: {rate['text'] / rate['dd-text']:.2f}")
+    print(f"  ratio agent(raw) / dd trace_pipe_raw: {rate['raw'] / rate['dd-raw']:.2f}")
 
 
 # -- latency -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ log = logging.getLogger("netevents.agent.drops")
 
 _KEYS = {"sources", "interval", "exclude_reasons", "buffer_kb", "mode", "trunc_len", "queue_len",
          "packet_cap", "packet_reasons", "stats_interval", "read_budget", "counter_interval",
-         "netns"}
+         "netns", "reader"}
 
 
 class DropsCollector:
@@ -115,7 +115,8 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
     if "tracepoint" in sources:
         event_sources.append(TracepointDrops(
             interval=interval, buffer_kb=num("buffer_kb", 4096, int), exclude_reasons=exclude,
-            read_budget=num("read_budget", 4 << 20, int)))
+            read_budget=num("read_budget", 4 << 20, int),
+            reader=section.get("reader", "raw")))
     counter = None
     if "counter" in sources:
         netns = section.get("netns")

@@ -177,7 +177,7 @@ class KfreeSkbParser:
         return (location, reason or "NOT_SPECIFIED", None, None, proto, None, "sw", None, None, pc)
 
     def _other(self, line: str) -> None:
-        if not line.strip():
+        if not line.strip() or line.lstrip().startswith("#"):  # blank, or the `trace` header
             return
         # "CPU:1 [LOST 123 EVENTS]": the ring overwrote events before we read them.
         m = re.search(r"\[LOST (\d+) EVENTS\]", line)
@@ -292,6 +292,7 @@ class TraceInstance:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.pipe_fd: int | None = None
+        self.raw_fds: dict[int, int] = {}
         self.reasons: dict[int, str] = {}
         self.filter: str | None = None
         self._overrun_base: dict[int, int] = {}
@@ -360,6 +361,13 @@ class TraceInstance:
         self.pipe_fd = os.open(self.path / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
         return self.pipe_fd
 
+    def open_raw_pipes(self) -> dict[int, int]:
+        """cpu -> non-blocking fd of ``per_cpu/cpuN/trace_pipe_raw`` (closed by remove())."""
+        for cpu_dir in sorted((self.path / "per_cpu").glob("cpu*")):
+            fd = os.open(cpu_dir / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
+            self.raw_fds[int(cpu_dir.name[3:])] = fd
+        return self.raw_fds
+
     def read(self, size: int = 1 << 20) -> bytes | None:
         """Whatever the pipe holds (up to ``size``), or None when it is empty."""
         assert self.pipe_fd is not None
@@ -406,10 +414,12 @@ class TraceInstance:
             return
         self._removed = True
         self.disable()
-        if self.pipe_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.pipe_fd)
-            self.pipe_fd = None
+        for fd in [self.pipe_fd, *self.raw_fds.values()]:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.pipe_fd = None
+        self.raw_fds = {}
         for _ in range(50):
             try:
                 self.path.rmdir()
@@ -433,9 +443,12 @@ def boottime_offset_ns() -> int:
 class TracepointDrops:
     """Collector: aggregated kfree_skb drops, one window per ``interval`` seconds.
 
-    Config keys (section ``[drops.tracepoint]`` or the ``drops`` section itself):
-    ``interval`` (s, 1.0), ``buffer_kb`` (per CPU, 4096), ``exclude_reasons`` (list of names,
-    e.g. ["NOT_SPECIFIED"]), ``read_budget`` (bytes per wakeup, 4 MiB).
+    ``reader``: ``raw`` walks the binary per-CPU ring pages (``trace_pipe_raw``, see
+    rawtrace.py; the kernel does no text formatting, locations come from /proc/kallsyms) —
+    the default; ``text`` parses ``trace_pipe``. ``raw`` falls back to ``text`` when kallsyms
+    addresses are hidden or the event format is unexpected.
+    Other options: ``interval`` (s), ``buffer_kb`` (per CPU), ``exclude_reasons`` (names,
+    filtered in the kernel), ``read_budget`` (bytes per wakeup).
     """
 
     name = "drops.tracepoint"
@@ -443,27 +456,35 @@ class TracepointDrops:
 
     def __init__(self, *, interval: float = 1.0, buffer_kb: int = 4096,
                  exclude_reasons: frozenset[str] = frozenset(), read_budget: int = 4 << 20,
-                 tracefs: Path | None = None) -> None:
+                 reader: str = "raw", tracefs: Path | None = None) -> None:
         if interval <= 0:
-            raise ConfigError("drops.interval must be > 0")
+            raise ConfigError("[drops] interval must be > 0")
         if buffer_kb < 4:
-            raise ConfigError("drops.buffer_kb must be >= 4")
+            raise ConfigError("[drops] buffer_kb must be >= 4")
+        if reader not in ("raw", "text"):
+            raise ConfigError(f"[drops] reader must be 'raw' or 'text', not {reader!r}")
         self.interval = interval
         self.buffer_kb = buffer_kb
         self.exclude_reasons = frozenset(exclude_reasons)
         self.read_budget = read_budget
+        self.reader = reader
         self.tracefs = tracefs
         self.agg = DropAggregator(self.source)
         self.parser = KfreeSkbParser(self.agg, clock_offset_ns=boottime_offset_ns())
+        self.raw: Any = None
+        """The RawPageParser when reading raw pages."""
         self.instance: TraceInstance | None = None
         self.ready = asyncio.Event()
         """Set once the event is enabled and read (tests and benchmarks wait on it)."""
         self.bytes_read = 0
+        self._raw_fds: dict[int, int] = {}
+        self._page_size = 4096
         self._window_start = time.time_ns()
         self._bad_reported = 0
 
-    # Reads until the pipe is empty or the budget is spent; the loop gets control back between
-    # wakeups so a storm cannot starve publishing.
+    # -- reading (add_reader callbacks) ---------------------------------------------------------
+    # Each wakeup reads until the pipe is empty or the budget is spent, so the loop gets control
+    # back between wakeups and a storm cannot starve publishing.
     def _drain(self) -> None:
         inst = self.instance
         if inst is None or inst.pipe_fd is None:
@@ -477,15 +498,84 @@ class TracepointDrops:
             budget -= len(data)
             self.parser.feed(data)
 
+    def _drain_raw(self, fd: int, budget: int | None = None) -> None:
+        budget = self.read_budget if budget is None else budget
+        size = self._page_size
+        feed = self.raw.feed_page
+        while budget > 0:
+            try:
+                page = os.read(fd, size)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not page:
+                return
+            self.bytes_read += len(page)
+            budget -= len(page)
+            feed(page)
+
+    def _drain_any(self) -> None:
+        if self._raw_fds:
+            for fd in self._raw_fds.values():
+                self._drain_raw(fd)
+        else:
+            self._drain()
+
+    def _drain_all(self) -> None:
+        if self._raw_fds:
+            for fd in self._raw_fds.values():
+                self._drain_raw(fd, budget=1 << 62)
+            return
+        inst = self.instance
+        while inst is not None and inst.pipe_fd is not None:
+            data = inst.read(1 << 20)
+            if not data:
+                return
+            self.bytes_read += len(data)
+            self.parser.feed(data)
+
+    def _open_raw(self) -> bool:
+        """Set up the raw reader; False (with one log line) if it cannot work here."""
+        from .kallsyms import Kallsyms
+        from .rawtrace import KfreeSkbLayout, RawPageParser
+
+        assert self.instance is not None
+        try:
+            layout = KfreeSkbLayout.from_format((self.instance.path / EVENT / "format").read_text())
+        except (OSError, ValueError) as exc:
+            log.info("drops: raw pages unusable (%s); reading trace_pipe text", exc)
+            return False
+        ks = Kallsyms.load()
+        if not len(ks):
+            log.info("drops: /proc/kallsyms addresses hidden; reading trace_pipe text")
+            return False
+        cache: dict[int, str] = {}
+
+        def resolve(pc: int) -> str:
+            loc = cache.get(pc)
+            if loc is None:
+                loc = cache[pc] = ks.resolve(pc)
+            return loc
+
+        exclude = self.exclude_reasons if self.instance.filter is None else frozenset()
+        self.raw = RawPageParser(self.agg, layout, self.instance.reasons, resolve,
+                                 clock_offset_ns=self.parser.clock_offset_ns, exclude=exclude)
+        with contextlib.suppress(OSError, ValueError):
+            kb = int((self.instance.path / "buffer_subbuf_size_kb").read_text().split()[0])
+            self._page_size = kb * 1024
+        self._raw_fds = self.instance.open_raw_pipes()
+        return True
+
+    # -- accounting and publishing ---------------------------------------------------------------
     def _flush(self, sink: Any, final: bool = False) -> None:
         now = time.time_ns()
         if self.instance is not None:
             sink.lost("tracepoint.ring_overrun", self.instance.overrun_delta())
-        bad = self.parser.bad_lines - self._bad_reported
+        bad_now = self.parser.bad_lines + (self.raw.bad_pages if self.raw else 0)
+        bad = bad_now - self._bad_reported
         if bad:
-            self._bad_reported = self.parser.bad_lines
+            self._bad_reported = bad_now
             sink.lost("tracepoint.parse_error", bad)
-            log.warning("tracepoint: %d trace_pipe line(s) not understood, e.g. %r",
+            log.warning("tracepoint: %d trace record(s)/page(s) not understood, e.g. %r",
                         bad, self.parser.last_bad)
         events = self.agg.flush()
         if events:
@@ -502,30 +592,31 @@ class TracepointDrops:
                                              tracefs=self.tracefs)
         if self.exclude_reasons and self.instance.filter is None:
             self.parser.exclude = self.exclude_reasons  # the kernel would not filter for us
-        fd = self.instance.open_pipe()
+        readers: list[int] = []
         try:
-            loop.add_reader(fd, self._drain)
+            if self.reader == "raw" and self._open_raw():
+                for fd in self._raw_fds.values():
+                    loop.add_reader(fd, self._drain_raw, fd)
+                    readers.append(fd)
+            else:
+                fd = self.instance.open_pipe()
+                loop.add_reader(fd, self._drain)
+                readers.append(fd)
             self.ready.set()
-            log.info("drops: kfree_skb via %s", self.instance.path)
+            log.info("drops: kfree_skb via %s (%s)", self.instance.path,
+                     "raw pages" if self._raw_fds else "trace_pipe")
             while True:
                 await asyncio.sleep(self.interval)
-                self._drain()  # also covers a wakeup the poll did not deliver
+                self._drain_any()  # also covers a wakeup the poll did not deliver
                 self._flush(sink)
         finally:
-            loop.remove_reader(fd)
+            for fd in readers:
+                loop.remove_reader(fd)
             # Stop new records, read what the ring still holds, then account and remove.
             self.instance.disable()
             with contextlib.suppress(OSError):
                 self._drain_all()
             self.parser.finish()
             self._flush(sink, final=True)
+            self._raw_fds = {}
             self.instance.remove()
-
-    def _drain_all(self) -> None:
-        inst = self.instance
-        while inst is not None and inst.pipe_fd is not None:
-            data = inst.read(1 << 20)
-            if not data:
-                return
-            self.bytes_read += len(data)
-            self.parser.feed(data)
