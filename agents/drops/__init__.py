@@ -3,6 +3,7 @@
     aggregate.py    sans-IO DropAggregator: per window, one event per drop signature; packets
                     (payload + orig_len) kept up to a cap in packet mode, the overflow counted
     tracepoint.py   skb:kfree_skb through a private tracefs instance (the usual source)
+    rawtrace.py     sans-IO walk of the instance's binary ring pages (the default reader)
     netdm.py        NET_DM generic netlink (dropwatch's interface): decoder + collector
     dwdump.py       dropwatch's dwdump pcap captures -> drop events (``netevents import``)
     counters.py     counter-derived drops (link, qdisc, softnet, UDP buffer errors)

@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the C flooder"),
 ]
 STORM_SECONDS = 1.0
-SENDERS = 2
+SENDERS = 3
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_storm_drops_plus_losses_cover_the_kernel_count(flood, storm_ns, buffer_
         agent = asyncio.create_task(runner.run(stop))
         async with asyncio.timeout(10):
             await tp.ready.wait()
-        # Dropped on the output hook (the cheapest drop to generate), by two senders at once.
+        # Dropped on the output hook (the cheapest drop to generate), by several senders at once.
         procs = [await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", storm_ns, str(flood), "127.0.0.1", "5555", str(STORM_SECONDS),
             stdout=asyncio.subprocess.PIPE) for _ in range(SENDERS)]
