@@ -317,11 +317,18 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
             holder["bus"].errors["disconnected"] += 1
 
     try:
-        nc = await nats.connect(
-            servers=[url], name=name, connect_timeout=connect_timeout, error_cb=error_cb,
-            disconnected_cb=disconnected_cb, allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5)
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        # nats-py retries an unreachable first server forever when reconnects are on; the
+        # first connection gets a deadline of its own so a wrong URL fails with one clear line.
+        async with asyncio.timeout(connect_timeout):
+            nc = await nats.connect(
+                servers=[url], name=name, connect_timeout=connect_timeout, error_cb=error_cb,
+                disconnected_cb=disconnected_cb, allow_reconnect=reconnect,
+                max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5)
+    except TimeoutError:
+        raise BusError(f"cannot connect to the bus at {url}: no NATS server answered within "
+                       f"{connect_timeout:g}s (start one with 'netevents server' or "
+                       "'netevents up', or set --bus / $NETEVENTS_BUS)") from None
+    except (nats.errors.Error, OSError) as exc:
         raise BusError(f"cannot connect to the bus at {url}: {type(exc).__name__} {exc}".rstrip()
                        + " (start one with 'netevents server', or set --bus / $NETEVENTS_BUS)") from None
     bus = holder["bus"] = Bus(nc, url)
@@ -425,20 +432,26 @@ class Subscription:
     async def _pull(self, psub: Any) -> None:
         while True:
             try:
-                msgs = await psub.fetch(256, timeout=1.0)
+                msgs = await psub.fetch(64, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 log.debug("pull failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
+            for i, msg in enumerate(msgs):
                 batch = self.accept(msg.subject, msg.data)
                 if batch is None:
                     with contextlib.suppress(Exception):
                         await msg.ack()
                     continue
-                await self._queue.put((batch, msg))  # back-pressure instead of drops
+                try:
+                    await self._queue.put((batch, msg))  # back-pressure instead of drops
+                except asyncio.CancelledError:
+                    for undelivered in msgs[i:]:  # hand them back for immediate redelivery
+                        with contextlib.suppress(Exception):
+                            await undelivered.nak()
+                    raise
 
     def __aiter__(self) -> Subscription:
         return self
@@ -472,6 +485,11 @@ class Subscription:
             with contextlib.suppress(Exception):
                 await self._pending_ack.ack()
             self._pending_ack = None
+        while not self._queue.empty():  # fetched but never handed out: redeliver at once
+            _batch, msg = self._queue.get_nowait()
+            if msg is not None:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
         for s in self._subs:
             with contextlib.suppress(Exception):
                 await s.unsubscribe()
