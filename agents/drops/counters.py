@@ -16,10 +16,12 @@ arithmetic (``agents/netstat``); this module only picks the drop counters out of
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
@@ -144,24 +146,79 @@ class CounterDrops:
         return drop_events(self._read(), self.deltas, time.time_ns(), self.netns_inode)
 
     async def run(self, sink: Any) -> None:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, initializer=self._init_thread,
-                                                     thread_name_prefix="drops-counter")
-        loop = asyncio.get_running_loop()
+        worker = _NetnsThread(self._init_thread)
         try:
             try:
-                await loop.run_in_executor(pool, self.sample)  # baseline
-            except (OSError, concurrent.futures.BrokenExecutor) as exc:
+                await worker.call(self.sample)  # baseline
+            except OSError as exc:
                 why = self._init_error or exc
                 raise CapabilityError("netns", f"cannot read drop counters: {why}") from exc
             last = time.time_ns()
             while True:
                 await asyncio.sleep(self.interval)
-                events = await loop.run_in_executor(pool, self.sample)
+                events = await worker.call(self.sample)
                 now = time.time_ns()
                 if events:
                     sink.emit_batch("drop", events, t0=last, t1=now, mode="alert")
                 last = now
         finally:
             if self._ipr is not None:
-                pool.submit(self._ipr.close)
-            pool.shutdown(wait=False, cancel_futures=False)
+                worker.submit(self._ipr.close)
+            worker.stop()
+
+
+class _NetnsThread:
+    """One long-lived thread (it may have entered another netns) running calls for the loop.
+
+    A plain thread rather than a ThreadPoolExecutor: it works under any event loop (trio-asyncio
+    refuses foreign executors) and its netns is set once by ``init``.
+    """
+
+    def __init__(self, init: Callable[[], None]) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._init = init
+        self._thread = threading.Thread(target=self._main, name="drops-counter", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        init_error: BaseException | None = None
+        try:
+            self._init()
+        except BaseException as exc:  # reported to every caller
+            init_error = exc
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, done = job
+            if init_error is not None:
+                done(None, init_error)
+                continue
+            try:
+                done(fn(), None)
+            except BaseException as exc:
+                done(None, exc)
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        self._jobs.put((fn, lambda _r, _e: None))
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            def settle() -> None:
+                if fut.done():
+                    return
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle)
+
+        self._jobs.put((fn, done))
+        return await fut
+
+    def stop(self) -> None:
+        self._jobs.put(None)
