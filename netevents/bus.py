@@ -54,12 +54,12 @@ def default_url() -> str:
 # ---------------------------------------------------------------------------------------------
 # Streams (DESIGN: events, stats, frames)
 
-def stream_configs(frames_max_bytes: int = 1 << 30) -> list[StreamConfig]:
+def stream_configs(frames_max_bytes: int = 1 << 30, replicas: int = 1) -> list[StreamConfig]:
     def subjects(stream: str) -> list[str]:
         return [f"netevents.v1.{k}.>" for k, s in ev.STREAM_OF.items() if s == stream]
 
     common: dict[str, Any] = {"storage": StorageType.FILE, "duplicate_window": 120.0,
-                              "max_msg_size": MAX_BATCH_BYTES}
+                              "max_msg_size": MAX_BATCH_BYTES, "num_replicas": replicas}
     return [
         StreamConfig(name="NETEVENTS_EVENTS", subjects=subjects("NETEVENTS_EVENTS"),
                      max_age=7 * 86400.0, description="drop, gap, status, incident", **common),
@@ -236,9 +236,14 @@ class Bus:
         """Counted asynchronous errors (``slow_consumer``, ``disconnected``, ...)."""
 
     # -- streams -------------------------------------------------------------------------------
-    async def ensure_streams(self, frames_max_bytes: int = 1 << 30) -> None:
-        """Create the three streams if missing; idempotent when several processes race."""
-        for cfg in stream_configs(frames_max_bytes):
+    async def ensure_streams(self, frames_max_bytes: int = 1 << 30, replicas: int | None = None) -> None:
+        """Create the three streams if missing; idempotent when several processes race.
+
+        ``replicas`` defaults to ``$NETEVENTS_REPLICAS`` or 1 (use 3 on a 3-node cluster).
+        """
+        if replicas is None:
+            replicas = int(os.environ.get("NETEVENTS_REPLICAS", "1"))
+        for cfg in stream_configs(frames_max_bytes, replicas):
             try:
                 await self.js.add_stream(cfg)
             except nats.js.errors.BadRequestError as exc:
