@@ -435,7 +435,8 @@ async def cmd_import(args: argparse.Namespace) -> int:
     for err in capture.errors:
         log.warning("%s: skipped %s", args.file, err)
     async with connect(args.bus or default_url(), name="netevents-import", streams=True) as bus:
-        counts = await import_capture(args.file, bus, site=args.site, host=host, capture=capture)
+        counts = await import_capture(args.file, bus, site=args.site, host=host, capture=capture,
+                                      ack=True)
     print(f"netevents import: {args.file}: {counts['drops']} drops in {counts['events']} events, "
           f"{counts['batches']} batches published as host {host} site {args.site}; "
           f"kernel tail drops in the capture {counts['tail_drops']}; "

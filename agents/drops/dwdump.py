@@ -179,11 +179,12 @@ def load_capture(path: str | Path) -> CaptureDrops:
 
 async def import_capture(path: str | Path, bus: Any, *, site: str = "local",
                          host: str | None = None, batch_size: int = 500,
-                         capture: CaptureDrops | None = None) -> dict[str, int]:
+                         capture: CaptureDrops | None = None, ack: bool = False) -> dict[str, int]:
     """Publish a dwdump capture's drops as ``drop`` batches (source ``dwdump``).
 
     ``bus`` is anything with ``async publish(batch)`` (a Bus, a MemoryBus). ``capture`` skips
-    reading ``path`` again when the caller already loaded it. Returns counts: events, drops,
+    reading ``path`` again when the caller already loaded it; ``ack`` waits for JetStream to
+    store each batch (a real Bus only). Returns counts: events, drops,
     batches, tail_drops, errors, packet_overflow.
 
     Raises:
@@ -206,8 +207,12 @@ async def import_capture(path: str | Path, bus: Any, *, site: str = "local",
         chunk = events[i:i + batch_size]
         fields = {"mode": "packet" if any("payload" in e for e in chunk) else "alert",
                   "import": str(path)}
-        await bus.publish(Batch(kind="drop", site=site, host=host, run=run, seq=seq,
-                                t0=t0, t1=t1, events=chunk, fields=fields))
+        batch = Batch(kind="drop", site=site, host=host, run=run, seq=seq, t0=t0, t1=t1,
+                      events=chunk, fields=fields)
+        if ack:
+            await bus.publish(batch, ack=True)  # stored by JetStream, or BusError
+        else:
+            await bus.publish(batch)
     if hasattr(bus, "flush"):
         await bus.flush()
     return {"events": len(events), "drops": sum(e["count"] for e in events), "batches": seq,
