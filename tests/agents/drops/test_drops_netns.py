@@ -82,7 +82,8 @@ SINK = textwrap.dedent("""
 """)
 
 
-def test_real_drops_arrive_on_the_bus_with_reasons_and_counts(netns_pair, nats_url):
+@pytest.mark.parametrize("reader", ["raw", "text"])
+def test_real_drops_arrive_on_the_bus_with_reasons_and_counts(netns_pair, nats_url, reader):
     a, b, prefix = netns_pair
     b_addr, a_addr = f"{prefix}.2", f"{prefix}.1"
     b.run("nft", "-f", "-", input=textwrap.dedent("""
@@ -102,14 +103,14 @@ def test_real_drops_arrive_on_the_bus_with_reasons_and_counts(netns_pair, nats_u
         assert sink_proc.stdout.readline().strip() == "ready"
         b_inode = os.stat(f"/run/netns/{b.name}").st_ino
         snmp0, q0 = _snmp(b), _qdisc_drops(b, "veth-b")
-        asyncio.run(_scenario(a, b, a_addr, b_addr, b_inode, nats_url, snmp0, q0))
+        asyncio.run(_scenario(a, b, a_addr, b_addr, b_inode, nats_url, snmp0, q0, reader))
     finally:
         sink_proc.kill()
         sink_proc.wait()
 
 
-async def _scenario(a, b, a_addr, b_addr, b_inode, nats_url, snmp0, q0):
-    tracepoint = TracepointDrops(interval=0.3)
+async def _scenario(a, b, a_addr, b_addr, b_inode, nats_url, snmp0, q0, reader):
+    tracepoint = TracepointDrops(interval=0.3, reader=reader)
     counters = CounterDrops(interval=0.3, netns=b.name)
     collector = DropsCollector([NetDmDrops(), tracepoint], counters)
     async with connect(nats_url) as pub_bus, connect(nats_url) as sub_bus:
