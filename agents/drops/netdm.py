@@ -470,22 +470,28 @@ class NetDmDrops:
         sink.declare_loss("netdm.tail_drop")
         sink.declare_loss("netdm.decode_error")
         sink.declare_loss("netdm.packet_cap")
+        # ENOBUFS on the alert socket: the kernel dropped alerts for us (how many is unknown,
+        # so this counts overflow occurrences; the socket buffer is made large to avoid them).
+        sink.declare_loss("netdm.socket_overflow")
         try:
             ctl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         except OSError as exc:
             raise CapabilityError("NETLINK_GENERIC", f"cannot open generic netlink: {exc}") from exc
         ctl.settimeout(2.0)
         with ctl:
-            self.resolve_family(ctl)
+            # Request/ack exchanges block (briefly): they run in a thread, not on the loop.
+            await asyncio.to_thread(self.resolve_family, ctl)
             if not self.packet_mode:
                 self.kallsyms = Kallsyms.load()
             ev_sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
             with ev_sock:
                 ev_sock.bind((0, 0))
+                with contextlib.suppress(OSError):
+                    ev_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
                 if self.group is not None:
                     ev_sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, self.group)
                 ev_sock.setblocking(False)
-                self._configure_and_start(ctl)
+                await asyncio.to_thread(self._configure_and_start, ctl)
                 loop = asyncio.get_running_loop()
 
                 def readable() -> None:
@@ -507,7 +513,8 @@ class NetDmDrops:
                     while True:
                         await asyncio.sleep(min(self.interval, self.stats_interval))
                         with contextlib.suppress(OSError, CodecError):
-                            for m in self._request(ctl, self.family, NET_DM_CMD_STATS_GET):
+                            for m in await asyncio.to_thread(self._request, ctl, self.family,
+                                                             NET_DM_CMD_STATS_GET):
                                 if m.dropped is not None:
                                     self.account_stats(m.dropped, sink)
                         if loop.time() - window >= self.interval:
