@@ -139,3 +139,55 @@ def test_without_root_the_error_names_the_capability(tmp_path):
                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert out.stdout.startswith("CAP_SYS_ADMIN |"), out.stderr[-800:]
         assert "tracefs" in out.stdout
+
+
+class _Sink:
+    def __init__(self):
+        self.events, self.losses = [], {}
+
+    def emit_batch(self, kind, events, **kw):
+        self.events.extend(events)
+        return True
+
+    def lost(self, place, n):
+        self.losses[place] = self.losses.get(place, 0) + n
+
+    def declare_loss(self, place):
+        self.losses.setdefault(place, 0)
+
+
+@needs_tracefs
+@pytest.mark.parametrize("exclude", [frozenset(), frozenset({"NO_SOCKET"})])
+def test_excluded_reasons_are_filtered_by_the_kernel(exclude):
+    import asyncio
+    import socket
+
+    from agents.drops.tracepoint import TracepointDrops
+
+    async def main() -> TracepointDrops:
+        tp = TracepointDrops(interval=0.2, exclude_reasons=exclude)
+        sink = _Sink()
+        task = asyncio.create_task(tp.run(sink))
+        await tp.ready.wait()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(50):
+            s.sendto(b"x", ("127.0.0.1", 9))   # closed port on loopback: NO_SOCKET
+        s.close()
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        tp.sink = sink
+        return tp
+
+    tp = asyncio.run(main())
+    no_socket = sum(e["count"] for e in tp.sink.events if e["reason"] == "NO_SOCKET")
+    if exclude:
+        assert no_socket == 0
+        num = {v: k for k, v in tp.instance.reasons.items()}["NO_SOCKET"]
+        assert tp.instance.filter == f"reason != {num}"
+        parsed_out = tp.raw.excluded if tp.raw is not None else tp.parser.excluded
+        assert parsed_out == 0   # nothing reached the agent to be dropped there
+    else:
+        assert no_socket >= 50
+    assert not tp.instance.path.exists()
