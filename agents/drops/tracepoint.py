@@ -4,8 +4,9 @@
     reason_table()     reason number -> name, from the event's own ``format`` file
     TraceInstance      one private instance ``instances/netevents-<pid>-<random>``: create,
                        filter, enable, read overruns, remove (also at exit and on SIGTERM)
-    TracepointDrops    the collector: ``loop.add_reader`` on the instance's trace_pipe, one
-                       aggregated window per ``interval``, ring overruns -> own loss
+    TracepointDrops    the collector: ``loop.add_reader`` on the instance's per-CPU
+                       trace_pipe_raw (rawtrace.py, the default) or its text trace_pipe; one
+                       aggregated window per ``interval``; ring overruns -> own loss
 
 The global trace buffer is never touched: other tools (perf, trace-cmd, a second agent) keep
 theirs. The instance's ring overwrites its oldest events when the reader falls behind; the
