@@ -32,6 +32,7 @@ examples:
   netevents tail --kind netstat --json --count 5
   netevents agent --bus nats://nats.example:4222 --site dc1 --netstat
   netevents server --store /var/lib/netevents
+  netevents import dwdump.pcap --host old-host   dropwatch recordings as drop events
 
 The bus URL defaults to $NETEVENTS_BUS, then nats://127.0.0.1:4222.
 """
@@ -345,6 +346,8 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
 
 SOURCE_FLAGS = {
     "netstat": "host-wide counter deltas: /proc/net/snmp, netstat, snmp6, softnet, links, qdiscs",
+    "drops": "drop events (reason, location): NET_DM, else the kfree_skb tracepoint; "
+             "plus counter-derived drops",
     "ipstats": "per-peer TCP counter deltas (sock_diag), with a residual against the MIB",
 }
 
@@ -406,11 +409,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=_positive, metavar="S", help="collect S seconds, print once, exit")
     p.set_defaults(func=cmd_top)
 
+    _add_import_command(sub)
     _add_ctl_parser(sub)
     return parser
 
 
 # ---------------------------------------------------------------------------------------------
+# netevents import FILE.pcap: dropwatch's dwdump recordings as drop events (agents/drops/dwdump)
+
+def _add_import_command(sub: Any) -> None:
+    p = sub.add_parser("import", help="publish a dropwatch dwdump capture as drop events",
+                       description="Decode the NET_DM messages of a capture written by dropwatch's "
+                       "dwdump (classic pcap, DLT_NETLINK) and publish them as drop events "
+                       "(source dwdump), aggregated per signature plus one event per captured "
+                       "packet with its payload.")
+    p.add_argument("file", metavar="FILE.pcap", help="dwdump capture")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--host", help="host the capture was recorded on (default: the short hostname)")
+    p.add_argument("--site", default="local", help="site token (default: local)")
+    p.set_defaults(func=cmd_import)
+
+
+async def cmd_import(args: argparse.Namespace) -> int:
+    from agents.drops.dwdump import import_capture, load_capture
+    from netevents.subjects import check_token, default_host
+
+    host = args.host or default_host()
+    check_token(host, "host")
+    check_token(args.site, "site")
+    capture = load_capture(args.file)  # bad input fails here, before the bus is involved
+    for err in capture.errors:
+        log.warning("%s: skipped %s", args.file, err)
+    async with connect(args.bus or default_url(), name="netevents-import", streams=True) as bus:
+        counts = await import_capture(args.file, bus, site=args.site, host=host, capture=capture,
+                                      ack=True)
+    print(f"netevents import: {args.file}: {counts['drops']} drops in {counts['events']} events, "
+          f"{counts['batches']} batches published as host {host} site {args.site}; "
+          f"kernel tail drops in the capture {counts['tail_drops']}; "
+          f"bad records {counts['errors']}", flush=True)
+    return 0
+
+
 # ipstats options and the control channel (agents/control.py): `agent --ipstats[-level]`,
 # the agent's control server, and `netevents ctl HOST level diagnostics|default`
 
