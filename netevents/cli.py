@@ -37,9 +37,9 @@ examples:
 The bus URL defaults to $NETEVENTS_BUS, then nats://127.0.0.1:4222.
 """
 
-UP_SOURCES = ("netstat", "drops", "ipstats")
-"""Sources `netevents up` runs by default when they are installed (each skips itself, with one
-line, where the host cannot run it)."""
+DEFAULT_SOURCES = ("netstat", "drops", "ipstats")
+"""Sources `agent` and `up` run when none is named (each that cannot run on this host says so
+in one line and the others carry on). Capture needs an interface: --capture IF."""
 
 
 def default_store() -> Path:
@@ -68,7 +68,7 @@ async def _stop_after(stop: asyncio.Event, seconds: float | None) -> None:
         stop.set()
 
 
-def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("netstat",)) -> Any:
+def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = DEFAULT_SOURCES) -> Any:
     """The agent configuration from --config and the command line (the command line wins)."""
     from agents import SOURCES
     from agents.config import AgentConfig, load_file
@@ -248,7 +248,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
     from .consumers.view import FleetView
 
-    cfg = agent_config(args, default_sources=UP_SOURCES)
+    cfg = agent_config(args, default_sources=DEFAULT_SOURCES)
     collectors = build_collectors(cfg)
     store = Path(args.store) if args.store else default_store()
     if not cfg.spool_dir:
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("agent", help="the host agent: read the kernel, publish on the bus",
-                       description="Run the sources given (default: netstat) and publish their "
+                       description="Run the sources given (default: netstat, drops, ipstats) and publish their "
                        "events, batched (<= 250 ms), with a status heartbeat that accounts for "
                        "everything the agent itself lost. SIGTERM drains and exits.")
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
