@@ -32,7 +32,14 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from . import events as ev
 from .codec import MAX_BATCH_BYTES, Batch, decode_batch, encode_batch
@@ -383,11 +390,44 @@ class Subscription:
                 self._subs.append(sub)
             else:
                 await self.bus.ensure_streams()
-                psub = await self.bus.js.pull_subscribe(
-                    subject, durable=f"{self.durable}-{kind}", stream=ev.STREAM_OF[kind])
+                name, stream = f"{self.durable}-{kind}", ev.STREAM_OF[kind]
+                await self._rewind_unacked(stream, name)
+                psub = await self.bus.js.pull_subscribe(subject, durable=name, stream=stream)
                 self._subs.append(psub)
                 self._tasks.append(asyncio.create_task(self._pull(psub)))
         return self
+
+    async def _rewind_unacked(self, stream: str, name: str) -> None:
+        """Make a durable consumer resume at its first unacknowledged message, in order.
+
+        Messages delivered to a previous instance that died before acknowledging them (the
+        batches in its queue, the one it was writing) would otherwise come back only after
+        JetStream's ack wait (30 s), *behind* newer ones -- and a consumer that drops
+        out-of-order sequence numbers as duplicates would lose them. So when the consumer has
+        unacknowledged messages, it is re-created to start right after its ack floor. One
+        process per durable name (what the archive does); a shared durable is not rewound
+        under its other members' feet because they would have acknowledged their messages.
+        """
+        try:
+            info = await self.bus.js.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            return
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BusError(f"cannot read consumer {stream}/{name}: {exc}") from exc
+        if not info.num_ack_pending:
+            return
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        cfg = info.config
+        try:
+            await self.bus.js.delete_consumer(stream, name)
+            await self.bus.js.add_consumer(stream, ConsumerConfig(
+                durable_name=name, name=name, filter_subject=cfg.filter_subject,
+                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=floor + 1, ack_wait=cfg.ack_wait, max_ack_pending=cfg.max_ack_pending))
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BusError(f"cannot rewind consumer {stream}/{name}: {exc}") from exc
+        log.info("consumer %s/%s: %d unacknowledged messages are delivered again from stream "
+                 "sequence %d", stream, name, info.num_ack_pending, floor + 1)
 
     def accept(self, subject: str, data: bytes) -> Batch | None:
         """Decode one message; return None (and count why) when it is rejected or filtered."""

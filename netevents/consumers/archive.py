@@ -1,0 +1,597 @@
+"""`netevents archive`: frame, gap and drop batches from the bus into rotating PcapNG files.
+
+    PcapngArchive   sans-IO core: batches in, PcapNG bytes out; places every capture gap as
+                    ``epb_dropcount`` on the first frame after it, keeps per-file accounting
+                    and a checkpoint of its state (no files, sockets or loop)
+    ArchiveFiles    the file side: one open file, rotation, the ``<file>.json`` sidecar
+    run_archive     the asyncio shell: durable JetStream subscription -> core -> files
+
+What a file holds: one IDB per (host, interface, capture worker), ``if_description`` = host;
+EPBs with nanosecond timestamps, direction and reception type from ``sll_pkttype``, the rx
+queue, the rxhash and a fleet-unique ``epb_packetid``; packet-mode drop events on one
+pseudo-interface ``drops@<host>`` per host, each with a comment naming reason and location;
+at close one cumulative ISB per interface.
+
+Where a gap goes: a gap record says "``lost`` frames between frame k (after_frame) and k+1
+(before_frame) of ring (host, run, iface, worker)". Gaps and frames travel in different streams,
+so either may arrive first. A gap that arrives first waits (bounded, counted) for frame k+1; a
+gap whose frame k+1 was already written ("late") goes on the next frame written on that ring,
+with a comment saying so -- the total per ring stays exact, the position is off by the frames
+in between. Gaps that never find a frame are counted as ``unplaced`` in the sidecar and the
+ISB. Frames the archive never received (missed batches: a jump in ``first_frame``) are not capture
+loss: they are counted as ``unseen_frames`` and noted in a comment, never as a dropcount.
+
+The sidecar ``<file>.json`` (rewritten atomically after every flushed batch, ``complete`` once the
+file is closed) says what the file holds (frames, drop packets, total dropcount) and what the
+archive knows it did not see (batches missed per host and kind, unseen frames, rejected
+messages), and carries the checkpoint a restarted archiver resumes from, so that batches
+redelivered by the durable consumer are not written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .. import __version__
+from ..codec import Batch
+from ..pcapng import PcapngWriter
+
+log = logging.getLogger("netevents.archive")
+
+KINDS = ("frame", "gap", "drop")
+DEFAULT_SNAPLEN = 96
+MAX_PENDING_GAPS = 100_000
+"""Gaps waiting for their frame, over all rings; beyond this the oldest are given up (counted)."""
+
+_U64 = (1 << 64) - 1
+
+
+def packetid_base(host: str, run: str, iface: str, worker: int) -> int:
+    """The per-ring base of ``epb_packetid``: 64 bits of BLAKE2b over (host, run, iface, worker).
+
+    A frame's id is ``(base + frame sequence) mod 2**64``: one addition per frame in the hot
+    loop, and an id maps back to its frame (id - base) given the ring, which each file names in
+    the comment of the ring's first frame. Two rings collide only if their bases fall within a
+    ring's frame count of each other: with 10^4 rings of 10^9 frames that is ~10^-2 * 10^-... --
+    about 5e-3 over the whole fleet, against the certainty of collisions with a plain counter.
+    """
+    key = f"{host}\0{run}\0{iface}\0{worker}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+@dataclass(slots=True)
+class Ring:
+    """One capture ring of one agent run: where its frame sequence stands, gaps waiting."""
+
+    host: str
+    run: str
+    iface: str
+    worker: int
+    base: int
+    next_frame: int | None = None          # sequence number of the next frame we expect
+    pending: dict[int, list[dict]] = field(default_factory=dict)   # before_frame -> gaps
+    carry: list[dict] = field(default_factory=list)                # late gaps for the next frame
+
+
+@dataclass(slots=True)
+class IfaceStats:
+    """One IDB of the current file and what was written on it."""
+
+    if_id: int
+    host: str
+    name: str
+    worker: int | None
+    packets: int = 0
+    dropcount: int = 0
+    unplaced: int = 0
+    unseen: int = 0
+    first_ts: int | None = None
+    last_ts: int | None = None
+
+
+def _new_counts() -> dict[str, Any]:
+    return {"frames": 0, "drops": 0, "dropcount": 0, "gaps": 0, "gaps_late": 0,
+            "gaps_unplaced": 0, "lost_unplaced": 0, "unseen_frames": 0, "duplicate_frames": 0,
+            "alert_drops": 0, "bad_events": 0, "batches": Counter(), "missed": {}}
+
+
+class PcapngArchive:
+    """Sans-IO core of the archive: ``add(batch)`` returns the PcapNG bytes to append.
+
+    :meth:`open_section` starts a file (SHB), :meth:`close_section` ends it (ISBs) and returns
+    its accounting; rings and waiting gaps carry over from one file to the next.
+
+    Bad events (a gap without a count, a frame batch whose columns lack ``ts``) are counted as
+    ``bad_events`` with the reason logged; the rest of the batch is kept.
+    """
+
+    def __init__(self, *, userappl: str | None = None) -> None:
+        self.userappl = userappl or f"netevents {__version__} archive"
+        self.rings: dict[tuple[str, str, str, int], Ring] = {}
+        self.written: dict[str, int] = {}
+        """``host|run|kind`` -> last seq written: the checkpoint that makes a restart exact."""
+        self.pending_count = 0
+        self.writer: PcapngWriter | None = None
+        self.ifaces: dict[tuple[str, str, int | None], IfaceStats] = {}
+        self.counts: dict[str, Any] = _new_counts()
+
+    # -- sections -----------------------------------------------------------------------------
+    def open_section(self, comment: str | None = None) -> bytes:
+        self.writer = PcapngWriter(userappl=self.userappl, os=f"{os.uname().sysname} {os.uname().release}",
+                                   comment=comment)
+        self.ifaces = {}
+        self.counts = _new_counts()
+        return self.writer.take()
+
+    def close_section(self, ts_ns: int, *, final: bool = False) -> bytes:
+        """The ISBs of every interface of the section. With ``final`` (the archiver stops), gaps
+        still waiting for a frame are given up: counted and added to their interface's drops."""
+        w = self._w()
+        if final:
+            for ring in self.rings.values():
+                left = [g for gaps in ring.pending.values() for g in gaps] + ring.carry
+                if not left:
+                    continue
+                lost = sum(g["lost"] for g in left)
+                st = self._iface(ring.host, ring.iface, ring.worker, None)
+                st.unplaced += lost
+                self.counts["gaps_unplaced"] += len(left)
+                self.counts["lost_unplaced"] += lost
+                ring.pending.clear()
+                ring.carry.clear()
+            self.pending_count = 0
+        for st in self.ifaces.values():
+            captured = st.dropcount + st.unplaced
+            note = (f"{st.packets} packets written; capture lost {captured} "
+                    f"({st.dropcount} placed as epb_dropcount, {st.unplaced} unplaced); "
+                    f"{st.unseen} frames not received by the archive")
+            if st.worker is None:
+                w.statistics(st.if_id, ts_ns, ifrecv=st.packets, usrdeliv=st.packets,
+                             starttime=st.first_ts, endtime=st.last_ts,
+                             comment=f"{st.packets} dropped packets written")
+            else:
+                # isb_osdrop: frames the kernel's capture ring/socket queue dropped (the OS
+                # dropped them, spec meaning). isb_ifdrop gets the same number: it is the one
+                # Wireshark shows as "dropped packets" and dumpcap puts libpcap's ps_drop (the
+                # ring's tp_drops) there; NIC drops are not known here (netstat events have them).
+                w.statistics(st.if_id, ts_ns, ifrecv=st.packets + captured, ifdrop=captured,
+                             osdrop=captured, usrdeliv=st.packets, starttime=st.first_ts,
+                             endtime=st.last_ts, comment=note)
+        return w.take()
+
+    def _w(self) -> PcapngWriter:
+        if self.writer is None:
+            raise RuntimeError("PcapngArchive: open_section() first")
+        return self.writer
+
+    def _iface(self, host: str, iface: str, worker: int | None, hwtstamp: Any,
+               snaplen: int = DEFAULT_SNAPLEN) -> IfaceStats:
+        key = (host, iface, worker)
+        st = self.ifaces.get(key)
+        if st is None:
+            w = self._w()
+            if worker is None:
+                if_id = w.add_interface(
+                    f"drops@{host}", description=host, hardware="kernel drop events (packet mode)",
+                    snaplen=0, comment=f"packets the kernel of {host} dropped, one per drop event")
+            else:
+                if isinstance(hwtstamp, dict) and hwtstamp:
+                    stamp = "hardware timestamps " + ", ".join(f"{k} {v}" for k, v in sorted(hwtstamp.items()))
+                else:
+                    stamp = "software timestamps"
+                if_id = w.add_interface(iface, description=host, snaplen=snaplen,
+                                        hardware=f"netevents capture worker {worker}; {stamp}")
+            st = self.ifaces[key] = IfaceStats(if_id, host, iface, worker)
+        return st
+
+    # -- batches ------------------------------------------------------------------------------
+    def add(self, batch: Batch) -> bytes:
+        """Encode one batch; returns the bytes to append to the current file."""
+        self.counts["batches"][batch.kind] += 1
+        if batch.missed:
+            per_host = self.counts["missed"].setdefault(batch.host, {})
+            per_host[batch.kind] = per_host.get(batch.kind, 0) + batch.missed
+        if batch.kind == "frame":
+            self._frames(batch)
+        elif batch.kind == "gap":
+            self._gaps(batch)
+        elif batch.kind == "drop":
+            self._drops(batch)
+        self.written[f"{batch.host}|{batch.run}|{batch.kind}"] = batch.seq
+        return self._w().take()
+
+    def _ring(self, host: str, run: str, iface: str, worker: int) -> Ring:
+        key = (host, run, iface, worker)
+        ring = self.rings.get(key)
+        if ring is None:
+            ring = self.rings[key] = Ring(host, run, iface, worker, packetid_base(host, run, iface, worker))
+        return ring
+
+    def _bad(self, batch: Batch, why: str) -> None:
+        self.counts["bad_events"] += 1
+        n = self.counts["bad_events"]
+        if n & (n - 1) == 0:
+            log.warning("%s batch %s/%s seq %s: %s (%d bad so far)", batch.kind, batch.host,
+                        batch.run, batch.seq, why, n)
+
+    def _gaps(self, batch: Batch) -> None:
+        for g in batch.events:
+            lost = g.get("lost")
+            iface = g.get("iface")
+            if type(lost) is not int or lost < 0 or not iface:
+                self._bad(batch, f"gap without a valid lost count or iface: {g!r}"[:200])
+                continue
+            if lost == 0:
+                continue
+            self.counts["gaps"] += 1
+            ring = self._ring(batch.host, batch.run, iface, g.get("worker") or 0)
+            gap = {"lost": lost, "after": g.get("after_frame"), "before": g.get("before_frame"),
+                   "cause": g.get("cause"), "source": g.get("source")}
+            before = gap["before"]
+            if type(before) is not int or (ring.next_frame is not None and before < ring.next_frame):
+                gap["late"] = type(before) is int
+                ring.carry.append(gap)
+                if gap["late"]:
+                    self.counts["gaps_late"] += 1
+                continue
+            if self.pending_count >= MAX_PENDING_GAPS:
+                # Bounded wait: give this one up rather than grow without limit.
+                self.counts["gaps_unplaced"] += 1
+                self.counts["lost_unplaced"] += lost
+                self._iface(batch.host, iface, ring.worker, None).unplaced += lost
+                continue
+            ring.pending.setdefault(before, []).append(gap)
+            self.pending_count += 1
+
+    @staticmethod
+    def _gap_comment(gaps: list[dict]) -> str:
+        parts = []
+        for g in gaps:
+            where = (f"between frame {g['after']} and {g['before']}" if g.get("after") is not None
+                     else f"before frame {g['before']}" if g.get("before") is not None else "")
+            late = " (reported after that frame was archived; placed here)" if g.get("late") else ""
+            parts.append(f"capture gap: {g['lost']} frames lost {where} "
+                         f"[{g.get('cause')}, {g.get('source')}]{late}".replace("  ", " "))
+        return "; ".join(parts)
+
+    def _frames(self, batch: Batch) -> None:
+        cols = batch.events
+        f = batch.fields
+        iface = f.get("iface")
+        first = f.get("first_frame")
+        ts = cols.get("ts")
+        n = len(ts) if isinstance(ts, list) else 0
+        if not isinstance(iface, str) or not iface or type(first) is not int or not n:
+            if n or not isinstance(ts, list):
+                self._bad(batch, "frame batch without iface, first_frame or ts column")
+            return
+        worker = f.get("worker") or 0
+        ring = self._ring(batch.host, batch.run, iface, worker)
+        heads = cols.get("head") or [None] * n
+        st = self._iface(batch.host, iface, worker, f.get("hwtstamp"),
+                         f.get("snaplen") or DEFAULT_SNAPLEN)
+        lens = cols.get("len") or [None] * n
+        dirs = cols.get("dir") or [None] * n
+        queues = cols.get("queue") or [None] * n
+        hashes = cols.get("rxhash") or [None] * n
+        specials: dict[int, tuple[int | None, str | None]] = {}
+        notes: list[str] = []
+        skip = 0
+        if ring.next_frame is not None:
+            if first < ring.next_frame:          # overlap: redelivered frames already written
+                skip = min(n, ring.next_frame - first)
+                self.counts["duplicate_frames"] += skip
+            elif first > ring.next_frame:        # frames summarised but never received here
+                unseen = first - ring.next_frame
+                self.counts["unseen_frames"] += unseen
+                st.unseen += unseen
+                notes.append(f"frames {ring.next_frame}..{first - 1} of this ring were not "
+                             f"received by the archive (missed batches), not lost by the capture")
+        if skip == n:
+            return
+        start = first + skip
+        end = first + n
+        if not st.packets or ring.next_frame is None:
+            notes.insert(0, f"{batch.host} {iface} worker {worker} run {batch.run}: frame {start}, "
+                            f"epb_packetid = {ring.base:#018x} + frame")
+        # Gaps: carried (late or unnumbered) ones go on the first frame written; waiting ones
+        # on their before_frame, or on the first frame if their frame was never received.
+        first_gaps = list(ring.carry)
+        ring.carry.clear()
+        placed: dict[int, list[dict]] = {}
+        if ring.pending:
+            for before in [b for b in ring.pending if b < end]:
+                gaps = ring.pending.pop(before)
+                self.pending_count -= len(gaps)
+                if before <= start:
+                    first_gaps.extend(gaps)
+                else:
+                    placed.setdefault(before - first, []).extend(gaps)
+        if first_gaps:
+            placed.setdefault(skip, [])[:0] = first_gaps
+        for i, gaps in placed.items():
+            lost = sum(g["lost"] for g in gaps)
+            st.dropcount += lost
+            self.counts["dropcount"] += lost
+            specials[i] = (lost, self._gap_comment(gaps))
+        if notes:
+            drop, comment = specials.get(skip, (None, None))
+            specials[skip] = (drop, "; ".join(notes + ([comment] if comment else [])))
+        if skip:
+            specials = {i - skip: v for i, v in specials.items()}
+            ts, heads, lens, dirs = ts[skip:], heads[skip:], lens[skip:], dirs[skip:]
+            queues, hashes = queues[skip:], hashes[skip:]
+        self._w().frames(st.if_id, ts, heads, lens, dirs, queues, hashes, ring.base, start, specials)
+        written = n - skip
+        st.packets += written
+        self.counts["frames"] += written
+        if st.first_ts is None:
+            st.first_ts = ts[0]
+        st.last_ts = ts[-1]
+        ring.next_frame = end
+
+    def _drops(self, batch: Batch) -> None:
+        w = self._w()
+        for e in batch.events:
+            payload = e.get("payload")
+            if not payload:
+                self.counts["alert_drops"] += 1   # alert mode: no packet to archive
+                continue
+            st = self._iface(batch.host, f"drops@{batch.host}", None, None)
+            data = _as_ethernet(bytes(payload), e.get("proto"))
+            synthetic = len(data) != len(payload)
+            ts = e.get("last_ts") or e.get("first_ts") or batch.t1
+            orig = e.get("orig_len") or len(payload)
+            loc = e.get("location") or "?"
+            comment = (f"dropped by the kernel of {batch.host}: reason {e.get('reason', 'NOT_SPECIFIED')} "
+                       f"at {loc}" + (f" on {e['iface']}" if e.get("iface") else "")
+                       + f" [{e.get('source')}, {e.get('origin', 'sw')}"
+                       + (f", trap {e['hw_trap']}" if e.get("hw_trap") else "") + "]"
+                       + (" (Ethernet header synthesised from proto)" if synthetic else ""))
+            w.packet(st.if_id, ts, data, orig + (len(data) - len(payload)), comment=comment)
+            st.packets += 1
+            self.counts["drops"] += 1
+            if st.first_ts is None:
+                st.first_ts = ts
+            st.last_ts = ts if st.last_ts is None else max(st.last_ts, ts)
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """State a restarted archiver resumes from (see :meth:`restore`)."""
+        rings = []
+        for r in self.rings.values():
+            rings.append({"host": r.host, "run": r.run, "iface": r.iface, "worker": r.worker,
+                          "next_frame": r.next_frame,
+                          "pending": [g for gaps in r.pending.values() for g in gaps],
+                          "carry": r.carry})
+        return {"written": dict(self.written), "rings": rings}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.written.update(state.get("written") or {})
+        for r in state.get("rings") or []:
+            ring = self._ring(r["host"], r["run"], r["iface"], r["worker"])
+            ring.next_frame = r.get("next_frame")
+            for g in r.get("pending") or []:
+                ring.pending.setdefault(g["before"], []).append(g)
+                self.pending_count += 1
+            ring.carry.extend(r.get("carry") or [])
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counts
+        return {
+            "frames": c["frames"], "drop_packets": c["drops"], "packets": c["frames"] + c["drops"],
+            "dropcount": c["dropcount"], "gaps": c["gaps"], "gaps_late": c["gaps_late"],
+            "gaps_unplaced": c["gaps_unplaced"], "lost_unplaced": c["lost_unplaced"],
+            "unseen_frames": c["unseen_frames"], "duplicate_frames": c["duplicate_frames"],
+            "alert_drops_not_archived": c["alert_drops"], "bad_events": c["bad_events"],
+            "batches": dict(c["batches"]), "missed_batches": c["missed"],
+            "interfaces": [{"id": s.if_id, "name": s.name, "host": s.host, "worker": s.worker,
+                            "packets": s.packets, "dropcount": s.dropcount,
+                            "unplaced": s.unplaced, "unseen_frames": s.unseen}
+                           for s in self.ifaces.values()],
+        }
+
+
+def _as_ethernet(payload: bytes, proto: int | None) -> bytes:
+    """Packet-mode payloads start at the MAC header when the kernel had one; an L3-only payload
+    (IPv4/IPv6 first nibble, no matching ethertype at offset 12) gets a zero-address Ethernet
+    header with ``proto`` so the pseudo-interface can stay LINKTYPE_ETHERNET."""
+    if not proto:
+        return payload
+    if len(payload) >= 14 and int.from_bytes(payload[12:14], "big") in (proto, 0x8100, 0x88A8):
+        return payload
+    if payload and payload[0] >> 4 in (4, 6) and proto in (0x0800, 0x86DD):
+        return b"\0" * 12 + proto.to_bytes(2, "big") + payload
+    return payload
+
+
+# =============================================================================================
+# Files
+
+_NAME = re.compile(r"^netevents-(\d{8}T\d{6}Z)-(\d{6})\.pcapng$")
+
+
+def _atomic_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+class ArchiveFiles:
+    """The current PcapNG file of an archive directory, its rotation and its sidecar.
+
+    Raises:
+        OSError: when the directory or a file cannot be written (the CLI reports it, exit 1).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, core: PcapngArchive, *,
+                 rotate_bytes: int | None = None, rotate_seconds: float | None = None) -> None:
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.core = core
+        self.rotate_bytes = rotate_bytes
+        self.rotate_seconds = rotate_seconds
+        self.fh: BinaryIO | None = None
+        self.path: Path | None = None
+        self.opened_at = 0.0
+        self.size = 0
+        self.files: list[Path] = []
+        self.totals: Counter[str] = Counter()
+        existing = sorted(p for p in self.dir.glob("netevents-*.pcapng") if _NAME.match(p.name))
+        self.index = max((int(_NAME.match(p.name).group(2)) for p in existing), default=0)
+        self.previous = existing[-1] if existing else None
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint in the newest sidecar of the directory (None for a fresh archive)."""
+        if self.previous is None:
+            return None
+        side = self.previous.with_name(self.previous.name + ".json")
+        try:
+            return json.loads(side.read_text()).get("checkpoint")
+        except (OSError, ValueError):
+            log.warning("cannot read %s: starting without a checkpoint (redelivered batches may "
+                        "be written twice)", side)
+            return None
+
+    def open(self) -> None:
+        self.index += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.path = self.dir / f"netevents-{stamp}-{self.index:06d}.pcapng"
+        self.fh = open(self.path, "xb")
+        self.opened_at = time.monotonic()
+        self.size = 0
+        self.files.append(self.path)
+        self._write(self.core.open_section(comment=f"netevents archive file {self.index}"))
+        self.sidecar(complete=False)
+
+    def _write(self, data: bytes) -> None:
+        assert self.fh is not None
+        if data:
+            self.fh.write(data)
+            self.fh.flush()   # a kill -9 leaves the file readable up to here
+            self.size += len(data)
+
+    def write_batch(self, batch: Batch, sub_report: dict[str, Any] | None = None) -> None:
+        """Append one batch, flush, rewrite the sidecar; rotate when due."""
+        if self.fh is None:
+            self.open()
+        self._write(self.core.add(batch))
+        self.sidecar(complete=False, sub_report=sub_report)
+        self.maybe_rotate(sub_report)
+
+    def due(self) -> bool:
+        if self.fh is None:
+            return False
+        if self.rotate_bytes and self.size >= self.rotate_bytes:
+            return True
+        return bool(self.rotate_seconds and time.monotonic() - self.opened_at >= self.rotate_seconds)
+
+    def maybe_rotate(self, sub_report: dict[str, Any] | None = None) -> None:
+        if self.due():
+            self.close(sub_report=sub_report)
+            self.open()
+
+    def close(self, *, final: bool = False, sub_report: dict[str, Any] | None = None) -> None:
+        if self.fh is None:
+            return
+        self._write(self.core.close_section(time.time_ns(), final=final))
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        self.fh = None
+        self.sidecar(complete=True, sub_report=sub_report)
+        s = self.core.summary()
+        self.totals["files"] += 1
+        for k in ("frames", "drop_packets", "dropcount"):
+            self.totals[k] += s[k]
+
+    def sidecar(self, *, complete: bool, sub_report: dict[str, Any] | None = None) -> None:
+        assert self.path is not None
+        doc = {"file": self.path.name, "complete": complete, "bytes": self.size,
+               "writer": self.core.userappl, **self.core.summary()}
+        if sub_report is not None:
+            doc["subscription"] = sub_report
+        doc["checkpoint"] = self.core.checkpoint()
+        _atomic_json(self.path.with_name(self.path.name + ".json"), doc)
+
+    def current(self) -> dict[str, Any]:
+        s = self.core.summary() if self.fh is not None else {"frames": 0, "drop_packets": 0, "dropcount": 0}
+        return {"files": self.totals["files"] + (1 if self.fh is not None else 0),
+                "frames": self.totals["frames"] + s["frames"],
+                "drop_packets": self.totals["drop_packets"] + s["drop_packets"],
+                "dropcount": self.totals["dropcount"] + s["dropcount"]}
+
+
+# =============================================================================================
+# The asyncio shell
+
+def _sub_report(sub: Any) -> dict[str, Any]:
+    return {"sequence": sub.tracker.report(), "rejected": dict(sub.rejected),
+            "queue_dropped": sub.dropped}
+
+
+async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: str = "archive",
+                      rotate_bytes: int | None = None, rotate_seconds: float | None = None,
+                      stop: asyncio.Event | None = None, progress_every: float = 5.0,
+                      hosts: list[str] | None = None) -> dict[str, Any]:
+    """Archive frame/gap/drop batches until ``stop`` is set; returns the totals.
+
+    One archiver per ``durable`` name: the durable JetStream consumers (``<durable>-frame``, ...)
+    remember what was acknowledged, and a batch is acknowledged only after it was written,
+    flushed and checkpointed, so a restart (also after kill -9) resumes without a hole.
+
+    Raises:
+        BusError: if the bus cannot be reached.
+        OSError: if the output directory cannot be written.
+    """
+    from ..bus import connect
+
+    stop = stop or asyncio.Event()
+    core = PcapngArchive()
+    files = ArchiveFiles(out_dir, core, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds)
+    state = files.resume_state()
+    if state:
+        core.restore(state)
+    async with connect(url, name=f"netevents-archive-{durable}", streams=True) as bus:
+        # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
+        # short keeps them far from JetStream's ack wait (no redelivery while we work).
+        sub = bus.subscribe(kinds=list(KINDS), hosts=hosts, durable=durable, queue_size=256)
+        for key, seq in core.written.items():
+            host, run, kind = key.rsplit("|", 2)
+            sub.tracker.seed(host, run, kind, seq)
+        files.open()
+        last_progress = time.monotonic()
+        async with sub:
+            try:
+                while not stop.is_set():
+                    batch = await sub.next(timeout=0.5)
+                    if batch is not None:
+                        await asyncio.to_thread(files.write_batch, batch, _sub_report(sub))
+                    elif files.due():
+                        await asyncio.to_thread(files.maybe_rotate, _sub_report(sub))
+                    now = time.monotonic()
+                    if now - last_progress >= progress_every:
+                        last_progress = now
+                        _progress(files)
+            finally:
+                await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
+                _progress(files)
+    return {**files.current(), "paths": [str(p) for p in files.files]}
+
+
+def _progress(files: ArchiveFiles) -> None:
+    c = files.current()
+    print(f"netevents archive: {c['files']} files, {c['frames']} frames, "
+          f"{c['drop_packets']} dropped packets, dropcount {c['dropcount']} "
+          f"-> {files.path.name if files.path else '-'}", file=sys.stderr, flush=True)
