@@ -116,10 +116,11 @@ _OPT_END = b"\0\0\0\0"
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")            # indexed by length & 3
 _U64_MASK = (1 << 64) - 1
 
-# The EPB option tails of the hot path: epb_flags, [epb_queue], [epb_hash], epb_packetid,
+# The EPB option tails of the hot path: epb_flags, [epb_hash], epb_packetid, [epb_queue],
 # opt_endofopt and the trailing block length, each shape one struct (see PcapngWriter.frames).
-_TAIL_QH = struct.Struct("<HHI HHI HHBI3x HHQ HH I")
-_TAIL_Q = struct.Struct("<HHI HHI HHQ HH I")
+# Same option order as PcapngWriter.packet, so both paths give identical bytes.
+_TAIL_QH = struct.Struct("<HHI HHBI3x HHQ HHI HH I")
+_TAIL_Q = struct.Struct("<HHI HHQ HHI HH I")
 _TAIL_H = struct.Struct("<HHI HHBI3x HHQ HH I")
 _TAIL = struct.Struct("<HHI HHQ HH I")
 
@@ -296,11 +297,11 @@ class PcapngWriter:
             if q is not None:
                 if h:
                     total = sz_qh + caplen + len(pad)
-                    tail = tqh(2, 4, fl, 6, 4, q & 0xFFFFFFFF, 3, 5, algo, h & 0xFFFFFFFF,
-                               5, 8, pid, 0, 0, total)
+                    tail = tqh(2, 4, fl, 3, 5, algo, h & 0xFFFFFFFF, 5, 8, pid,
+                               6, 4, q & 0xFFFFFFFF, 0, 0, total)
                 else:
                     total = sz_q + caplen + len(pad)
-                    tail = tq(2, 4, fl, 6, 4, q & 0xFFFFFFFF, 5, 8, pid, 0, 0, total)
+                    tail = tq(2, 4, fl, 5, 8, pid, 6, 4, q & 0xFFFFFFFF, 0, 0, total)
             elif h:
                 total = sz_h + caplen + len(pad)
                 tail = th(2, 4, fl, 3, 5, algo, h & 0xFFFFFFFF, 5, 8, pid, 0, 0, total)
