@@ -7,7 +7,6 @@ import struct
 import subprocess
 
 import pytest
-from tests.framegen import T0, eth_ipv4_udp
 
 from netevents.pcapng import (
     BT_EPB,
@@ -25,6 +24,7 @@ from netevents.pcapng import (
     pkttype_flags,
     read_pcapng,
 )
+from tests.framegen import T0, eth_ipv4_udp
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None or shutil.which("capinfos") is None,
                                   reason="needs tshark and capinfos (Debian package tshark)")
