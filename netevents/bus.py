@@ -278,17 +278,21 @@ class Bus:
     # -- subscribing ---------------------------------------------------------------------------
     def subscribe(self, kinds: list[str] | tuple[str, ...] | None = None,
                   hosts: list[str] | tuple[str, ...] | None = None, site: str | None = None,
-                  *, durable: str | None = None, queue_size: int = 10_000) -> Subscription:
+                  *, durable: str | None = None, queue_size: int = 10_000,
+                  manual_ack: bool = False) -> Subscription:
         """An async iterator of decoded batches of the given kinds, hosts (globs) and site.
 
         ``durable`` uses a durable JetStream consumer of that name (per kind), so a consumer
         that restarts resumes where it stopped; each batch is acknowledged when the next one
-        is requested. Without it, a live core subscription.
+        is requested -- or, with ``manual_ack``, when the caller passes it to
+        :meth:`Subscription.ack` (a consumer that holds batches before it has really handled
+        them, like the archive's reorder window). Without ``durable``, a live core subscription.
 
         Raises:
             SubjectError: for an unknown kind or an invalid site token.
         """
-        return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size)
+        return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size,
+                            manual_ack=manual_ack)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -353,7 +357,8 @@ class Subscription:
         last_error: the message of the most recent rejection.
     """
 
-    def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int):
+    def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int,
+                 manual_ack: bool = False):
         self.bus = bus
         self.kinds = tuple(kinds) if kinds else ev.KINDS
         for k in self.kinds:
@@ -371,6 +376,8 @@ class Subscription:
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self._pending_ack: Any = None
+        self.manual_ack = manual_ack
+        self._unacked: dict[int, tuple[Batch, Any]] = {}
 
     @property
     def missed(self) -> int:
@@ -491,8 +498,24 @@ class Subscription:
             with contextlib.suppress(Exception):
                 await msg.ack()
         batch, msg = await self._queue.get()
-        self._pending_ack = msg
+        if self.manual_ack:
+            if msg is not None:
+                self._unacked[id(batch)] = (batch, msg)
+        else:
+            self._pending_ack = msg
         return batch
+
+    async def ack(self, batch: Batch) -> None:
+        """Acknowledge a batch (``manual_ack`` subscriptions); a no-op for anything else."""
+        entry = self._unacked.pop(id(batch), None)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                await entry[1].ack()
+
+    @property
+    def unacked(self) -> int:
+        """Batches handed out and not yet acknowledged (``manual_ack``)."""
+        return len(self._unacked)
 
     async def next(self, timeout: float | None = None) -> Batch | None:
         """The next batch, or None after ``timeout`` seconds without one."""

@@ -38,7 +38,7 @@ import os
 import re
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +51,11 @@ log = logging.getLogger("netevents.archive")
 
 KINDS = ("frame", "gap", "drop")
 DEFAULT_SNAPLEN = 96
+DEFAULT_HOLD = 1.0
+"""Seconds a frame batch waits for the gap records about it (they travel in another stream)."""
+MAX_HELD = 512
+"""Frame batches held at most; beyond, the oldest is written early (JetStream's default
+max_ack_pending of 1000 per consumer bounds what can be outstanding anyway)."""
 MAX_PENDING_GAPS = 100_000
 """Gaps waiting for their frame, over all rings; beyond this the oldest are given up (counted)."""
 
@@ -544,12 +549,18 @@ def _sub_report(sub: Any) -> dict[str, Any]:
 async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: str = "archive",
                       rotate_bytes: int | None = None, rotate_seconds: float | None = None,
                       stop: asyncio.Event | None = None, progress_every: float = 5.0,
-                      hosts: list[str] | None = None) -> dict[str, Any]:
+                      hosts: list[str] | None = None, hold: float = DEFAULT_HOLD,
+                      max_held: int = MAX_HELD) -> dict[str, Any]:
     """Archive frame/gap/drop batches until ``stop`` is set; returns the totals.
 
     One archiver per ``durable`` name: the durable JetStream consumers (``<durable>-frame``, ...)
     remember what was acknowledged, and a batch is acknowledged only after it was written,
     flushed and checkpointed, so a restart (also after kill -9) resumes without a hole.
+
+    Frames and gaps come through different streams, in no particular order between them: a
+    frame batch is held ``hold`` seconds (at most ``max_held`` batches) before it is written, so
+    that the gap records about it, usually published in the same agent window, are there first
+    and their dropcount lands on exactly the right frame. Held batches are not acknowledged yet.
 
     Raises:
         BusError: if the bus cannot be reached.
@@ -563,27 +574,43 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
     state = files.resume_state()
     if state:
         core.restore(state)
+    held: deque[tuple[float, Batch]] = deque()
     async with connect(url, name=f"netevents-archive-{durable}", streams=True) as bus:
         # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
         # short keeps them far from JetStream's ack wait (no redelivery while we work).
-        sub = bus.subscribe(kinds=list(KINDS), hosts=hosts, durable=durable, queue_size=256)
+        sub = bus.subscribe(kinds=list(KINDS), hosts=hosts, durable=durable, queue_size=256,
+                            manual_ack=True)
         for key, seq in core.written.items():
             host, run, kind = key.rsplit("|", 2)
             sub.tracker.seed(host, run, kind, seq)
+
+        async def write(batch: Batch) -> None:
+            await asyncio.to_thread(files.write_batch, batch, _sub_report(sub))
+            await sub.ack(batch)
+
         files.open()
         last_progress = time.monotonic()
         async with sub:
             try:
                 while not stop.is_set():
-                    batch = await sub.next(timeout=0.5)
-                    if batch is not None:
-                        await asyncio.to_thread(files.write_batch, batch, _sub_report(sub))
-                    elif files.due():
-                        await asyncio.to_thread(files.maybe_rotate, _sub_report(sub))
                     now = time.monotonic()
+                    wait = min(0.5, max(0.0, held[0][0] + hold - now)) if held else 0.5
+                    batch = await sub.next(timeout=wait or 0.001)
+                    if batch is not None:
+                        if batch.kind == "frame":
+                            held.append((time.monotonic(), batch))
+                        else:
+                            await write(batch)
+                    now = time.monotonic()
+                    while held and (now - held[0][0] >= hold or len(held) > max_held):
+                        await write(held.popleft()[1])
+                    if files.due():
+                        await asyncio.to_thread(files.maybe_rotate, _sub_report(sub))
                     if now - last_progress >= progress_every:
                         last_progress = now
                         _progress(files)
+                while held:   # stopping: what is held is written (gaps already arrived or never will)
+                    await write(held.popleft()[1])
             finally:
                 await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
                 _progress(files)
