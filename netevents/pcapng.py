@@ -439,11 +439,13 @@ def _parse_options(data: bytes | memoryview, pos: int, end: int, e: str) -> dict
     return opts
 
 
-def read_pcapng(data: bytes | memoryview) -> ReadResult:
+def read_pcapng(data: bytes | memoryview, *, fragment: bool = False) -> ReadResult:
     """Parse a PcapNG byte string into blocks (several sections and either byte order).
 
     An incomplete last block (a writer killed mid-write) ends the list with ``truncated=True``
     instead of raising, so a reader gets everything up to the last complete block.
+    With ``fragment`` the data may start at any block boundary of a little-endian section (the
+    tail of a file); EPB interface ids are then not checked and timestamps stay raw.
 
     Raises:
         PcapngFormatError: if the data does not start with an SHB, or a complete block is corrupt
@@ -455,7 +457,7 @@ def read_pcapng(data: bytes | memoryview) -> ReadResult:
     e = "<"
     blocks: list[Block] = []
     tsresol: list[int] = []
-    if n < 12 or struct.unpack_from("<I", mv, 0)[0] != BT_SHB:
+    if not fragment and (n < 12 or struct.unpack_from("<I", mv, 0)[0] != BT_SHB):
         raise PcapngFormatError("not a PcapNG file: it does not start with a Section Header Block")
     while pos < n:
         if pos + 12 > n:
@@ -498,7 +500,7 @@ def read_pcapng(data: bytes | memoryview) -> ReadResult:
             blocks.append(idb)
         elif btype == BT_EPB:
             if_id, hi, lo, caplen, orig_len = struct.unpack_from(e + "IIIII", mv, body)
-            if if_id >= len(tsresol):
+            if if_id >= len(tsresol) and not fragment:
                 raise PcapngFormatError(f"EPB at offset {pos} names interface {if_id}, "
                                         f"but the section has {len(tsresol)} IDBs")
             dstart = body + 20

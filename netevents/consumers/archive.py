@@ -45,7 +45,7 @@ from typing import Any, BinaryIO
 
 from .. import __version__
 from ..codec import Batch
-from ..pcapng import PcapngWriter
+from ..pcapng import EnhancedPacket, PcapngFormatError, PcapngWriter, read_pcapng
 
 log = logging.getLogger("netevents.archive")
 
@@ -392,6 +392,32 @@ class PcapngArchive:
                 self.pending_count += 1
             ring.carry.extend(r.get("carry") or [])
 
+    def advance(self, packetids: list[int]) -> int:
+        """Mark frames found in a file beyond its checkpoint as written: each ring moves past
+        the highest of its frames among ``packetids``, and the gaps those frames carried are
+        dropped from the waiting lists. Returns how many ids were matched to a ring."""
+        matched = 0
+        if not packetids:
+            return 0
+        for ring in self.rings.values():
+            start = ring.next_frame or 0
+            top = -1
+            for pid in packetids:
+                off = (pid - ring.base) & _U64
+                if start <= off < start + (1 << 32):
+                    top = max(top, off)
+                    matched += 1
+            if top < 0:
+                continue
+            ring.next_frame = top + 1
+            ring.carry.clear()
+            for before in [b for b in ring.pending if b <= top]:
+                self.pending_count -= len(ring.pending.pop(before))
+        if matched:
+            log.info("resuming: %d frames written after the last checkpoint are not written again",
+                     matched)
+        return matched
+
     def summary(self) -> dict[str, Any]:
         c = self.counts
         return {
@@ -458,17 +484,36 @@ class ArchiveFiles:
         self.index = max((int(_NAME.match(p.name).group(2)) for p in existing), default=0)
         self.previous = existing[-1] if existing else None
 
-    def resume_state(self) -> dict[str, Any] | None:
-        """The checkpoint in the newest sidecar of the directory (None for a fresh archive)."""
+    def resume_state(self) -> tuple[dict[str, Any] | None, list[int]]:
+        """The checkpoint in the newest sidecar of the directory (None for a fresh archive), and
+        the packet ids the file holds beyond it.
+
+        The sidecar is rewritten after each flushed batch, so a kill between the flush and the
+        rewrite leaves one batch in the file that the checkpoint does not know; its frames are
+        found by their ``epb_packetid`` in the bytes after the checkpoint's offset (a few KiB,
+        never the whole file) so that :meth:`PcapngArchive.advance` does not write them twice.
+        """
         if self.previous is None:
-            return None
+            return None, []
         side = self.previous.with_name(self.previous.name + ".json")
         try:
-            return json.loads(side.read_text()).get("checkpoint")
+            doc = json.loads(side.read_text())
         except (OSError, ValueError):
             log.warning("cannot read %s: starting without a checkpoint (redelivered batches may "
                         "be written twice)", side)
-            return None
+            return None, []
+        ids: list[int] = []
+        if not doc.get("complete"):
+            try:
+                with open(self.previous, "rb") as fh:
+                    fh.seek(int(doc.get("bytes") or 0))
+                    tail = fh.read()
+                ids = [b.packetid for b in read_pcapng(tail, fragment=True).of(EnhancedPacket)
+                       if b.packetid is not None]
+            except (OSError, PcapngFormatError) as exc:
+                log.warning("cannot read the tail of %s (%s): a batch may be written twice",
+                            self.previous, exc)
+        return doc.get("checkpoint"), ids
 
     def open(self) -> None:
         self.index += 1
@@ -571,9 +616,10 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
     stop = stop or asyncio.Event()
     core = PcapngArchive()
     files = ArchiveFiles(out_dir, core, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds)
-    state = files.resume_state()
+    state, beyond = files.resume_state()
     if state:
         core.restore(state)
+        core.advance(beyond)
     held: deque[tuple[float, Batch]] = deque()
     async with connect(url, name=f"netevents-archive-{durable}", streams=True) as bus:
         # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
