@@ -279,14 +279,15 @@ async def cmd_archive(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     rotate_bytes = int(args.rotate_mb * 1024 * 1024) if args.rotate_mb else None
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(_stop_after(stop, args.duration))
-        try:
-            totals = await run_archive(args.out, args.bus or default_url(), durable=args.durable,
-                                       rotate_bytes=rotate_bytes, rotate_seconds=args.rotate_seconds,
-                                       stop=stop, hosts=args.host)
-        finally:
-            stop.set()
+    timer = asyncio.create_task(_stop_after(stop, args.duration))
+    try:
+        # Not in a TaskGroup: a BusError/OSError must reach main() as itself (one clear line),
+        # not wrapped in an ExceptionGroup.
+        totals = await run_archive(args.out, args.bus or default_url(), durable=args.durable,
+                                   rotate_bytes=rotate_bytes, rotate_seconds=args.rotate_seconds,
+                                   stop=stop, hosts=args.host, hold=args.gap_wait)
+    finally:
+        timer.cancel()
     log.info("stopped: %s files, %s frames, %s dropped packets, dropcount %s", totals["files"],
              totals["frames"], totals["drop_packets"], totals["dropcount"])
     return 0
@@ -311,6 +312,8 @@ def _add_archive_parsers(sub: Any) -> None:
     p.add_argument("--durable", default="archive", metavar="NAME",
                    help="durable consumer name; one archiver per name (default archive)")
     p.add_argument("--host", action="append", metavar="GLOB", help="only these hosts (repeatable)")
+    p.add_argument("--gap-wait", type=_positive, default=1.0, metavar="S",
+                   help="seconds a frame batch waits for the gap records about it (default 1)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     p.set_defaults(func=cmd_archive)
 

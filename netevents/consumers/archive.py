@@ -157,14 +157,17 @@ class PcapngArchive:
                 ring.carry.clear()
             self.pending_count = 0
         for st in self.ifaces.values():
+            missed = self.counts["missed"].get(st.host, {})
             captured = st.dropcount + st.unplaced
             note = (f"{st.packets} packets written; capture lost {captured} "
                     f"({st.dropcount} placed as epb_dropcount, {st.unplaced} unplaced); "
-                    f"{st.unseen} frames not received by the archive")
+                    f"{st.unseen} frames not received by the archive; {missed.get('frame', 0)} "
+                    f"frame and {missed.get('gap', 0)} gap batches of {st.host} missed")
             if st.worker is None:
                 w.statistics(st.if_id, ts_ns, ifrecv=st.packets, usrdeliv=st.packets,
                              starttime=st.first_ts, endtime=st.last_ts,
-                             comment=f"{st.packets} dropped packets written")
+                             comment=f"{st.packets} dropped packets written; "
+                                     f"{missed.get('drop', 0)} drop batches of {st.host} missed")
             else:
                 # isb_osdrop: frames the kernel's capture ring/socket queue dropped (the OS
                 # dropped them, spec meaning). isb_ifdrop gets the same number: it is the one
