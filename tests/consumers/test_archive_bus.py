@@ -70,7 +70,7 @@ def start_archiver(url: str, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "netevents.cli", "archive", "--out", str(out), "--bus", url,
-         "--durable", "t-archive", *extra],
+         "--durable", "t-archive", "--gap-wait", "0.3", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -117,7 +117,7 @@ def test_archive_several_hosts_rotation_and_verify(nats_url, tmp_path):
     batches, ids, lost = plan(24)
     publish(nats_url, batches)
     out = tmp_path / "arch"
-    proc = start_archiver(nats_url, out, "--rotate-mb", "0.1")
+    proc = start_archiver(nats_url, out, "--rotate-mb", "0.2")
     try:
         assert wait_for(lambda: archived_frames(out) >= len(ids), proc=proc), archived_frames(out)
     finally:
