@@ -70,8 +70,9 @@ def packetid_base(host: str, run: str, iface: str, worker: int) -> int:
     A frame's id is ``(base + frame sequence) mod 2**64``: one addition per frame in the hot
     loop, and an id maps back to its frame (id - base) given the ring, which each file names in
     the comment of the ring's first frame. Two rings collide only if their bases fall within a
-    ring's frame count of each other: with 10^4 rings of 10^9 frames that is ~10^-2 * 10^-... --
-    about 5e-3 over the whole fleet, against the certainty of collisions with a plain counter.
+    ring's frame count of each other: for n rings of up to F frames that is about n^2 F / 2^64,
+    ~5e-3 for 10^4 rings of 10^9 frames each -- where a plain counter per archiver would collide
+    across archivers for certain.
     """
     key = f"{host}\0{run}\0{iface}\0{worker}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
