@@ -104,6 +104,7 @@ class IfaceStats:
     dropcount: int = 0
     unplaced: int = 0
     unseen: int = 0
+    kernel: dict | None = None      # the capture's latest ring totals (batch field "ring")
     first_ts: int | None = None
     last_ts: int | None = None
 
@@ -176,9 +177,17 @@ class PcapngArchive:
                 # dropped them, spec meaning). isb_ifdrop gets the same number: it is the one
                 # Wireshark shows as "dropped packets" and dumpcap puts libpcap's ps_drop (the
                 # ring's tp_drops) there; NIC drops are not known here (netstat events have them).
-                w.statistics(st.if_id, ts_ns, ifrecv=st.packets + captured, ifdrop=captured,
-                             osdrop=captured, usrdeliv=st.packets, starttime=st.first_ts,
-                             endtime=st.last_ts, comment=note)
+                ifrecv, osdrop = st.packets + captured, captured
+                k = st.kernel
+                if k and type(k.get("packets")) is int and type(k.get("drops")) is int:
+                    # The kernel's own PACKET_STATISTICS totals since the ring started: what the
+                    # ISB counters mean ("since the beginning of the capture"); this file's own
+                    # share stays in the comment.
+                    ifrecv, osdrop = k["packets"], k["drops"]
+                    note += f"; ring totals since capture start: {k['packets']} packets, {k['drops']} drops"
+                w.statistics(st.if_id, ts_ns, ifrecv=ifrecv, ifdrop=osdrop, osdrop=osdrop,
+                             usrdeliv=st.packets, starttime=st.first_ts, endtime=st.last_ts,
+                             comment=note)
         return w.take()
 
     def _w(self) -> PcapngWriter:
@@ -197,10 +206,7 @@ class PcapngArchive:
                     f"drops@{host}", description=host, hardware="kernel drop events (packet mode)",
                     snaplen=0, comment=f"packets the kernel of {host} dropped, one per drop event")
             else:
-                if isinstance(hwtstamp, dict) and hwtstamp:
-                    stamp = "hardware timestamps " + ", ".join(f"{k} {v}" for k, v in sorted(hwtstamp.items()))
-                else:
-                    stamp = "software timestamps"
+                stamp = _stamp_text(hwtstamp)
                 if_id = w.add_interface(iface, description=host, snaplen=snaplen,
                                         hardware=f"netevents capture worker {worker}; {stamp}")
             st = self.ifaces[key] = IfaceStats(if_id, host, iface, worker)
@@ -345,6 +351,8 @@ class PcapngArchive:
             queues, hashes = queues[skip:], hashes[skip:]
         self._w().frames(st.if_id, ts, heads, lens, dirs, queues, hashes, ring.base, start, specials)
         written = n - skip
+        if isinstance(f.get("ring"), dict):
+            st.kernel = f["ring"]
         st.packets += written
         self.counts["frames"] += written
         if st.first_ts is None:
@@ -438,6 +446,16 @@ class PcapngArchive:
                             "unplaced": s.unplaced, "unseen_frames": s.unseen}
                            for s in self.ifaces.values()],
         }
+
+
+def _stamp_text(hwtstamp: Any) -> str:
+    """if_hardware wording for the capture's ``hwtstamp`` batch field ({filter, phc_index}):
+    a filter of None or "none" means the NIC stamps nothing and frames carry software stamps."""
+    if not isinstance(hwtstamp, dict) or hwtstamp.get("filter") in (None, "none", 0, ""):
+        return "software timestamps"
+    phc = hwtstamp.get("phc_index")
+    return f"hardware timestamps (rx filter {hwtstamp['filter']}" + (
+        f", PHC /dev/ptp{phc})" if phc is not None else ")")
 
 
 def _as_ethernet(payload: bytes, proto: int | None) -> bytes:

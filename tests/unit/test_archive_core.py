@@ -218,3 +218,17 @@ def test_resume_after_kill_between_flush_and_checkpoint(tmp_path):
     assert sorted(p.packetid - base for p in pk) == list(range(30))
     assert sum(p.dropcount or 0 for p in pk) == 5
     assert again.summary()["lost_unplaced"] == 0
+
+
+def test_isb_uses_the_kernels_ring_totals_and_idb_names_the_timestamps():
+    b = frame_batch("h1", "r1", 1, 0, 10, hwtstamp={"filter": "all", "phc_index": 2})
+    b.fields["ring"] = {"packets": 1000, "drops": 40, "freezes": 3}
+    soft = frame_batch("h2", "r2", 1, 0, 10, hwtstamp={"filter": None, "phc_index": None})
+    _core, r = run_core([b, soft])
+    idbs = r.of(type(r.blocks[1]))
+    assert idbs[0].hardware == "netevents capture worker 0; hardware timestamps (rx filter all, PHC /dev/ptp2)"
+    assert idbs[1].hardware == "netevents capture worker 0; software timestamps"
+    isb1, isb2 = r.of(InterfaceStatistics)
+    assert (isb1.counters["ifrecv"], isb1.counters["osdrop"], isb1.counters["usrdeliv"]) == (1000, 40, 10)
+    assert "ring totals since capture start: 1000 packets, 40 drops" in isb1.comments[0]
+    assert (isb2.counters["ifrecv"], isb2.counters["osdrop"]) == (10, 0)
