@@ -459,16 +459,15 @@ def _stamp_text(hwtstamp: Any) -> str:
 
 
 def _as_ethernet(payload: bytes, proto: int | None) -> bytes:
-    """Packet-mode payloads start at the MAC header when the kernel had one; an L3-only payload
-    (IPv4/IPv6 first nibble, no matching ethertype at offset 12) gets a zero-address Ethernet
-    header with ``proto`` so the pseudo-interface can stay LINKTYPE_ETHERNET."""
-    if not proto:
+    """Packet-mode payloads start at the MAC header when the kernel had one, else at the network
+    header. One without an Ethernet header (no ``proto`` or VLAN TPID at offset 12) gets a
+    zero-address Ethernet header carrying ``proto`` so the pseudo-interface can stay
+    LINKTYPE_ETHERNET and Wireshark decodes the packet."""
+    if not proto or not 0x0600 <= proto <= 0xFFFF:
         return payload
     if len(payload) >= 14 and int.from_bytes(payload[12:14], "big") in (proto, 0x8100, 0x88A8):
         return payload
-    if payload and payload[0] >> 4 in (4, 6) and proto in (0x0800, 0x86DD):
-        return b"\0" * 12 + proto.to_bytes(2, "big") + payload
-    return payload
+    return b"\0" * 12 + proto.to_bytes(2, "big") + payload
 
 
 # =============================================================================================
