@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import struct
 import sys
 import time
 from collections import Counter, deque
@@ -112,7 +113,7 @@ class IfaceStats:
 def _new_counts() -> dict[str, Any]:
     return {"frames": 0, "drops": 0, "dropcount": 0, "gaps": 0, "gaps_late": 0,
             "gaps_unplaced": 0, "lost_unplaced": 0, "unseen_frames": 0, "duplicate_frames": 0,
-            "alert_drops": 0, "bad_events": 0, "batches": Counter(), "missed": {}}
+            "alert_drops": 0, "bad_events": 0, "bad_batches": 0, "batches": Counter(), "missed": {}}
 
 
 class PcapngArchive:
@@ -179,7 +180,8 @@ class PcapngArchive:
                 # ring's tp_drops) there; NIC drops are not known here (netstat events have them).
                 ifrecv, osdrop = st.packets + captured, captured
                 k = st.kernel
-                if k and type(k.get("packets")) is int and type(k.get("drops")) is int:
+                if (k and type(k.get("packets")) is int and type(k.get("drops")) is int
+                        and 0 <= k["packets"] <= _U64 and 0 <= k["drops"] <= _U64):
                     # The kernel's own PACKET_STATISTICS totals since the ring started: what the
                     # ISB counters mean ("since the beginning of the capture"); this file's own
                     # share stays in the comment.
@@ -219,14 +221,27 @@ class PcapngArchive:
         if batch.missed:
             per_host = self.counts["missed"].setdefault(batch.host, {})
             per_host[batch.kind] = per_host.get(batch.kind, 0) + batch.missed
-        if batch.kind == "frame":
-            self._frames(batch)
-        elif batch.kind == "gap":
-            self._gaps(batch)
-        elif batch.kind == "drop":
-            self._drops(batch)
+        w = self._w()
+        n_if, n_keys = len(w.interfaces), len(self.ifaces)
+        try:
+            if batch.kind == "frame":
+                self._frames(batch)
+            elif batch.kind == "gap":
+                self._gaps(batch)
+            elif batch.kind == "drop":
+                self._drops(batch)
+        except (struct.error, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # A value the checks below did not foresee: this batch is left out (counted, logged)
+            # and the file stays consistent -- its partial blocks and the IDBs it added go.
+            w.buf.clear()
+            del w.interfaces[n_if:]
+            for key in list(self.ifaces)[n_keys:]:
+                del self.ifaces[key]
+            self.counts["bad_batches"] += 1
+            self._bad(batch, f"batch not archived: {type(exc).__name__}: {exc}")
+            return b""
         self.written[f"{batch.host}|{batch.run}|{batch.kind}"] = batch.seq
-        return self._w().take()
+        return w.take()
 
     def _ring(self, host: str, run: str, iface: str, worker: int) -> Ring:
         key = (host, run, iface, worker)
@@ -246,13 +261,17 @@ class PcapngArchive:
         for g in batch.events:
             lost = g.get("lost")
             iface = g.get("iface")
-            if type(lost) is not int or lost < 0 or not iface:
+            if type(lost) is not int or not 0 <= lost <= _U64 or not isinstance(iface, str) or not iface:
                 self._bad(batch, f"gap without a valid lost count or iface: {g!r}"[:200])
                 continue
             if lost == 0:
                 continue
             self.counts["gaps"] += 1
-            ring = self._ring(batch.host, batch.run, iface, g.get("worker") or 0)
+            worker = g.get("worker") or 0
+            if type(worker) is not int:
+                self._bad(batch, f"gap with a worker that is not an integer: {worker!r}"[:200])
+                continue
+            ring = self._ring(batch.host, batch.run, iface, worker)
             gap = {"lost": lost, "after": g.get("after_frame"), "before": g.get("before_frame"),
                    "cause": g.get("cause"), "source": g.get("source")}
             before = gap["before"]
@@ -294,28 +313,30 @@ class PcapngArchive:
                 self._bad(batch, "frame batch without iface, first_frame or ts column")
             return
         worker = f.get("worker") or 0
+        lens = cols.get("len") or [None] * n
+        if (first < 0 or type(worker) is not int or min(ts) < 0 or max(ts) > _U64
+                or max((x for x in lens if x is not None), default=0) > 0xFFFFFFFF):
+            self._bad(batch, "frame batch with a timestamp, length, worker or first_frame out of range")
+            return
         ring = self._ring(batch.host, batch.run, iface, worker)
         heads = cols.get("head") or [None] * n
         st = self._iface(batch.host, iface, worker, f.get("hwtstamp"),
                          f.get("snaplen") or DEFAULT_SNAPLEN)
-        lens = cols.get("len") or [None] * n
         dirs = cols.get("dir") or [None] * n
         queues = cols.get("queue") or [None] * n
         hashes = cols.get("rxhash") or [None] * n
         specials: dict[int, tuple[int | None, str | None]] = {}
         notes: list[str] = []
-        skip = 0
+        skip = unseen = 0
         if ring.next_frame is not None:
             if first < ring.next_frame:          # overlap: redelivered frames already written
                 skip = min(n, ring.next_frame - first)
-                self.counts["duplicate_frames"] += skip
             elif first > ring.next_frame:        # frames summarised but never received here
                 unseen = first - ring.next_frame
-                self.counts["unseen_frames"] += unseen
-                st.unseen += unseen
                 notes.append(f"frames {ring.next_frame}..{first - 1} of this ring were not "
                              f"received by the archive (missed batches), not lost by the capture")
         if skip == n:
+            self.counts["duplicate_frames"] += skip
             return
         start = first + skip
         end = first + n
@@ -324,23 +345,22 @@ class PcapngArchive:
                             f"epb_packetid = {ring.base:#018x} + frame")
         # Gaps: carried (late or unnumbered) ones go on the first frame written; waiting ones
         # on their before_frame, or on the first frame if their frame was never received.
+        # Nothing is changed before the frames are encoded: a batch that fails leaves no trace.
         first_gaps = list(ring.carry)
-        ring.carry.clear()
+        taken = [b for b in ring.pending if b < end] if ring.pending else []
         placed: dict[int, list[dict]] = {}
-        if ring.pending:
-            for before in [b for b in ring.pending if b < end]:
-                gaps = ring.pending.pop(before)
-                self.pending_count -= len(gaps)
-                if before <= start:
-                    first_gaps.extend(gaps)
-                else:
-                    placed.setdefault(before - first, []).extend(gaps)
+        for before in taken:
+            gaps = ring.pending[before]
+            if before <= start:
+                first_gaps.extend(gaps)
+            else:
+                placed.setdefault(before - first, []).extend(gaps)
         if first_gaps:
             placed.setdefault(skip, [])[:0] = first_gaps
+        dropcount = 0
         for i, gaps in placed.items():
             lost = sum(g["lost"] for g in gaps)
-            st.dropcount += lost
-            self.counts["dropcount"] += lost
+            dropcount += lost
             specials[i] = (lost, self._gap_comment(gaps))
         if notes:
             drop, comment = specials.get(skip, (None, None))
@@ -350,7 +370,16 @@ class PcapngArchive:
             ts, heads, lens, dirs = ts[skip:], heads[skip:], lens[skip:], dirs[skip:]
             queues, hashes = queues[skip:], hashes[skip:]
         self._w().frames(st.if_id, ts, heads, lens, dirs, queues, hashes, ring.base, start, specials)
+        # Encoded: now the accounting.
+        ring.carry.clear()
+        for before in taken:
+            self.pending_count -= len(ring.pending.pop(before))
         written = n - skip
+        self.counts["duplicate_frames"] += skip
+        self.counts["unseen_frames"] += unseen
+        st.unseen += unseen
+        st.dropcount += dropcount
+        self.counts["dropcount"] += dropcount
         if isinstance(f.get("ring"), dict):
             st.kernel = f["ring"]
         st.packets += written
@@ -372,6 +401,9 @@ class PcapngArchive:
             synthetic = len(data) != len(payload)
             ts = e.get("last_ts") or e.get("first_ts") or batch.t1
             orig = e.get("orig_len") or len(payload)
+            if not 0 <= orig <= 0xFFFF0000 or not 0 <= ts <= _U64:
+                self._bad(batch, f"drop event with orig_len {orig} or timestamp {ts} out of range")
+                continue
             loc = e.get("location") or "?"
             comment = (f"dropped by the kernel of {batch.host}: reason {e.get('reason', 'NOT_SPECIFIED')} "
                        f"at {loc}" + (f" on {e['iface']}" if e.get("iface") else "")
@@ -440,6 +472,7 @@ class PcapngArchive:
             "gaps_unplaced": c["gaps_unplaced"], "lost_unplaced": c["lost_unplaced"],
             "unseen_frames": c["unseen_frames"], "duplicate_frames": c["duplicate_frames"],
             "alert_drops_not_archived": c["alert_drops"], "bad_events": c["bad_events"],
+            "bad_batches": c["bad_batches"],
             "batches": dict(c["batches"]), "missed_batches": c["missed"],
             "interfaces": [{"id": s.if_id, "name": s.name, "host": s.host, "worker": s.worker,
                             "packets": s.packets, "dropcount": s.dropcount,

@@ -232,3 +232,42 @@ def test_isb_uses_the_kernels_ring_totals_and_idb_names_the_timestamps():
     assert (isb1.counters["ifrecv"], isb1.counters["osdrop"], isb1.counters["usrdeliv"]) == (1000, 40, 10)
     assert "ring totals since capture start: 1000 packets, 40 drops" in isb1.comments[0]
     assert (isb2.counters["ifrecv"], isb2.counters["osdrop"]) == (10, 0)
+
+
+def test_out_of_range_values_are_counted_and_the_file_stays_valid():
+    huge_len = frame_batch("h1", "r1", 1, 0, 3)
+    huge_len.events["len"][1] = 1 << 40
+    neg_ts = frame_batch("h2", "r2", 1, 0, 3)
+    neg_ts.events["ts"][0] = -5
+    huge_gap = gap_batch("h1", "r1", 1, [(1, 1 << 70)])
+    weird_drop = drop_batch("h3", "r3", 1, 1)
+    weird_drop.events[0]["orig_len"] = 1 << 40
+    ring = frame_batch("h4", "r4", 1, 0, 2)
+    ring.fields["ring"] = {"packets": -1, "drops": 1 << 80}
+    core, r = run_core([huge_len, neg_ts, huge_gap, weird_drop, ring,
+                        frame_batch("h1", "r1", 2, 0, 4)])
+    s = core.summary()
+    assert s["bad_events"] == 4
+    assert s["frames"] == 4 + 2 and s["drop_packets"] == 1
+    assert not r.truncated and len(r.of(EnhancedPacket)) == 7
+
+
+def test_a_batch_that_fails_midway_is_left_out_whole(monkeypatch):
+    core = PcapngArchive()
+    data = core.open_section()
+    data += core.add(frame_batch("h1", "r1", 1, 0, 3))
+    data += core.add(gap_batch("h2", "r2", 1, [(0, 4)]))
+    bad = frame_batch("h2", "r2", 1, 0, 3)
+    bad.events["head"][2] = 12345            # not bytes: fails inside the hot loop
+    data += core.add(bad)
+    data += core.add(frame_batch("h1", "r1", 2, 3, 3))
+    data += core.close_section(T0, final=True)
+    r = read_pcapng(data)
+    s = core.summary()
+    assert s["bad_batches"] == 1 and s["dropcount"] == 0 and s["frames"] == 6
+    assert len(r.of(EnhancedPacket)) == 6
+    assert s["lost_unplaced"] == 4          # the gap is still there, given up only at the end
+    # h2's IDB (from the failed batch) is gone; the one at the end carries the unplaced gap's ISB
+    idbs = r.of(type(r.blocks[1]))
+    assert [i.description for i in idbs] == ["h1", "h2"]
+    assert idbs[1].offset > r.of(EnhancedPacket)[-1].offset
