@@ -81,12 +81,12 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
     chosen = [name for name in SOURCES if getattr(args, f"src_{name}", False)]
     for name in chosen:
         cfg.sources.setdefault(name, {})
-    if "netstat" in cfg.sources and getattr(args, "interval", None):
-        cfg.sources["netstat"]["interval"] = args.interval
     if not cfg.sources:
         for name in default_sources:
             if name in SOURCES:
                 cfg.sources[name] = {}
+    if "netstat" in cfg.sources and getattr(args, "interval", None):
+        cfg.sources["netstat"]["interval"] = args.interval
     return cfg.validate()
 
 
