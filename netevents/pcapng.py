@@ -172,6 +172,16 @@ class PcapngWriter:
         self.packets = 0
         self._section(userappl, hardware, os, comment)
 
+    @classmethod
+    def continuing(cls, interfaces: list[InterfaceInfo]) -> PcapngWriter:
+        """A writer that appends to an existing section (no SHB) whose IDBs are ``interfaces``,
+        e.g. to add the ISBs of a file another process left unclosed."""
+        w = cls.__new__(cls)
+        w.buf = bytearray()
+        w.interfaces = list(interfaces)
+        w.packets = 0
+        return w
+
     # -- section / interfaces ----------------------------------------------------------------
     def _section(self, userappl: str | None, hardware: str | None, os: str | None,
                  comment: str | None) -> None:
@@ -419,6 +429,7 @@ class ReadResult:
     blocks: list[Block]
     truncated: bool = False     # the data ended inside a block (e.g. the writer was killed)
     trailing: int = 0           # bytes of that incomplete block
+    end: int = 0                # offset just past the last complete block
 
     def of(self, cls: type) -> list[Any]:
         return [b for b in self.blocks if isinstance(b, cls)]
@@ -461,11 +472,11 @@ def read_pcapng(data: bytes | memoryview, *, fragment: bool = False) -> ReadResu
         raise PcapngFormatError("not a PcapNG file: it does not start with a Section Header Block")
     while pos < n:
         if pos + 12 > n:
-            return ReadResult(blocks, True, n - pos)
+            return ReadResult(blocks, True, n - pos, pos)
         btype = struct.unpack_from(e + "I", mv, pos)[0]
         if btype == BT_SHB:
             if pos + 12 > n:
-                return ReadResult(blocks, True, n - pos)
+                return ReadResult(blocks, True, n - pos, pos)
             magic_le = struct.unpack_from("<I", mv, pos + 8)[0]
             if magic_le == BYTE_ORDER_MAGIC:
                 e = "<"
@@ -478,7 +489,7 @@ def read_pcapng(data: bytes | memoryview, *, fragment: bool = False) -> ReadResu
         if total < 12 or total % 4:
             raise PcapngFormatError(f"block at offset {pos} has an invalid length {total}")
         if pos + total > n:
-            return ReadResult(blocks, True, n - pos)
+            return ReadResult(blocks, True, n - pos, pos)
         if struct.unpack_from(e + "I", mv, pos + total - 4)[0] != total:
             raise PcapngFormatError(f"block at offset {pos}: trailing length != leading length")
         body, end = pos + 8, pos + total - 4
@@ -537,7 +548,7 @@ def read_pcapng(data: bytes | memoryview, *, fragment: bool = False) -> ReadResu
         else:
             blocks.append(Block(btype, pos))
         pos += total
-    return ReadResult(blocks)
+    return ReadResult(blocks, end=n)
 
 
 def _text(value: bytes | None) -> str | None:

@@ -46,7 +46,14 @@ from typing import Any, BinaryIO
 
 from .. import __version__
 from ..codec import Batch
-from ..pcapng import EnhancedPacket, PcapngFormatError, PcapngWriter, read_pcapng
+from ..pcapng import (
+    EnhancedPacket,
+    InterfaceDescription,
+    InterfaceInfo,
+    PcapngFormatError,
+    PcapngWriter,
+    read_pcapng,
+)
 
 log = logging.getLogger("netevents.archive")
 
@@ -476,7 +483,8 @@ class PcapngArchive:
             "batches": dict(c["batches"]), "missed_batches": c["missed"],
             "interfaces": [{"id": s.if_id, "name": s.name, "host": s.host, "worker": s.worker,
                             "packets": s.packets, "dropcount": s.dropcount,
-                            "unplaced": s.unplaced, "unseen_frames": s.unseen}
+                            "unplaced": s.unplaced, "unseen_frames": s.unseen,
+                            "first_ts": s.first_ts, "last_ts": s.last_ts}
                            for s in self.ifaces.values()],
         }
 
@@ -560,16 +568,75 @@ class ArchiveFiles:
             return None, []
         ids: list[int] = []
         if not doc.get("complete"):
+            offset = int(doc.get("bytes") or 0)
             try:
                 with open(self.previous, "rb") as fh:
-                    fh.seek(int(doc.get("bytes") or 0))
-                    tail = fh.read()
-                ids = [b.packetid for b in read_pcapng(tail, fragment=True).of(EnhancedPacket)
-                       if b.packetid is not None]
+                    fh.seek(offset)
+                    tail = read_pcapng(fh.read(), fragment=True)
+                ids = [b.packetid for b in tail.of(EnhancedPacket) if b.packetid is not None]
+                self.seal(self.previous, doc, offset, tail)
             except (OSError, PcapngFormatError) as exc:
-                log.warning("cannot read the tail of %s (%s): a batch may be written twice",
-                            self.previous, exc)
+                log.warning("cannot read the tail of %s (%s): a batch may be written twice, "
+                            "and the file stays unclosed", self.previous, exc)
         return doc.get("checkpoint"), ids
+
+    def seal(self, path: Path, doc: dict[str, Any], offset: int, tail: Any) -> None:
+        """Close a file its archiver left open (kill -9): cut a torn last block, append the
+        ISBs, and rewrite the sidecar as complete with the blocks found past its checkpoint.
+
+        ``tail`` is the parse of the bytes from ``offset`` (the checkpoint's file size) on.
+        """
+        end = offset + tail.end
+        ifaces = {i["id"]: dict(i) for i in doc.get("interfaces") or []}
+        frames = drops = dropcount = 0
+        for b in tail.blocks:
+            if isinstance(b, InterfaceDescription):
+                new_id = max(ifaces, default=-1) + 1
+                ifaces[new_id] = {"id": new_id, "name": b.name, "host": b.description,
+                                  "worker": None if (b.name or "").startswith("drops@") else 0,
+                                  "packets": 0, "dropcount": 0, "unplaced": 0}
+            elif isinstance(b, EnhancedPacket):
+                st = ifaces.get(b.interface_id)
+                if st is None:
+                    raise PcapngFormatError(f"EPB for unknown interface {b.interface_id}")
+                st["packets"] += 1
+                st["dropcount"] += b.dropcount or 0
+                dropcount += b.dropcount or 0
+                if b.packetid is None:
+                    drops += 1
+                else:
+                    frames += 1
+                st["first_ts"] = st.get("first_ts") or b.timestamp
+                st["last_ts"] = b.timestamp if st.get("last_ts") is None else max(st["last_ts"], b.timestamp)
+        order = sorted(ifaces)
+        w = PcapngWriter.continuing([InterfaceInfo(ifaces[i]["name"] or "?") for i in order])
+        now = time.time_ns()
+        for i in order:
+            st = ifaces[i]
+            lost = st["dropcount"] + st.get("unplaced", 0)
+            w.statistics(i, now, ifrecv=st["packets"] + (lost if st["worker"] is not None else 0),
+                         osdrop=lost if st["worker"] is not None else None,
+                         ifdrop=lost if st["worker"] is not None else None,
+                         usrdeliv=st["packets"], starttime=st.get("first_ts"),
+                         endtime=st.get("last_ts"),
+                         comment=f"{st['packets']} packets written; sealed by the next archiver "
+                                 "run (this file's archiver stopped without closing it)")
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+            fh.seek(end)
+            data = w.take()
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        doc.update(complete=True, sealed=True, bytes=end + len(data),
+                   frames=doc.get("frames", 0) + frames, drop_packets=doc.get("drop_packets", 0) + drops,
+                   packets=doc.get("packets", 0) + frames + drops,
+                   dropcount=doc.get("dropcount", 0) + dropcount,
+                   interfaces=[ifaces[i] for i in order], torn_bytes_cut=tail.trailing)
+        _atomic_json(path.with_name(path.name + ".json"), doc)
+        log.info("%s: closed after an unclean stop (%d packets past its last checkpoint%s)",
+                 path.name, frames + drops,
+                 f", {tail.trailing} torn bytes cut" if tail.trailing else "")
 
     def open(self) -> None:
         self.index += 1

@@ -200,6 +200,7 @@ def test_resume_after_kill_between_flush_and_checkpoint(tmp_path):
     files.write_batch(gap_batch("h1", "r1", 1, [(14, 5)]))
     # "kill -9" after the flush of batch 2, before its checkpoint: bytes in, sidecar not rewritten
     files.fh.write(core.add(frame_batch("h1", "r1", 2, 10, 10)))
+    files.fh.write(core.add(frame_batch("h1", "r1", 3, 20, 10))[:150])   # torn mid-block
     files.fh.flush()
     files.fh.close()
 
@@ -213,6 +214,15 @@ def test_resume_after_kill_between_flush_and_checkpoint(tmp_path):
     files2.write_batch(frame_batch("h1", "r1", 2, 10, 10))      # redelivered
     files2.write_batch(frame_batch("h1", "r1", 3, 20, 10))
     files2.close(final=True)
+    # the killed file was closed by the restart: torn block cut, ISB added, sidecar complete
+    first = files.files[0]
+    r1 = read_pcapng(first.read_bytes())
+    side = json.loads(first.with_name(first.name + ".json").read_text())
+    assert not r1.truncated and side["complete"] and side["sealed"]
+    assert side["torn_bytes_cut"] == 150
+    assert side["frames"] == len(r1.of(EnhancedPacket)) == 20 and side["dropcount"] == 5
+    isb, = r1.of(InterfaceStatistics)
+    assert isb.counters["usrdeliv"] == 20 and isb.counters["osdrop"] == 5
     pk = [p for f in sorted(tmp_path.glob("*.pcapng")) for p in read_pcapng(f.read_bytes()).of(EnhancedPacket)]
     base = packetid_base("h1", "r1", "eth0", 0)
     assert sorted(p.packetid - base for p in pk) == list(range(30))
