@@ -14,18 +14,24 @@ at close one cumulative ISB per interface.
 
 Where a gap goes: a gap record says "``lost`` frames between frame k (after_frame) and k+1
 (before_frame) of ring (host, run, iface, worker)". Gaps and frames travel in different streams,
-so either may arrive first. A gap that arrives first waits (bounded, counted) for frame k+1; a
-gap whose frame k+1 was already written ("late") goes on the next frame written on that ring,
-with a comment saying so -- the total per ring stays exact, the position is off by the frames
-in between. Gaps that never find a frame are counted as ``unplaced`` in the sidecar and the
-ISB. Frames the archive never received (missed batches: a jump in ``first_frame``) are not capture
-loss: they are counted as ``unseen_frames`` and noted in a comment, never as a dropcount.
+so either may arrive first: the shell holds each frame batch ``--gap-wait`` seconds (1 s) before
+writing it, so the gap records about it are there. A gap that arrives first waits (bounded,
+counted) for frame k+1; a gap whose frame k+1 was already written ("late") goes on the next
+frame written on that ring, with a comment saying so -- the total per ring stays exact, the
+position is off by the frames in between. Gaps that never find a frame are counted as
+``unplaced`` in the sidecar and the ISB. Frames the archive never received (missed batches: a
+jump in ``first_frame``) are not capture loss: they are counted as ``unseen_frames`` and noted in
+a comment, never as a dropcount.
 
-The sidecar ``<file>.json`` (rewritten atomically after every flushed batch, ``complete`` once the
-file is closed) says what the file holds (frames, drop packets, total dropcount) and what the
-archive knows it did not see (batches missed per host and kind, unseen frames, rejected
-messages), and carries the checkpoint a restarted archiver resumes from, so that batches
-redelivered by the durable consumer are not written twice.
+Durability: batches are written in groups (one flush and one sidecar rewrite per group; a group
+is one batch unless more are already waiting) and acknowledged to JetStream only after that, so
+the checkpoint in the sidecar covers every acknowledged batch. The sidecar ``<file>.json``
+(``complete`` once the file is closed) says what the file holds (frames, drop packets, total
+dropcount) and what the archive knows it did not see (batches missed per host and kind, unseen
+frames, rejected messages), and carries that checkpoint. After a kill -9 the file is readable up
+to the last flushed group; the next run resumes from the checkpoint (the durable consumer
+redelivers what was not acknowledged), skips frames the file already holds past the checkpoint
+(found by packet id), and closes the old file: torn last block cut, ISBs added, sidecar complete.
 """
 
 from __future__ import annotations
