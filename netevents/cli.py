@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__
 from . import events as ev
 from .bus import Bus, EmbeddedServer, connect, default_url
-from .errors import BusError, ConfigError, NeteventsError
+from .errors import BusError, CapabilityError, ConfigError, NeteventsError
 
 log = logging.getLogger("netevents")
 
@@ -311,6 +311,62 @@ async def cmd_top(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# archive and verify (issue 4)
+
+async def cmd_archive(args: argparse.Namespace) -> int:
+    from .consumers.archive import run_archive
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    rotate_bytes = int(args.rotate_mb * 1024 * 1024) if args.rotate_mb else None
+    timer = asyncio.create_task(_stop_after(stop, args.duration))
+    try:
+        # Not in a TaskGroup: a BusError/OSError must reach main() as itself (one clear line),
+        # not wrapped in an ExceptionGroup.
+        totals = await run_archive(args.out, args.bus or default_url(), durable=args.durable,
+                                   rotate_bytes=rotate_bytes, rotate_seconds=args.rotate_seconds,
+                                   stop=stop, hosts=args.host, hold=args.gap_wait)
+    finally:
+        timer.cancel()
+    log.info("stopped: %s files, %s frames, %s dropped packets, dropcount %s", totals["files"],
+             totals["frames"], totals["drop_packets"], totals["dropcount"])
+    return 0
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    from .consumers.verify import verify_main
+
+    return await asyncio.to_thread(verify_main, args.files, args.json)
+
+
+def _add_archive_parsers(sub: Any) -> None:
+    p = sub.add_parser("archive", help="PcapNG archive of frames, capture gaps and dropped packets",
+                       description="Write frame summaries, capture gaps (as epb_dropcount on the "
+                       "frame after each gap) and packet-mode drops to rotating PcapNG files in "
+                       "DIR, each with a <file>.json sidecar. A durable JetStream consumer makes "
+                       "a restart (even after kill -9) resume without a hole.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--rotate-mb", type=_positive, metavar="N", help="start a new file after N MiB")
+    p.add_argument("--rotate-seconds", type=_positive, metavar="S", help="start a new file after S seconds")
+    p.add_argument("--durable", default="archive", metavar="NAME",
+                   help="durable consumer name; one archiver per name (default archive)")
+    p.add_argument("--host", action="append", metavar="GLOB", help="only these hosts (repeatable)")
+    p.add_argument("--gap-wait", type=_positive, default=1.0, metavar="S",
+                   help="seconds a frame batch waits for the gap records about it (default 1)")
+    p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("verify", help="check archive files with tshark and capinfos",
+                       description="Read each file with tshark and capinfos and check that the "
+                       "packet count and the total frame.drop_count match what the archive says "
+                       "it wrote (the <file>.json sidecar). Exit 0 if every file checks out.")
+    p.add_argument("files", nargs="+", metavar="FILE.pcapng")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.set_defaults(func=cmd_verify)
+
+
+# ---------------------------------------------------------------------------------------------
 # argument parsing
 
 def _positive(value: str) -> float:
@@ -411,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_import_command(sub)
     _add_ctl_parser(sub)
+    _add_archive_parsers(sub)
     return parser
 
 
@@ -523,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except CapabilityError as exc:
+        print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (BusError, NeteventsError, OSError) as exc:
         print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
         return 1
