@@ -96,6 +96,7 @@ class GapEvent:
     after_ts: int | None = _f("integer", "timestamp of the frame before the gap (ns)")
     before_ts: int | None = _f("integer", "timestamp of the frame after the gap (ns)")
     source: str = _f("string", "kernel interface that reported it", "packet_statistics")
+    freezes: int | None = _f("integer", "times the ring's queue froze (tp_freeze_q_cnt) in this gap")
 
 
 @dataclass(slots=True, kw_only=True)

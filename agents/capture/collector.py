@@ -1,0 +1,157 @@
+"""The capture collector: one TPACKET_V3 ring (one fanout member) -> frame and gap events.
+
+A thin asyncio shell around :class:`~agents.capture.ring.CaptureRing` (I/O),
+:func:`~agents.capture.ring.walk_block` and :class:`~agents.capture.gaps.GapAccountant`
+(sans-IO). The ring's fd is watched with ``loop.add_reader``; each wake-up drains every block the
+kernel has handed over: walk it, place any gap before it, read ``PACKET_STATISTICS`` (once per
+block, while still holding it), release it. Frames go out column-wise, one batch per drain (or
+per ``max_batch`` frames). On stop the socket is detached first, the last partial block is left
+to retire, everything is drained and a final statistics read closes the accounting exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from netevents.errors import CapabilityError
+
+from . import hwtstamp
+from .gaps import GapAccountant, describe
+from .ring import (
+    BLOCK_STATUS_OFF,
+    TP_STATUS_LOSING,
+    TP_STATUS_USER,
+    CaptureRing,
+    RingConfig,
+    walk_block,
+)
+from .summary import columns
+
+log = logging.getLogger("netevents.agent.capture")
+
+
+@dataclass(slots=True)
+class CaptureOptions:
+    ring: RingConfig
+    worker: int = 0
+    hwtstamp: bool = True
+    """Try to enable hardware receive stamps (SIOCSHWTSTAMP) and record what was applied."""
+    max_batch: int = 8192
+    block_delay: float = 0.0
+    """Seconds to pause after each block: a deliberately slow consumer (tests, benchmarks)."""
+    capture_only: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class RingCapture:
+    """Collector for one ring. Raises CapabilityError (from run) if the ring cannot be set up."""
+
+    name = "capture"
+
+    def __init__(self, opts: CaptureOptions) -> None:
+        self.opts = opts
+        self.ring: CaptureRing | None = None
+        self.accountant = GapAccountant(opts.ring.iface, opts.worker, opts.ring.block_nr)
+        self.frames = 0
+        self.hwtstamp: dict = {"filter": None, "phc_index": None}
+        self.finished = asyncio.Event()
+        self.invariant_error: str | None = None
+        self._released_any = False
+
+    @property
+    def loss_place(self) -> str:
+        return f"capture.ring.{self.opts.ring.iface}.w{self.opts.worker}"
+
+    async def run(self, sink) -> None:
+        opts = self.opts
+        cfg = opts.ring
+        sink.declare_loss(self.loss_place)
+        if opts.hwtstamp:
+            self.hwtstamp, line = hwtstamp.enable_for_capture(cfg.iface, cfg.netns)
+            if line:
+                log.info("%s", line)
+        ring = self.ring = CaptureRing(cfg).open()
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        loop.add_reader(ring.fileno(), wake.set)
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                await self._drain(sink)
+        finally:
+            loop.remove_reader(ring.fileno())
+            await self._finish(sink)
+
+    async def _finish(self, sink) -> None:
+        ring = self.ring
+        assert ring is not None
+        try:
+            ring.detach()
+            # The block timer retires the last partial block within retire_tov; wait for it.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(self.opts.ring.retire_tov_ms * 2 / 1000 + 0.02)
+            await self._drain(sink, pace=False)
+            st = ring.read_stats()
+            self.accountant.on_stats(st.packets, st.drops, st.freezes, None)
+            for gap in self.accountant.finish():
+                self._emit_gap(sink, gap)
+            self.invariant_error = self.accountant.check(self.frames)
+            if self.invariant_error:
+                log.warning("%s: accounting does not close: %s", cfg_name(self), self.invariant_error)
+        finally:
+            ring.close()
+            self.finished.set()
+
+    def _emit_gap(self, sink, gap) -> None:
+        sink.lost(self.loss_place, gap.lost)
+        sink.emit("gap", gap, t0=gap.after_ts or gap.before_ts, t1=gap.before_ts or gap.after_ts)
+        log.debug("%s", describe(gap))
+
+    async def _drain(self, sink, pace: bool = True) -> None:
+        ring = self.ring
+        assert ring is not None and ring.mm is not None
+        acc = self.accountant
+        mm = ring.mm
+        rows: list[tuple] = []
+        batch_first = acc.next_frame
+        while (off := ring.ready_block()) is not None:
+            start = len(rows)
+            info = walk_block(mm, off, rows)
+            first, gaps = acc.on_block(info.seq, info.walked, info.first_ts, info.last_ts,
+                                       bool(info.status & TP_STATUS_LOSING))
+            if start == 0:
+                batch_first = first
+            for gap in gaps:
+                self._emit_gap(sink, gap)
+            st = ring.read_stats()
+            prev = ((ring.next_block - 1) % ring.block_nr) * ring.block_size + BLOCK_STATUS_OFF
+            prev_refilled = (not self._released_any or ring.block_nr == 1
+                             or bool(int.from_bytes(mm[prev:prev + 4], "little") & TP_STATUS_USER))
+            acc.on_stats(st.packets, st.drops, st.freezes, info.seq, prev_refilled=prev_refilled)
+            ring.release_block(off)
+            self._released_any = True
+            self.frames += info.walked
+            if len(rows) >= self.opts.max_batch:
+                self._emit_frames(sink, rows, batch_first)
+                rows = []
+            if pace and self.opts.block_delay:
+                await asyncio.sleep(self.opts.block_delay)
+        if rows:
+            self._emit_frames(sink, rows, batch_first)
+
+    def _emit_frames(self, sink, rows: list[tuple], first_frame: int) -> None:
+        cols = columns(rows, self.opts.worker if self.opts.ring.fanout_group is not None else None)
+        ts = cols["ts"]
+        sink.emit_batch("frame", cols, t0=ts[0], t1=ts[-1], iface=self.opts.ring.iface,
+                        worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp)
+
+
+def cfg_name(c: RingCapture) -> str:
+    return f"{c.opts.ring.iface} worker {c.opts.worker}"
+
+
+__all__ = ["CaptureOptions", "RingCapture", "CapabilityError"]
