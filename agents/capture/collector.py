@@ -59,7 +59,6 @@ class RingCapture:
         self.hwtstamp: dict = {"filter": None, "phc_index": None}
         self.finished = asyncio.Event()
         self.invariant_error: str | None = None
-        self._released_any = False
 
     @property
     def loss_place(self) -> str:
@@ -127,13 +126,15 @@ class RingCapture:
                 batch_first = first
             for gap in gaps:
                 self._emit_gap(sink, gap)
-            st = ring.read_stats()
-            prev = ((ring.next_block - 1) % ring.block_nr) * ring.block_size + BLOCK_STATUS_OFF
-            prev_refilled = (not self._released_any or ring.block_nr == 1
-                             or bool(int.from_bytes(mm[prev:prev + 4], "little") & TP_STATUS_USER))
-            acc.on_stats(st.packets, st.drops, st.freezes, info.seq, prev_refilled=prev_refilled)
+            # Release first, then read: every drop of a freeze on this block happened before
+            # the release, so this read holds all of them (see gaps.py for why they belong
+            # before block seq + N). Only if the kernel refilled and retired the whole slot
+            # in between (the check after the read) can the next freeze's first drops be in it.
             ring.release_block(off)
-            self._released_any = True
+            st = ring.read_stats()
+            refilled = bool(int.from_bytes(mm[off + BLOCK_STATUS_OFF:off + BLOCK_STATUS_OFF + 4],
+                                           "little") & TP_STATUS_USER)
+            acc.on_stats(st.packets, st.drops, st.freezes, info.seq, refilled=refilled)
             self.frames += info.walked
             if len(rows) >= self.opts.max_batch:
                 self._emit_frames(sink, rows, batch_first)

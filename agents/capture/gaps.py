@@ -19,10 +19,11 @@ Where the drops sit: V3 drops only while frozen, and the queue freezes only at a
 boundary, when the kernel wants the slot of the oldest block user space still holds. Holding
 block ``h`` (sequence number ``seq_num``) of a ring of ``N`` blocks, drops of that freeze lie
 between the last frame of block ``h + N - 1`` and the first frame of block ``h + N`` (the block
-the kernel opens in ``h``'s slot once it is released). The shell reads the statistics once per
-retired block, while still holding it; drops that slipped in between the previous read and the
-previous release belong one block earlier, which the shell can tell (``prev_refilled`` below:
-the previously released slot has not been refilled yet, so no freeze on ``h`` can have begun).
+the kernel opens in ``h``'s slot once it is released). The shell releases each block and then
+reads the statistics (once per retired block): every drop of the freeze on ``h`` happened
+before the release, so that read holds all of them. The one ambiguity: if the kernel filled and
+retired the whole slot again between the release and the read, the first drops of the next
+freeze are in the same read (placed one block early; the shell can see it and says so).
 
 Coalescing: drops are summed per block boundary, so heavy loss gives at most one record per
 block however many frames were lost.
@@ -61,6 +62,7 @@ class GapAccountant:
         self.freezes = 0
         self.lost_reported = 0
         self.losing_blocks = 0
+        self.ambiguous_reads = 0
 
     # -- what the ring shows -------------------------------------------------------------------
     def on_block(self, seq: int, num_pkts: int, first_ts: int | None, last_ts: int | None,
@@ -85,24 +87,25 @@ class GapAccountant:
             self.last_ts = last_ts
         return first, gaps
 
-    def on_stats(self, packets: int, drops: int, freezes: int, held_seq: int | None, *,
-                 prev_refilled: bool = True) -> None:
-        """One PACKET_STATISTICS read (deltas), made while holding block ``held_seq``.
+    def on_stats(self, packets: int, drops: int, freezes: int, released_seq: int | None, *,
+                 refilled: bool = False) -> None:
+        """One PACKET_STATISTICS read (deltas), made just after releasing block ``released_seq``.
 
-        ``prev_refilled``: whether the slot released before ``held_seq`` has been handed back
-        to user space again (read *after* the statistics). If not, no freeze on the held
-        block can have started, so these drops belong before block ``held_seq - 1 + N``.
-        ``held_seq`` None: the final read after the ring was drained; drops go at the end.
+        Every drop of a freeze on that block happened before its release, so the read holds
+        them all; they sit before block ``released_seq + N``. ``refilled``: the released slot
+        had already been filled and retired again when the read returned, so the first drops
+        of the *next* freeze may be in this read too (placed one block early; counted in
+        ``ambiguous_reads``). ``released_seq`` None: the final read after the ring was
+        drained; its drops go at the end.
         """
         self.packets += packets
         self.drops += drops
         self.freezes += freezes
         if not drops and not freezes:
             return
-        if held_seq is None:
-            target = -1  # after everything: flushed by finish()
-        else:
-            target = held_seq + self.block_nr - (0 if prev_refilled else 1)
+        if refilled and drops:
+            self.ambiguous_reads += 1
+        target = -1 if released_seq is None else released_seq + self.block_nr
         p = self.pending.setdefault(target, _Pending())
         p.lost += drops
         p.freezes += freezes
