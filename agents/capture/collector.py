@@ -59,6 +59,7 @@ class RingCapture:
         self.hwtstamp: dict = {"filter": None, "phc_index": None}
         self.finished = asyncio.Event()
         self.invariant_error: str | None = None
+        self._released_any = False
 
     @property
     def loss_place(self) -> str:
@@ -89,13 +90,20 @@ class RingCapture:
         ring = self.ring
         assert ring is not None
         try:
-            ring.detach()
-            # The block timer retires the last partial block within retire_tov; wait for it.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(self.opts.ring.retire_tov_ms * 2 / 1000 + 0.02)
-            await self._drain(sink, pace=False)
-            st = ring.read_stats()
-            self.accountant.on_stats(st.packets, st.drops, st.freezes, None)
+            ring.detach()  # no new frames after this returns (the kernel syncs the hook)
+            # The block timer retires the last partial block (it may take two timer periods);
+            # drain and read until every frame the kernel counted has been walked.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max(1.0, 4 * self.opts.ring.retire_tov_ms / 1000)
+            acc = self.accountant
+            while True:
+                await self._drain(sink, pace=False)
+                st = ring.read_stats()
+                acc.on_stats(st.packets, st.drops, st.freezes, None)
+                if self.frames + acc.drops >= acc.packets or loop.time() > deadline:
+                    break
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.01)
             for gap in self.accountant.finish():
                 self._emit_gap(sink, gap)
             self.invariant_error = self.accountant.check(self.frames)
@@ -126,15 +134,19 @@ class RingCapture:
                 batch_first = first
             for gap in gaps:
                 self._emit_gap(sink, gap)
-            # Release first, then read: every drop of a freeze on this block happened before
-            # the release, so this read holds all of them (see gaps.py for why they belong
-            # before block seq + N). Only if the kernel refilled and retired the whole slot
-            # in between (the check after the read) can the next freeze's first drops be in it.
-            ring.release_block(off)
+            # Two reads per block, one holding it and one just after releasing it, each with
+            # the newest block a freeze can have reached by then (gaps.py explains why).
+            prev_off = ((ring.next_block - 1) % ring.block_nr) * ring.block_size
             st = ring.read_stats()
-            refilled = bool(int.from_bytes(mm[off + BLOCK_STATUS_OFF:off + BLOCK_STATUS_OFF + 4],
-                                           "little") & TP_STATUS_USER)
-            acc.on_stats(st.packets, st.drops, st.freezes, info.seq, refilled=refilled)
+            frontier = info.seq if (not self._released_any or _user(mm, prev_off)) else info.seq - 1
+            acc.set_frontier_floor(info.seq)
+            acc.on_stats(st.packets, st.drops, st.freezes, frontier)
+            ring.release_block(off)
+            self._released_any = True
+            st = ring.read_stats()
+            acc.set_frontier_floor(info.seq)
+            acc.on_stats(st.packets, st.drops, st.freezes,
+                         info.seq + 1 if _user(mm, off) else info.seq)
             self.frames += info.walked
             if len(rows) >= self.opts.max_batch:
                 self._emit_frames(sink, rows, batch_first)
@@ -149,6 +161,11 @@ class RingCapture:
         ts = cols["ts"]
         sink.emit_batch("frame", cols, t0=ts[0], t1=ts[-1], iface=self.opts.ring.iface,
                         worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp)
+
+
+def _user(mm, block_off: int) -> bool:
+    o = block_off + BLOCK_STATUS_OFF
+    return bool(int.from_bytes(mm[o:o + 4], "little") & TP_STATUS_USER)
 
 
 def cfg_name(c: RingCapture) -> str:

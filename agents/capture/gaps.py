@@ -16,14 +16,24 @@ So over a run (all blocks drained after the socket stopped receiving, stats read
     frames walked + sum(gap.lost) == sum(tp_packets)
 
 Where the drops sit: V3 drops only while frozen, and the queue freezes only at a block
-boundary, when the kernel wants the slot of the oldest block user space still holds. Holding
-block ``h`` (sequence number ``seq_num``) of a ring of ``N`` blocks, drops of that freeze lie
-between the last frame of block ``h + N - 1`` and the first frame of block ``h + N`` (the block
-the kernel opens in ``h``'s slot once it is released). The shell releases each block and then
-reads the statistics (once per retired block): every drop of the freeze on ``h`` happened
-before the release, so that read holds all of them. The one ambiguity: if the kernel filled and
-retired the whole slot again between the release and the read, the first drops of the next
-freeze are in the same read (placed one block early; the shell can see it and says so).
+boundary, when the kernel wants the slot of the oldest block user space still holds. A freeze
+on block ``f`` (sequence number ``seq_num``) of a ring of ``N`` blocks puts its drops between
+the last frame of block ``f + N - 1`` and the first frame of block ``f + N`` (the block the
+kernel opens in ``f``'s slot once it is released). The kernel can only freeze on ``f`` once it
+has refilled and retired the slot before it, so the shell knows, at each read, the newest
+block a freeze can have reached (the *frontier*):
+
+* read while holding ``h`` (before releasing it): ``h`` if the slot of ``h - 1`` is back in
+  user space, else ``h - 1``;
+* read just after releasing ``h``: ``h + 1`` if the slot of ``h`` is back in user space,
+  else ``h``.
+
+The shell reads twice per retired block (before and after its release), which makes every
+window in which a read could mix the end of one freeze with the start of the next a few
+microseconds wide; such reads are counted (``ambiguous_reads``), the totals stay exact. A CPU
+that found the queue frozen increments ``tp_drops`` after releasing the ring lock, so a drop can
+miss the read that followed the release: drops in a read that counted no new freeze go to the
+boundary of the last freeze while it is still ahead (``late_drops``).
 
 Coalescing: drops are summed per block boundary, so heavy loss gives at most one record per
 block however many frames were lost.
@@ -63,6 +73,10 @@ class GapAccountant:
         self.lost_reported = 0
         self.losing_blocks = 0
         self.ambiguous_reads = 0
+        self.late_drops = 0
+        self._last_target: int | None = None
+        self._seen_seq = -1
+        self._frontier_floor = -1
 
     # -- what the ring shows -------------------------------------------------------------------
     def on_block(self, seq: int, num_pkts: int, first_ts: int | None, last_ts: int | None,
@@ -71,6 +85,7 @@ class GapAccountant:
         that sit before it). Call in ring order, before :meth:`on_stats` for this block."""
         if losing:
             self.losing_blocks += 1
+        self._seen_seq = seq
         gaps: list[GapEvent] = []
         due = [s for s in self.pending if s <= seq]
         if due:
@@ -87,15 +102,13 @@ class GapAccountant:
             self.last_ts = last_ts
         return first, gaps
 
-    def on_stats(self, packets: int, drops: int, freezes: int, released_seq: int | None, *,
-                 refilled: bool = False) -> None:
-        """One PACKET_STATISTICS read (deltas), made just after releasing block ``released_seq``.
+    def on_stats(self, packets: int, drops: int, freezes: int, frontier: int | None) -> None:
+        """One PACKET_STATISTICS read (clear-on-read deltas).
 
-        Every drop of a freeze on that block happened before its release, so the read holds
-        them all; they sit before block ``released_seq + N``. ``refilled``: the released slot
-        had already been filled and retired again when the read returned, so the first drops
-        of the *next* freeze may be in this read too (placed one block early; counted in
-        ``ambiguous_reads``). ``released_seq`` None: the final read after the ring was
+        ``frontier``: sequence number of the newest block the kernel can have frozen on by the
+        time of the read (the shell works it out from which slots it has released and whether
+        the kernel has retired them again; see the module docstring). Drops of a freeze on
+        block ``f`` sit before block ``f + N``. ``None``: the final read after the ring was
         drained; its drops go at the end.
         """
         self.packets += packets
@@ -103,12 +116,29 @@ class GapAccountant:
         self.freezes += freezes
         if not drops and not freezes:
             return
-        if refilled and drops:
-            self.ambiguous_reads += 1
-        target = -1 if released_seq is None else released_seq + self.block_nr
+        if frontier is None:
+            target = -1
+        elif not freezes and self._last_target is not None and self._last_target > self._seen_seq:
+            # No new freeze in this read: these are the last drops of the freeze already
+            # counted (a CPU that found the queue frozen increments tp_drops after dropping
+            # the ring lock, so a drop can miss the read that followed the release).
+            target = self._last_target
+            self.late_drops += drops
+        else:
+            target = frontier + self.block_nr
+            if freezes and drops and frontier > self._frontier_floor:
+                self.ambiguous_reads += 1
+            if freezes:
+                self._last_target = target
         p = self.pending.setdefault(target, _Pending())
         p.lost += drops
         p.freezes += freezes
+
+    def set_frontier_floor(self, seq: int) -> None:
+        """The oldest frontier the shell would have reported for this read (for the
+        ``ambiguous_reads`` count: a read whose frontier had advanced past it may mix the
+        end of one freeze with the start of the next)."""
+        self._frontier_floor = seq
 
     def finish(self) -> list[GapEvent]:
         """End of the run: drops whose following frame never came, as one trailing record."""
