@@ -1,0 +1,133 @@
+"""Typed agent configuration, validated once at start with errors that name the option.
+
+A config file is TOML:
+
+    [agent]
+    bus = "nats://127.0.0.1:4222"
+    host = "web-1"          # default: the short hostname
+    site = "dc1"
+    status_interval = 5.0
+
+    [netstat]               # a section per source; its presence enables the source
+    interval = 1.0
+
+Command-line options override the file. Each source validates its own section with
+:func:`section_to` against its config dataclass (unknown keys are errors, as are wrong types).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netevents.errors import ConfigError
+from netevents.subjects import check_token, default_host
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    bus: str | None = None
+    host: str = field(default_factory=default_host)
+    site: str = "local"
+    status_interval: float = 5.0
+    queue_size: int = 10_000
+    batch_max_events: int = 1000
+    batch_max_wait: float = 0.25
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Enabled sources: name -> its (unvalidated) section; validated by the source's build()."""
+
+    def validate(self) -> AgentConfig:
+        check_token(self.host, "host")
+        check_token(self.site, "site")
+        if self.status_interval <= 0:
+            raise ConfigError(f"[agent] status_interval must be > 0, got {self.status_interval}")
+        if not 0 < self.batch_max_wait <= 0.25:
+            raise ConfigError(f"[agent] batch_max_wait must be in (0, 0.25] seconds, got {self.batch_max_wait}")
+        if self.queue_size < 1 or self.batch_max_events < 1:
+            raise ConfigError("[agent] queue_size and batch_max_events must be >= 1")
+        return self
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def section_to(cls: type, section: dict[str, Any], name: str) -> Any:
+    """Build the dataclass ``cls`` from a config section.
+
+    Raises:
+        ConfigError: naming ``[name] key`` for an unknown key or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in section.items():
+        if key not in known:
+            raise ConfigError(f"[{name}] {key}: unknown option (known: {', '.join(sorted(known))})")
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"[{name}] {key}: expected {hints[key]}, got {value!r}")
+    return cls(**section)
+
+
+def load_file(path: str | Path) -> AgentConfig:
+    """Read a TOML config file.
+
+    Raises:
+        ConfigError: if the file is missing, not TOML, or has unknown sections/options.
+    """
+    from . import SOURCES
+
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    agent = doc.pop("agent", {})
+    if not isinstance(agent, dict):
+        raise ConfigError(f"{path}: [agent] must be a table")
+    agent = {k: v for k, v in agent.items()}
+    cfg = section_to(AgentConfig, {k: v for k, v in agent.items() if k != "sources"}, "agent")
+    for name, section in doc.items():
+        if name not in SOURCES:
+            raise ConfigError(f"{path}: unknown section [{name}] (sources: {', '.join(SOURCES)})")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        if section.get("enabled", True):
+            cfg.sources[name] = {k: v for k, v in section.items() if k != "enabled"}
+    return cfg
+
+
+def build_collectors(cfg: AgentConfig) -> list[Any]:
+    """Instantiate the enabled sources through the ``agents.SOURCES`` registry.
+
+    Raises:
+        ConfigError: from a source's own validation.
+    """
+    from . import SOURCES
+
+    collectors = []
+    for name, section in cfg.sources.items():
+        module_name, _, func = SOURCES[name].partition(":")
+        build = getattr(importlib.import_module(module_name), func)
+        collectors.append(build(section, cfg))
+    return collectors

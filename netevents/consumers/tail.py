@@ -1,0 +1,95 @@
+"""`netevents tail`: events from the bus as readable lines or one JSON object per event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from .. import events as ev
+from ..bus import connect
+from ..codec import Batch
+
+_ENVELOPE = ("kind", "site", "host", "run", "seq", "t0", "t1")
+
+
+def event_json(batch: Batch, event: dict[str, Any]) -> str:
+    """One event as one JSON line: the envelope, then the event's fields; batch fields under
+    ``batch``; bytes as base64."""
+    doc: dict[str, Any] = {k: getattr(batch, k) for k in _ENVELOPE}
+    doc.update(ev.json_view(event))
+    extra = {k: v for k, v in batch.fields.items() if k not in ("agent", "boot")}
+    if extra:
+        doc["batch"] = ev.json_view(extra)
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _clock(ns: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ns / 1e9)) + f".{ns // 1_000_000 % 1000:03d}"
+
+
+def event_line(batch: Batch, e: dict[str, Any]) -> str:
+    """One event as one line a person reads."""
+    k = batch.kind
+    if k == "drop":
+        what = (f"{e.get('count')}x {e.get('reason')} at {e.get('location') or '?'}"
+                f"{' on ' + e['iface'] if e.get('iface') else ''} [{e.get('source')}]")
+    elif k == "netstat":
+        d = e.get("deltas") or {}
+        top = ", ".join(f"{n}+{v}" for n, v in sorted(d.items(), key=lambda kv: -kv[1])[:6])
+        scope = f"/{e['scope']}" if e.get("scope") else ""
+        flags = f" ({','.join(e['flags'])})" if e.get("flags") else ""
+        what = f"{e.get('group')}{scope}{flags} {top or str(len(e.get('values') or {})) + ' counters'}"
+    elif k == "gap":
+        what = (f"{e.get('lost')} frames lost between frame {e.get('after_frame')} and "
+                f"{e.get('before_frame')} on {e.get('iface')} worker {e.get('worker')} ({e.get('cause')})")
+    elif k == "ipstat":
+        what = (f"peer {e.get('peer')} retrans {e.get('retrans_segs', 0)} lost {e.get('lost', 0)} "
+                f"timeouts {e.get('timeouts', 0)} flags {','.join(e.get('flags') or []) or '-'}")
+    elif k == "status":
+        lost = {n: v for n, v in (e.get("lost") or {}).items() if v}
+        what = (f"up {e.get('uptime')}s sources "
+                + ",".join(f"{n}:{(s or {}).get('state')}" for n, s in (e.get("sources") or {}).items())
+                + f" lost {lost or 'nothing'}{' FINAL' if e.get('final') else ''}")
+    elif k == "frame":
+        what = f"{e.get('len')}B l4={e.get('l4')} {e.get('sport')}->{e.get('dport')} ts_src={e.get('ts_src')}"
+    elif k == "incident":
+        what = f"[{e.get('type')}] {e.get('summary')}"
+    else:
+        what = str(e)
+    miss = f" (missed {batch.missed} batches before this)" if batch.missed else ""
+    return f"{_clock(batch.t1)} {batch.host:<14} {k:<8} {what}{miss}"
+
+
+async def tail(url: str | None, kinds: list[str] | None, hosts: list[str] | None, *,
+               as_json: bool, count: int | None, timeout: float | None,
+               out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Print events until ``count`` events, ``timeout`` seconds, or Ctrl-C.
+
+    Returns the exit code: 0, or 1 when ``count`` was asked for and not reached in time.
+    """
+    printed = 0
+    async with connect(url, name="netevents-tail") as bus:
+        sub = bus.subscribe(kinds=kinds, hosts=hosts)
+        async with sub:
+            try:
+                async with asyncio.timeout(timeout):
+                    while count is None or printed < count:
+                        batch = await sub.__anext__()
+                        for e in batch.rows():
+                            out.write((event_json(batch, e) if as_json else event_line(batch, e)) + "\n")
+                            printed += 1
+                            if count is not None and printed >= count:
+                                break
+                        out.flush()
+            except TimeoutError:
+                pass
+        if sub.rejected or sub.missed or sub.dropped:
+            err.write(f"netevents tail: rejected {dict(sub.rejected)}, missed {sub.missed} batches, "
+                      f"dropped {sub.dropped} (slow terminal)\n")
+    if count is not None and printed < count:
+        err.write(f"netevents tail: timed out after {timeout}s with {printed} of {count} events\n")
+        return 1
+    return 0

@@ -1,0 +1,139 @@
+"""FleetView: a sans-IO tally of what arrives on the bus, rendered as text.
+
+Fed batch by batch (``feed``), it keeps bounded per-host and per-kind totals, the top drop
+sites, the busiest host counters, the worst peers, and each agent's own health and losses from
+its ``status``; ``render`` draws it for ``netevents top`` / ``netevents up``, ``summary`` is
+the closing report of ``up --duration``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec import Batch
+
+# Host counters that say something about loss, shown first in the netstat view.
+LOSS_COUNTERS = (
+    ("Tcp", "RetransSegs"), ("Tcp", "InErrs"), ("Tcp", "OutRsts"), ("TcpExt", "TCPTimeouts"),
+    ("TcpExt", "ListenDrops"), ("TcpExt", "TCPBacklogDrop"), ("Udp", "RcvbufErrors"),
+    ("Udp", "InErrors"), ("Udp", "NoPorts"), ("Ip", "InDiscards"), ("softnet", "dropped"),
+    ("link", "rx_dropped"), ("link", "tx_dropped"), ("link", "rx_missed_errors"), ("qdisc", "drops"),
+)
+
+
+@dataclass
+class AgentHealth:
+    run: str = ""
+    last_seen: float = 0.0
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+class FleetView:
+    VIEWS = ("hosts", "drops", "counters", "peers")
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self.batches: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+        self.per_host: dict[str, Counter[str]] = defaultdict(Counter)
+        self.drop_sites: Counter[tuple[str, str, str]] = Counter()   # (host, reason, location)
+        self.counters: Counter[tuple[str, str]] = Counter()          # (group, name) summed deltas
+        self.peers: Counter[tuple[str, str]] = Counter()             # (host, peer) retransmits
+        self.agents: dict[str, AgentHealth] = {}
+        self.missed: Counter[tuple[str, str]] = Counter()
+        self.evicted = 0
+        self.started = time.monotonic()
+
+    def _bounded(self, counter: Counter, key: Any, n: int) -> None:
+        if key not in counter and len(counter) >= self.max_keys:
+            self.evicted += 1
+            return
+        counter[key] += n
+
+    def feed(self, batch: Batch) -> None:
+        n = len(batch)
+        self.batches[batch.kind] += 1
+        self.events[batch.kind] += n
+        self.per_host[batch.host][batch.kind] += n
+        if batch.missed:
+            self.missed[(batch.host, batch.kind)] += batch.missed
+        if batch.kind == "status":
+            for e in batch.events:
+                self.agents[batch.host] = AgentHealth(batch.run, time.monotonic(), e)
+        elif batch.kind == "drop":
+            for e in batch.events:
+                key = (batch.host, str(e.get("reason")), str(e.get("location") or "?"))
+                self._bounded(self.drop_sites, key, int(e.get("count", 0)))
+        elif batch.kind == "netstat":
+            for e in batch.events:
+                for name, d in (e.get("deltas") or {}).items():
+                    self._bounded(self.counters, (e.get("group", "?"), name), int(d))
+        elif batch.kind == "ipstat":
+            for e in batch.events:
+                self._bounded(self.peers, (batch.host, str(e.get("peer"))), int(e.get("retrans_segs", 0)))
+
+    # -- accounting ----------------------------------------------------------------------------
+    def agent_losses(self) -> dict[str, dict[str, int]]:
+        return {h: dict(a.status.get("lost") or {}) for h, a in self.agents.items()}
+
+    def unexplained(self) -> int:
+        """Batches missed (sequence holes) for which the agent reported no loss of that kind."""
+        total = 0
+        for (host, kind), n in self.missed.items():
+            lost = (self.agents.get(host) or AgentHealth()).status.get("lost") or {}
+            if not lost.get(f"publish.{kind}"):
+                total += n
+        return total
+
+    # -- text ----------------------------------------------------------------------------------
+    def render(self, view: str = "hosts", rows: int = 12) -> str:
+        up = time.monotonic() - self.started
+        head = (f"netevents  {len(self.per_host)} host(s)  up {up:5.0f}s  "
+                + "  ".join(f"{k}:{v}" for k, v in sorted(self.events.items()))
+                + f"  missed batches:{sum(self.missed.values())}")
+        lines = [head, "views: [h]osts [d]rops [c]ounters [p]eers   q quits", ""]
+        if view == "drops":
+            lines.append(f"{'drops':>10}  {'host':<16} {'reason':<22} location")
+            for (host, reason, loc), n in self.drop_sites.most_common(rows):
+                lines.append(f"{n:>10}  {host:<16} {reason:<22} {loc}")
+        elif view == "counters":
+            lines.append(f"{'delta':>12}  counter")
+            shown = [(g, c) for g, c in LOSS_COUNTERS if self.counters.get((g, c))]
+            rest = [k for k, _ in self.counters.most_common(rows) if k not in shown]
+            for g, c in (shown + rest)[:rows]:
+                lines.append(f"{self.counters[(g, c)]:>12}  {g}.{c}")
+        elif view == "peers":
+            lines.append(f"{'retrans':>10}  {'host':<16} peer")
+            for (host, peer), n in self.peers.most_common(rows):
+                lines.append(f"{n:>10}  {host:<16} {peer}")
+        else:
+            lines.append(f"{'host':<18} {'run':<17} {'sources':<34} own losses")
+            for host, health in sorted(self.agents.items()):
+                st = health.status
+                sources = ",".join(f"{k}:{(v or {}).get('state', '?')[:4]}"
+                                   for k, v in (st.get("sources") or {}).items())
+                lost = {k: v for k, v in (st.get("lost") or {}).items() if v}
+                lost_s = ", ".join(f"{k}={v}" for k, v in lost.items()) or "none"
+                lines.append(f"{host:<18} {health.run:<17} {sources:<34} {lost_s}")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        lines = ["events seen per kind:"]
+        for kind in sorted(self.events):
+            lines.append(f"  {kind:<9} {self.events[kind]:>8} events in {self.batches[kind]:>6} batches")
+        if not self.events:
+            lines.append("  (none)")
+        lines.append("agents' own losses (from their status):")
+        losses = self.agent_losses()
+        for host, lost in sorted(losses.items()):
+            total = sum(lost.values())
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(lost.items()) if v) or "nothing lost"
+            lines.append(f"  {host}: {total} ({detail}; {len(lost)} places accounted)")
+        if not losses:
+            lines.append("  (no status received)")
+        missed = sum(self.missed.values())
+        lines.append(f"batches missed by this viewer: {missed}; unexplained losses: {self.unexplained()}")
+        return "\n".join(lines)
