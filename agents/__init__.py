@@ -3,6 +3,7 @@
     base.py        the collector interface (Collector, Sink)
     runner.py      AgentRunner: collectors in a TaskGroup, batching, bounded queues, status
     config.py      typed agent configuration (TOML file + command line), validated once
+    capture/       AF_PACKET TPACKET_V3 rings: frame summaries and gap records (fanout workers)
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
 
 Each source folder holds its collector, its sans-IO parser, a sample config and a README;
@@ -11,5 +12,6 @@ Each source folder holds its collector, its sans-IO parser, a sample config and 
 
 SOURCES: dict[str, str] = {
     "netstat": "agents.netstat:build",
+    "capture": "agents.capture:build",
 }
 """Source name -> ``module:factory``; the factory takes (section dict, AgentConfig) -> Collector."""

@@ -186,3 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = ["HwConfig", "TsInfo", "enable_for_capture", "get_config", "main", "set_config",
            "ts_info"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

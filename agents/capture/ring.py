@@ -241,6 +241,20 @@ def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) ->
     del program
 
 
+def preflight(cfg: RingConfig) -> None:
+    """Check, cheaply, that a ring could be opened: the interface exists (in its namespace) and
+    AF_PACKET sockets are allowed. Raises CapabilityError naming what is missing."""
+    with in_netns(cfg.netns):
+        try:
+            socket.if_nametoindex(cfg.iface)
+        except OSError:
+            raise CapabilityError("capture", f"no interface {cfg.iface!r}") from None
+        try:
+            socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+        except PermissionError:
+            raise CapabilityError("capture", "AF_PACKET needs CAP_NET_RAW") from None
+
+
 class CaptureRing:
     """One TPACKET_V3 ring on one interface (one fanout member).
 

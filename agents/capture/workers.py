@@ -87,6 +87,9 @@ class CaptureSupervisor:
                     for w in range(self.workers):
                         tg.create_task(self._keep(sink, self.worker_config(iface, index, w)))
                 self.started.set()
+            if self.unavailable:
+                # every worker returned (the others never do): none of them can run here
+                raise CapabilityError("capture", next(iter(self.unavailable.values())))
         finally:
             for d in drops:
                 d.remove()
@@ -117,8 +120,6 @@ class CaptureSupervisor:
                 reason = text.splitlines()[-1] if text else "unavailable"
                 self.unavailable[key] = reason
                 log.warning("capture %s worker %d: %s", *key, reason)
-                if len(self.unavailable) == len(self.ifaces) * self.workers:
-                    raise CapabilityError("capture", reason)
                 return
             self.exits += 1
             sink.lost("capture.worker_exits", 1)
@@ -155,11 +156,17 @@ async def worker_main(cfg: dict) -> int:
     from netevents.errors import BusError
 
     from . import options_from_section, ring_capture
+    from .ring import preflight
 
     section = {**cfg["section"], "iface": cfg["iface"]}
     opts = options_from_section(section)[2]
     cap = ring_capture(cfg["iface"], opts, worker=cfg["worker"],
                        fanout_group=cfg["fanout_group"] if cfg["workers"] > 1 else None)
+    try:
+        preflight(cap.opts.ring)  # a capture that cannot run here must not wait for the bus
+    except CapabilityError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_UNAVAILABLE
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
