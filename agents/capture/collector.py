@@ -124,10 +124,11 @@ class RingCapture:
         acc = self.accountant
         mm = ring.mm
         rows: list[tuple] = []
+        keys: list[tuple] = []
         batch_first = acc.next_frame
         while (off := ring.ready_block()) is not None:
             start = len(rows)
-            info = walk_block(mm, off, rows)
+            info = walk_block(mm, off, rows, keys)
             first, gaps = acc.on_block(info.seq, info.walked, info.first_ts, info.last_ts,
                                        bool(info.status & TP_STATUS_LOSING))
             if start == 0:
@@ -149,15 +150,16 @@ class RingCapture:
                          info.seq + 1 if _user(mm, off) else info.seq)
             self.frames += info.walked
             if len(rows) >= self.opts.max_batch:
-                self._emit_frames(sink, rows, batch_first)
-                rows = []
+                self._emit_frames(sink, rows, keys, batch_first)
+                rows, keys = [], []
             if pace and self.opts.block_delay:
                 await asyncio.sleep(self.opts.block_delay)
         if rows:
-            self._emit_frames(sink, rows, batch_first)
+            self._emit_frames(sink, rows, keys, batch_first)
 
-    def _emit_frames(self, sink, rows: list[tuple], first_frame: int) -> None:
-        cols = columns(rows, self.opts.worker if self.opts.ring.fanout_group is not None else None)
+    def _emit_frames(self, sink, rows: list[tuple], keys: list[tuple], first_frame: int) -> None:
+        cols = columns(rows, keys,
+                       self.opts.worker if self.opts.ring.fanout_group is not None else None)
         ts = cols["ts"]
         sink.emit_batch("frame", cols, t0=ts[0], t1=ts[-1], iface=self.opts.ring.iface,
                         worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp)

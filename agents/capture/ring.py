@@ -391,36 +391,62 @@ class BlockInfo:
     """Frames actually walked (== num_pkts unless the block was malformed)."""
 
 
-def walk_block(buf, off: int, rows: list[tuple]) -> BlockInfo:
-    """Append one row per frame of the block at ``off`` in ``buf`` (ring memory) to ``rows``.
+# IPv4 fast path of the walk: ip_id, frag, protocol, src, dst and the first 8 bytes of L4
+# (ports, TCP sequence), from a head that is Ethernet + a 20-byte IPv4 header ("\x08\x00\x45").
+_IPV4_FAST = struct.Struct("!4xHHxB2x4s4sHHI")
+_V4_PREFIX = b"\x08\x00\x45"
+_TS_SRC = (0, 1, 0, 1, 2, 2, 2, 2)  # indexed by tp_status >> 29: TS_SOFTWARE=1, RAW_HARDWARE=4
+
+
+def walk_block(buf, off: int, rows: list[tuple], keys: list[tuple]) -> BlockInfo:
+    """Append one row per frame of the block at ``off`` in ``buf`` (ring memory) to ``rows``
+    (ts, ts_src, caplen, len, dir, rxhash, vlan, head) and its flow keys to ``keys``.
 
     Sans-IO (``buf`` is the mmap, or bytes in tests). This is the capture's hot loop, written
-    for speed: one ``unpack_from`` per frame for tpacket3_hdr + sockaddr_ll, one slice for the
-    head, one call for the flow keys, one tuple append; bound methods and constants are locals;
-    columns are made later by one transpose (:func:`summary.columns`). A frame header that
-    points outside the buffer ends the walk of that block (``walked`` < ``num_pkts``).
+    for speed: one ``unpack_from`` for tpacket3_hdr + sockaddr_ll, one slice for the head, one
+    ``unpack_from`` for plain Ethernet/IPv4 keys (the generic parser only for the rest), two
+    tuple appends; bound methods and constants are locals; columns are made later by one
+    transpose per list (:func:`summary.columns`). A frame header that points outside the
+    buffer ends the walk of that block (``walked`` < ``num_pkts``).
     """
     (_ver, _priv, bstatus, num, first_off, _blen, seq,
      _s1, _n1, _s2, _n2) = BLOCK_DESC.unpack_from(buf, off)
     unpack = TPACKET3_HDR_LL.unpack_from
+    v4 = _IPV4_FAST.unpack_from
     parse = parse_l3l4
-    append = rows.append
-    hw, sw, vlan_valid = TP_STATUS_TS_RAW_HARDWARE, TP_STATUS_TS_SOFTWARE, TP_STATUS_VLAN_VALID
+    row = rows.append
+    key = keys.append
+    ts_src = _TS_SRC
+    vlan_valid = TP_STATUS_VLAN_VALID
+    prefix = _V4_PREFIX
+    start = len(rows)
     p = off + first_off
-    first_ts = last_ts = None
     walked = 0
     try:
         for _ in range(num):
             nxt, sec, nsec, snap, wlen, st, mac, _net, rxh, tci, pkttype = unpack(buf, p)
             head = buf[p + mac:p + mac + snap]
-            ts = sec * 1_000_000_000 + nsec
-            append((ts, 2 if st & hw else (1 if st & sw else 0), snap, wlen, pkttype, rxh,
-                    tci if st & vlan_valid else None, *parse(head), head))
-            if first_ts is None:
-                first_ts = ts
-            last_ts = ts
+            row((sec * 1_000_000_000 + nsec, ts_src[st >> 29], snap, wlen, pkttype, rxh,
+                 tci if st & vlan_valid else None, head))
+            if head[12:15] == prefix and snap >= 46:
+                ip_id, frag, l4, src, dst, sport, dport, tseq = v4(head, 14)
+                if frag & 0x1FFF:
+                    key((0x0800, src, dst, l4, None, None, ip_id, None))
+                elif l4 == 17:
+                    key((0x0800, src, dst, 17, sport, dport, ip_id, None))
+                elif l4 == 6:
+                    key((0x0800, src, dst, 6, sport, dport, ip_id, tseq))
+                else:
+                    key(parse(head))
+            else:
+                key(parse(head))
             walked += 1
             p += nxt
     except struct.error:
-        pass
+        if len(keys) > len(rows):
+            keys.pop()
+        elif len(rows) > len(keys):
+            rows.pop()
+    first_ts = rows[start][0] if walked else None
+    last_ts = rows[-1][0] if walked else None
     return BlockInfo(seq, num, bstatus, first_ts, last_ts, walked)

@@ -87,15 +87,21 @@ def parse_l3l4(head: bytes) -> L3L4:
     return (et, src, dst, l4, sport, dport, ip_id, seq)
 
 
-# What the block walk records per frame, in this order (queue is per ring, added per batch).
-ROW_FIELDS = ("ts", "ts_src", "caplen", "len", "dir", "rxhash", "vlan", "ethertype", "src", "dst",
-              "l4", "sport", "dport", "ip_id", "tcp_seq", "head")
+# What the block walk records per frame, in this order (queue is per ring, added per batch),
+# and the flow keys it records in a second list (parse_l3l4's tuple).
+ROW_FIELDS = ("ts", "ts_src", "caplen", "len", "dir", "rxhash", "vlan", "head")
+KEY_FIELDS = ("ethertype", "src", "dst", "l4", "sport", "dport", "ip_id", "tcp_seq")
 
 
-def columns(rows: list[tuple], queue: int | None = None) -> dict[str, list]:
-    """Rows from the block walk as the ``frame`` batch's columns (one C-level transpose)."""
+def columns(rows: list[tuple], keys: list[tuple], queue: int | None = None) -> dict[str, list]:
+    """Rows and keys from the block walk as the ``frame`` batch's columns (one C-level
+    transpose per list)."""
     n = len(rows)
-    cols = dict(zip(ROW_FIELDS, map(list, zip(*rows, strict=True)), strict=True)) if rows else {
-        name: [] for name in ROW_FIELDS}
+    cols: dict[str, list] = {}
+    for names, table in ((ROW_FIELDS, rows), (KEY_FIELDS, keys)):
+        if table:
+            cols.update(zip(names, map(list, zip(*table, strict=True)), strict=True))
+        else:
+            cols.update((name, []) for name in names)
     cols["queue"] = [queue] * n
     return {name: cols[name] for name in COLUMNS}

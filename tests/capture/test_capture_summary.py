@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from agents.capture.summary import COLUMNS, ROW_FIELDS, columns, parse_l3l4
+from agents.capture.summary import COLUMNS, KEY_FIELDS, ROW_FIELDS, columns, parse_l3l4
 
 MACS = bytes.fromhex("020000000002" "020000000001")
 
@@ -76,10 +76,11 @@ def test_arp_gives_only_the_ethertype():
 
 
 def test_columns_transpose_and_queue():
-    rows = [(i, 1, 60, 60, 0, 7, None, *parse_l3l4(eth(0x0800, ipv4(6, TCP))), b"h")
-            for i in range(3)]
-    cols = columns(rows, queue=2)
+    rows = [(i, 1, 60, 60, 0, 7, None, b"h") for i in range(3)]
+    keys = [parse_l3l4(eth(0x0800, ipv4(6, TCP)))] * 3
+    cols = columns(rows, keys, queue=2)
     assert list(cols) == list(COLUMNS)
     assert cols["ts"] == [0, 1, 2] and cols["queue"] == [2, 2, 2] and cols["sport"] == [40000] * 3
-    assert set(ROW_FIELDS) | {"queue"} == set(COLUMNS)
-    assert columns([], None) == {name: [] for name in COLUMNS}
+    assert cols["head"] == [b"h"] * 3
+    assert set(ROW_FIELDS) | set(KEY_FIELDS) | {"queue"} == set(COLUMNS)
+    assert columns([], [], None) == {name: [] for name in COLUMNS}

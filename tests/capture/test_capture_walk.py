@@ -13,6 +13,7 @@ from agents.capture.ring import (
     TP_STATUS_VLAN_VALID,
     walk_block,
 )
+from agents.capture.summary import parse_l3l4
 from tests.capture.test_capture_summary import TCP, UDP, eth, ipv4
 
 HDR = struct.Struct("=IIIIIIHHIIHH8x")  # tpacket3_hdr, 48 bytes
@@ -55,7 +56,8 @@ def test_walks_every_frame_with_its_provenance_and_keys():
     ]
     mem = b"\xee" * 4096 + block(frames, seq=77, status=TP_STATUS_USER | TP_STATUS_LOSING)
     rows: list[tuple] = []
-    info = walk_block(mem, 4096, rows)
+    keys: list[tuple] = []
+    info = walk_block(mem, 4096, rows, keys)
     assert (info.seq, info.num_pkts, info.walked) == (77, 3, 3)
     assert info.status & TP_STATUS_LOSING
     assert info.first_ts == 10_000_000_005 and info.last_ts == 12_000_000_001
@@ -64,10 +66,12 @@ def test_walks_every_frame_with_its_provenance_and_keys():
     assert caplen == (len(tcp), 96, len(udp)) and wire == (len(tcp), len(udp) + 200, len(udp))
     assert direction == (0, 4, 1) and rxhash == (0xAB, 0, 1)
     assert vlan == (None, 42, None)  # tp_vlan_tci only counts with TP_STATUS_VLAN_VALID
-    assert rows[0][7:15] == (0x0800, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 6, 40000, 443,
-                             0x1234, 0xDEADBEEF)
-    assert rows[1][14] is None and rows[1][13] == 99 and rows[1][15] == udp + b"x" * (96 - len(udp))
-    assert rows[2][15] == udp
+    assert keys[0] == (0x0800, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 6, 40000, 443,
+                       0x1234, 0xDEADBEEF)
+    assert keys[1][7] is None and keys[1][6] == 99 and rows[1][7] == udp + b"x" * (96 - len(udp))
+    assert rows[2][7] == udp
+    # the fast IPv4 path and the generic parser agree
+    assert keys == [parse_l3l4(r[7]) for r in rows]
 
 
 def test_a_frame_pointing_outside_the_ring_ends_the_block_walk():
@@ -78,11 +82,28 @@ def test_a_frame_pointing_outside_the_ring_ends_the_block_walk():
     struct.pack_into("=I", bad, 0, 1 << 20)  # tp_next_offset far past the buffer
     mem = block([good, bytes(bad), good], seq=1)
     rows: list[tuple] = []
-    info = walk_block(mem, 0, rows)
-    assert info.num_pkts == 3 and info.walked == 2 and len(rows) == 2
+    keys: list[tuple] = []
+    info = walk_block(mem, 0, rows, keys)
+    assert info.num_pkts == 3 and info.walked == 2 and len(rows) == len(keys) == 2
 
 
 def test_empty_block():
     rows: list[tuple] = []
-    info = walk_block(block([], seq=5), 0, rows)
-    assert info.walked == 0 and info.first_ts is None and rows == []
+    keys: list[tuple] = []
+    info = walk_block(block([], seq=5), 0, rows, keys)
+    assert info.walked == 0 and info.first_ts is None and rows == keys == []
+
+
+def test_fast_path_matches_the_parser_on_fragments_icmp_and_options():
+    frames = [eth(0x0800, ipv4(17, UDP + b"p" * 20, frag=0x2000)),      # MF set, offset 0
+              eth(0x0800, ipv4(17, UDP + b"p" * 20, frag=0x0004)),      # later fragment
+              eth(0x0800, ipv4(1, b"\x08\x00" + b"i" * 30)),             # ICMP
+              eth(0x0800, ipv4(6, TCP, ihl=6)),                          # options: generic path
+              eth(0x0800, ipv4(6, TCP), vlans=(5,))]                     # tagged: generic path
+    recs = [frame_record(f, sec=1, nsec=i, status=1, pkttype=0, rxhash=0, tci=0, wire=len(f),
+                         snap=96, last=i == len(frames) - 1) for i, f in enumerate(frames)]
+    rows: list[tuple] = []
+    keys: list[tuple] = []
+    walk_block(block(recs, seq=1), 0, rows, keys)
+    assert keys == [parse_l3l4(f) for f in frames]
+    assert keys[0][4:6] == (5353, 53) and keys[1][4] is None and keys[2][4] is None
