@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netevents.errors import CapabilityError
 
@@ -42,8 +42,6 @@ class CaptureOptions:
     max_batch: int = 8192
     block_delay: float = 0.0
     """Seconds to pause after each block: a deliberately slow consumer (tests, benchmarks)."""
-    capture_only: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class RingCapture:
@@ -107,6 +105,9 @@ class RingCapture:
             for gap in self.accountant.finish():
                 self._emit_gap(sink, gap)
             self.invariant_error = self.accountant.check(self.frames)
+            log.debug("%s: %d frames, tp_packets %d, tp_drops %d in %d freezes; late drops %d, "
+                      "ambiguous reads %d", cfg_name(self), self.frames, acc.packets, acc.drops,
+                      acc.freezes, acc.late_drops, acc.ambiguous_reads)
             if self.invariant_error:
                 log.warning("%s: accounting does not close: %s", cfg_name(self), self.invariant_error)
         finally:

@@ -4,6 +4,7 @@ traffic, the kernel's own counters. Needs root (skips otherwise)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sys
 
@@ -12,6 +13,8 @@ import pytest
 from agents.capture import options_from_section, ring_capture
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
+from netevents.events import json_view
+from tests.conftest import ROOT
 
 SENDER = """
 import socket, sys, struct
@@ -30,7 +33,8 @@ def send_udp(ns, dst: str, port: int, count: int, sport: int = 0) -> None:
 async def run_capture(nats_url: str, collectors: list, drive) -> dict:
     """Run an agent with ``collectors`` publishing to the real bus while ``drive()`` makes
     traffic; collect every frame row, gap and the final status from a live subscription."""
-    out: dict = {"frames": [], "gaps": [], "status": None, "missed": 0, "frame_batches": []}
+    out: dict = {"frames": [], "gaps": [], "status": None, "missed": 0, "frame_batches": [],
+                 "gap_batches": []}
     async with connect(nats_url) as bus:
         sub = bus.subscribe(["frame", "gap", "status"], hosts=["captest"])
         await sub.start()
@@ -53,6 +57,7 @@ async def run_capture(nats_url: str, collectors: list, drive) -> dict:
                     out["frame_batches"].append(batch)
                 elif batch.kind == "gap":
                     out["gaps"].extend(batch.events)
+                    out["gap_batches"].append(batch)
                 elif batch.events[0].get("final"):
                     out["status"] = batch.events[0]
                     return
@@ -64,6 +69,13 @@ async def run_capture(nats_url: str, collectors: list, drive) -> dict:
             await r
         await sub.close()
     return out
+
+
+def check_schema(batch) -> None:
+    """A real emitted batch, in its JSON view, against schemas/v1/<kind>.json."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "schemas" / "v1" / f"{batch.kind}.json").read_text())
+    jsonschema.validate(json_view({**batch.header(), "events": batch.events}), schema)
 
 
 def counters(rows) -> list[int]:
@@ -100,6 +112,8 @@ def test_frames_arrive_on_the_bus_with_their_keys(netns_pair, nats_url):
     batch = out["frame_batches"][0]
     assert batch.fields["iface"] == "veth-b" and batch.fields["worker"] == 0
     assert batch.fields["first_frame"] == 0
+    for b in out["frame_batches"]:
+        check_schema(b)
     # veth has no hardware stamps: the batch says so, received UDP is software-stamped. TCP
     # segments keep their sender's monotonic departure time (EDT) through veth, which the ring
     # will not report as a wall-clock stamp, so they show the fallback: what ts_src is for.
@@ -155,6 +169,8 @@ def test_overload_gaps_equal_tp_drops_exactly(netns_pair, nats_url):
     print(f"drops {acc.drops} in {len(out['gaps'])} gaps, misplaced {misplaced}, late "
           f"{acc.late_drops}, ambiguous reads {acc.ambiguous_reads}, packets {acc.packets}/{sent}")
     assert misplaced <= max(5, acc.drops // 50), (misplaced, acc.late_drops, acc.ambiguous_reads)
+    for b in out["gap_batches"]:
+        check_schema(b)
     assert len(out["gaps"]) < acc.drops  # coalesced, not one record per lost frame
 
 
