@@ -317,11 +317,18 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
             holder["bus"].errors["disconnected"] += 1
 
     try:
-        nc = await nats.connect(
-            servers=[url], name=name, connect_timeout=connect_timeout, error_cb=error_cb,
-            disconnected_cb=disconnected_cb, allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5)
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        # nats-py retries an unreachable first server forever when reconnects are on; the
+        # first connection gets a deadline of its own so a wrong URL fails with one clear line.
+        async with asyncio.timeout(connect_timeout):
+            nc = await nats.connect(
+                servers=[url], name=name, connect_timeout=connect_timeout, error_cb=error_cb,
+                disconnected_cb=disconnected_cb, allow_reconnect=reconnect,
+                max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5)
+    except TimeoutError:
+        raise BusError(f"cannot connect to the bus at {url}: no NATS server answered within "
+                       f"{connect_timeout:g}s (start one with 'netevents server' or "
+                       "'netevents up', or set --bus / $NETEVENTS_BUS)") from None
+    except (nats.errors.Error, OSError) as exc:
         raise BusError(f"cannot connect to the bus at {url}: {type(exc).__name__} {exc}".rstrip()
                        + " (start one with 'netevents server', or set --bus / $NETEVENTS_BUS)") from None
     bus = holder["bus"] = Bus(nc, url)

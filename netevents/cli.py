@@ -91,12 +91,10 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
     return cfg.validate()
 
 
-async def run_agent(cfg: Any, bus: Bus, stop: asyncio.Event) -> Any:
-    """Run the collectors of ``cfg`` publishing on ``bus`` until ``stop``; returns the runner."""
-    from agents.config import build_collectors
+async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Event) -> Any:
+    """Run ``collectors`` publishing on ``bus`` until ``stop``; returns the runner."""
     from agents.runner import AgentRunner, RunnerOptions
 
-    collectors = build_collectors(cfg)
     runner = AgentRunner(bus, collectors, RunnerOptions(
         site=cfg.site, host=cfg.host, max_events=cfg.batch_max_events,
         max_wait=cfg.batch_max_wait, queue_size=cfg.queue_size,
@@ -127,14 +125,17 @@ async def cmd_server(args: argparse.Namespace) -> int:
 
 
 async def cmd_agent(args: argparse.Namespace) -> int:
+    from agents.config import build_collectors
+
     cfg = agent_config(args)
+    collectors = build_collectors(cfg)  # validates every source's options before connecting
     stop = asyncio.Event()
     _stop_on_signals(stop)
     url = args.bus or cfg.bus or default_url()
     async with connect(url, name=f"netevents-agent-{cfg.host}", streams=True) as bus:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_stop_after(stop, args.duration))
-            runner = await run_agent(cfg, bus, stop)
+            runner = await run_agent(cfg, collectors, bus, stop)
     lost = {k: v for k, v in runner.losses.items() if v}
     log.info("agent stopped: published %s; lost %s", dict(runner.published), lost or "nothing")
     return 0
@@ -210,9 +211,12 @@ async def _progress(view: Any, stop: asyncio.Event, started: float, every: float
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
+    from agents.config import build_collectors
+
     from .consumers.view import FleetView
 
     cfg = agent_config(args, default_sources=UP_SOURCES)
+    collectors = build_collectors(cfg)
     store = Path(args.store) if args.store else default_store()
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
@@ -234,7 +238,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
                     tg.create_task(_draw(view, agent_stop, "hosts"))
                 else:
                     tg.create_task(_progress(view, agent_stop, started))
-                await run_agent(cfg, bus, agent_stop)
+                await run_agent(cfg, collectors, bus, agent_stop)
                 # Let the last batches (and the final status) reach the view.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(3):

@@ -232,7 +232,7 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
     if doc["v"] != ev.VERSION:
         raise VersionError(f"wire version {doc['v']!r} is not supported (this reader speaks v1)")
     kind = doc.get("kind")
-    if kind not in _TABLES:
+    if type(kind) is not str or kind not in _TABLES:
         raise SchemaError(f"unknown kind {kind!r} (v1 kinds: {', '.join(ev.KINDS)})")
     try:
         site = check_token(doc.get("site"), "site")

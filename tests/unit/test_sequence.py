@@ -1,0 +1,33 @@
+from netevents.sequence import SequenceTracker
+
+
+def test_holes_are_counted_exactly_per_host_and_kind():
+    t = SequenceTracker()
+    for seq in (1, 2, 5, 6, 10):
+        t.observe("a", "run1", "drop", seq)
+    for seq in (1, 3):
+        t.observe("b", "run9", "drop", seq)
+    t.observe("a", "run1", "netstat", 1)
+    assert t.missed("a", "drop") == 2 + 3
+    assert t.missed("b") == 1
+    assert t.missed(kind="netstat") == 0
+    assert t.report()["a"]["drop"] == {"received": 5, "missed": 5, "duplicates": 0,
+                                       "before_join": 0, "runs": 1}
+
+
+def test_duplicates_and_late_joiners_are_told_apart_from_misses():
+    t = SequenceTracker()
+    assert t.observe("a", "r", "gap", 40) == 0          # joined late: 39 before_join, not missed
+    assert t.observe("a", "r", "gap", 41) == 0
+    assert t.observe("a", "r", "gap", 41) == -1         # replayed duplicate
+    assert t.observe("a", "r2", "gap", 1) == 0          # a new run starts its own count
+    rep = t.report()["a"]["gap"]
+    assert rep["before_join"] == 39 and rep["duplicates"] == 1 and rep["missed"] == 0
+    assert rep["runs"] == 2
+
+
+def test_state_is_bounded_and_evictions_counted():
+    t = SequenceTracker(max_runs=3)
+    for i in range(5):
+        t.observe("h", f"run{i}", "drop", 1)
+    assert t.evicted == 2
