@@ -231,6 +231,8 @@ BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "worker": ("integer", "capture worker"),
         "first_frame": ("integer", "ring sequence number of the first frame in the batch"),
         "hwtstamp": ("object", "applied hardware timestamping: filter, phc_index"),
+        "ring": ("object", "the ring's kernel PACKET_STATISTICS running totals when the batch was "
+                           "made: packets (tp_packets, which includes drops), drops, freezes"),
     },
     "ipstat": {
         "residual": ("object", "host-wide MIB deltas not attributed to a peer"),

@@ -162,8 +162,11 @@ class RingCapture:
         cols = columns(rows, keys,
                        self.opts.worker if self.opts.ring.fanout_group is not None else None)
         ts = cols["ts"]
+        acc = self.accountant
         sink.emit_batch("frame", cols, t0=ts[0], t1=ts[-1], iface=self.opts.ring.iface,
-                        worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp)
+                        worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp,
+                        ring={"packets": acc.packets, "drops": acc.drops,
+                              "freezes": acc.freezes})
 
 
 def _user(mm, block_off: int) -> bool:

@@ -114,6 +114,8 @@ def test_frames_arrive_on_the_bus_with_their_keys(netns_pair, nats_url):
     assert batch.fields["first_frame"] == 0
     for b in out["frame_batches"]:
         check_schema(b)
+    last = out["frame_batches"][-1].fields["ring"]
+    assert last["drops"] == 0 and 0 < last["packets"] <= cap.accountant.packets
     # veth has no hardware stamps: the batch says so, received UDP is software-stamped. TCP
     # segments keep their sender's monotonic departure time (EDT) through veth, which the ring
     # will not report as a wall-clock stamp, so they show the fallback: what ts_src is for.
