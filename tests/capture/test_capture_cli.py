@@ -61,13 +61,24 @@ def test_agent_command_captures_with_two_workers(netns_pair, nats_url, tmp_path)
             agent = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "netevents.cli", "agent", "--bus", nats_url, "--host",
                 "clihost", "--config", str(conf), "--capture", "veth-b", "--workers", "2",
-                "--filter", "udp dst port 9999", "--duration", "6", cwd=ROOT,
+                "--filter", "udp dst port 9999", "--duration", "60", cwd=ROOT,
                 stderr=asyncio.subprocess.PIPE)
-            await asyncio.sleep(2.0)
+            # wait for the agent and both workers to report the capture running (a worker's
+            # first status comes after its ring is open and in the fanout group)
+            running: set[str] = set()
+            async with asyncio.timeout(30):
+                while len(running) < 3:
+                    batch = await sub.next(timeout=30)
+                    if batch is not None and batch.kind == "status" and batch.events[0][
+                            "sources"].get("capture", {}).get("state") == "running":
+                        running.add(batch.run)
+            await asyncio.sleep(0.2)
             sender = await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", a.name, sys.executable, "-c",
                 SENDER.format(dst=f"{prefix}.2"))
             await sender.wait()
+            await asyncio.sleep(0.5)
+            agent.terminate()  # SIGTERM: the agent drains, stops its workers, exits 0
             deadline = time.monotonic() + 20
             while len(finals) < 3 and time.monotonic() < deadline:
                 batch = await sub.next(timeout=5)
