@@ -151,3 +151,31 @@ def test_capture_only_frames_are_captured_and_not_delivered(netns_pair, nats_url
     assert len(frames) == 200 and drive.delivered == (0 if capture_only else 200)
     assert not _drop_installed(b)                       # removed on exit
     assert "clsact" not in b.run("tc", "qdisc", "show", "dev", "veth-b").stdout
+
+
+@pytest.mark.integration
+def test_a_killed_worker_is_restarted_and_counted(netns_pair, nats_url):
+    import os
+    import signal
+    import time
+
+    _a, b, _prefix = netns_pair
+    sup = CaptureSupervisor(["veth-b"], 2, {"netns": b.name, "hwtstamp": False},
+                            bus_url=nats_url, host="captest")
+    sup.restart_delay = 0.2
+
+    def drive() -> None:
+        victim = sup.procs[("veth-b", 0)]
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = sup.procs.get(("veth-b", 0))
+            if now is not victim and now is not None and now.returncode is None:
+                break
+            time.sleep(0.05)
+        time.sleep(1.5)  # the new worker connects and publishes its status
+
+    out = asyncio.run(run_supervised(nats_url, sup, drive, workers=2))
+    assert sup.exits == 1
+    assert out["final"][out["sup_run"]]["lost"]["capture.worker_exits"] == 1
+    assert len(out["final"]) == 3  # supervisor + the restarted worker + the other worker
