@@ -12,6 +12,7 @@ import pytest
 from agents.capture import hwtstamp
 from agents.capture.workers import CaptureSupervisor
 from netevents.bus import connect
+from tests.capture.test_capture_filter import UDP_9999
 from tests.conftest import ROOT
 
 SENDER = ("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
@@ -61,7 +62,7 @@ def test_agent_command_captures_with_two_workers(netns_pair, nats_url, tmp_path)
             agent = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "netevents.cli", "agent", "--bus", nats_url, "--host",
                 "clihost", "--config", str(conf), "--capture", "veth-b", "--workers", "2",
-                "--filter", "udp dst port 9999", "--duration", "60", cwd=ROOT,
+                "--filter", UDP_9999, "--duration", "60", cwd=ROOT,
                 stderr=asyncio.subprocess.PIPE)
             # wait for the agent and both workers to report the capture running (a worker's
             # first status comes after its ring is open and in the fanout group)

@@ -14,6 +14,7 @@ from agents.capture import options_from_section, ring_capture
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
 from netevents.events import json_view
+from tests.capture.test_capture_filter import UDP_9999
 from tests.conftest import ROOT
 
 SENDER = """
@@ -133,7 +134,7 @@ def test_overload_gaps_equal_tp_drops_exactly(netns_pair, nats_url):
     a, b, prefix = netns_pair
     _i, _w, opts = options_from_section({
         "iface": "veth-b", "netns": b.name, "block_size": 4096, "block_nr": 2,
-        "retire_tov_ms": 10, "block_delay": 0.002, "filter": "udp dst port 9999"})
+        "retire_tov_ms": 10, "block_delay": 0.002, "filter": UDP_9999})
     cap = ring_capture("veth-b", opts)
     sent = 20_000
     out = asyncio.run(run_capture(nats_url, [cap],

@@ -11,6 +11,7 @@ import pytest
 from agents.capture.workers import CaptureSupervisor
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
+from tests.capture.test_capture_filter import UDP_9999
 
 MANY_FLOWS = """
 import socket, sys, struct
@@ -74,7 +75,7 @@ async def run_supervised(nats_url: str, sup: CaptureSupervisor, drive, workers: 
 @pytest.mark.integration
 def test_fanout_two_workers_split_the_frames_and_account_for_all(netns_pair, nats_url):
     a, b, prefix = netns_pair
-    section = {"netns": b.name, "filter": "udp dst port 9999", "fanout": "hash"}
+    section = {"netns": b.name, "filter": UDP_9999, "fanout": "hash"}
     sup = CaptureSupervisor(["veth-b"], 2, section, bus_url=nats_url, host="captest")
     flows, per = 16, 125
 
@@ -143,7 +144,7 @@ def test_capture_only_frames_are_captured_and_not_delivered(netns_pair, nats_url
             if lis.poll() is None:
                 lis.kill()
 
-    section = {"netns": b.name, "filter": "udp dst port 9999", "capture_only": capture_only}
+    section = {"netns": b.name, "filter": UDP_9999, "capture_only": capture_only}
     sup = CaptureSupervisor(["veth-b"], 1, section, bus_url=nats_url, host="captest")
     out = asyncio.run(run_supervised(nats_url, sup, drive, workers=1))
     frames = out["frames"][0]
