@@ -58,6 +58,9 @@ class RingCapture:
         self.finished = asyncio.Event()
         self.invariant_error: str | None = None
         self._released_any = False
+        # Frames per batch: max_batch, and few enough that a batch stays far below the bus's
+        # 8 MiB message limit whatever the snap length (the runner cannot split columns).
+        self.batch_frames = max(1, min(opts.max_batch, (4 << 20) // (opts.ring.snaplen + 96)))
 
     @property
     def loss_place(self) -> str:
@@ -127,36 +130,40 @@ class RingCapture:
         rows: list[tuple] = []
         keys: list[tuple] = []
         batch_first = acc.next_frame
-        while (off := ring.ready_block()) is not None:
-            start = len(rows)
-            info = walk_block(mm, off, rows, keys)
-            first, gaps = acc.on_block(info.seq, info.walked, info.first_ts, info.last_ts,
-                                       bool(info.status & TP_STATUS_LOSING))
-            if start == 0:
-                batch_first = first
-            for gap in gaps:
-                self._emit_gap(sink, gap)
-            # Two reads per block, one holding it and one just after releasing it, each with
-            # the newest block a freeze can have reached by then (gaps.py explains why).
-            prev_off = ((ring.next_block - 1) % ring.block_nr) * ring.block_size
-            st = ring.read_stats()
-            frontier = info.seq if (not self._released_any or _user(mm, prev_off)) else info.seq - 1
-            acc.set_frontier_floor(info.seq)
-            acc.on_stats(st.packets, st.drops, st.freezes, frontier)
-            ring.release_block(off)
-            self._released_any = True
-            st = ring.read_stats()
-            acc.set_frontier_floor(info.seq)
-            acc.on_stats(st.packets, st.drops, st.freezes,
-                         info.seq + 1 if _user(mm, off) else info.seq)
-            self.frames += info.walked
-            if len(rows) >= self.opts.max_batch:
+        try:
+            while (off := ring.ready_block()) is not None:
+                start = len(rows)
+                info = walk_block(mm, off, rows, keys)
+                first, gaps = acc.on_block(info.seq, info.walked, info.first_ts, info.last_ts,
+                                           bool(info.status & TP_STATUS_LOSING))
+                if start == 0:
+                    batch_first = first
+                for gap in gaps:
+                    self._emit_gap(sink, gap)
+                # Two reads per block, one holding it and one just after releasing it, each with
+                # the newest block a freeze can have reached by then (gaps.py explains why).
+                prev_off = ((ring.next_block - 1) % ring.block_nr) * ring.block_size
+                st = ring.read_stats()
+                frontier = info.seq if (not self._released_any or _user(mm, prev_off)) else info.seq - 1
+                acc.set_frontier_floor(info.seq)
+                acc.on_stats(st.packets, st.drops, st.freezes, frontier)
+                ring.release_block(off)
+                self._released_any = True
+                st = ring.read_stats()
+                acc.set_frontier_floor(info.seq)
+                acc.on_stats(st.packets, st.drops, st.freezes,
+                             info.seq + 1 if _user(mm, off) else info.seq)
+                self.frames += info.walked
+                if len(rows) >= self.batch_frames:
+                    self._emit_frames(sink, rows, keys, batch_first)
+                    rows, keys = [], []
+                if pace:
+                    # Let the batcher publish between blocks: a full ring is ~50k frames of work.
+                    await asyncio.sleep(self.opts.block_delay)
+        finally:
+            # also when cancelled mid-drain: every walked frame is published
+            if rows:
                 self._emit_frames(sink, rows, keys, batch_first)
-                rows, keys = [], []
-            if pace and self.opts.block_delay:
-                await asyncio.sleep(self.opts.block_delay)
-        if rows:
-            self._emit_frames(sink, rows, keys, batch_first)
 
     def _emit_frames(self, sink, rows: list[tuple], keys: list[tuple], first_frame: int) -> None:
         cols = columns(rows, keys,
