@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from netevents.errors import CapabilityError
@@ -58,6 +59,7 @@ class RingCapture:
         self.finished = asyncio.Event()
         self.invariant_error: str | None = None
         self._released_any = False
+        self.stop_seconds = 0.0
         # Frames per batch: max_batch, and few enough that a batch stays far below the bus's
         # 8 MiB message limit whatever the snap length (the runner cannot split columns).
         self.batch_frames = max(1, min(opts.max_batch, (4 << 20) // (opts.ring.snaplen + 96)))
@@ -90,8 +92,9 @@ class RingCapture:
     async def _finish(self, sink) -> None:
         ring = self.ring
         assert ring is not None
+        started = time.monotonic()
         try:
-            ring.detach()  # no new frames after this returns (the kernel syncs the hook)
+            ring.detach()  # the drop-all filter: no new frames counted after this
             # The block timer retires the last partial block (it may take two timer periods);
             # drain and read until every frame the kernel counted has been walked.
             loop = asyncio.get_running_loop()
@@ -115,6 +118,7 @@ class RingCapture:
                 log.warning("%s: accounting does not close: %s", cfg_name(self), self.invariant_error)
         finally:
             ring.close()
+            self.stop_seconds = time.monotonic() - started
             self.finished.set()
 
     def _emit_gap(self, sink, gap) -> None:

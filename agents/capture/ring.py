@@ -13,9 +13,10 @@ Set-up order matters for "nothing lost while it is set up" and for fanout:
 5. ``PACKET_FANOUT`` (needs a bound socket), then the user's filter (or none) replaces the
    drop-all program.
 
-Stopping is the mirror: :meth:`CaptureRing.detach` re-binds with protocol 0 (unregistering the
-hook), so after the block timer retires the last partial block and the walker drains it, the
-final ``PACKET_STATISTICS`` read closes the run's accounting exactly.
+Stopping is the mirror: :meth:`CaptureRing.detach` puts the drop-all filter back, so after the
+block timer retires the last partial block and the walker drains it, the final
+``PACKET_STATISTICS`` read closes the run's accounting exactly. (Counting ends with that read
+in any case: a frame the kernel counts later is in no read and in no summary.)
 
 Layouts from ``include/uapi/linux/if_packet.h`` (and ``linux/filter.h`` for the BPF program).
 """
@@ -321,8 +322,8 @@ class CaptureRing:
             self.close()
             raise CapabilityError("capture", f"{cfg.iface}: TPACKET_V3 ring set-up failed: "
                                              f"{os.strerror(exc.errno or 0)}") from None
-        # Frames counted before fanout joined (none: the drop-all filter) are cleared here.
-        self.read_stats()
+        # No statistics read here: the drop-all filter kept the counters at 0 until the line
+        # above, and from then on every count belongs to the run (a read would lose some).
         return self
 
     def fileno(self) -> int:
@@ -337,12 +338,15 @@ class CaptureRing:
         return RingStats(p, d, f)
 
     def detach(self) -> None:
-        """Stop delivery (rebind with protocol 0 unregisters the packet hook); the ring stays."""
+        """Stop delivery into the ring; the ring and its counters stay for the final drain.
+
+        The drop-all filter goes back on: refused frames are counted nowhere (and a fanout
+        group's other members carry on). Re-binding would not do: ``bind`` with protocol 0
+        keeps the current protocol, and a fanout member cannot re-bind at all (EINVAL).
+        """
         if self.sock is not None:
-            try:
-                self.sock.bind((self.cfg.iface, 0))
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                attach_filter(self.sock, DROP_ALL)
 
     def close(self) -> None:
         if self.mm is not None:
