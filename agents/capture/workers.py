@@ -120,6 +120,10 @@ class CaptureSupervisor:
                 reason = text.splitlines()[-1] if text else "unavailable"
                 self.unavailable[key] = reason
                 log.warning("capture %s worker %d: %s", *key, reason)
+                total = len(self.ifaces) * self.workers
+                if len(self.unavailable) < total:
+                    sink.state("capture", "running", f"{len(self.unavailable)} of {total} "
+                                                     f"workers unavailable: {reason}")
                 return
             self.exits += 1
             sink.lost("capture.worker_exits", 1)
