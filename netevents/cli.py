@@ -82,12 +82,12 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
     for name in chosen:
         cfg.sources.setdefault(name, {})
     _apply_capture_options(args, cfg)
-    if "netstat" in cfg.sources and getattr(args, "interval", None):
-        cfg.sources["netstat"]["interval"] = args.interval
     if not cfg.sources:
         for name in default_sources:
             if name in SOURCES:
                 cfg.sources[name] = {}
+    if "netstat" in cfg.sources and getattr(args, "interval", None):
+        cfg.sources["netstat"]["interval"] = args.interval
     return cfg.validate()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any
 
 import msgpack
@@ -141,10 +142,33 @@ _TABLES = {kind: _compile(kind) for kind in ev.KINDS}
 _NONE = type(None)
 
 
+_MISSING = object()
+_MISSING_T = type(_MISSING)
+
+
 def _check_rows(kind: str, events: Any) -> None:
-    if not isinstance(events, list):
+    # Hot path: one C-level pass per known field over all events (map/methodcaller/set), and
+    # only when that finds a problem, the slow walk below that names the event and field.
+    if type(events) is not list:
         raise SchemaError(f"{kind} batch: 'events' must be a list, got {type(events).__name__}")
     table, required = _TABLES[kind]
+    if set(map(type, events)) <= {dict}:
+        for name, (types, nullable) in table.items():
+            seen = set(map(type, map(methodcaller("get", name, _MISSING), events)))
+            if _MISSING_T in seen:
+                if name in required:
+                    break
+                seen.discard(_MISSING_T)
+            if nullable:
+                seen.discard(_NONE)
+            if not seen <= types:
+                break
+        else:
+            return
+    _explain_rows(kind, events, table, required)
+
+
+def _explain_rows(kind: str, events: list, table: dict, required: tuple[str, ...]) -> None:
     for i, e in enumerate(events):
         if type(e) is not dict:
             raise SchemaError(f"{kind} event #{i}: must be a map, got {type(e).__name__}")

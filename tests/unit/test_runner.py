@@ -77,7 +77,7 @@ def test_a_batch_never_waits_more_than_250_ms():
     i = 0
     for t, b in drops:
         first_emitted = src.emitted_at[i]
-        assert t - first_emitted < 0.25 + 0.1, f"batch published {t - first_emitted:.3f}s after its first event"
+        assert t - first_emitted < 0.25 + 0.15, f"batch published {t - first_emitted:.3f}s after its first event"
         i += len(b)
 
 

@@ -40,12 +40,19 @@ def validate(data: bytes):
 
 
 def test_batches_the_agent_really_emits_validate():
+    stop = asyncio.Event()
+
+    class StopAfterTwoNetstat(MemoryBus):
+        async def publish(self, batch):
+            await super().publish(batch)
+            if sum(s.startswith("netevents.v1.netstat") for s, _d, _i in self.messages) >= 2:
+                stop.set()
+
     async def main():
-        bus = MemoryBus()
-        stop = asyncio.Event()
+        bus = StopAfterTwoNetstat()
         runner = AgentRunner(bus, [NetstatCollector(NetstatConfig(interval=0.1))],
                              RunnerOptions(host="h1", status_interval=0.1))
-        asyncio.get_running_loop().call_later(0.5, stop.set)
+        asyncio.get_running_loop().call_later(20, stop.set)  # a bound, not the expected path
         await runner.run(stop)
         return bus
 

@@ -1,0 +1,135 @@
+"""Codec and bus throughput, with raw nats-py as the anchor measured in the same run.
+
+    python bench/codec.py [--batches N] [--events-per-batch K]
+
+1. events/s encoded and decoded (with full validation) on one core, for drop-like batches
+   (list of maps) and frame-like batches (column-wise, 96-byte heads);
+2. the same payloads end to end through the embedded nats-server: netevents (encode, publish
+   with Nats-Msg-Id, subscribe, decode, validate, sequence-check) against raw nats-py publishing
+   and receiving the same pre-encoded bytes. Prints events/s of each and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from netevents import connect  # noqa: E402
+from netevents.bus import EmbeddedServer  # noqa: E402
+from netevents.codec import Batch, decode_batch, encode_batch  # noqa: E402
+
+FLUSH_EVERY = 20
+
+
+def drop_events(k: int) -> list[dict]:
+    return [{"count": i % 97 + 1, "source": "tracepoint", "reason": "NETFILTER_DROP",
+             "location": "nft_do_chain+0x3a1", "pc": 0xffffffffa0123456 + i, "iface": "eth0",
+             "ifindex": 2, "proto": 0x0800, "netns": 4026531840, "first_ts": 1_763_900_000_000_000_000 + i,
+             "last_ts": 1_763_900_000_000_500_000 + i,
+             "flow": {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 40000 + i % 1000, "dport": 7777, "l4": 17}}
+            for i in range(k)]
+
+
+def frame_columns(k: int) -> dict[str, list]:
+    head = os.urandom(96)
+    return {
+        "ts": [1_763_900_000_000_000_000 + i * 1000 for i in range(k)], "ts_src": [1] * k,
+        "caplen": [96] * k, "len": [1514] * k, "dir": [0] * k, "queue": [i % 4 for i in range(k)],
+        "rxhash": [i * 2654435761 % 2**32 for i in range(k)], "vlan": [None] * k,
+        "ethertype": [0x0800] * k, "src": [b"\x0a\x00\x00\x01"] * k, "dst": [b"\x0a\x00\x00\x02"] * k,
+        "l4": [6] * k, "sport": [40000] * k, "dport": [443] * k, "ip_id": [i & 0xffff for i in range(k)],
+        "tcp_seq": [i * 1448 for i in range(k)], "head": [head] * k,
+    }
+
+
+def make_batch(kind: str, seq: int, events) -> Batch:
+    return Batch(kind=kind, site="bench", host="bench-1", run="r0", seq=seq, t0=1, t1=2,
+                 events=events, fields={"iface": "eth0", "worker": 0} if kind == "frame" else {})
+
+
+def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, float, int]:
+    b = make_batch(kind, 1, events)
+    t = time.perf_counter()
+    for _ in range(repeat):
+        data = encode_batch(b)
+    enc = k * repeat / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(repeat):
+        decode_batch(data)
+    dec = k * repeat / (time.perf_counter() - t)
+    return enc, dec, len(data)
+
+
+async def end_to_end(url: str, kind: str, events, k: int, n: int) -> tuple[float, float]:
+    subject = f"netevents.v1.{kind}.bench.bench-1"
+    # netevents: encode + publish with Nats-Msg-Id, subscribe + decode + validate + seq tracking.
+    async with connect(url) as bus:
+        async with bus.subscribe(kinds=[kind], queue_size=n + 10) as sub:
+            t = time.perf_counter()
+            for seq in range(1, n + 1):
+                await bus.publish(make_batch(kind, seq, events))
+                if seq % FLUSH_EVERY == 0:  # back-pressure, as the agent's publisher has
+                    await bus.flush()
+            got = 0
+            while got < n:
+                b = await sub.next(30)
+                if b is None:
+                    raise RuntimeError(f"netevents path stalled at {got}/{n}: missed {sub.missed}, "
+                                       f"bus errors {dict(bus.errors)}")
+                got += 1
+            ours = k * n / (time.perf_counter() - t)
+            assert sub.missed == 0 and not sub.rejected
+    # anchor: raw nats-py, the same bytes (already encoded), no decoding.
+    payloads = [encode_batch(make_batch(kind, seq, events)) for seq in range(1, n + 1)]
+    async with connect(url) as bus:
+        nc = bus.nc
+        done = asyncio.Event()
+        count = 0
+
+        async def cb(msg):
+            nonlocal count
+            count += 1
+            if count == n:
+                done.set()
+
+        raw_sub = await nc.subscribe(subject + ".raw", cb=cb, pending_msgs_limit=n + 10,
+                                     pending_bytes_limit=1 << 30)
+        t = time.perf_counter()
+        for i, data in enumerate(payloads, 1):
+            await nc.publish(subject + ".raw", data)
+            if i % FLUSH_EVERY == 0:
+                await nc.flush()
+        await asyncio.wait_for(done.wait(), 60)
+        raw = k * n / (time.perf_counter() - t)
+        await raw_sub.unsubscribe()
+    return ours, raw
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=2000)
+    ap.add_argument("--events-per-batch", type=int, default=500)
+    args = ap.parse_args()
+    k, n = args.events_per_batch, args.batches
+    cases = {"drop": drop_events(k), "frame": frame_columns(k)}
+    print(f"codec, one core, {k} events per batch")
+    for kind, events in cases.items():
+        enc, dec, size = codec_rates(kind, events, k, repeat=max(20, 200_000 // k))
+        print(f"  {kind:<6} encode {enc:>12,.0f} events/s   decode+validate {dec:>12,.0f} events/s   "
+              f"({size / k:.0f} bytes/event)")
+    async with EmbeddedServer(port=0) as server:
+        print(f"end to end through nats-server ({server.url}), {n} batches x {k} events")
+        for kind, events in cases.items():
+            ours, raw = await end_to_end(server.url, kind, events, k, n)
+            print(f"  {kind:<6} netevents {ours:>12,.0f} events/s   raw nats-py {raw:>12,.0f} events/s   "
+                  f"ratio {ours / raw:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

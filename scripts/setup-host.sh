@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Debian packages and kernel mounts netevents and its tests use. Run as root; idempotent.
+#   iproute2   ip / tc: test hosts are network namespaces joined by veth
+#   nftables   nft: real drops from a drop rule inside a test namespace
+#   tshark     tshark / capinfos: archives are checked with the real Wireshark tools
+#   tcpdump    BPF filter compilation (tcpdump -ddd) and the capture benchmark's anchor
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+  echo "setup-host.sh: run as root (it installs Debian packages and mounts tracefs)" >&2
+  exit 2
+fi
+need=()
+for pkg in iproute2 nftables tshark tcpdump; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+# The skb:kfree_skb tracepoint is read through tracefs (a private instance per agent).
+if [ -d /sys/kernel/tracing ] && ! mountpoint -q /sys/kernel/tracing; then
+  mount -t tracefs nodev /sys/kernel/tracing || echo "setup-host.sh: could not mount tracefs; tracepoint tests will skip" >&2
+fi
+echo "setup-host.sh: host ready"

@@ -1,0 +1,106 @@
+"""The command line as a user runs it: `up --duration`, `tail --json`, `agent` with SIGTERM."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+NETEVENTS = [sys.executable, "-m", "netevents.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_up_runs_a_server_and_an_agent_and_tail_reads_it(tmp_path):
+    port = free_port()
+    up = subprocess.Popen([*NETEVENTS, "up", "--duration", "10", "--port", str(port),
+                           "--store", str(tmp_path / "store"), "--status-interval", "2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        tail = None
+        while time.monotonic() < deadline:  # wait for the embedded server to listen
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        tail = subprocess.run([*NETEVENTS, "tail", "--json", "--kind", "netstat", "--count", "5",
+                               "--timeout", "8", "--bus", f"nats://127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=30)
+        out, err = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.strip().splitlines()
+    assert len(lines) == 5
+    for line in lines:
+        doc = json.loads(line)
+        assert doc["kind"] == "netstat" and doc["group"] and doc["host"] and doc["seq"] >= 1
+    assert up.returncode == 0, err
+    counts = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("  ")
+              and "events in" in ln}
+    assert counts.get("netstat", 0) > 0 and counts.get("status", 0) >= 2
+    assert "unexplained losses: 0" in out
+    assert "batches missed by this viewer: 0" in out
+
+
+def test_agent_drains_on_sigterm_and_says_so_in_a_final_status(nats_url):
+    import asyncio
+
+    from netevents import connect
+
+    agent = subprocess.Popen([*NETEVENTS, "agent", "--bus", nats_url, "--host", "term-test",
+                              "--netstat", "--interval", "0.2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    async def watch():
+        async with connect(nats_url) as bus:
+            async with bus.subscribe(hosts=["term-test"]) as sub:
+                seen = []
+                while True:
+                    b = await sub.next(15)
+                    assert b is not None, "agent went silent"
+                    seen.append(b)
+                    if b.kind == "netstat" and b.seq >= 3 and agent.returncode is None:
+                        agent.send_signal(signal.SIGTERM)
+                        agent.returncode = -1  # mark: signal sent
+                    if b.kind == "status" and b.events[0]["final"]:
+                        return seen, sub
+
+    seen, sub = asyncio.run(watch())
+    agent.returncode = None
+    assert agent.wait(timeout=15) == 0
+    final = seen[-1].events[0]
+    assert final["sources"]["netstat"]["state"] == "stopped"
+    published = final["published"]
+    got = {}
+    for b in seen:
+        got[b.kind] = got.get(b.kind, 0) + 1
+    # Every batch the agent says it published reached the subscriber (it joined at seq 1).
+    assert got == published
+    assert sub.missed == 0
+    assert sum(final["lost"].values()) == 0
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["agent", "--host", "a.b"], 2, "invalid host 'a.b'"),
+    (["agent", "--config", "/nonexistent.toml"], 2, "cannot read config file"),
+    (["tail", "--bus", "nats://127.0.0.1:1", "--count", "1"], 1, "cannot connect to the bus"),
+    (["tail", "--kind", "nope"], 2, "invalid choice"),
+])
+def test_errors_are_one_clear_line_with_the_documented_exit_code(argv, code, words, tmp_path):
+    env = dict(os.environ, NETEVENTS_BUS="nats://127.0.0.1:1")
+    r = subprocess.run([*NETEVENTS, *argv], capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == code
+    assert words in r.stderr
+    assert "Traceback" not in r.stderr
