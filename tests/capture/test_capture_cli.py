@@ -112,6 +112,9 @@ def test_supervisor_reports_a_worker_that_cannot_run():
         def lost(self, place, n):
             self.lost_counts[place] = self.lost_counts.get(place, 0) + n
 
+        def state(self, source, state, reason=""):
+            self.last_state = (source, state, reason)
+
     from netevents.errors import CapabilityError
 
     with pytest.raises(CapabilityError, match="no interface 'nosuch-if8'"):
