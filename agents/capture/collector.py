@@ -74,8 +74,8 @@ class RingCapture:
         sink.declare_loss(self.loss_place)
         if opts.hwtstamp:
             self.hwtstamp, line = hwtstamp.enable_for_capture(cfg.iface, cfg.netns)
-            if line:
-                log.info("%s", line)
+            if line:  # one line per interface, however many workers
+                log.log(logging.WARNING if opts.worker == 0 else logging.DEBUG, "%s", line)
         ring = self.ring = CaptureRing(cfg).open()
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
