@@ -5,6 +5,8 @@
     config.py      typed agent configuration (TOML file + command line), validated once
     capture/       AF_PACKET TPACKET_V3 rings: frame summaries and gap records (fanout workers)
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
+    ipstats/       per-peer TCP counter deltas (raw sock_diag + destroy multicast), residual
+    control.py     the agent's control server (requests on netevents.v1.control.<site>.<host>)
 
 Each source folder holds its collector, its sans-IO parser, a sample config and a README;
 ``SOURCES`` below is the registry the command line and config file use.
@@ -13,5 +15,6 @@ Each source folder holds its collector, its sans-IO parser, a sample config and 
 SOURCES: dict[str, str] = {
     "netstat": "agents.netstat:build",
     "capture": "agents.capture:build",
+    "ipstats": "agents.ipstats:build",
 }
 """Source name -> ``module:factory``; the factory takes (section dict, AgentConfig) -> Collector."""

@@ -54,12 +54,12 @@ def default_url() -> str:
 # ---------------------------------------------------------------------------------------------
 # Streams (DESIGN: events, stats, frames)
 
-def stream_configs(frames_max_bytes: int = 1 << 30) -> list[StreamConfig]:
+def stream_configs(frames_max_bytes: int = 1 << 30, replicas: int = 1) -> list[StreamConfig]:
     def subjects(stream: str) -> list[str]:
         return [f"netevents.v1.{k}.>" for k, s in ev.STREAM_OF.items() if s == stream]
 
     common: dict[str, Any] = {"storage": StorageType.FILE, "duplicate_window": 120.0,
-                              "max_msg_size": MAX_BATCH_BYTES}
+                              "max_msg_size": MAX_BATCH_BYTES, "num_replicas": replicas}
     return [
         StreamConfig(name="NETEVENTS_EVENTS", subjects=subjects("NETEVENTS_EVENTS"),
                      max_age=7 * 86400.0, description="drop, gap, status, incident", **common),
@@ -128,6 +128,8 @@ class EmbeddedServer:
     def _spawn(self) -> Path:
         binary = find_nats_server()
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self._run_dir is not None:  # restarted (after a crash): the old run's files go
+            shutil.rmtree(self._run_dir, ignore_errors=True)
         self._run_dir = run_dir = Path(tempfile.mkdtemp(prefix="netevents-nats-run-"))
         conf = run_dir / "nats.conf"
         conf.write_text(
@@ -236,9 +238,14 @@ class Bus:
         """Counted asynchronous errors (``slow_consumer``, ``disconnected``, ...)."""
 
     # -- streams -------------------------------------------------------------------------------
-    async def ensure_streams(self, frames_max_bytes: int = 1 << 30) -> None:
-        """Create the three streams if missing; idempotent when several processes race."""
-        for cfg in stream_configs(frames_max_bytes):
+    async def ensure_streams(self, frames_max_bytes: int = 1 << 30, replicas: int | None = None) -> None:
+        """Create the three streams if missing; idempotent when several processes race.
+
+        ``replicas`` defaults to ``$NETEVENTS_REPLICAS`` or 1 (use 3 on a 3-node cluster).
+        """
+        if replicas is None:
+            replicas = int(os.environ.get("NETEVENTS_REPLICAS", "1"))
+        for cfg in stream_configs(frames_max_bytes, replicas):
             try:
                 await self.js.add_stream(cfg)
             except nats.js.errors.BadRequestError as exc:
@@ -271,6 +278,10 @@ class Bus:
             raise BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}") from exc
 
     @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    @property
     def max_payload(self) -> int:
         return min(self.nc.max_payload or MAX_BATCH_BYTES, MAX_BATCH_BYTES)
 
@@ -283,7 +294,8 @@ class Bus:
     # -- subscribing ---------------------------------------------------------------------------
     def subscribe(self, kinds: list[str] | tuple[str, ...] | None = None,
                   hosts: list[str] | tuple[str, ...] | None = None, site: str | None = None,
-                  *, durable: str | None = None, queue_size: int = 10_000) -> Subscription:
+                  *, durable: str | None = None, queue_size: int = 10_000,
+                  pending_limit: int = 200_000) -> Subscription:
         """An async iterator of decoded batches of the given kinds, hosts (globs) and site.
 
         ``durable`` uses a durable JetStream consumer of that name (per kind), so a consumer
@@ -293,7 +305,8 @@ class Bus:
         Raises:
             SubjectError: for an unknown kind or an invalid site token.
         """
-        return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size)
+        return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size,
+                            pending_limit=pending_limit)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -423,7 +436,8 @@ class Subscription:
         last_error: the message of the most recent rejection.
     """
 
-    def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int):
+    def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int,
+                 pending_limit: int = 200_000):
         self.bus = bus
         self.kinds = tuple(kinds) if kinds else ev.KINDS
         for k in self.kinds:
@@ -441,6 +455,7 @@ class Subscription:
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self._pending_ack: Any = None
+        self.pending_limit = pending_limit
 
     @property
     def missed(self) -> int:
@@ -455,7 +470,7 @@ class Subscription:
             subject = filter_subject(kind, self.site, single_host)
             if self.durable is None:
                 sub = await self.bus.nc.subscribe(subject, cb=self._on_msg,
-                                                  pending_msgs_limit=200_000,
+                                                  pending_msgs_limit=self.pending_limit,
                                                   pending_bytes_limit=512 * 1024 * 1024)
                 self._subs.append(sub)
             else:
@@ -465,6 +480,25 @@ class Subscription:
                 self._subs.append(psub)
                 self._tasks.append(asyncio.create_task(self._pull(psub)))
         return self
+
+    async def lag(self) -> dict[str, int]:
+        """How far behind this consumer is.
+
+        ``queued``: decoded batches waiting for the consumer; ``pending``: messages the client
+        library holds (core) or the server still has for this durable consumer (JetStream);
+        ``slow_consumer_drops``: messages the client library discarded because it fell too far
+        behind (they also show up as sequence holes in ``missed``).
+        """
+        pending = 0
+        for s in self._subs:
+            if self.durable is None:
+                pending += getattr(s, "pending_msgs", 0)
+            else:
+                with contextlib.suppress(Exception):
+                    info = await s.consumer_info()
+                    pending += info.num_pending + (info.num_ack_pending or 0)
+        return {"queued": self._queue.qsize(), "pending": pending,
+                "slow_consumer_drops": self.bus.errors["slow_consumer"]}
 
     def accept(self, subject: str, data: bytes) -> Batch | None:
         """Decode one message; return None (and count why) when it is rejected or filtered."""

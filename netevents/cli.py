@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -78,10 +79,13 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
         cfg.site = args.site
     if getattr(args, "status_interval", None):
         cfg.status_interval = args.status_interval
+    if getattr(args, "spool", None):
+        cfg.spool_dir = args.spool
     chosen = [name for name in SOURCES if getattr(args, f"src_{name}", False)]
     for name in chosen:
         cfg.sources.setdefault(name, {})
     _apply_capture_options(args, cfg)
+    _apply_ipstats_options(args, cfg)
     if not cfg.sources:
         for name in default_sources:
             if name in SOURCES:
@@ -92,16 +96,32 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
 
 
 async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Event) -> Any:
-    """Run ``collectors`` publishing on ``bus`` until ``stop``; returns the runner."""
-    from agents.runner import AgentRunner, RunnerOptions
+    """Run ``collectors`` publishing on ``bus`` until ``stop``; returns the runner.
 
-    runner = AgentRunner(bus, collectors, RunnerOptions(
+    Batches go out with JetStream acks, in order; while the bus is away they wait in the
+    on-disk spool (agents/spool.py), which a restarted agent replays first.
+    """
+    from agents.runner import AgentRunner, RunnerOptions
+    from agents.spool import ReliablePublisher, Spool
+
+    spool = Spool(cfg.spool_path(), max_bytes=int(cfg.spool_max_mb * (1 << 20)),
+                  policy=cfg.spool_policy)
+    if len(spool):
+        log.info("replaying %d spooled batches from %s", len(spool), spool.dir)
+    publisher = ReliablePublisher(bus, spool, max_inflight=cfg.max_inflight)
+    runner = AgentRunner(publisher, collectors, RunnerOptions(
         site=cfg.site, host=cfg.host, max_events=cfg.batch_max_events,
         max_wait=cfg.batch_max_wait, queue_size=cfg.queue_size,
         status_interval=cfg.status_interval))
     log.info("agent %s run %s: host %s site %s, sources %s, bus %s", __version__, runner.run_id,
              cfg.host, cfg.site, ", ".join(c.name for c in collectors), bus.url)
-    await runner.run(stop)
+    try:
+        async with _control_server(cfg, bus, collectors):
+            await runner.run(stop)
+    finally:
+        await publisher.close()
+    if len(spool):
+        log.warning("%d batches stay spooled in %s for the next run", len(spool), spool.dir)
     return runner
 
 
@@ -132,7 +152,14 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     url = args.bus or cfg.bus or default_url()
-    async with connect(url, name=f"netevents-agent-{cfg.host}", streams=True) as bus:
+    async with connect(url, name=f"netevents-agent-{cfg.host}") as bus:
+        try:
+            async with asyncio.timeout(10):
+                await bus.ensure_streams()
+        except (BusError, TimeoutError) as exc:
+            # An agent whose credentials only allow publishing its own subjects cannot create
+            # streams; whoever runs the server does (netevents server / deploy configs).
+            log.warning("streams not created from here (%s); publishing anyway", exc or "timeout")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_stop_after(stop, args.duration))
             runner = await run_agent(cfg, collectors, bus, stop)
@@ -152,10 +179,16 @@ async def _feed_view(bus: Bus, view: Any, stop: asyncio.Event, ready: asyncio.Ev
     sub = bus.subscribe()
     async with sub:
         ready.set()
+        loop = asyncio.get_running_loop()
+        next_lag = loop.time()
         while not stop.is_set():
             batch = await sub.next(timeout=0.2)
             if batch is not None:
                 view.feed(batch)
+            if loop.time() >= next_lag:
+                view.lag = await sub.lag()
+                next_lag = loop.time() + 1.0
+        view.lag = await sub.lag()
     return sub
 
 
@@ -218,6 +251,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
     cfg = agent_config(args, default_sources=UP_SOURCES)
     collectors = build_collectors(cfg)
     store = Path(args.store) if args.store else default_store()
+    if not cfg.spool_dir:
+        cfg.spool_dir = str(store.parent / "spool" / f"{cfg.site}-{cfg.host}")
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
     url = await server.start()
@@ -296,6 +331,9 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="agent config file (TOML; see deploy/agent.toml)")
     p.add_argument("--status-interval", type=_positive, metavar="S",
                    help="seconds between status heartbeats (default 5)")
+    p.add_argument("--spool", metavar="DIR",
+                   help="where batches wait while the bus is away (default "
+                        "/var/lib/netevents/spool/SITE-HOST as root)")
     g = p.add_argument_group("sources (none given: the defaults of the command)")
     for name in SOURCES:
         if name in SOURCE_FLAGS:
@@ -304,10 +342,12 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--interval", type=_positive, metavar="S",
                    help="netstat sampling interval in seconds (default 1)")
     _add_capture_options(p)
+    _add_ipstats_options(g)
 
 
 SOURCE_FLAGS = {
     "netstat": "host-wide counter deltas: /proc/net/snmp, netstat, snmp6, softnet, links, qdiscs",
+    "ipstats": "per-peer TCP counter deltas (sock_diag), with a residual against the MIB",
 }
 
 
@@ -369,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_top)
 
     _add_hwtstamp_command(sub)
+    _add_ctl_parser(sub)
     return parser
 
 
@@ -426,6 +467,68 @@ async def cmd_hwtstamp(args: argparse.Namespace) -> int:
 
     argv = [args.iface, args.action, *(["--netns", args.netns] if args.netns else [])]
     return hwtstamp.main(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# ipstats options and the control channel (agents/control.py): `agent --ipstats[-level]`,
+# the agent's control server, and `netevents ctl HOST level diagnostics|default`
+
+def _add_ipstats_options(g: Any) -> None:
+    g.add_argument("--ipstats-level", choices=("default", "diagnostics"), metavar="LEVEL",
+                   help="ipstats publishing level: default (peers with red flags) or "
+                        "diagnostics (every peer and local/peer pair); implies --ipstats")
+
+
+def _apply_ipstats_options(args: argparse.Namespace, cfg: Any) -> None:
+    level = getattr(args, "ipstats_level", None)
+    if level:
+        cfg.sources.setdefault("ipstats", {})["level"] = level
+
+
+def _control_server(cfg: Any, bus: Bus, collectors: list[Any]) -> Any:
+    """The agent's control server, with the commands its sources offer (``control_commands``)."""
+    from agents.control import ControlServer
+
+    control = ControlServer(bus, cfg.site, cfg.host)
+    for c in collectors:
+        control.register_source(c)
+    return control
+
+
+async def cmd_ctl(args: argparse.Namespace) -> int:
+    from agents.control import control_request
+
+    url = args.bus or default_url()
+    async with connect(url, name="netevents-ctl", reconnect=False) as bus:
+        try:
+            reply = await control_request(bus, args.target, args.cmd, args.value,
+                                          site=args.site or "local", timeout=args.timeout)
+        except TimeoutError as exc:
+            print(f"netevents ctl: error: {exc} (is the agent running with --site "
+                  f"{args.site or 'local'} --host {args.target}?)", file=sys.stderr)
+            return 1
+    print(json.dumps(reply, sort_keys=True))
+    if not reply.get("ok"):
+        print(f"netevents ctl: {args.target} refused: {reply.get('error')}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_ctl_parser(sub: Any) -> None:
+    p = sub.add_parser("ctl", help="control a running agent (e.g. the ipstats level)",
+                       description="Send a control request to one agent on "
+                       "netevents.v1.control.<site>.<host> and print its reply (JSON). "
+                       "Exit 1 if no agent answers in time, 2 if it refuses the request.")
+    p.add_argument("target", metavar="HOST", help="the agent's host token")
+    p.add_argument("cmd", metavar="COMMAND", choices=("level", "commands"),
+                   help="level: show or switch the ipstats level; commands: list the agent's commands")
+    p.add_argument("value", nargs="?", metavar="VALUE",
+                   help="for level: default or diagnostics (none: show the current level)")
+    p.add_argument("--site", help="site token (default: local)")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--timeout", type=_positive, default=5.0, metavar="S",
+                   help="seconds to wait for the reply (default 5)")
+    p.set_defaults(func=cmd_ctl)
 
 
 def main(argv: list[str] | None = None) -> int:

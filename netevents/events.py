@@ -116,7 +116,7 @@ class IpstatEvent:
     bytes_sent: int = _f("integer", "delta of tcpi_bytes_sent", 0)
     bytes_acked: int = _f("integer", "delta of tcpi_bytes_acked", 0)
     bytes_received: int = _f("integer", "delta of tcpi_bytes_received", 0)
-    lost: int = _f("integer", "delta of lost packets (tcpi_lost)", 0)
+    lost: int = _f("integer", "delta of lost packets: increases of the tcpi_lost gauge between samples (a lower bound)", 0)
     dsack_dups: int = _f("integer", "delta of tcpi_dsack_dups", 0)
     timeouts: int = _f("integer", "RTO events in the window", 0)
     resets: int = _f("integer", "resets seen in the window", 0)
@@ -238,6 +238,9 @@ BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "residual": ("object", "host-wide MIB deltas not attributed to a peer"),
         "level": ("string", "publishing level of the batch"),
         "overflow": ("integer", "peers left out of this window by the per-batch cap"),
+        "mib": ("object", "host-wide MIB deltas of the window (RetransSegs, TCPTimeouts, OutRsts, EstabResets)"),
+        "sockets": ("integer", "TCP sockets in the dump that closed the window"),
+        "peers": ("integer", "peers (or local/peer pairs) with activity in the window, before level filter and cap"),
     },
     "netstat": {},
     "drop": {"mode": ("string", "alert (aggregated) or packet")},

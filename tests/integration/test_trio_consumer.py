@@ -4,14 +4,17 @@ The trio program runs in its own interpreter: trio-asyncio installs its own asyn
 policy process-wide, which must not leak into the other tests' ``asyncio.run``.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-pytest.importorskip("trio")
-pytest.importorskip("trio_asyncio")
+# Only look for the packages: importing trio_asyncio here would install its loop policy.
+pytestmark = pytest.mark.skipif(
+    not (importlib.util.find_spec("trio") and importlib.util.find_spec("trio_asyncio")),
+    reason="needs the trio extra (pip install 'netevents[trio]')")
 
 PROGRAM = r'''
 import json, sys, trio

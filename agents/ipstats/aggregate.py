@@ -1,0 +1,382 @@
+"""Sans-IO per-socket accounting and per-peer aggregation of TCP counters.
+
+    PeerAccountant.destroyed(socks)   final counters of sockets the kernel destroyed
+    PeerAccountant.window(dump)       closes a window with a full dump -> Window (events ready to
+                                      publish, the overflow, what was attributed to peers)
+    residual(mib_deltas, window)      host-wide MIB deltas minus what the published peers carry
+
+Accounting rules:
+- Every socket is keyed on its ``idiag_cookie`` (unique per boot, never reused). Its counters
+  are cumulative; the window gets the difference to the socket's previous sample. u32 counters
+  wrap modulo 2**32, tcpi_total_rto (u16) modulo 2**16.
+- The first dump is the baseline: the history of the sockets it finds is not counted.
+- A socket first seen in a later dump was born in this window (the previous dump has every
+  full TCP socket of the namespace), and a socket first seen in its destroy message opened and
+  closed inside the window: everything they counted happened in the window, so their full
+  counters are counted. (Taking their first sample as a baseline would hand whatever they did
+  before it, often most of a short transfer, to the residual.) The one thing they may carry in
+  from earlier is the SYN-ACK retransmits of the request socket an accepted socket came from.
+- A socket that left the dump without a destroy message is kept for ``grace`` windows (the
+  kernel sends destroy messages from a workqueue, a little after the socket left its tables);
+  then it is given up and counted in ``unseen_closes`` (its last counters are in the residual).
+- ``tcpi_lost`` is a gauge (packets marked lost right now, ``tp->lost_out``); ``lost`` counts
+  its increases between samples, a lower bound of the packets newly marked lost.
+- Gauges (rtt, rttvar, cwnd, retransmits) come from live sockets of the closing dump only.
+- Per-socket resets are not in sock_diag; ``resets`` stays 0 per peer and the host-wide resets
+  are all residual.
+
+Levels: ``default`` publishes one event per peer with a red flag (retransmits, timeouts,
+losses, resets) and a small field set; ``diagnostics`` one event per (local, peer) pair with
+every field, flagged or not. At most ``max_peers`` events per window, worst first; the rest is
+counted in ``Window.overflow``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .sockdiag import TCP_INFO_LEN_TOTAL_RTO, TcpSock
+
+LEVELS = ("default", "diagnostics")
+
+U16 = 0xFFFF
+U32 = 0xFFFFFFFF
+U64 = (1 << 64) - 1
+
+# (event field, TcpSock field, modulus mask): cumulative counters and their widths in tcp_info.
+COUNTERS: tuple[tuple[str, str, int], ...] = (
+    ("retrans_segs", "total_retrans", U32),
+    ("bytes_retrans", "bytes_retrans", U64),
+    ("segs_out", "segs_out", U32),
+    ("segs_in", "segs_in", U32),
+    ("bytes_sent", "bytes_sent", U64),
+    ("bytes_acked", "bytes_acked", U64),
+    ("bytes_received", "bytes_received", U64),
+    ("dsack_dups", "dsack_dups", U32),
+)
+
+# Accumulator slots per (peer, local) in one window.
+_FIELDS = ("sockets", "opened", "closed", *(c[0] for c in COUNTERS), "lost", "timeouts", "resets")
+_SLOT = {name: i for i, name in enumerate(_FIELDS)}
+_N = len(_FIELDS)
+_S_SOCKETS, _S_OPENED, _S_CLOSED = _SLOT["sockets"], _SLOT["opened"], _SLOT["closed"]
+
+DEFAULT_FIELDS = ("peer", "level", "sockets", "opened", "closed", "retrans_segs", "bytes_retrans",
+                  "lost", "timeouts", "resets", "rtt_us", "retransmits", "flags")
+"""The small field set of the default level."""
+
+_V4MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def address(family: int, raw: bytes) -> str:
+    """The text form of a sock_diag address; IPv4-mapped IPv6 peers read as IPv4 (one peer)."""
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if raw[:12] == _V4MAPPED:
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(socket.AF_INET6, raw[:16])
+
+
+def flags_of(ev: dict[str, Any]) -> list[str]:
+    """The red flags an event raises."""
+    out = []
+    if ev.get("retrans_segs", 0) > 0:
+        out.append("retransmits")
+    if ev.get("timeouts", 0) > 0 or (ev.get("retransmits") or 0) > 0:
+        out.append("timeouts")
+    if ev.get("lost", 0) > 0:
+        out.append("losses")
+    if ev.get("resets", 0) > 0:
+        out.append("resets")
+    return out
+
+
+@dataclass(slots=True)
+class Window:
+    """One closed window: what to publish and how it was accounted."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    level: str = "default"
+    baseline: bool = False
+    """True for the first window: every socket became a baseline, nothing is published."""
+    overflow: int = 0
+    """Events (peers or pairs) left out by the ``max_peers`` cap."""
+    attributed: dict[str, int] = field(default_factory=dict)
+    """Sums over the published events: retrans_segs, timeouts, resets (for the residual)."""
+    peers_total: int = 0
+    sockets: int = 0
+    unseen_closes: int = 0
+    """Sockets given up in this window: they left the dump and no destroy message came."""
+
+
+def _sort_key(ev: dict[str, Any]) -> tuple:
+    return (ev.get("retrans_segs", 0), ev.get("timeouts", 0), ev.get("lost", 0),
+            ev.get("bytes_sent", 0) + ev.get("bytes_received", 0))
+
+
+# Hot path (every socket, every window, 100k sockets per sample): unrolled index arithmetic
+# with literal indices. Slots: see _FIELDS; TcpSock indices: see sockdiag.TcpSock. The assert
+# below keeps the literals honest.
+assert _FIELDS[3:14] == ("retrans_segs", "bytes_retrans", "segs_out", "segs_in", "bytes_sent",
+                         "bytes_acked", "bytes_received", "dsack_dups", "lost", "timeouts", "resets")
+assert TcpSock._fields[8:24] == (
+    "info_len", "retransmits", "lost", "retrans", "rtt", "rttvar", "cwnd", "total_retrans",
+    "bytes_acked", "bytes_received", "segs_out", "segs_in", "bytes_sent", "bytes_retrans",
+    "dsack_dups", "total_rto")
+
+
+def _add_full(acc: list[int], s: TcpSock) -> None:
+    """A socket whose whole life is in the window: its counters as they are."""
+    acc[3] += s[15]    # retrans_segs   <- total_retrans
+    acc[4] += s[21]    # bytes_retrans
+    acc[5] += s[18]    # segs_out
+    acc[6] += s[19]    # segs_in
+    acc[7] += s[20]    # bytes_sent
+    acc[8] += s[16]    # bytes_acked
+    acc[9] += s[17]    # bytes_received
+    acc[10] += s[22]   # dsack_dups
+    acc[11] += s[10]   # lost           <- lost_out gauge
+    if s[8] >= TCP_INFO_LEN_TOTAL_RTO:
+        acc[12] += s[23]  # timeouts    <- total_rto
+
+
+def _add_change(acc: list[int], new: TcpSock, old: TcpSock) -> None:
+    """Differences to the previous sample; u32 counters modulo 2**32, total_rto modulo 2**16."""
+    if new[15:24] == old[15:24] and new[10] <= old[10]:
+        return  # idle socket (the common case on a big host): nothing moved
+    acc[3] += (new[15] - old[15]) & 0xFFFFFFFF
+    acc[4] += (new[21] - old[21]) & U64
+    acc[5] += (new[18] - old[18]) & 0xFFFFFFFF
+    acc[6] += (new[19] - old[19]) & 0xFFFFFFFF
+    acc[7] += (new[20] - old[20]) & U64
+    acc[8] += (new[16] - old[16]) & U64
+    acc[9] += (new[17] - old[17]) & U64
+    acc[10] += (new[22] - old[22]) & 0xFFFFFFFF
+    d = new[10] - old[10]
+    if d > 0:
+        acc[11] += d
+    if new[8] >= TCP_INFO_LEN_TOTAL_RTO:
+        acc[12] += (new[23] - old[23]) & 0xFFFF
+
+
+class PeerAccountant:
+    """Per-socket baselines and per-window per-peer sums. Plain class: no I/O, no clock.
+
+    Raises (constructor and :meth:`set_level`):
+        ValueError: for an unknown level or a ``max_peers`` below 1.
+    """
+
+    def __init__(self, level: str = "default", max_peers: int = 1000, grace: int = 2) -> None:
+        self.level = self._check_level(level)
+        if max_peers < 1:
+            raise ValueError(f"max_peers must be at least 1, not {max_peers}")
+        self.max_peers = max_peers
+        self.grace = grace
+        self.baselines: dict[int, TcpSock] = {}
+        self._missing: dict[int, int] = {}     # cookie -> windows since it left the dump
+        self._tombstones: dict[int, int] = {}  # destroyed cookie -> window it was destroyed in
+        self._acc: dict[tuple, list[int]] = {}
+        self._windows = 0
+        self.unseen_closes = 0
+        self.ignored_before_baseline = 0
+
+    @staticmethod
+    def _check_level(level: str) -> str:
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r} (levels: {', '.join(LEVELS)})")
+        return level
+
+    def set_level(self, level: str) -> str:
+        self.level = self._check_level(level)
+        return self.level
+
+    # -- accumulation ---------------------------------------------------------------------------
+    def _slot(self, s: TcpSock) -> list[int]:
+        key = (s.family, s.dst, s.src)
+        acc = self._acc.get(key)
+        if acc is None:
+            acc = self._acc[key] = [0] * _N
+        return acc
+
+    @staticmethod
+    def _add_delta(acc: list[int], new: TcpSock, old: TcpSock | None) -> None:
+        if old is None:
+            _add_full(acc, new)
+        else:
+            _add_change(acc, new, old)
+
+    def destroyed(self, socks: Iterable[TcpSock]) -> None:
+        """Account the final counters of destroyed sockets (from the destroy multicast)."""
+        window = self._windows
+        for s in socks:
+            if window == 0:
+                self.ignored_before_baseline += 1  # part of the history the first dump baselines
+                continue
+            cookie = s.cookie
+            if cookie in self._tombstones:
+                continue  # a duplicate (the kernel never sends two; be safe anyway)
+            old = self.baselines.pop(cookie, None)
+            self._missing.pop(cookie, None)
+            acc = self._slot(s)
+            if old is None:
+                acc[_S_OPENED] += 1  # opened and closed inside this window
+            self._add_delta(acc, s, old)
+            acc[_S_CLOSED] += 1
+            self._tombstones[cookie] = window
+
+    def window(self, dump: list[TcpSock]) -> Window:
+        """Close the current window with a full dump taken at its end.
+
+        Call :meth:`destroyed` with every destroy message received before the dump finished
+        first, so a socket is never counted as both gone and new.
+        """
+        first = self._windows == 0
+        self._windows += 1
+        window = self._windows
+        baselines = self.baselines
+        tombstones = self._tombstones
+        gauges: dict[tuple, list[int]] = {}
+        seen: dict[int, TcpSock] = {}
+        accs = self._acc
+        add_full, add_change = _add_full, _add_change
+        for s in dump:
+            # Hot loop: literal TcpSock indices (0 cookie, 1 family, 3 src, 5 dst, 9 retransmits,
+            # 12 rtt, 13 rttvar, 14 cwnd), checked by the asserts above _add_full.
+            cookie = s[0]
+            if cookie in tombstones:
+                continue  # dumped just before its destroy message was read: already final
+            seen[cookie] = s
+            if first:
+                continue
+            key = (s[1], s[5], s[3])
+            acc = accs.get(key)
+            if acc is None:
+                acc = accs[key] = [0] * _N
+            old = baselines.get(cookie)
+            if old is None:
+                acc[1] += 1  # opened: born in this window, the previous dump did not have it
+                add_full(acc, s)
+            else:
+                add_change(acc, s, old)
+            acc[0] += 1  # sockets
+            g = gauges.get(key)
+            if g is None:
+                gauges[key] = [s[12], s[13], s[14], s[9]]
+            else:
+                if s[12] > g[0]:
+                    g[0] = s[12]
+                if s[13] > g[1]:
+                    g[1] = s[13]
+                if s[14] < g[2]:
+                    g[2] = s[14]
+                if s[9] > g[3]:
+                    g[3] = s[9]
+
+        # Sockets that left the dump: wait for their destroy message, then give up.
+        unseen = 0
+        for cookie, old in baselines.items():
+            if cookie in seen:
+                continue
+            n = self._missing.get(cookie, 0) + 1
+            if n > self.grace:
+                self._missing.pop(cookie, None)
+                unseen += 1
+            else:
+                self._missing[cookie] = n
+                seen[cookie] = old  # keep the old baseline while waiting
+        self.unseen_closes += unseen
+        self.baselines = seen
+        # Tombstones only need to outlive one more dump.
+        self._tombstones = {c: w for c, w in tombstones.items() if w >= window - 1}
+
+        acc_map, self._acc = self._acc, {}
+        if first:
+            return Window(level=self.level, baseline=True, sockets=len(dump))
+        return self._publish(acc_map, gauges, len(dump), unseen)
+
+    # -- publishing ------------------------------------------------------------------------------
+    def _publish(self, acc_map: dict[tuple, list[int]], gauges: dict[tuple, list[int]],
+                 sockets: int, unseen: int) -> Window:
+        diagnostics = self.level == "diagnostics"
+        # Collapse (peer, local) pairs per peer at the default level.
+        groups: dict[tuple, tuple[list[int], list[int] | None]] = {}
+        for key, acc in acc_map.items():
+            family, dst, src = key
+            gkey = key if diagnostics else (address(family, dst),)
+            g = gauges.get(key)
+            cur = groups.get(gkey)
+            if cur is None:
+                groups[gkey] = (list(acc), list(g) if g else None)
+                continue
+            tot, gg = cur
+            for i in range(_N):
+                tot[i] += acc[i]
+            if g:
+                if gg is None:
+                    groups[gkey] = (tot, list(g))
+                else:
+                    gg[0] = max(gg[0], g[0])
+                    gg[1] = max(gg[1], g[1])
+                    gg[2] = min(gg[2], g[2])
+                    gg[3] = max(gg[3], g[3])
+
+        events: list[dict[str, Any]] = []
+        for gkey, (tot, g) in groups.items():
+            ev: dict[str, Any] = dict(zip(_FIELDS, tot, strict=True))
+            if diagnostics:
+                family, dst, src = gkey
+                ev["peer"] = address(family, dst)
+                ev["local"] = address(family, src)
+            else:
+                ev["peer"] = gkey[0]
+            ev["level"] = self.level
+            if g is not None:
+                ev["rtt_us"], ev["rttvar_us"], ev["cwnd"], ev["retransmits"] = g
+            ev["flags"] = flags_of(ev)
+            if not diagnostics:
+                if not ev["flags"]:
+                    continue
+                ev = {k: ev[k] for k in DEFAULT_FIELDS if k in ev}
+            events.append(ev)
+
+        overflow = 0
+        if len(events) > self.max_peers:
+            events.sort(key=_sort_key, reverse=True)
+            overflow = len(events) - self.max_peers
+            del events[self.max_peers:]
+        attributed = {k: sum(e.get(k, 0) for e in events)
+                      for k in ("retrans_segs", "timeouts", "resets")}
+        return Window(events=events, level=self.level, overflow=overflow, attributed=attributed,
+                      peers_total=len(groups), sockets=sockets, unseen_closes=unseen)
+
+
+# -- residual -------------------------------------------------------------------------------------
+
+RESIDUAL_MIB: dict[str, tuple[str, str, str | None]] = {
+    # residual field: (MIB group, counter, the per-peer field attributed against it)
+    "retrans_segs": ("Tcp", "RetransSegs", "retrans_segs"),
+    "timeouts": ("TcpExt", "TCPTimeouts", "timeouts"),
+    "out_rsts": ("Tcp", "OutRsts", "resets"),
+    "estab_resets": ("Tcp", "EstabResets", None),
+}
+"""Host-wide counters (/proc/net/snmp, /proc/net/netstat) the residual is computed from."""
+
+
+def residual(mib_deltas: dict[str, dict[str, int]], window: Window) -> dict[str, int]:
+    """Host-wide MIB deltas minus what the published events carry, per residual field.
+
+    By construction ``sum(event[f]) + residual[f]`` equals the host-wide delta of the window.
+    The residual can be negative in one window and positive in the next: the MIB and the dump
+    are not read at the same instant, and counters a socket carries in from before it was
+    first seen (SYN-ACK retransmits of its request socket) count in the kernel earlier.
+    Fields whose MIB counter is missing are left out.
+    """
+    out: dict[str, int] = {}
+    for name, (group, counter, attributed) in RESIDUAL_MIB.items():
+        value = mib_deltas.get(group, {}).get(counter)
+        if value is not None:
+            out[name] = value - (window.attributed.get(attributed, 0) if attributed else 0)
+    return out
