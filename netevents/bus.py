@@ -302,7 +302,8 @@ class Bus:
     def subscribe(self, kinds: list[str] | tuple[str, ...] | None = None,
                   hosts: list[str] | tuple[str, ...] | None = None, site: str | None = None,
                   *, durable: str | None = None, queue_size: int = 10_000,
-                  pending_limit: int = 200_000, manual_ack: bool = False) -> Subscription:
+                  pending_limit: int = 200_000, manual_ack: bool = False,
+                  queue: str | None = None) -> Subscription:
         """An async iterator of decoded batches of the given kinds, hosts (globs) and site.
 
         ``durable`` uses a durable JetStream consumer of that name (per kind), so a consumer
@@ -311,11 +312,17 @@ class Bus:
         :meth:`Subscription.ack` (a consumer that holds batches before it has really handled
         them, like the archive's reorder window). Without ``durable``, a live core subscription.
 
+        ``queue`` joins a NATS queue group of that name (core subscriptions): each message goes
+        to one member, so several instances share a stream. A member then sees only part of
+        each (host, run, kind) sequence, so its holes are not losses: they are counted in
+        :attr:`Subscription.shared_holes`, not in ``missed`` (only the group's union can tell).
+        With ``durable``, members sharing one durable name share its messages the same way.
+
         Raises:
             SubjectError: for an unknown kind or an invalid site token.
         """
         return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size,
-                            pending_limit=pending_limit, manual_ack=manual_ack)
+                            pending_limit=pending_limit, manual_ack=manual_ack, queue=queue)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -446,8 +453,12 @@ class Subscription:
     """
 
     def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int,
-                 pending_limit: int = 200_000, manual_ack: bool = False):
+                 pending_limit: int = 200_000, manual_ack: bool = False,
+                 queue: str | None = None):
         self.bus = bus
+        self.queue = queue
+        self.shared_holes = 0
+        """Sequence holes of a queue-group member: batches that went to other members."""
         self.kinds = tuple(kinds) if kinds else ev.KINDS
         for k in self.kinds:
             if k not in ev.KINDS:
@@ -480,7 +491,7 @@ class Subscription:
         for kind in self.kinds:
             subject = filter_subject(kind, self.site, single_host)
             if self.durable is None:
-                sub = await self.bus.nc.subscribe(subject, cb=self._on_msg,
+                sub = await self.bus.nc.subscribe(subject, queue=self.queue or "", cb=self._on_msg,
                                                   pending_msgs_limit=self.pending_limit,
                                                   pending_bytes_limit=512 * 1024 * 1024)
                 self._subs.append(sub)
@@ -565,6 +576,9 @@ class Subscription:
         missed = self.tracker.observe(batch.host, batch.run, batch.kind, batch.seq)
         if missed < 0:
             return None  # duplicate of a batch already delivered
+        if self.queue and missed:
+            self.shared_holes += missed
+            missed = 0
         batch.missed = missed
         return batch
 

@@ -1,0 +1,232 @@
+"""Sans-IO Correlator: storms across hosts, path loss (delivered / lost / unknown in a gap),
+reason attribution, bounded state with evictions counted, missing input reported."""
+
+from __future__ import annotations
+
+import struct
+
+from netevents.codec import Batch, decode_batch, encode_batch
+from netevents.consumers.correlate import Correlator, fingerprint
+
+NS = 1_000_000_000
+T0 = 1_700_000_000 * NS
+ADDR = {"a": bytes([10, 0, 0, 1]), "b": bytes([10, 0, 0, 2]), "c": bytes([10, 0, 0, 3])}
+
+
+def head_udp(src: bytes, dst: bytes, ip_id: int, payload: bytes, ttl: int = 64) -> bytes:
+    udp = struct.pack("!HHHH", 4000, 5000, 8 + len(payload), 0xBEEF) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ip_id, 0, ttl, 17, ttl * 7, src, dst)
+    return (b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp)[:96]
+
+
+class Seq:
+    def __init__(self) -> None:
+        self.n: dict[tuple[str, str], int] = {}
+
+    def __call__(self, host: str, kind: str, skip: int = 0) -> int:
+        v = self.n.get((host, kind), 0) + 1 + skip
+        self.n[(host, kind)] = v
+        return v
+
+
+def batch(kind: str, host: str, seq: int, events, *, t0: int = T0, t1: int | None = None,
+          boot: str | None = None, missed: int = 0) -> Batch:
+    fields = {"boot": boot} if boot else {}
+    if kind == "frame":
+        fields.update(iface="eth0", worker=0, first_frame=0)
+    b = Batch(kind=kind, site="local", host=host, run="r-" + host, seq=seq, t0=t0,
+              t1=t1 if t1 is not None else t0 + NS, events=events, fields=fields)
+    out = decode_batch(encode_batch(b))  # the real wire format, both ways
+    out.missed = missed
+    return out
+
+
+def frames(host: str, seq: int, rows: list[tuple[int, int, str, str, int]], *, ttl: int = 64,
+           missed: int = 0) -> Batch:
+    """rows: (ts, dir, src host, dst host, ip_id)."""
+    cols: dict[str, list] = {k: [] for k in ("ts", "ts_src", "caplen", "len", "dir", "src", "dst",
+                                             "l4", "sport", "dport", "ip_id", "tcp_seq", "head")}
+    for ts, d, s, t, ip_id in rows:
+        head = head_udp(ADDR[s], ADDR[t], ip_id, f"payload-{ip_id:06d}".encode() * 3, ttl)
+        for k, v in (("ts", ts), ("ts_src", 1), ("caplen", len(head)), ("len", 200), ("dir", d),
+                     ("src", ADDR[s]), ("dst", ADDR[t]), ("l4", 17), ("sport", 4000),
+                     ("dport", 5000), ("ip_id", ip_id), ("tcp_seq", None), ("head", head)):
+            cols[k].append(v)
+    ts = [r[0] for r in rows] or [T0]
+    return batch("frame", host, seq, cols, t0=min(ts), t1=max(ts), missed=missed)
+
+
+def drop(host: str, seq: int, reason: str, location: str, count: int, ts: int, *,
+         source: str = "tracepoint", boot: str | None = None, **extra) -> Batch:
+    e = {"count": count, "source": source, "reason": reason, "location": location,
+         "first_ts": ts, "last_ts": ts, **extra}
+    return batch("drop", host, seq, [e], t0=ts, t1=ts + NS, boot=boot)
+
+
+def test_fingerprint_ignores_ttl_and_checksums_but_not_payload():
+    h1 = head_udp(ADDR["a"], ADDR["b"], 7, b"x" * 40, ttl=64)
+    h2 = head_udp(ADDR["a"], ADDR["b"], 7, b"x" * 40, ttl=63)
+    h3 = head_udp(ADDR["a"], ADDR["b"], 7, b"y" * 40, ttl=64)
+    assert h1 != h2
+    args = (ADDR["a"], ADDR["b"], 17, 4000, 5000, 7, None)
+    assert fingerprint(*args, h1) == fingerprint(*args, h2)
+    assert fingerprint(*args, h1) != fingerprint(*args, h3)
+    assert fingerprint(None, ADDR["b"], 17, 1, 2, 3, None, h1) is None
+
+
+def test_drop_storm_across_hosts_is_one_incident_with_counts():
+    c, seq = Correlator(window=10, storm_hosts=2), Seq()
+    out = c.feed(drop("a", seq("a", "drop"), "TCP_CSUM", "tcp_v4_rcv+0x1", 5, T0, source="counter"))
+    assert out == []
+    out = c.feed(drop("b", seq("b", "drop"), "TCP_CSUM", "tcp_v4_rcv+0x1", 7, T0 + NS, source="counter"))
+    assert len(out) == 1
+    inc = out[0]
+    assert inc.type == "drop_storm" and inc.hosts == ["a", "b"]
+    assert inc.details["per_host"]["a"]["count"] == 5 and inc.details["per_host"]["b"]["count"] == 7
+    assert inc.first_ts == T0 and inc.last_ts == T0 + NS
+    # the same hosts again: no new incident; a third host joins: one update of the same episode
+    assert c.feed(drop("a", seq("a", "drop"), "TCP_CSUM", "tcp_v4_rcv+0x1", 1, T0 + 2 * NS, source="counter")) == []
+    out = c.feed(drop("c", seq("c", "drop"), "TCP_CSUM", "tcp_v4_rcv+0x1", 2, T0 + 3 * NS, source="counter"))
+    assert [i.hosts for i in out] == [["a", "b", "c"]]
+    assert out[0].details["episode"] == inc.details["episode"] and out[0].details["update"]
+    # outside the window a single host does not make a storm
+    assert c.feed(drop("a", seq("a", "drop"), "X", "y", 1, T0, source="counter")) == []
+    assert c.feed(drop("b", seq("b", "drop"), "X", "y", 1, T0 + 30 * NS, source="counter")) == []
+
+
+def test_kernel_wide_drops_are_machine_wide_unless_the_event_names_the_namespace():
+    c, seq = Correlator(storm_hosts=2), Seq()
+    # two namespace hosts on one machine (same boot id), a third machine
+    for h in ("a", "b"):
+        c.feed(batch("status", h, seq(h, "status"), [{"version": "1"}], boot="boot-1111aaaa"))
+    c.feed(batch("status", "c", seq("c", "status"), [{"version": "1"}], boot="boot-2222bbbb"))
+    # both agents on machine 1 see the same kernel-wide drop: one machine-wide entity, not 2 hosts
+    out = c.feed(drop("a", seq("a", "drop"), "NETFILTER_DROP", "nf_hook_slow+0x9", 4, T0, boot="boot-1111aaaa"))
+    out += c.feed(drop("b", seq("b", "drop"), "NETFILTER_DROP", "nf_hook_slow+0x9", 4, T0, boot="boot-1111aaaa"))
+    assert out == []
+    assert c.attribute(c_batch := drop("a", 99, "R", "L", 1, T0, boot="boot-1111aaaa"),
+                       c_batch.events[0])[0] == "machine:boot-111"
+    # an eBPF event that names the namespace goes to that host
+    ent, how = c.attribute(drop("a", 99, "R", "L", 1, T0, boot="boot-1111aaaa", source="ebpf",
+                                netns_name="b", netns=4026532000),
+                           {"source": "ebpf", "netns_name": "b", "netns": 4026532000})
+    assert ent == "b" and "netns_name" in how
+    # a counter event teaches the inode of b's namespace; an eBPF event with only the inode
+    c.feed(drop("b", seq("b", "drop"), "UDP_RCVBUF_ERRORS", "Udp:RcvbufErrors", 1, T0,
+                source="counter", netns=4026532999, boot="boot-1111aaaa"))
+    assert c.attribute(drop("a", 99, "R", "L", 1, T0), {"source": "ebpf", "netns": 4026532999})[0] == "b"
+    # machine 2 (single host) + machine 1 (machine-wide) = a storm of 2 entities, said so
+    out = c.feed(drop("c", seq("c", "drop"), "NETFILTER_DROP", "nf_hook_slow+0x9", 3, T0 + NS, boot="boot-2222bbbb"))
+    assert len(out) == 1
+    assert out[0].hosts == ["c", "machine:boot-111"]
+    assert out[0].details["per_host"]["machine:boot-111"]["count"] == 4  # not 8: same drops
+    assert "machine-wide" in out[0].summary
+    assert out[0].details["machine_wide"] == ["machine:boot-111"]
+
+
+def _learn(c: Correlator, seq: Seq) -> None:
+    """a and b announce their addresses (an outgoing frame each to c)."""
+    c.feed(frames("a", seq("a", "frame"), [(T0, 4, "a", "c", 1)]))
+    c.feed(frames("b", seq("b", "frame"), [(T0, 4, "b", "c", 2)]))
+
+
+def test_path_loss_delivered_lost_and_unknown_in_a_capture_gap():
+    c, seq = Correlator(grace=2, report_interval=0), Seq()
+    _learn(c, seq)
+    base = T0 + NS
+    ids = list(range(100, 130))
+    ms = 10_000_000  # 10 ms between frames
+    c.feed(frames("a", seq("a", "frame"), [(base + i * ms, 4, "a", "b", i) for i in ids]))
+    # b sees all but 100..104 (lost) and 110..114 (inside a capture gap on b); TTL is lower there
+    arrived = [i for i in ids if not 100 <= i <= 104 and not 110 <= i <= 114]
+    gap_lo, gap_hi = base + 109 * ms + 50_000, base + 115 * ms + 50_000
+    c.feed(batch("gap", "b", seq("b", "gap"), [{"iface": "eth0", "lost": 5, "cause": "ring_full",
+                                                "after_ts": gap_lo, "before_ts": gap_hi}]))
+    c.feed(frames("b", seq("b", "frame"), [(base + i * ms + 50_000, 0, "a", "b", i) for i in arrived], ttl=63))
+    assert c.tick(base + 2 * NS) == []  # still within the grace period: nothing judged
+    incs = c.tick(base + 5 * NS)
+    paths = [i for i in incs if i.type == "path_loss"]
+    assert len(paths) == 1
+    d = paths[0].details
+    assert paths[0].hosts == ["a", "b"]
+    assert (d["delivered"], d["lost"], d["unknown"]) == (20, 5, 5)
+    assert d["delay_ns"]["p50"] == 50_000 and d["delay_ns"]["p99"] == 50_000
+    assert d["ts_src"] == {"software->software": 20}
+    assert paths[0].missing_input == {"a/frame": 0, "a/gap": 0, "b/frame": 0, "b/gap": 0}
+    assert c.path_table()[0]["lost"] == 5
+
+
+def test_arrival_before_departure_still_matches():
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    _learn(c, seq)
+    c.feed(frames("b", seq("b", "frame"), [(T0 + 2 * NS, 0, "a", "b", 77)]))
+    c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS - 10_000, 4, "a", "b", 77)]))
+    assert c.pairs[("a", "b")].delivered == 1
+    assert c.tick(T0 + 10 * NS) == []
+
+
+def test_loss_coinciding_with_a_drop_on_the_receiver_names_the_reason():
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    _learn(c, seq)
+    base = T0 + 5 * NS
+    c.feed(frames("a", seq("a", "frame"), [(base + i, 4, "a", "b", i) for i in range(3)]))
+    c.feed(drop("b", seq("b", "drop"), "NETFILTER_DROP", "nf_hook_slow+0x1f4", 3, base,
+                source="ebpf", netns_name="b"))
+    c.feed(drop("a", seq("a", "drop"), "OTHER_ON_A", "x", 3, base, source="counter"))
+    inc = [i for i in c.tick(base + 2 * NS) if i.type == "path_loss"][0]
+    assert inc.details["lost"] == 3
+    assert inc.details["reasons"] == {"NETFILTER_DROP": 3}
+    assert "NETFILTER_DROP" in inc.summary and "drop" in inc.inputs
+
+
+def test_missing_input_is_reported_from_sequence_holes():
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    _learn(c, seq)
+    c.feed(frames("a", seq("a", "frame", skip=3), [(T0 + NS, 4, "a", "b", 9)], missed=3))
+    inc = [i for i in c.tick(T0 + 5 * NS) if i.type == "path_loss"][0]
+    assert inc.missing_input["a/frame"] == 3 and inc.missing_input["b/frame"] == 0
+
+
+def test_missed_receiver_frame_batches_make_unknown_not_lost():
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    _learn(c, seq)
+    c.feed(frames("b", seq("b", "frame"), [(T0 + NS, 0, "c", "b", 1)]))
+    c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS, 4, "a", "b", 50)]))
+    # b's next frame batch comes after 2 missed ones: the time between is a hole
+    c.feed(frames("b", seq("b", "frame", skip=2), [(T0 + 3 * NS, 0, "c", "b", 2)], missed=2))
+    inc = [i for i in c.tick(T0 + 10 * NS) if i.type == "path_loss"][0]
+    assert (inc.details["lost"], inc.details["unknown"]) == (0, 1)
+    assert inc.missing_input["b/frame"] == 2
+
+
+def test_bounded_state_counts_evictions():
+    c, seq = Correlator(grace=1, max_frames=10, max_keys=5), Seq()
+    _learn(c, seq)
+    c.feed(frames("a", seq("a", "frame"), [(T0 + NS + i, 4, "a", "b", 1000 + i) for i in range(25)]))
+    assert len(c.departures) == 10
+    assert c.evicted["frames"] == 17  # 27 departures (2 from _learn) into 10 places
+    for i in range(8):
+        c.feed(drop("a", seq("a", "drop"), f"R{i}", "loc", 1, T0, source="counter"))
+    assert len(c.storms) == 5 and c.evicted["storms"] == 3
+    inc = [i for i in c.tick(T0 + 10 * NS) if i.type == "path_loss"][0]
+    assert inc.details["lost"] == 10 and inc.details["frames_evicted"] == 17
+
+
+def test_peer_view_joins_retransmits_drops_and_the_peers_view():
+    c, seq = Correlator(window=10), Seq()
+    _learn(c, seq)
+    c.feed(batch("ipstat", "b", seq("b", "ipstat"), [{"peer": "10.0.0.1", "segs_in": 40, "retrans_segs": 0}]))
+    c.feed(drop("b", seq("b", "drop"), "TCP_ZEROWINDOW", "tcp_data_queue+0x1", 6, T0 + NS, source="counter"))
+    out = c.feed(batch("ipstat", "a", seq("a", "ipstat"),
+                       [{"peer": "10.0.0.2", "retrans_segs": 9, "timeouts": 1, "flags": ["retrans"]}],
+                       t0=T0, t1=T0 + 2 * NS))
+    assert len(out) == 1
+    inc = out[0]
+    assert inc.type == "peer" and inc.hosts == ["a", "b"]
+    assert inc.details["retrans_segs"] == 9
+    assert inc.details["peer_drops"][0]["reason"] == "TCP_ZEROWINDOW"
+    assert inc.details["peer_view_of_sender"]["segs_in"] == 40
+    assert set(inc.inputs) == {"ipstat", "drop"}
+    # rate-limited within the window
+    assert c.feed(batch("ipstat", "a", seq("a", "ipstat"), [{"peer": "10.0.0.2", "retrans_segs": 3}],
+                        t0=T0 + 2 * NS, t1=T0 + 3 * NS)) == []
