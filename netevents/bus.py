@@ -481,7 +481,9 @@ class Subscription:
 
     @property
     def missed(self) -> int:
-        return self.tracker.missed()
+        # A queue-group member's holes are the other members' share (tracker.report() still
+        # shows them per host/kind; shared_holes is their total).
+        return self.tracker.missed() - self.shared_holes
 
     async def start(self) -> Subscription:
         if self._started:
