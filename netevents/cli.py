@@ -220,7 +220,7 @@ class _Keys:
 
 
 async def _draw(view: Any, stop: asyncio.Event, start_view: str, interval: float = 1.0) -> None:
-    keys = {"h": "hosts", "d": "drops", "c": "counters", "p": "peers"}
+    keys = getattr(view, "KEYS", None) or {"h": "hosts", "d": "drops", "c": "counters", "p": "peers"}
     current = start_view
     with _Keys() as kb:
         while not stop.is_set():
@@ -461,9 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("top", help="live fleet view: hosts, drop sites, counters, peers, own losses",
                        description="A live view of everything on the bus. Keys: h hosts, d drops, "
-                       "c counters, p peers, q quit.")
+                       "c counters, p peers, l path loss, i incidents (from `netevents correlate`), q quit.")
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
-    p.add_argument("--view", choices=("hosts", "drops", "counters", "peers"), default="hosts")
+    p.add_argument("--view", choices=("hosts", "drops", "counters", "peers", "paths", "incidents"),
+                   default="hosts")
     p.add_argument("--duration", type=_positive, metavar="S", help="collect S seconds, print once, exit")
     p.set_defaults(func=cmd_top)
 

@@ -133,6 +133,7 @@ class Departure:
     ts: int
     ts_src: int
     dst: str | None
+    src: str | None = None
 
 
 @dataclass(slots=True)
@@ -222,7 +223,9 @@ class Correlator:
         self.missed: Counter[tuple[str, str]] = Counter()
         # drop storms and recent drops per entity
         self.storms: OrderedDict[tuple[str, str], Storm] = OrderedDict()
-        self.recent_drops: deque[tuple[int, str, str, str, str, int]] = deque(maxlen=50_000)
+        self.recent_drops: deque[tuple] = deque(maxlen=50_000)
+        """(last_ts, entity, machine, reason, location, how, count, (flow src, dst) or None)"""
+        self.drop_totals: OrderedDict[tuple[str, str, str], list] = OrderedDict()
         # path loss
         self.departures: OrderedDict[bytes, Departure] = OrderedDict()
         self.arrivals: OrderedDict[bytes, Arrival] = OrderedDict()
@@ -270,6 +273,9 @@ class Correlator:
         netns = event.get("netns")
         if isinstance(netns, int) and netns in self.netns_host:
             return self.netns_host[netns], f"{source}: netns inode {netns}"
+        if isinstance(name, str) and name and name != "root":
+            # a namespace that is no host of the fleet (a router or bridge on the path)
+            return f"netns:{name}", f"{source}: netns_name {name} (not a fleet host)"
         boot = self.host_boot.get(batch.host) or batch.host
         sharing = [h for h, b in self.host_boot.items() if b == boot]
         if len(sharing) <= 1:
@@ -317,7 +323,11 @@ class Correlator:
             location = str(e.get("location") or "?")
             first = int(e.get("first_ts") or batch.t0)
             last = int(e.get("last_ts") or batch.t1)
-            self.recent_drops.append((last, entity, reason, location, how, count))
+            machine = self._machine_of(batch.host)
+            flow = e.get("flow") if isinstance(e.get("flow"), dict) else None
+            pair = (flow.get("src"), flow.get("dst")) if flow else None
+            self.recent_drops.append((last, entity, machine, reason, location, how, count, pair))
+            self._tally_drop(entity, reason, location, how, count)
             key = (reason, location)
             storm = self.storms.get(key)
             if storm is None:
@@ -412,7 +422,7 @@ class Correlator:
                 if len(self.departures) >= self.max_frames:
                     self.departures.popitem(last=False)
                     self.evicted["frames"] += 1
-                self.departures[fp] = Departure(host, ts, tss, addr_text(dst_c[i]))
+                self.departures[fp] = Departure(host, ts, tss, addr_text(dst_c[i]), addr_text(src_c[i]))
             elif d in _ARRIVING:
                 if d == 0:
                     self._learn_addr(addr_text(dst_c[i]), host)
@@ -495,22 +505,51 @@ class Correlator:
                    f"{details['timeouts']} timeouts")
         if details.get("peer_drops"):
             top = max(details["peer_drops"], key=lambda d: d["count"])
-            summary += f"; {b} dropped {top['count']} ({top['reason']})"
+            where = "" if top["scope"] == "host" else f", {top['scope']}"
+            summary += f"; {b} dropped {top['count']} ({top['reason']}{where})"
         inc = IncidentEvent(type="peer", summary=summary, hosts=hosts, first_ts=t0, last_ts=t1,
                             details=details, inputs=inputs,
                             missing_input=self.missing_for(set(hosts), inputs))
         return self._made(inc)
 
-    def _drops_at(self, host: str, t0: int, t1: int) -> list[dict[str, Any]]:
-        """Drops attributed to ``host`` (or machine-wide on its machine) with last_ts in [t0, t1]."""
+    def _tally_drop(self, entity: str, reason: str, location: str, how: str, count: int) -> None:
+        key = (entity, reason, location)
+        row = self.drop_totals.get(key)
+        if row is None:
+            if len(self.drop_totals) >= self.max_keys:
+                self.drop_totals.popitem(last=False)
+                self.evicted["drop_totals"] += 1
+            row = self.drop_totals[key] = [0, how]
+        row[0] += count
+
+    def drop_table(self) -> list[dict[str, Any]]:
+        """Drops per (entity, reason, location) with how they were attributed, largest first."""
+        rows = [{"entity": e, "reason": r, "location": loc, "count": n, "how": how}
+                for (e, r, loc), (n, how) in self.drop_totals.items()]
+        return sorted(rows, key=lambda d: -d["count"])
+
+    def _drops_at(self, host: str, t0: int, t1: int,
+                  flow: tuple[str | None, str | None] | None = None) -> list[dict[str, Any]]:
+        """Drops attributed to ``host``, or on its machine without a host (machine-wide, or a
+        namespace that is not a fleet host: on the path), with last_ts in [t0, t1]."""
         machine = self._machine_of(host)
         agg: Counter[tuple[str, str, str, str]] = Counter()
-        for ts, entity, reason, location, how, count in reversed(self.recent_drops):
+        for ts, entity, mach, reason, location, how, count, pair in reversed(self.recent_drops):
             if ts < t0 - 60 * NS:
                 break
-            if t0 <= ts <= t1 and entity in (host, machine):
-                scope = "host" if entity == host else "machine-wide"
-                agg[(reason, location, scope, how)] += count
+            if not t0 <= ts <= t1:
+                continue
+            if flow is not None and pair is not None and pair != flow:
+                continue  # the drop event names its packet's addresses: another flow
+            if entity == host:
+                scope = "host"
+            elif entity.startswith("machine:") and entity == machine:
+                scope = "machine-wide"
+            elif entity.startswith("netns:") and mach == machine:
+                scope = f"path ({entity[6:]})"
+            else:
+                continue
+            agg[(reason, location, scope, how)] += count
         return [{"reason": r, "location": loc, "scope": s, "attribution": how, "count": n}
                 for (r, loc, s, how), n in agg.most_common(8)]
 
@@ -536,8 +575,12 @@ class Correlator:
                 p.unknown += 1
             else:
                 p.lost += 1
-                for d in self._drops_at(b, dep.ts - 2 * NS, dep.ts + 2 * NS):
-                    label = d["reason"] if d["scope"] == "host" else f"{d['reason']} (machine-wide)"
+                # the drop volumes near the loss vote (a host's own drops before machine-wide)
+                near = self._drops_at(b, dep.ts - 2 * NS, dep.ts + 2 * NS, (dep.src, dep.dst))
+                own = [d for d in near if d["scope"] == "host"] or near
+                if own:
+                    d = max(own, key=lambda d: d["count"])
+                    label = d["reason"] if d["scope"] == "host" else f"{d['reason']} ({d['scope']})"
                     p.reasons[label] += 1
             judged.add((dep.host, b))
         # arrivals without a departure after 2 x grace: sender not captured or departure evicted

@@ -9,7 +9,7 @@ the closing report of ``up --duration``.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,8 @@ class AgentHealth:
 
 
 class FleetView:
-    VIEWS = ("hosts", "drops", "counters", "peers")
+    VIEWS = ("hosts", "drops", "counters", "peers", "paths", "incidents")
+    KEYS = {"h": "hosts", "d": "drops", "c": "counters", "p": "peers", "l": "paths", "i": "incidents"}
 
     def __init__(self, max_keys: int = 10_000) -> None:
         self.max_keys = max_keys
@@ -46,6 +47,14 @@ class FleetView:
         self.missed: Counter[tuple[str, str]] = Counter()
         self.evicted = 0
         self.started = time.monotonic()
+        self.incidents: deque[tuple[str, dict[str, Any]]] = deque(maxlen=200)
+        """Latest incidents from the bus: (correlator host, incident)."""
+        self.paths: dict[tuple[str, str], dict[str, Any]] = {}
+        """Per (from, to): the latest path_loss details a correlator published."""
+        self.gaps: Counter[str] = Counter()
+        """Frames lost by each host's capture (sum of gap.lost)."""
+        self.correlator: Any = None
+        """An in-process Correlator (netevents demo): its path table is shown live."""
         self.lag: dict[str, int] = {}
         """This viewer's own backlog (Subscription.lag()), refreshed by the feeding loop."""
 
@@ -76,6 +85,33 @@ class FleetView:
         elif batch.kind == "ipstat":
             for e in batch.events:
                 self._bounded(self.peers, (batch.host, str(e.get("peer"))), int(e.get("retrans_segs", 0)))
+        elif batch.kind == "gap":
+            for e in batch.events:
+                self.gaps[batch.host] += int(e.get("lost", 0))
+        elif batch.kind == "incident":
+            for e in batch.events:
+                self.incidents.append((batch.host, e))
+                d = e.get("details") or {}
+                if e.get("type") == "path_loss" and d.get("from") and d.get("to"):
+                    key = (str(d["from"]), str(d["to"]))
+                    if key in self.paths or len(self.paths) < self.max_keys:
+                        self.paths[key] = d
+                    else:
+                        self.evicted += 1
+
+    def path_rows(self) -> list[dict[str, Any]]:
+        """Path table: the in-process correlator's if there is one, else the latest incidents'."""
+        if self.correlator is not None:
+            return self.correlator.path_table()
+        rows = []
+        for (a, b), d in self.paths.items():
+            delay = d.get("delay_ns") or {}
+            reasons = d.get("reasons") or {}
+            rows.append({"from": a, "to": b, "delivered": d.get("delivered", 0),
+                         "lost": d.get("lost", 0), "unknown": d.get("unknown", 0),
+                         "p50_ns": delay.get("p50"), "p99_ns": delay.get("p99"),
+                         "reason": max(reasons, key=reasons.get) if reasons else None})
+        return sorted(rows, key=lambda r: (-r["lost"], -r["unknown"], r["from"], r["to"]))
 
     # -- accounting ----------------------------------------------------------------------------
     def agent_losses(self) -> dict[str, dict[str, int]]:
@@ -100,8 +136,26 @@ class FleetView:
             head += (f"\nTHIS VIEW IS BEHIND: {self.lag.get('queued', 0)} batches queued, "
                      f"{self.lag.get('pending', 0)} pending, "
                      f"{self.lag.get('slow_consumer_drops', 0)} dropped as a slow consumer")
-        lines = [head, "views: [h]osts [d]rops [c]ounters [p]eers   q quits", ""]
-        if view == "drops":
+        lines = [head, "views: [h]osts [d]rops [c]ounters [p]eers path [l]oss [i]ncidents   q quits", ""]
+        if view == "paths":
+            lines.append(f"{'from':<16} {'to':<16} {'delivered':>9} {'lost':>6} {'loss%':>6} "
+                         f"{'unknown':>7} {'p50 ms':>8} {'p99 ms':>8}  coincides with drops")
+            for r in self.path_rows()[:rows]:
+                judged = r["delivered"] + r["lost"]
+                pct = 100.0 * r["lost"] / judged if judged else 0.0
+                p50 = f"{r['p50_ns'] / 1e6:.3f}" if r.get("p50_ns") is not None else "-"
+                p99 = f"{r['p99_ns'] / 1e6:.3f}" if r.get("p99_ns") is not None else "-"
+                lines.append(f"{r['from']:<16} {r['to']:<16} {r['delivered']:>9} {r['lost']:>6} "
+                             f"{pct:>6.1f} {r['unknown']:>7} {p50:>8} {p99:>8}  {r.get('reason') or '-'}")
+            lines.append("unknown = missing while the receiver's capture had a gap (not counted as lost)")
+        elif view == "incidents":
+            lines.append(f"{'type':<11} {'hosts':<34} summary")
+            for _src, e in list(self.incidents)[::-1][:rows]:
+                hosts = ",".join(e.get("hosts") or [])
+                missing = sum((e.get("missing_input") or {}).values())
+                tail = f"  [missing input: {missing} batches]" if missing else ""
+                lines.append(f"{str(e.get('type')):<11} {hosts[:34]:<34} {e.get('summary')}{tail}")
+        elif view == "drops":
             lines.append(f"{'drops':>10}  {'host':<16} {'reason':<22} location")
             for (host, reason, loc), n in self.drop_sites.most_common(rows):
                 lines.append(f"{n:>10}  {host:<16} {reason:<22} {loc}")
@@ -116,14 +170,14 @@ class FleetView:
             for (host, peer), n in self.peers.most_common(rows):
                 lines.append(f"{n:>10}  {host:<16} {peer}")
         else:
-            lines.append(f"{'host':<18} {'run':<17} {'sources':<34} own losses")
+            lines.append(f"{'host':<18} {'run':<17} {'sources':<34} {'capture gaps':>12}  own losses")
             for host, health in sorted(self.agents.items()):
                 st = health.status
                 sources = ",".join(f"{k}:{(v or {}).get('state', '?')[:4]}"
                                    for k, v in (st.get("sources") or {}).items())
                 lost = {k: v for k, v in (st.get("lost") or {}).items() if v}
                 lost_s = ", ".join(f"{k}={v}" for k, v in lost.items()) or "none"
-                lines.append(f"{host:<18} {health.run:<17} {sources:<34} {lost_s}")
+                lines.append(f"{host:<18} {health.run:<17} {sources:<34} {self.gaps[host]:>12}  {lost_s}")
         return "\n".join(lines)
 
     def summary(self) -> str:

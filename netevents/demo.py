@@ -1,0 +1,359 @@
+"""`netevents demo`: a small fleet of namespace hosts with real faults, correlated live.
+
+Topology: a hub namespace with a bridge; N >= 3 host namespaces (host tokens = their names),
+each with ``eth0`` (10.231.X.i/24) joined to the bridge by a veth pair. Faults, all real kernel
+mechanisms:
+
+    lossy link      tbf (rate-limited, tiny queue) on the hub's port toward host 2: tail drops
+                    (QDISC_DROP) of everything sent to host 2 -> path loss h1->h2, h3->h2
+    firewall drop   an nftables input rule in host 3 drops UDP port 7777 (NETFILTER_DROP)
+    full rcvbuf     host 1 holds a UDP socket (port 9999) it never reads; host 2 sends to it
+                    (UDP RcvbufErrors in host 1's namespace)
+    capture gap     host 2's capture worker is stopped (SIGSTOP) for 2 s while host 1 sends a
+                    burst to host 2: its ring overflows, the gap record says so, and the frames
+                    missing at host 2 in that time are *unknown*, not lost
+
+Where the agents run (the choice the brief asks to state): in the ROOT namespace, one agent
+process per host with per-namespace options -- ``[capture] netns``, ``[drops] netns`` (counter
+drops), ``[ipstats] netns`` -- publishing to the embedded server on 127.0.0.1. A process inside
+a namespace could not reach the root namespace's loopback, and giving the bridge an address
+the server listens on would put the bus's own traffic on the captured interfaces. Kernel-wide
+drop events (tracepoint, or the eBPF source where it exists) come from host 1's agent only:
+they see every namespace of the machine; the eBPF source names the namespace, the tracepoint
+cannot, and the correlator then calls them machine-wide.
+
+Everything made is removed on exit, also after Ctrl-C / SIGTERM: processes by pid, then the
+namespaces (which takes their veths, qdiscs and nftables tables with them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CapabilityError
+
+log = logging.getLogger("netevents.demo")
+
+
+def _run(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), check=check, capture_output=True, text=True, input=input)
+
+
+@dataclass
+class Fleet:
+    """The namespaces and links of the demo; :meth:`build` makes them, :meth:`remove` undoes."""
+
+    hosts: int = 3
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
+    namespaces: list[str] = field(default_factory=list)
+    addrs: dict[str, str] = field(default_factory=dict)
+    hub: str = ""
+    net: str = ""
+
+    def __post_init__(self) -> None:
+        self.hub = f"ne-hub-{self.tag}"
+        self.names = [f"ne-h{i + 1}-{self.tag}" for i in range(self.hosts)]
+        self.net = f"10.231.{int(self.tag[:2], 16) % 200 + 20}"
+        self.addrs = {n: f"{self.net}.{i + 1}" for i, n in enumerate(self.names)}
+
+    def ns(self, name: str, *cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+        return _run("ip", "netns", "exec", name, *cmd, check=check, input=input)
+
+    def build(self, tbf_rate: str = "2mbit") -> None:
+        """Raises CapabilityError when something the demo needs is missing (root, ip, tc, nft)."""
+        if os.geteuid() != 0:
+            raise CapabilityError("root", "the demo creates network namespaces: run it as root")
+        for tool in ("ip", "tc", "nft"):
+            if shutil.which(tool) is None:
+                raise CapabilityError(tool, f"the demo needs the {tool} command (iproute2, nftables)")
+        try:
+            for name in (self.hub, *self.names):
+                _run("ip", "netns", "add", name)
+                self.namespaces.append(name)
+                self.ns(name, "ip", "link", "set", "lo", "up")
+            self.ns(self.hub, "ip", "link", "add", "br0", "type", "bridge")
+            self.ns(self.hub, "ip", "link", "set", "br0", "up")
+            for i, name in enumerate(self.names, start=1):
+                port, tmp = f"p{i}", f"nd{self.tag}{i}"
+                _run("ip", "link", "add", tmp, "netns", name, "type", "veth", "peer", "name", port,
+                     "netns", self.hub)
+                self.ns(name, "ip", "link", "set", tmp, "name", "eth0")
+                self.ns(name, "ip", "addr", "add", f"{self.addrs[name]}/24", "dev", "eth0")
+                self.ns(name, "ip", "link", "set", "eth0", "up")
+                self.ns(self.hub, "ip", "link", "set", port, "master", "br0")
+                self.ns(self.hub, "ip", "link", "set", port, "up")
+            # lossy link: the hub's port toward host 2 is slow with a short queue (tail drops)
+            self.ns(self.hub, "tc", "qdisc", "add", "dev", "p2", "root", "tbf", "rate", tbf_rate,
+                    "burst", "4kb", "limit", "12kb")
+            # firewall drop on host 3
+            self.ns(self.names[2], "nft", "-f", "-", input=(
+                "table inet ne_demo {\n chain input {\n  type filter hook input priority 0;\n"
+                "  udp dport 7777 drop\n }\n}\n"))
+        except subprocess.CalledProcessError as exc:
+            self.remove()
+            raise CapabilityError("netns", f"building the demo fleet failed: {' '.join(exc.cmd)}: "
+                                           f"{(exc.stderr or '').strip()}") from None
+
+    def remove(self) -> None:
+        for name in reversed(self.namespaces):
+            _run("ip", "netns", "del", name, check=False)
+        self.namespaces.clear()
+
+
+def ebpf_available() -> bool:
+    return importlib.util.find_spec("agents.ebpf") is not None
+
+
+def agent_config(fleet: Fleet, host: str, url: str, spool: Path, kernel_wide: bool) -> str:
+    """The TOML of one host's agent (runs in the root namespace, reads the host's namespace)."""
+    sources = ['"counter"']
+    if kernel_wide:
+        sources = ['"netdm"', *(['"ebpf"'] if ebpf_available() else []), '"tracepoint"', '"counter"']
+    return (f'[agent]\nbus = "{url}"\nhost = "{host}"\nsite = "demo"\nstatus_interval = 1.0\n'
+            f'spool_dir = "{spool}"\n\n'
+            f'[capture]\niface = "eth0"\nnetns = "{host}"\nsnaplen = 128\nhwtstamp = false\n'
+            f'block_size = 65536\nblock_nr = 4\nretire_tov_ms = 20\n\n'
+            f'[drops]\nsources = [{", ".join(sources)}]\nnetns = "{host}"\ninterval = 1.0\n\n'
+            f'[ipstats]\nnetns = "{host}"\ninterval = 2.0\nlevel = "diagnostics"\n')
+
+
+class Processes:
+    """Child processes of the demo, stopped by pid (SIGTERM, then SIGKILL)."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], log_path: Path) -> subprocess.Popen:
+        logf = open(log_path, "wb")  # noqa: SIM115 -- closed with the process
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        logf.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, grace: float = 8.0) -> None:
+        for _name, p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _name, p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
+
+def descendants(pid: int, marker: str) -> list[int]:
+    """Pids of ``pid``'s descendant processes whose command line contains ``marker``."""
+    parent: dict[int, int] = {}
+    cmd: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            cmd[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def under(p: int) -> bool:
+        seen = 0
+        while p in parent and seen < 64:
+            p = parent[p]
+            seen += 1
+            if p == pid:
+                return True
+        return False
+
+    return [p for p in parent if marker in cmd.get(p, "") and under(p)]
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    from .bus import EmbeddedServer, connect
+    from .consumers.correlate import Correlator, run_correlate
+    from .consumers.view import FleetView
+    from .events import to_wire
+
+    if args.hosts < 3:
+        from .errors import ConfigError
+
+        raise ConfigError("--hosts must be at least 3")
+    fleet = Fleet(hosts=args.hosts)
+    procs = Processes()
+    work = Path(tempfile.mkdtemp(prefix="netevents-demo-"))
+    server = EmbeddedServer(work / "nats", port=0)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    incidents: list[Any] = []
+    corr = Correlator(window=10.0, grace=2.0, report_interval=3.0)
+    view = FleetView()
+    view.correlator = corr
+    interactive = args.duration is None and sys.stdout.isatty()
+    say = (lambda m: None) if interactive else (lambda m: print(f"demo: {m}", file=sys.stderr, flush=True))
+    events_log: list[str] = []
+    try:
+        await asyncio.to_thread(fleet.build)
+        url = await server.start()
+        say(f"fleet {', '.join(fleet.names)} on {fleet.net}.0/24 via {fleet.hub}; bus {url}; logs {work}")
+        agents: dict[str, subprocess.Popen] = {}
+        for i, host in enumerate(fleet.names):
+            cfg_path = work / f"{host}.toml"
+            cfg_path.write_text(agent_config(fleet, host, url, work / f"spool-{host}", kernel_wide=(i == 0)))
+            agents[host] = procs.start(host, [sys.executable, "-m", "netevents.cli", "agent",
+                                              "--config", str(cfg_path)], work / f"agent-{host}.log")
+        async with connect(url, name="netevents-demo", streams=True) as bus:
+            ready = asyncio.Event()
+            corr_ready = asyncio.Event()
+            tasks = [asyncio.create_task(_feed(bus, view, stop, ready)),
+                     asyncio.create_task(run_correlate(url, stop=stop, correlator=corr,
+                                                       token="correlator-demo", site="demo",
+                                                       ready=corr_ready, tick_interval=0.5,
+                                                       on_incident=incidents.append))]
+            await ready.wait()
+            await corr_ready.wait()
+            # wait for every host's first status (its sources are running)
+            deadline = loop.time() + 20
+            while loop.time() < deadline and not stop.is_set():
+                if all(h in view.agents for h in fleet.names):
+                    break
+                await asyncio.sleep(0.2)
+            say(f"agents up: {sorted(view.agents)}")
+            await asyncio.sleep(1.5)  # capture rings open
+            a = fleet.addrs
+            h1, h2, h3 = fleet.names[:3]
+            traffic = {
+                h1: {"udp_peers": [a[h2], a[h3]], "tcp_to": a[h2], "fw_to": a[h3], "sink": True,
+                     "rcvbuf_sink": True, "burst_to": a[h2], "burst": 5000},
+                h2: {"udp_peers": [a[h1], a[h3]], "rcvbuf_to": a[h1], "sink": True},
+                h3: {"udp_peers": [a[h1], a[h2]], "tcp_to": a[h1], "sink": True},
+            }
+            for extra in fleet.names[3:]:
+                traffic[extra] = {"udp_peers": [a[h1], a[h3]], "sink": True}
+            gens = {}
+            for host, spec in traffic.items():
+                spec.setdefault("rate", 50)
+                gens[host] = procs.start(f"traffic-{host}", ["ip", "netns", "exec", host, sys.executable,
+                                                           "-m", "netevents.demo_traffic", json.dumps(spec)],
+                                         work / f"traffic-{host}.log")
+            say("traffic and faults running: lossy link hub->" + h2 + ", firewall on " + h3
+                + ", full UDP buffer on " + h1)
+            tasks.append(asyncio.create_task(_capture_gap(agents[h2], gens[h1], stop, say, events_log,
+                                                          delay=6.0)))
+            if interactive:
+                from .cli import _draw
+
+                await _draw(view, stop, "paths")
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(args.duration):
+                        await stop.wait()
+            say("stopping")
+            for t in tasks[2:]:
+                t.cancel()
+            # the last frames still get judged: traffic stops first, then one grace period
+            for g in gens.values():
+                with contextlib.suppress(ProcessLookupError):
+                    g.send_signal(signal.SIGTERM)
+            if not interactive:
+                await asyncio.sleep(3.0)
+            stop.set()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+    finally:
+        await asyncio.to_thread(procs.stop)
+        await server.stop()
+        await asyncio.to_thread(fleet.remove)
+        if not interactive and not getattr(args, "keep_logs", False):
+            shutil.rmtree(work, ignore_errors=True)
+    final = corr.tick(time.time_ns() + 10**10)
+    incidents.extend(final)
+    if args.duration is not None or not interactive:
+        summary = {"hosts": fleet.names, "addresses": fleet.addrs, "hub": fleet.hub,
+                   "paths": corr.path_table(), "drops": corr.drop_table(),
+                   "kernel_wide_source": "ebpf" if ebpf_available() else "tracepoint",
+                   "events": dict(view.events), "missed_batches": sum(view.missed.values()),
+                   "agent_losses": view.agent_losses(), "evicted": dict(corr.evicted),
+                   "faults": {"lossy_link": f"{fleet.hub} -> {fleet.names[1]} (tbf)",
+                              "firewall": f"{fleet.names[2]} udp dport 7777",
+                              "rcvbuf": f"{fleet.names[0]} udp 9999",
+                              "capture_gap": events_log}}
+        if args.json:
+            for inc in incidents:
+                print(json.dumps({"incident": to_wire(inc)}, default=str))
+            print(json.dumps({"summary": summary}, default=str))
+        else:
+            print(f"incidents seen: {len(incidents)}")
+            for inc in incidents:
+                print(f"  [{inc.type}] {inc.summary}")
+            print("path table (from -> to: delivered lost unknown, p50/p99 one-way delay, reason):")
+            for r in corr.path_table():
+                p50 = f"{r['p50_ns'] / 1e6:.3f}" if r["p50_ns"] is not None else "-"
+                p99 = f"{r['p99_ns'] / 1e6:.3f}" if r["p99_ns"] is not None else "-"
+                print(f"  {r['from']} -> {r['to']}: {r['delivered']} {r['lost']} {r['unknown']}, "
+                      f"{p50}/{p99} ms, {r['reason'] or '-'}")
+            print("drops by where they were attributed:")
+            for d in corr.drop_table():
+                print(f"  {d['entity']:<24} {d['reason']:<22} {d['count']:>7}  ({d['how']})")
+    return 0
+
+
+async def _feed(bus: Any, view: Any, stop: asyncio.Event, ready: asyncio.Event) -> None:
+    sub = bus.subscribe()
+    async with sub:
+        ready.set()
+        while not stop.is_set():
+            batch = await sub.next(timeout=0.2)
+            if batch is not None:
+                view.feed(batch)
+        view.lag = await sub.lag()
+
+
+async def _capture_gap(agent: subprocess.Popen, sender: subprocess.Popen, stop: asyncio.Event,
+                       say: Any, events_log: list[str], delay: float) -> None:
+    """Blind host 2's capture for 2 s while host 1 bursts at it: a real ring-full gap."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await stop.wait()
+    if stop.is_set():
+        return
+    workers = descendants(agent.pid, "agents.capture.workers")
+    if not workers:
+        say("capture gap: host 2's capture worker not found; skipped")
+        events_log.append("skipped: no capture worker")
+        return
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(0.3)
+        sender.send_signal(signal.SIGUSR1)
+        events_log.append(f"SIGSTOP capture worker(s) {workers} at {time.time_ns()}, burst sent")
+        say(f"capture gap: host 2's capture stopped 2 s (pids {workers}) while host 1 sends a burst")
+        await asyncio.sleep(2.0)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        events_log.append(f"SIGCONT at {time.time_ns()}")
