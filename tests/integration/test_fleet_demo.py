@@ -1,0 +1,92 @@
+"""The demo fleet as the integration test: >= 3 namespace hosts, one agent each, a real
+nats-server, real faults (tbf tail drops on the hub's link to host 2, an nftables drop on host
+3, a full UDP receive buffer on host 1, host 2's capture stopped during a burst). One run
+(~35 s) serves every test here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "tc", "nft")):
+        pytest.skip("needs root, iproute2 (ip, tc) and nftables to build namespace hosts")
+    if not Path("/sys/kernel/tracing/events/skb/kfree_skb").exists():
+        pytest.skip("needs tracefs with the skb:kfree_skb tracepoint")
+    before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    proc = subprocess.run([sys.executable, "-m", "netevents.cli", "demo", "--duration", "22", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=150)
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    incidents = [ln["incident"] for ln in lines if "incident" in ln]
+    summary = next(ln["summary"] for ln in lines if "summary" in ln)
+    return {"incidents": incidents, "summary": summary, "stderr": proc.stderr,
+            "leftover": [n for n in after.split() if n.startswith("ne-") and n not in before
+                         and any(n.endswith(h[-5:]) for h in summary["hosts"])]}
+
+
+def _pair(summary, a, b):
+    return next((r for r in summary["paths"] if r["from"] == a and r["to"] == b), None)
+
+
+def test_loss_on_one_link_is_an_incident_naming_the_right_pair(demo):
+    h1, h2, h3 = demo["summary"]["hosts"][:3]
+    paths = [i for i in demo["incidents"] if i["type"] == "path_loss"]
+    assert any(i["hosts"] == [h1, h2] and i["details"]["lost"] > 0 for i in paths), \
+        [i["summary"] for i in paths]
+    # the links to hosts 1 and 3 are not lossy: frames to them are all delivered
+    for a, b in ((h2, h1), (h1, h3), (h2, h3), (h3, h1)):
+        row = _pair(demo["summary"], a, b)
+        assert row is not None and row["delivered"] > 100, (a, b, row)
+        assert row["lost"] <= row["delivered"] * 0.01, (a, b, row)
+    inc = [i for i in paths if i["hosts"] == [h1, h2]][-1]
+    assert {"frame", "gap"} <= set(inc["inputs"])
+    assert set(inc["missing_input"]) == {f"{h}/{k}" for h in (h1, h2) for k in ("frame", "gap")}
+    assert inc["details"]["ts_src"], "timestamp sources stated"
+
+
+def test_loss_hidden_by_a_capture_gap_is_unknown_not_lost(demo):
+    h1, h2 = demo["summary"]["hosts"][:2]
+    assert any("SIGSTOP" in e for e in demo["summary"]["faults"]["capture_gap"]), demo["summary"]["faults"]
+    row = _pair(demo["summary"], h1, h2)
+    # the 5000-datagram burst went out while h2's capture was stopped: its ring overflowed
+    assert row["unknown"] > 500, row
+    # ... and those are not counted as lost: the judged loss stays that of the slow link alone
+    assert row["lost"] < 0.5 * (row["delivered"] + row["lost"]), row
+
+
+def test_full_udp_receive_buffer_is_attributed_to_its_host(demo):
+    h1 = demo["summary"]["hosts"][0]
+    rows = [d for d in demo["summary"]["drops"]
+            if d["entity"] == h1 and d["reason"] == "UDP_RCVBUF_ERRORS"]
+    assert rows and rows[0]["count"] > 10, demo["summary"]["drops"][:10]
+    assert "own namespace" in rows[0]["how"]
+
+
+def test_firewall_drop_is_attributed_to_its_host_with_netfilter_drop(demo):
+    h3 = demo["summary"]["hosts"][2]
+    drops = demo["summary"]["drops"]
+    if demo["summary"]["kernel_wide_source"] != "ebpf":
+        # The tracepoint cannot tell the namespace: the drop must be reported machine-wide,
+        # never given to a host on a guess.
+        nf = [d for d in drops if d["reason"] == "NETFILTER_DROP"]
+        assert nf and all(d["entity"].startswith("machine:") for d in nf), nf
+        pytest.skip("attribution to the namespace host needs the eBPF drop source (netns); "
+                    "the tracepoint's NETFILTER_DROP was correctly reported machine-wide")
+    nf = [d for d in drops if d["entity"] == h3 and d["reason"] == "NETFILTER_DROP"]
+    assert nf and nf[0]["count"] > 10, drops[:10]
+
+
+def test_everything_removed(demo):
+    assert demo["leftover"] == []
