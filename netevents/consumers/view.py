@@ -49,6 +49,7 @@ class FleetView:
         self.started = time.monotonic()
         self.incidents: deque[tuple[str, dict[str, Any]]] = deque(maxlen=200)
         """Latest incidents from the bus: (correlator host, incident)."""
+        self.incident_counts: Counter[str] = Counter()
         self.paths: dict[tuple[str, str], dict[str, Any]] = {}
         """Per (from, to): the latest path_loss details a correlator published."""
         self.gaps: Counter[str] = Counter()
@@ -91,6 +92,7 @@ class FleetView:
         elif batch.kind == "incident":
             for e in batch.events:
                 self.incidents.append((batch.host, e))
+                self.incident_counts[str(e.get("type"))] += 1
                 d = e.get("details") or {}
                 if e.get("type") == "path_loss" and d.get("from") and d.get("to"):
                     key = (str(d["from"]), str(d["to"]))
