@@ -288,7 +288,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         await asyncio.to_thread(fleet.remove)
         if not interactive and not getattr(args, "keep_logs", False):
             shutil.rmtree(work, ignore_errors=True)
-    final = corr.tick(time.time_ns() + 10**10)
+    final = corr.tick(time.time_ns() + 10**10, flush=True)
     incidents.extend(final)
     if args.duration is not None or not interactive:
         summary = {"hosts": fleet.names, "addresses": fleet.addrs, "hub": fleet.hub,

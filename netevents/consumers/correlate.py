@@ -98,23 +98,30 @@ def fingerprint(src: bytes | None, dst: bytes | None, l4: int | None, sport: int
     """A 16-byte digest of what stays the same on every hop; None for frames without L3 keys."""
     if not src or not dst or l4 is None:
         return None
-    h = hashlib.blake2b(digest_size=16)
-    h.update(bytes(src))
-    h.update(bytes(dst))
-    h.update(f"{l4}/{sport}/{dport}/{ip_id}/{tcp_seq}".encode())
-    h.update(_l4_payload(head, l4))
-    return h.digest()
+    return hashlib.blake2b(b"".join((bytes(src), bytes(dst), repr((l4, sport, dport, ip_id, tcp_seq)).encode(),
+                                     _l4_payload(head, l4))), digest_size=16).digest()
+
+
+_ADDR_CACHE: dict[bytes, str | None] = {}
 
 
 def addr_text(raw: Any) -> str | None:
+    """An address in a frame column (4 or 16 bytes) as text; cached (ipaddress is slow)."""
     if raw is None:
         return None
     if isinstance(raw, str):
         return raw
-    try:
-        return str(ipaddress.ip_address(bytes(raw)))
-    except ValueError:
-        return None
+    raw = bytes(raw)
+    text = _ADDR_CACHE.get(raw)
+    if text is None and raw not in _ADDR_CACHE:
+        try:
+            text = str(ipaddress.ip_address(raw))
+        except ValueError:
+            text = None
+        if len(_ADDR_CACHE) >= 65536:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[raw] = text
+    return text
 
 
 def _quantile(values: list[int], q: float) -> int | None:
@@ -215,6 +222,8 @@ class Correlator:
         self.peer_min_retrans = peer_min_retrans
         self.evicted: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
+        self.stream_time = 0
+        """The latest batch end time fed (ns): the correlator's clock (see :meth:`tick`)."""
         # where hosts are: address -> host, host -> boot id, netns inode -> host
         self.addr_host: OrderedDict[str, str] = OrderedDict()
         self.host_boot: dict[str, str] = {}
@@ -243,7 +252,7 @@ class Correlator:
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _learn_addr(self, addr: str | None, host: str) -> None:
-        if not addr:
+        if not addr or self.addr_host.get(addr) == host:
             return
         if addr in self.addr_host:
             self.addr_host.move_to_end(addr)
@@ -291,6 +300,8 @@ class Correlator:
     def feed(self, batch: Batch) -> list[IncidentEvent]:
         """Take one batch; returns the incidents it completes (most come from :meth:`tick`)."""
         self.counts[batch.kind] += 1
+        if batch.t1 > self.stream_time:
+            self.stream_time = batch.t1
         if batch.host not in self.host_boot and len(self.host_boot) >= self.max_keys:
             self.evicted["hosts"] += 1
         else:
@@ -411,7 +422,8 @@ class Correlator:
                 continue
             ts, tss, d = int(ts_c[i]), int(tss_c[i] or 0), dir_c[i]
             if d == PACKET_OUTGOING:
-                self._learn_addr(addr_text(src_c[i]), host)
+                src_t = addr_text(src_c[i])
+                self._learn_addr(src_t, host)
                 arr = self.arrivals.pop(fp, None)
                 if arr is not None:
                     self._delivered(host, arr.host, ts, tss, arr.ts, arr.ts_src)
@@ -422,7 +434,7 @@ class Correlator:
                 if len(self.departures) >= self.max_frames:
                     self.departures.popitem(last=False)
                     self.evicted["frames"] += 1
-                self.departures[fp] = Departure(host, ts, tss, addr_text(dst_c[i]), addr_text(src_c[i]))
+                self.departures[fp] = Departure(host, ts, tss, addr_text(dst_c[i]), src_t)
             elif d in _ARRIVING:
                 if d == 0:
                     self._learn_addr(addr_text(dst_c[i]), host)
@@ -554,9 +566,16 @@ class Correlator:
                 for (r, loc, s, how), n in agg.most_common(8)]
 
     # -- the clock -----------------------------------------------------------------------------
-    def tick(self, now: int | None = None) -> list[IncidentEvent]:
-        """Judge departures older than ``grace``; emit path_loss incidents. ``now`` in ns."""
+    def tick(self, now: int | None = None, *, flush: bool = False) -> list[IncidentEvent]:
+        """Judge departures older than ``grace``; emit path_loss incidents. ``now`` in ns.
+
+        Frames are judged against the stream's clock, ``min(now, stream_time)``: a consumer
+        that runs behind must not call a frame lost whose arrival is still in its backlog.
+        ``flush`` (at shutdown) judges against ``now`` alone.
+        """
         now = time.time_ns() if now is None else now
+        if not flush:
+            now = min(now, self.stream_time)
         judged: set[tuple[str, str]] = set()
         while self.departures:
             fp, dep = next(iter(self.departures.items()))
@@ -721,7 +740,7 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                 if loop.time() >= next_tick:
                     next_tick = loop.time() + tick_interval
                     await publish(corr.tick())
-            await publish(corr.tick())
+            await publish(corr.tick(flush=True))
             corr.counts["rejected"] = sum(sub.rejected.values())
             corr.counts["dropped_by_queue"] = sub.dropped
             await bus.flush()

@@ -19,6 +19,17 @@ def head_udp(src: bytes, dst: bytes, ip_id: int, payload: bytes, ttl: int = 64) 
     return (b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp)[:96]
 
 
+def advance(c: Correlator, t: int) -> None:
+    """Move the stream's clock: a status batch from an uninvolved host ending at ``t``."""
+    c.feed(batch("status", "clock", int(t // NS), [{"version": "t"}], t0=t - NS, t1=t))
+
+
+def tick(c: Correlator, t: int) -> list:
+    """The stream's clock reaches ``t``, then the correlator ticks at wall time ``t``."""
+    advance(c, t)
+    return c.tick(t)
+
+
 class Seq:
     def __init__(self) -> None:
         self.n: dict[tuple[str, str], int] = {}
@@ -143,8 +154,8 @@ def test_path_loss_delivered_lost_and_unknown_in_a_capture_gap():
     c.feed(batch("gap", "b", seq("b", "gap"), [{"iface": "eth0", "lost": 5, "cause": "ring_full",
                                                 "after_ts": gap_lo, "before_ts": gap_hi}]))
     c.feed(frames("b", seq("b", "frame"), [(base + i * ms + 50_000, 0, "a", "b", i) for i in arrived], ttl=63))
-    assert c.tick(base + 2 * NS) == []  # still within the grace period: nothing judged
-    incs = c.tick(base + 5 * NS)
+    assert tick(c, base + 2 * NS) == []  # still within the grace period: nothing judged
+    incs = tick(c, base + 5 * NS)
     paths = [i for i in incs if i.type == "path_loss"]
     assert len(paths) == 1
     d = paths[0].details
@@ -162,7 +173,7 @@ def test_arrival_before_departure_still_matches():
     c.feed(frames("b", seq("b", "frame"), [(T0 + 2 * NS, 0, "a", "b", 77)]))
     c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS - 10_000, 4, "a", "b", 77)]))
     assert c.pairs[("a", "b")].delivered == 1
-    assert c.tick(T0 + 10 * NS) == []
+    assert tick(c, T0 + 10 * NS) == []
 
 
 def test_loss_coinciding_with_a_drop_on_the_receiver_names_the_reason():
@@ -173,7 +184,7 @@ def test_loss_coinciding_with_a_drop_on_the_receiver_names_the_reason():
     c.feed(drop("b", seq("b", "drop"), "NETFILTER_DROP", "nf_hook_slow+0x1f4", 3, base,
                 source="ebpf", netns_name="b"))
     c.feed(drop("a", seq("a", "drop"), "OTHER_ON_A", "x", 3, base, source="counter"))
-    inc = [i for i in c.tick(base + 2 * NS) if i.type == "path_loss"][0]
+    inc = [i for i in tick(c, base + 2 * NS) if i.type == "path_loss"][0]
     assert inc.details["lost"] == 3
     assert inc.details["reasons"] == {"NETFILTER_DROP": 3}
     assert "NETFILTER_DROP" in inc.summary and "drop" in inc.inputs
@@ -183,7 +194,7 @@ def test_missing_input_is_reported_from_sequence_holes():
     c, seq = Correlator(grace=1, report_interval=0), Seq()
     _learn(c, seq)
     c.feed(frames("a", seq("a", "frame", skip=3), [(T0 + NS, 4, "a", "b", 9)], missed=3))
-    inc = [i for i in c.tick(T0 + 5 * NS) if i.type == "path_loss"][0]
+    inc = [i for i in tick(c, T0 + 5 * NS) if i.type == "path_loss"][0]
     assert inc.missing_input["a/frame"] == 3 and inc.missing_input["b/frame"] == 0
 
 
@@ -194,7 +205,7 @@ def test_missed_receiver_frame_batches_make_unknown_not_lost():
     c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS, 4, "a", "b", 50)]))
     # b's next frame batch comes after 2 missed ones: the time between is a hole
     c.feed(frames("b", seq("b", "frame", skip=2), [(T0 + 3 * NS, 0, "c", "b", 2)], missed=2))
-    inc = [i for i in c.tick(T0 + 10 * NS) if i.type == "path_loss"][0]
+    inc = [i for i in tick(c, T0 + 10 * NS) if i.type == "path_loss"][0]
     assert (inc.details["lost"], inc.details["unknown"]) == (0, 1)
     assert inc.missing_input["b/frame"] == 2
 
@@ -208,7 +219,7 @@ def test_bounded_state_counts_evictions():
     for i in range(8):
         c.feed(drop("a", seq("a", "drop"), f"R{i}", "loc", 1, T0, source="counter"))
     assert len(c.storms) == 5 and c.evicted["storms"] == 3
-    inc = [i for i in c.tick(T0 + 10 * NS) if i.type == "path_loss"][0]
+    inc = [i for i in tick(c, T0 + 10 * NS) if i.type == "path_loss"][0]
     assert inc.details["lost"] == 10 and inc.details["frames_evicted"] == 17
 
 
@@ -230,3 +241,17 @@ def test_peer_view_joins_retransmits_drops_and_the_peers_view():
     # rate-limited within the window
     assert c.feed(batch("ipstat", "a", seq("a", "ipstat"), [{"peer": "10.0.0.2", "retrans_segs": 3}],
                         t0=T0 + 2 * NS, t1=T0 + 3 * NS)) == []
+
+
+def test_a_consumer_running_behind_does_not_judge_frames_still_in_its_backlog():
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    _learn(c, seq)
+    c.feed(frames("a", seq("a", "frame"), [(T0 + NS, 4, "a", "b", 42)]))
+    # wall clock a minute later, but the stream has only reached T0 + 1 s: nothing judged
+    assert c.tick(T0 + 60 * NS) == [] and len(c.departures) == 1
+    c.feed(frames("b", seq("b", "frame"), [(T0 + NS + 5000, 0, "a", "b", 42)]))
+    assert c.pairs[("a", "b")].delivered == 1 and c.pairs[("a", "b")].lost == 0
+    # at shutdown, flush judges against the wall clock
+    c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS, 4, "a", "b", 43)]))
+    inc = c.tick(T0 + 60 * NS, flush=True)
+    assert inc and inc[0].details["lost"] == 1

@@ -1,0 +1,270 @@
+"""Fleet simulation: >= 1000 simulated agents against a real nats-server, with the correlator
+and a FleetView aggregator consuming.
+
+    python bench/fleet.py [--agents 1000] [--duration 60] [--procs 2] [--frames 8] [--rate 1]
+
+Layout (the choice the brief asks to state): ``--procs`` publisher processes, each with ONE
+NATS connection carrying its share of the agents as asyncio tasks (1000 agents = 2 processes x
+500 tasks), so the machine's 2 cores are not spent on 1000 interpreters. Every agent has its own
+host token and run id and publishes real v1 batches through netevents.codec every 1/rate s:
+``drop`` (3 events), ``ipstat`` (4 peers), ``frame`` (column-wise, ``--frames`` rows leaving
+it toward the next agent, and the same frames arriving at that agent with 1% missing: the
+correlator really matches them), ``gap`` every 10th window, ``status`` every 5 s. Core NATS
+publishes (what agents without JetStream acks do); the consumers are core subscriptions.
+
+Two consumer processes: the Correlator (every input kind it uses) and a FleetView (every kind).
+Each reports batches and events received, its missed batches (sequence holes, per the
+tracker), the largest lag it saw (Subscription.lag()), slow-consumer drops and its peak RSS.
+The publishers report exactly what they sent, so "missed" is checked against the count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import resource
+import struct
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+NS = 1_000_000_000
+
+
+def _head(src: bytes, dst: bytes, ip_id: int, n: int) -> bytes:
+    payload = f"bench {n:012d}".encode().ljust(48, b".")
+    udp = struct.pack("!HHHH", 4000, 5000, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ip_id, 0, 64, 17, 0, src, dst)
+    return (b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp)[:96]
+
+
+def _frames(rows: list[tuple]) -> dict[str, list]:
+    cols: dict[str, list] = {k: [] for k in ("ts", "ts_src", "caplen", "len", "dir", "src", "dst",
+                                             "l4", "sport", "dport", "ip_id", "tcp_seq", "head")}
+    for ts, d, src, dst, ip_id, head in rows:
+        for k, v in (("ts", ts), ("ts_src", 1), ("caplen", 96), ("len", 110), ("dir", d),
+                     ("src", src), ("dst", dst), ("l4", 17), ("sport", 4000), ("dport", 5000),
+                     ("ip_id", ip_id), ("tcp_seq", None), ("head", head)):
+            cols[k].append(v)
+    return cols
+
+
+def publisher(index: int, url: str, agents: range, total_agents: int, duration: float, rate: float,
+              n_frames: int, out: mp.Queue) -> None:
+    from netevents.bus import connect
+    from netevents.codec import Batch
+
+    async def agent(bus, i: int, stop_at: float, sent: dict) -> None:
+        host = f"sim-{i:05d}"
+        run = os.urandom(6).hex()
+        seq: dict[str, int] = {}
+        me = bytes([10, 100 + i // 65536, (i // 256) % 256, i % 256])
+        j = (i + 1) % total_agents
+        nxt = bytes([10, 100 + j // 65536, (j // 256) % 256, j % 256])
+        period = 1.0 / rate
+        await asyncio.sleep((i % 997) / 997 * period)  # spread the agents over the period
+        w = 0
+        frame_no = 0
+        loop = asyncio.get_running_loop()
+        while loop.time() < stop_at:
+            w += 1
+            now = time.time_ns()
+
+            async def pub(kind: str, events, host=host, run=run, now=now, **fields) -> None:
+                key = f"{host}/{kind}"
+                seq[key] = seq.get(key, 0) + 1
+                b = Batch(kind=kind, site="bench", host=host, run=run, seq=seq[key], t0=now - NS,
+                          t1=now, events=events, fields=fields)
+                await bus.publish(b)
+                sent["batches"] += 1
+                sent["events"] += len(b)
+
+            await pub("drop", [{"count": 1 + (w + k) % 5, "source": "tracepoint",
+                                "reason": ("NETFILTER_DROP", "TCP_CSUM", "QDISC_DROP")[k],
+                                "location": f"site_{k}+0x{(i % 7) * 16:x}", "first_ts": now - NS // 2,
+                                "last_ts": now} for k in range(3)], mode="alert")
+            await pub("ipstat", [{"peer": f"10.200.{(i + k) % 256}.{k}", "retrans_segs": (w * k) % 3,
+                                  "segs_out": 100, "sockets": 2} for k in range(4)])
+            if n_frames:
+                rows = []
+                for _ in range(n_frames):
+                    frame_no += 1
+                    ip_id = frame_no & 0xFFFF
+                    rows.append((now, 4, me, nxt, ip_id, _head(me, nxt, ip_id, frame_no)))
+                await pub("frame", _frames(rows), iface="eth0", worker=0, first_frame=frame_no)
+                # the same frames arriving at the next agent (a sibling task's host), 1% lost
+                first = frame_no - len(rows) + 1
+                arrived = [(ts + 50_000, 0, s, d, ip, h) for k, (ts, _d, s, d, ip, h) in enumerate(rows)
+                           if (first + k) % 100]
+                rhost = f"sim-{j:05d}"
+                await pub("frame", _frames(arrived), host=rhost, run=run + "-rx", iface="eth0",
+                          worker=0, first_frame=frame_no)
+            if w % 10 == 0:
+                await pub("gap", [{"iface": "eth0", "lost": 1, "cause": "ring_full",
+                                   "after_ts": now - NS // 2, "before_ts": now - NS // 2 + 1000}])
+            if w % max(1, int(5 * rate)) == 1:
+                await pub("status", [{"version": "bench", "uptime": w * period,
+                                      "lost": {"queue.drop": 0, "publish.frame": 0}}])
+            await asyncio.sleep(max(0.0, period - (time.time_ns() - now) / NS))
+
+    async def main() -> None:
+        sent = {"batches": 0, "events": 0}
+        async with connect(url, name=f"bench-pub-{index}") as bus:
+            out.put(("ready", index))
+            stop_at = asyncio.get_running_loop().time() + duration
+            await asyncio.gather(*(agent(bus, i, stop_at, sent) for i in agents))
+            await bus.flush(timeout=30)
+        out.put(("published", index, sent, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+
+    asyncio.run(main())
+
+
+def consumer(name: str, url: str, duration: float, out: mp.Queue) -> None:
+    from netevents.bus import connect
+    from netevents.consumers.correlate import INPUT_KINDS, Correlator
+    from netevents.consumers.view import FleetView
+
+    async def main() -> None:
+        corr = Correlator(grace=2.0) if name == "correlator" else None
+        view = FleetView() if name == "view" else None
+        stats = {"batches": 0, "events": 0, "max_queued": 0, "max_pending": 0, "incidents": 0}
+        async with connect(url, name=f"bench-{name}") as bus:
+            sub = bus.subscribe(INPUT_KINDS if corr else None, site="bench")
+            async with sub:
+                await bus.flush()
+                out.put(("ready", name))
+                loop = asyncio.get_running_loop()
+                end = loop.time() + duration + 600  # stopped by the idle rule below
+                idle_since = None
+                next_lag = loop.time()
+                started = None
+                last_rx = None
+                while loop.time() < end:
+                    batch = await sub.next(timeout=0.5)
+                    now = loop.time()
+                    if batch is None:
+                        idle_since = idle_since or now
+                        if started is not None and now - idle_since > 5.0:
+                            break
+                    else:
+                        idle_since = None
+                        started = started or now
+                        last_rx = now
+                        stats["batches"] += 1
+                        stats["events"] += len(batch)
+                        if corr is not None:
+                            stats["incidents"] += len(corr.feed(batch))
+                        else:
+                            view.feed(batch)
+                    if now >= next_lag:
+                        next_lag = now + 1.0
+                        lag = await sub.lag()
+                        stats["max_queued"] = max(stats["max_queued"], lag["queued"])
+                        stats["max_pending"] = max(stats["max_pending"], lag["pending"])
+                        if corr is not None:
+                            stats["incidents"] += len(corr.tick())
+                if corr is not None:
+                    stats["incidents"] += len(corr.tick(flush=True))
+                lag = await sub.lag()
+                stats.update(missed=sub.missed, rejected=sum(sub.rejected.values()),
+                             dropped=sub.dropped, slow_consumer_drops=lag["slow_consumer_drops"],
+                             active_s=(last_rx - started) if started and last_rx else 0.0,
+                             maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                if corr is not None:
+                    stats.update(evicted=dict(corr.evicted), counts={k: v for k, v in corr.counts.items() if not k.startswith("incident")},
+                                 delivered=sum(p.delivered for p in corr.pairs.values()),
+                                 lost=sum(p.lost for p in corr.pairs.values()),
+                                 unknown=sum(p.unknown for p in corr.pairs.values()))
+        out.put(("consumed", name, stats))
+
+    asyncio.run(main())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of publishing (default 60)")
+    ap.add_argument("--procs", type=int, default=2, help="publisher processes (default 2)")
+    ap.add_argument("--frames", type=int, default=8, help="frames per agent and window (default 8)")
+    ap.add_argument("--rate", type=float, default=1.0, help="windows per agent per second (default 1)")
+    ap.add_argument("--url", help="use this server instead of starting one")
+    args = ap.parse_args()
+
+    from netevents.bus import EmbeddedServer
+
+    server = None
+    url = args.url
+    if url is None:
+        server = EmbeddedServer(port=0)
+        url = server.start_blocking()
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()
+    procs = []
+    try:
+        for name in ("correlator", "view"):
+            p = ctx.Process(target=consumer, args=(name, url, args.duration, q))
+            p.start()
+            procs.append(p)
+        for _ in range(2):
+            q.get(timeout=60)
+        share = (args.agents + args.procs - 1) // args.procs
+        pubs = []
+        for k in range(args.procs):
+            r = range(k * share, min(args.agents, (k + 1) * share))
+            p = ctx.Process(target=publisher, args=(k, url, r, args.agents, args.duration, args.rate,
+                                                    args.frames, q))
+            p.start()
+            pubs.append(p)
+        for _ in pubs:
+            q.get(timeout=60)
+        t0 = time.monotonic()
+        print(f"fleet bench: {args.agents} simulated agents in {args.procs} publisher processes "
+              f"(one NATS connection each, agents as tasks), {args.duration:g} s, server {url}",
+              flush=True)
+        published = {"batches": 0, "events": 0}
+        pub_rss = []
+        consumed: dict[str, dict] = {}
+        while len(consumed) < 2 or pub_rss.__len__() < len(pubs):
+            msg = q.get(timeout=args.duration + 900)
+            if msg[0] == "published":
+                published["batches"] += msg[2]["batches"]
+                published["events"] += msg[2]["events"]
+                pub_rss.append(msg[3])
+            elif msg[0] == "consumed":
+                consumed[msg[1]] = msg[2]
+        wall = time.monotonic() - t0
+        for p in procs + pubs:
+            p.join(timeout=10)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        if server is not None:
+            server.stop_blocking()
+    print(f"published: {published['batches']} batches, {published['events']} events "
+          f"({published['events'] / args.duration:,.0f} events/s offered); publisher peak RSS "
+          f"{max(pub_rss) / 1024:.0f} MiB each at most")
+    for name, s in consumed.items():
+        expected = published["batches"] if name == "view" else None
+        active = s["active_s"] or wall
+        line = (f"{name:>10}: {s['batches']} batches, {s['events']} events, "
+                f"{s['events'] / active:,.0f} events/s sustained over {active:.1f} s; "
+                f"missed {s['missed']} (tracker), rejected {s['rejected']}, "
+                f"slow-consumer drops {s['slow_consumer_drops']}, queue drops {s['dropped']}; "
+                f"max lag queued {s['max_queued']} pending {s['max_pending']}; "
+                f"peak RSS {s['maxrss_kb'] / 1024:.0f} MiB")
+        if expected is not None:
+            line += f"; received vs published: {s['batches']} / {expected} (difference {expected - s['batches']})"
+        if name == "correlator":
+            line += (f"; frames matched {s['delivered']}, judged lost {s['lost']}, unknown {s['unknown']}, incidents {s['incidents']}, "
+                     f"evicted {s['evicted'] or 'nothing'}; {s['counts']}")
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
