@@ -188,6 +188,9 @@ class Storm:
     entities: dict[str, StormEntry] = field(default_factory=dict)
     episode: int = 0
     reported: frozenset = frozenset()
+    last_report: int = 0
+    dirty: bool = False
+    """More hosts joined since the last report; re-reported after report_interval (tick)."""
 
 
 SOURCE_NAMES = {0: "fallback", 1: "software", 2: "hardware"}
@@ -348,15 +351,26 @@ class Correlator:
                 storm = self.storms[key] = Storm()
             self.storms.move_to_end(key)
             entry = storm.entities.get(entity)
-            if entry is None or last - entry.last_ts > self.window_ns:
+            joined = entry is None or last - entry.last_ts > self.window_ns
+            if joined:
                 entry = storm.entities[entity] = StormEntry(first_ts=first, last_ts=last, how=how)
             entry.count_by_reporter[batch.host] += count
             entry.first_ts = min(entry.first_ts, first)
             entry.last_ts = max(entry.last_ts, last)
+            if not joined and entity in storm.reported:
+                continue  # counts grow in an episode already reported: no new incident
+            if storm.reported and last - storm.last_report < self.report_ns:
+                storm.dirty = True  # a host joined a reported storm: one update per interval
+                continue
             inc = self._storm_check(key, storm, last)
             if inc is not None:
                 out.append(inc)
         return out
+
+    STORM_LISTED = 50
+    """Hosts of a storm detailed in ``details.per_host`` (the largest counts)."""
+    STORM_HOSTS = 500
+    """Hosts of a storm named in ``hosts`` (``details.hosts_total`` counts them all)."""
 
     def _storm_check(self, key: tuple[str, str], storm: Storm, now: int) -> IncidentEvent | None:
         live = {h: en for h, en in storm.entities.items() if now - en.last_ts <= self.window_ns}
@@ -373,26 +387,33 @@ class Correlator:
         if not was:
             storm.episode = next(self._episodes)
         storm.reported = was | hosts
+        storm.last_report, storm.dirty = now, False
         reason, location = key
         reporters = sorted({r for en in live.values() for r in en.count_by_reporter})
+        # An incident stays readable (and under the batch size limit) in a storm over 1000s of
+        # hosts: the top STORM_LISTED hosts by count are detailed, all are counted.
+        top = sorted(live.items(), key=lambda kv: (-kv[1].count, kv[0]))[:self.STORM_LISTED]
         per_host = {h: {"count": en.count, "first_ts": en.first_ts, "last_ts": en.last_ts,
-                        "attribution": en.how, "reported_by": sorted(en.count_by_reporter)}
-                    for h, en in sorted(live.items())}
+                        "attribution": en.how, "reported_by": sorted(en.count_by_reporter)[:8]}
+                    for h, en in top}
         total = sum(en.count for en in live.values())
         machine_wide = sorted(h for h in live if h.startswith("machine:"))
+        names = sorted(live)
+        shown = ", ".join(names[:8]) + (f", ... {len(names) - 8} more" if len(names) > 8 else "")
         summary = (f"drop storm: {reason} at {location} on {len(live)} hosts "
-                   f"({', '.join(sorted(live))}), {total} drops")
+                   f"({shown}), {total} drops")
         if machine_wide:
             summary += " (machine-wide entries: namespace not told by the source)"
         inc = IncidentEvent(
-            type="drop_storm", summary=summary, hosts=sorted(live),
+            type="drop_storm", summary=summary, hosts=names[:self.STORM_HOSTS],
             first_ts=min(en.first_ts for en in live.values()),
             last_ts=max(en.last_ts for en in live.values()),
             details={"reason": reason, "location": location, "per_host": per_host,
                      "total": total, "episode": storm.episode,
                      "update": bool(was),
-                     "machine_wide": machine_wide, "window_s": self.window_ns / NS},
-            inputs=["drop"], missing_input=self.missing_for(set(reporters), ["drop"]))
+                     "machine_wide": machine_wide, "window_s": self.window_ns / NS,
+                     "hosts_total": len(names)},
+            inputs=["drop"], missing_input=self.missing_for(set(reporters[:self.STORM_HOSTS]), ["drop"]))
         return self._made(inc)
 
     def _made(self, inc: IncidentEvent) -> IncidentEvent:
@@ -610,6 +631,12 @@ class Correlator:
             del self.arrivals[fp]
             self.counts["arrivals_unmatched"] += 1
         out = []
+        for key, storm in list(self.storms.items()):
+            if storm.dirty and now - storm.last_report >= self.report_ns:
+                inc = self._storm_check(key, storm, now)
+                storm.dirty = False
+                if inc is not None:
+                    out.append(inc)
         for key, p in list(self.pairs.items()):
             if p.lost == p.reported_lost and p.unknown == p.reported_unknown:
                 continue

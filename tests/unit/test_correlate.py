@@ -86,7 +86,7 @@ def test_fingerprint_ignores_ttl_and_checksums_but_not_payload():
 
 
 def test_drop_storm_across_hosts_is_one_incident_with_counts():
-    c, seq = Correlator(window=10, storm_hosts=2), Seq()
+    c, seq = Correlator(window=10, storm_hosts=2, report_interval=0), Seq()
     out = c.feed(drop("a", seq("a", "drop"), "TCP_CSUM", "tcp_v4_rcv+0x1", 5, T0, source="counter"))
     assert out == []
     out = c.feed(drop("b", seq("b", "drop"), "TCP_CSUM", "tcp_v4_rcv+0x1", 7, T0 + NS, source="counter"))
@@ -255,3 +255,17 @@ def test_a_consumer_running_behind_does_not_judge_frames_still_in_its_backlog():
     c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS, 4, "a", "b", 43)]))
     inc = c.tick(T0 + 60 * NS, flush=True)
     assert inc and inc[0].details["lost"] == 1
+
+
+def test_storm_updates_are_rate_limited_and_listed_hosts_capped():
+    c, seq = Correlator(window=30, storm_hosts=2, report_interval=5), Seq()
+    made = []
+    for i in range(300):
+        h = f"h{i:03d}"
+        made += c.feed(drop(h, seq(h, "drop"), "TCP_CSUM", "x", 1 + i % 3, T0 + i * NS // 100, source="counter"))
+    assert len(made) == 1 and made[0].details["hosts_total"] == 2  # the first, at threshold
+    later = tick(c, T0 + 6 * NS)  # one update for all hosts that joined since
+    storms = [i for i in later if i.type == "drop_storm"]
+    assert len(storms) == 1 and storms[0].details["hosts_total"] == 300
+    assert len(storms[0].details["per_host"]) == Correlator.STORM_LISTED
+    assert storms[0].details["episode"] == made[0].details["episode"]
