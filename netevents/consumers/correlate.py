@@ -230,6 +230,7 @@ class Correlator:
         # where hosts are: address -> host, host -> boot id, netns inode -> host
         self.addr_host: OrderedDict[str, str] = OrderedDict()
         self.host_boot: dict[str, str] = {}
+        self.boot_hosts: dict[str, set[str]] = {}
         self.netns_host: dict[int, str] = {}
         # inputs: batches missed per (host, kind), from the subscription's sequence tracker
         self.missed: Counter[tuple[str, str]] = Counter()
@@ -289,7 +290,7 @@ class Correlator:
             # a namespace that is no host of the fleet (a router or bridge on the path)
             return f"netns:{name}", f"{source}: netns_name {name} (not a fleet host)"
         boot = self.host_boot.get(batch.host) or batch.host
-        sharing = [h for h, b in self.host_boot.items() if b == boot]
+        sharing = self.boot_hosts.get(boot, ())
         if len(sharing) <= 1:
             return batch.host, f"{source}: kernel-wide, the only host seen on its machine"
         return f"machine:{boot[:8]}", (f"{source}: machine-wide (kernel-wide source, namespace not "
@@ -305,10 +306,16 @@ class Correlator:
         self.counts[batch.kind] += 1
         if batch.t1 > self.stream_time:
             self.stream_time = batch.t1
-        if batch.host not in self.host_boot and len(self.host_boot) >= self.max_keys:
-            self.evicted["hosts"] += 1
-        else:
-            self.host_boot[batch.host] = str(batch.fields.get("boot") or batch.host)
+        boot = str(batch.fields.get("boot") or batch.host)
+        known = self.host_boot.get(batch.host)
+        if known != boot:
+            if known is None and len(self.host_boot) >= self.max_keys:
+                self.evicted["hosts"] += 1
+            else:
+                if known is not None:
+                    self.boot_hosts.get(known, set()).discard(batch.host)
+                self.host_boot[batch.host] = boot
+                self.boot_hosts.setdefault(boot, set()).add(batch.host)
         if batch.missed:
             self.missed[(batch.host, batch.kind)] += batch.missed
         if batch.kind == "drop":
