@@ -131,7 +131,8 @@ def consumer(name: str, url: str, duration: float, out: mp.Queue) -> None:
     async def main() -> None:
         corr = Correlator(grace=2.0) if name == "correlator" else None
         view = FleetView() if name == "view" else None
-        stats = {"batches": 0, "events": 0, "max_queued": 0, "max_pending": 0, "incidents": 0}
+        stats = {"batches": 0, "events": 0, "max_queued": 0, "max_pending": 0, "incidents": 0,
+                 "max_behind_s": 0.0}
         async with connect(url, name=f"bench-{name}") as bus:
             sub = bus.subscribe(INPUT_KINDS if corr else None, site="bench")
             async with sub:
@@ -156,6 +157,11 @@ def consumer(name: str, url: str, duration: float, out: mp.Queue) -> None:
                         last_rx = now
                         stats["batches"] += 1
                         stats["events"] += len(batch)
+                        # event-time lag: how old the batch is when this consumer gets to it
+                        # (a backlog held by the server or the socket is not in Subscription.lag())
+                        if stats["batches"] % 64 == 0:
+                            stats["max_behind_s"] = max(stats["max_behind_s"],
+                                                        time.time() - batch.t1 / NS)
                         if corr is not None:
                             stats["incidents"] += len(corr.feed(batch))
                         else:
@@ -255,7 +261,8 @@ def main() -> int:
                 f"{s['events'] / active:,.0f} events/s sustained over {active:.1f} s; "
                 f"missed {s['missed']} (tracker), rejected {s['rejected']}, "
                 f"slow-consumer drops {s['slow_consumer_drops']}, queue drops {s['dropped']}; "
-                f"max lag queued {s['max_queued']} pending {s['max_pending']}; "
+                f"max lag queued {s['max_queued']} pending {s['max_pending']} (Subscription.lag()), "
+                f"behind by up to {s['max_behind_s']:.1f} s (event time); "
                 f"peak RSS {s['maxrss_kb'] / 1024:.0f} MiB")
         line += (f"; received vs published: {s['batches']} / {expected} (difference "
                  f"{expected - s['batches']}); bus errors {s['bus_errors'] or 'none'}")
