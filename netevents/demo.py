@@ -211,6 +211,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     view = FleetView()
     view.correlator = corr
     interactive = args.duration is None and sys.stdout.isatty()
+    if interactive:  # the live view owns the terminal: incidents are in its [i] view
+        logging.getLogger("netevents").setLevel(logging.WARNING)
     say = (lambda m: None) if interactive else (lambda m: print(f"demo: {m}", file=sys.stderr, flush=True))
     events_log: list[str] = []
     try:

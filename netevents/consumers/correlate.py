@@ -124,6 +124,27 @@ def addr_text(raw: Any) -> str | None:
     return text
 
 
+# Which drop reasons can explain a frame seen leaving A's capture and missing from B's. The
+# captures are AF_PACKET taps: on egress after the qdisc (dev_queue_xmit_nit), on ingress in
+# __netif_receive_skb_core before tc/netfilter ingress and the IP stack. So a drop inside B
+# explains a missing frame only if it happens before B's tap (device, ring, backlog, XDP);
+# a drop elsewhere on the machine (a bridge or router namespace on the path, or machine-wide
+# when the namespace is not known) also through qdiscs, tc and netfilter. Socket and protocol
+# drops on B (SOCKET_RCVBUFF, NO_SOCKET, TCP_*, ...) happen after B saw the frame: never.
+_BEFORE_RX_TAP = ("LINK_RX", "LINK_", "DEV_", "FULL_RING", "CPU_BACKLOG", "SOFTNET", "XDP", "MAC_",
+                  "NOMEM", "PFMEMALLOC", "TAP_", "SKB_CSUM", "HDR_TRUNC")
+_ON_THE_PATH = _BEFORE_RX_TAP + ("QDISC", "NETFILTER", "TC_", "BRIDGE", "NEIGH", "TUNNEL", "IP_TUNNEL",
+                                 "VXLAN", "CAKE", "FQ_", "DUALPI2", "QUEUE_PURGE", "RECURSION",
+                                 "NO_TX_TARGET", "IP_OUTNOROUTES", "IP_INNOROUTES", "OTHERHOST",
+                                 "PKT_TOO_BIG", "BPF_CGROUP_EGRESS", "SECURITY_HOOK", "LINK_TX")
+
+
+def can_explain_path_loss(reason: str, scope: str) -> bool:
+    """Could a drop of ``reason`` (at ``scope``: "host" = inside the receiver) hide a frame
+    between the sender's and the receiver's capture taps?"""
+    return reason.startswith(_BEFORE_RX_TAP if scope == "host" else _ON_THE_PATH)
+
+
 def _quantile(values: list[int], q: float) -> int | None:
     if not values:
         return None
@@ -306,8 +327,9 @@ class Correlator:
         self.counts[batch.kind] += 1
         if batch.t1 > self.stream_time:
             self.stream_time = batch.t1
-        boot = str(batch.fields.get("boot") or batch.host)
         known = self.host_boot.get(batch.host)
+        # A batch without a boot id (older agents, consumers' own batches) keeps what is known.
+        boot = str(batch.fields.get("boot") or known or batch.host)
         if known != boot:
             if known is None and len(self.host_boot) >= self.max_keys:
                 self.evicted["hosts"] += 1
@@ -624,6 +646,7 @@ class Correlator:
                 p.lost += 1
                 # the drop volumes near the loss vote (a host's own drops before machine-wide)
                 near = self._drops_at(b, dep.ts - 2 * NS, dep.ts + 2 * NS, (dep.src, dep.dst))
+                near = [d for d in near if can_explain_path_loss(d["reason"], d["scope"])]
                 own = [d for d in near if d["scope"] == "host"] or near
                 if own:
                     d = max(own, key=lambda d: d["count"])

@@ -181,13 +181,31 @@ def test_loss_coinciding_with_a_drop_on_the_receiver_names_the_reason():
     _learn(c, seq)
     base = T0 + 5 * NS
     c.feed(frames("a", seq("a", "frame"), [(base + i, 4, "a", "b", i) for i in range(3)]))
-    c.feed(drop("b", seq("b", "drop"), "NETFILTER_DROP", "nf_hook_slow+0x1f4", 3, base,
+    # inside b: a backlog drop (before b's capture tap) explains it; a socket drop cannot
+    c.feed(drop("b", seq("b", "drop"), "CPU_BACKLOG", "enqueue_to_backlog+0x1", 3, base,
+                source="ebpf", netns_name="b"))
+    c.feed(drop("b", seq("b", "drop"), "SOCKET_RCVBUFF", "__udp_queue_rcv_skb+0x1", 900, base,
                 source="ebpf", netns_name="b"))
     c.feed(drop("a", seq("a", "drop"), "OTHER_ON_A", "x", 3, base, source="counter"))
     inc = [i for i in tick(c, base + 2 * NS) if i.type == "path_loss"][0]
     assert inc.details["lost"] == 3
-    assert inc.details["reasons"] == {"NETFILTER_DROP": 3}
-    assert "NETFILTER_DROP" in inc.summary and "drop" in inc.inputs
+    assert inc.details["reasons"] == {"CPU_BACKLOG": 3}
+    assert "CPU_BACKLOG" in inc.summary and "drop" in inc.inputs
+
+
+def test_machine_wide_reasons_are_only_those_that_can_sit_on_the_path():
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    for h in ("a", "b"):
+        c.feed(batch("status", h, seq(h, "status"), [{"version": "1"}], boot="boot-1"))
+    c.feed(frames("a", seq("a", "frame"), [(T0, 4, "a", "c", 1)]))
+    c.feed(frames("b", seq("b", "frame"), [(T0, 4, "b", "c", 2)]))
+    base = T0 + 5 * NS
+    c.feed(frames("a", seq("a", "frame"), [(base + i, 4, "a", "b", 10 + i) for i in range(4)]))
+    # the tracepoint (machine-wide): many socket drops somewhere, a few qdisc drops
+    c.feed(drop("a", seq("a", "drop"), "SOCKET_RCVBUFF", "__udp_queue_rcv_skb+0x1", 5000, base, boot="boot-1"))
+    c.feed(drop("a", seq("a", "drop"), "QDISC_DROP", "__dev_queue_xmit+0x1", 4, base, boot="boot-1"))
+    inc = [i for i in tick(c, base + 2 * NS) if i.type == "path_loss"][0]
+    assert inc.details["reasons"] == {"QDISC_DROP (machine-wide)": 4}
 
 
 def test_missing_input_is_reported_from_sequence_holes():
