@@ -9,9 +9,9 @@ mechanisms:
     firewall drop   an nftables input rule in host 3 drops UDP port 7777 (NETFILTER_DROP)
     full rcvbuf     host 1 holds a UDP socket (port 9999) it never reads; host 2 sends to it
                     (UDP RcvbufErrors in host 1's namespace)
-    capture gap     host 2's capture worker is stopped (SIGSTOP) for 2 s while host 1 sends a
-                    burst to host 2: its ring overflows, the gap record says so, and the frames
-                    missing at host 2 in that time are *unknown*, not lost
+    capture gap     host 3's capture is stopped (SIGSTOP) for 2 s while host 1 sends a burst
+                    to host 3: its ring overflows, the gap record says so, and the frames
+                    missing at host 3 in that time are *unknown*, not lost
 
 Where the agents run (the choice the brief asks to state): in the ROOT namespace, one agent
 process per host with per-namespace options -- ``[capture] netns``, ``[drops] netns`` (counter
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -117,7 +116,15 @@ class Fleet:
 
 
 def ebpf_available() -> bool:
-    return importlib.util.find_spec("agents.ebpf") is not None
+    """Does this tree's drops source accept the eBPF event source (agents/ebpf, issue 7)?"""
+    from agents.config import AgentConfig
+    from agents.drops import build
+
+    try:
+        build({"sources": ["ebpf", "counter"]}, AgentConfig())
+    except Exception:  # noqa: BLE001 -- ConfigError on trees without it, CapabilityError, ...
+        return False
+    return True
 
 
 def agent_config(fleet: Fleet, host: str, url: str, spool: Path, kernel_wide: bool) -> str:
@@ -241,13 +248,18 @@ async def run_demo(args: argparse.Namespace) -> int:
                 if all(h in view.agents for h in fleet.names):
                     break
                 await asyncio.sleep(0.2)
+            for host, p in agents.items():
+                if p.poll() is not None or host not in view.agents:
+                    tail = (work / f"agent-{host}.log").read_text(errors="replace").strip().splitlines()[-1:]
+                    log.warning("agent of %s %s: %s", host, "exited" if p.poll() is not None
+                                else "sent no status", tail[0] if tail else "(no output)")
             say(f"agents up: {sorted(view.agents)}")
             await asyncio.sleep(1.5)  # capture rings open
             a = fleet.addrs
             h1, h2, h3 = fleet.names[:3]
             traffic = {
                 h1: {"udp_peers": [a[h2], a[h3]], "tcp_to": a[h2], "fw_to": a[h3], "sink": True,
-                     "rcvbuf_sink": True, "burst_to": a[h2], "burst": 5000},
+                     "rcvbuf_sink": True, "burst_to": a[h3], "burst": 5000},
                 h2: {"udp_peers": [a[h1], a[h3]], "rcvbuf_to": a[h1], "sink": True},
                 h3: {"udp_peers": [a[h1], a[h2]], "tcp_to": a[h1], "sink": True},
             }
@@ -261,7 +273,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                                          work / f"traffic-{host}.log")
             say("traffic and faults running: lossy link hub->" + h2 + ", firewall on " + h3
                 + ", full UDP buffer on " + h1)
-            tasks.append(asyncio.create_task(_capture_gap(agents[h2], gens[h1], stop, say, events_log,
+            tasks.append(asyncio.create_task(_capture_gap(agents[h3], gens[h1], stop, say, events_log,
                                                           delay=6.0)))
             if interactive:
                 from .cli import _draw
@@ -335,7 +347,10 @@ async def _feed(bus: Any, view: Any, stop: asyncio.Event, ready: asyncio.Event) 
 
 async def _capture_gap(agent: subprocess.Popen, sender: subprocess.Popen, stop: asyncio.Event,
                        say: Any, events_log: list[str], delay: float) -> None:
-    """Blind host 2's capture for 2 s while host 1 bursts at it: a real ring-full gap.
+    """Blind host 3's capture for 2 s while host 1 bursts at it: a real ring-full gap.
+
+    Host 3, not host 2: everything toward host 2 passes the slow link, which would drop the
+    burst before it reached host 2's ring.
 
     The capture (the agent process, or its capture workers) is stopped with SIGSTOP: the kernel
     keeps filling the ring until it is full and counts the rest in tp_drops, which the capture
@@ -354,7 +369,7 @@ async def _capture_gap(agent: subprocess.Popen, sender: subprocess.Popen, stop: 
         await asyncio.sleep(0.3)
         sender.send_signal(signal.SIGUSR1)
         events_log.append(f"SIGSTOP capture worker(s) {workers} at {time.time_ns()}, burst sent")
-        say(f"capture gap: host 2's capture stopped 2 s (pids {workers}) while host 1 sends a burst")
+        say(f"capture gap: host 3's capture stopped 2 s (pids {workers}) while host 1 sends a burst")
         await asyncio.sleep(2.0)
     finally:
         for pid in workers:

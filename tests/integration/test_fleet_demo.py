@@ -45,11 +45,14 @@ def test_loss_on_one_link_is_an_incident_naming_the_right_pair(demo):
     paths = [i for i in demo["incidents"] if i["type"] == "path_loss"]
     assert any(i["hosts"] == [h1, h2] and i["details"]["lost"] > 0 for i in paths), \
         [i["summary"] for i in paths]
-    # the links to hosts 1 and 3 are not lossy: frames to them are all delivered
+    # the links to hosts 1 and 3 are not lossy: frames to them are delivered (or unknown)
     for a, b in ((h2, h1), (h1, h3), (h2, h3), (h3, h1)):
         row = _pair(demo["summary"], a, b)
         assert row is not None and row["delivered"] > 100, (a, b, row)
         assert row["lost"] <= row["delivered"] * 0.01, (a, b, row)
+    # the tbf's tail drops in the hub are the coinciding reason (machine-wide from the
+    # tracepoint; "path (hub)" from the eBPF source, which names the hub's namespace)
+    assert "QDISC_DROP" in (_pair(demo["summary"], h1, h2)["reason"] or ""), _pair(demo["summary"], h1, h2)
     inc = [i for i in paths if i["hosts"] == [h1, h2]][-1]
     assert {"frame", "gap"} <= set(inc["inputs"])
     assert set(inc["missing_input"]) == {f"{h}/{k}" for h in (h1, h2) for k in ("frame", "gap")}
@@ -57,13 +60,14 @@ def test_loss_on_one_link_is_an_incident_naming_the_right_pair(demo):
 
 
 def test_loss_hidden_by_a_capture_gap_is_unknown_not_lost(demo):
-    h1, h2 = demo["summary"]["hosts"][:2]
+    h1, _h2, h3 = demo["summary"]["hosts"][:3]
     assert any("SIGSTOP" in e for e in demo["summary"]["faults"]["capture_gap"]), demo["summary"]["faults"]
-    row = _pair(demo["summary"], h1, h2)
-    # the 5000-datagram burst went out while h2's capture was stopped: its ring overflowed
+    row = _pair(demo["summary"], h1, h3)
+    # the 5000-datagram burst went out while h3's capture was stopped: its ring overflowed, and
+    # what h3's capture missed in the gap is unknown ...
     assert row["unknown"] > 500, row
-    # ... and those are not counted as lost: the judged loss stays that of the slow link alone
-    assert row["lost"] < 0.5 * (row["delivered"] + row["lost"]), row
+    # ... not lost (the link to h3 loses nothing)
+    assert row["lost"] <= 0.01 * row["delivered"], row
 
 
 def test_full_udp_receive_buffer_is_attributed_to_its_host(demo):
