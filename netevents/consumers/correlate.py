@@ -226,7 +226,10 @@ class Correlator:
     Args:
         window: seconds a drop storm's evidence stays together; also the peer-incident window.
         storm_hosts: hosts on which the same (reason, location) must rise to make a storm.
-        grace: seconds a departed frame waits for its arrival before it is judged.
+        grace: seconds a departed frame waits for its arrival before it is judged -- and the
+            receiver's capture must have published frames that much later than it (or the
+            frame waits up to max(10 s, 5 x grace); a receiver that never got past it makes the
+            frame unknown).
         max_frames: frames waiting for their match (departures and arrivals each); the oldest
             is evicted past that and counted in ``evicted["frames"]`` -- it is never judged.
         max_keys: storms, pairs, hosts, drop records kept; evictions counted by place.
@@ -240,6 +243,7 @@ class Correlator:
         self.window_ns = int(window * NS)
         self.storm_hosts = storm_hosts
         self.grace_ns = int(grace * NS)
+        self.max_wait_ns = int(max(10.0, 5 * grace) * NS)
         self.max_frames = max_frames
         self.max_keys = max_keys
         self.report_ns = int(report_interval * NS)
@@ -627,12 +631,20 @@ class Correlator:
         if not flush:
             now = min(now, self.stream_time)
         judged: set[tuple[str, str]] = set()
-        while self.departures:
-            fp, dep = next(iter(self.departures.items()))
+        waiting: list[bytes] = []
+        for fp, dep in list(self.departures.items()):
             if now - dep.ts < self.grace_ns:
                 break
-            del self.departures[fp]
             b = self.addr_host.get(dep.dst) if dep.dst else None
+            if b is not None and b != dep.host and not flush:
+                # B's capture has not yet published frames a grace period past this one (it
+                # is behind, or stalled): its frames -- or the gap record saying it was blind
+                # -- may still come. Wait, up to max_wait.
+                if (self.frame_progress.get(b, 0) < dep.ts + self.grace_ns
+                        and now - dep.ts < self.max_wait_ns):
+                    waiting.append(fp)
+                    continue
+            del self.departures[fp]
             if b is None or b == dep.host:
                 self.counts["departures_unjudged"] += 1  # not addressed to a host we capture
                 continue
@@ -642,6 +654,9 @@ class Correlator:
             expected = dep.ts + (sorted(delays)[len(delays) // 2] if delays else 0)
             if self._in_gap(b, expected):
                 p.unknown += 1
+            elif self.frame_progress.get(b, 0) < dep.ts:
+                p.unknown += 1  # B's capture never got past this time: it cannot tell
+                self.counts["unknown_receiver_silent"] += 1
             else:
                 p.lost += 1
                 # the drop volumes near the loss vote (a host's own drops before machine-wide)
@@ -653,6 +668,8 @@ class Correlator:
                     label = d["reason"] if d["scope"] == "host" else f"{d['reason']} ({d['scope']})"
                     p.reasons[label] += 1
             judged.add((dep.host, b))
+        for fp in reversed(waiting):  # back to the front, in their order
+            self.departures.move_to_end(fp, last=False)
         # arrivals without a departure after 2 x grace: sender not captured or departure evicted
         while self.arrivals:
             fp, arr = next(iter(self.arrivals.items()))

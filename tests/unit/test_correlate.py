@@ -19,9 +19,13 @@ def head_udp(src: bytes, dst: bytes, ip_id: int, payload: bytes, ttl: int = 64) 
     return (b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp)[:96]
 
 
-def advance(c: Correlator, t: int) -> None:
-    """Move the stream's clock: a status batch from an uninvolved host ending at ``t``."""
+def advance(c: Correlator, t: int, receivers: tuple[str, ...] = ("a", "b", "c")) -> None:
+    """Move the stream's clock to ``t``, and the receivers' captures with it (each publishes a
+    frame batch ending at ``t`` with one frame that matches nothing)."""
     c.feed(batch("status", "clock", int(t // NS), [{"version": "t"}], t0=t - NS, t1=t))
+    for h in receivers:
+        if h in c.frame_progress or h in c.addr_host.values():
+            c.feed(frames(h, 10_000 + int(t // NS) + len(c.counts), [(t, 0, "c", h, 65000)]))
 
 
 def tick(c: Correlator, t: int) -> list:
@@ -271,8 +275,30 @@ def test_a_consumer_running_behind_does_not_judge_frames_still_in_its_backlog():
     assert c.pairs[("a", "b")].delivered == 1 and c.pairs[("a", "b")].lost == 0
     # at shutdown, flush judges against the wall clock
     c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS, 4, "a", "b", 43)]))
+    c.feed(frames("b", seq("b", "frame"), [(T0 + 3 * NS, 0, "c", "b", 7)]))  # b got past it
     inc = c.tick(T0 + 60 * NS, flush=True)
     assert inc and inc[0].details["lost"] == 1
+
+
+def test_frames_wait_for_a_receiver_whose_capture_is_behind():
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    _learn(c, seq)
+    c.feed(frames("b", seq("b", "frame"), [(T0 + NS, 0, "c", "b", 1)]))
+    c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS, 4, "a", "b", 44)]))
+    advance(c, T0 + 5 * NS, receivers=("a",))  # the stream moves on; b's capture does not
+    assert c.tick(T0 + 5 * NS) == [] and len(c.departures) == 1
+    # b comes back with the gap record of its stall: the frame is unknown, not lost
+    c.feed(batch("gap", "b", seq("b", "gap"), [{"iface": "eth0", "lost": 9, "cause": "ring_full",
+                                                "after_ts": T0 + NS, "before_ts": T0 + 6 * NS}]))
+    c.feed(frames("b", seq("b", "frame"), [(T0 + 6 * NS, 0, "c", "b", 2)]))
+    advance(c, T0 + 9 * NS, receivers=())
+    inc = c.tick(T0 + 9 * NS)
+    assert inc and (inc[0].details["lost"], inc[0].details["unknown"]) == (0, 1)
+    # a receiver that stays silent past max_wait: unknown, never lost
+    c.feed(frames("a", seq("a", "frame"), [(T0 + 10 * NS, 4, "a", "b", 45)]))
+    advance(c, T0 + 30 * NS, receivers=("a",))
+    inc = c.tick(T0 + 30 * NS)
+    assert inc and (inc[0].details["lost"], inc[0].details["unknown"]) == (0, 2)
 
 
 def test_storm_updates_are_rate_limited_and_listed_hosts_capped():
