@@ -1,6 +1,6 @@
 """The demo fleet as the integration test: >= 3 namespace hosts, one agent each, a real
 nats-server, real faults (tbf tail drops on the hub's link to host 2, an nftables drop on host
-3, a full UDP receive buffer on host 1, host 2's capture stopped during a burst). One run
+3, a full UDP receive buffer on host 1, host 3's capture stopped during a paced burst). One run
 (~35 s) serves every test here."""
 
 from __future__ import annotations
