@@ -132,6 +132,9 @@ async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Eve
 async def cmd_server(args: argparse.Namespace) -> int:
     server = EmbeddedServer(args.store, host=args.listen, port=args.port)
     url = await server.start()
+    for c in collectors:  # sources with processes of their own (capture workers) follow it
+        if hasattr(c, "bus_url"):
+            c.bus_url = url
     try:
         async with connect(url, streams=True):
             pass
@@ -149,10 +152,10 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     from agents.config import build_collectors
 
     cfg = agent_config(args)
+    url = cfg.bus = args.bus or cfg.bus or default_url()  # capture workers connect on their own
     collectors = build_collectors(cfg)  # validates every source's options before connecting
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    url = args.bus or cfg.bus or default_url()
     async with connect(url, name=f"netevents-agent-{cfg.host}") as bus:
         try:
             async with asyncio.timeout(10):
@@ -257,6 +260,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
     url = await server.start()
+    for c in collectors:  # sources with processes of their own (capture workers) follow it
+        if hasattr(c, "bus_url"):
+            c.bus_url = url
     interactive = args.duration is None and sys.stdout.isatty()
     print(f"netevents up: NATS at {url} (store {store}); agent host {cfg.host}, site {cfg.site}; "
           f"sources {', '.join(cfg.sources)}", file=sys.stderr, flush=True)
@@ -278,8 +284,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
                 # Let the last batches (and the final status) reach the view.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(3):
-                        while not (view.agents.get(cfg.host) and
-                                   view.agents[cfg.host].status.get("final")):
+                        while not view.final_seen(cfg.host):
                             await asyncio.sleep(0.05)
                 view_stop.set()
             sub = feeder.result()
