@@ -132,9 +132,6 @@ async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Eve
 async def cmd_server(args: argparse.Namespace) -> int:
     server = EmbeddedServer(args.store, host=args.listen, port=args.port)
     url = await server.start()
-    for c in collectors:  # sources with processes of their own (capture workers) follow it
-        if hasattr(c, "bus_url"):
-            c.bus_url = url
     try:
         async with connect(url, streams=True):
             pass
