@@ -47,6 +47,8 @@ class FleetView:
         self.missed: Counter[tuple[str, str]] = Counter()
         self.evicted = 0
         self.started = time.monotonic()
+        self.unclean_ends: dict[str, list[str]] = {}
+        """host -> runs that ended without a final status (killed), seen when a new run began."""
         self.lag: dict[str, int] = {}
         """This viewer's own backlog (Subscription.lag()), refreshed by the feeding loop."""
 
@@ -65,7 +67,16 @@ class FleetView:
             self.missed[(batch.host, batch.kind)] += batch.missed
         if batch.kind == "status":
             for e in batch.events:
-                self.agents[(batch.host, batch.run)] = AgentHealth(batch.run, time.monotonic(), e)
+                key = (batch.host, batch.run)
+                if key not in self.agents:
+                    # A new run of a host whose previous run never said goodbye: that run was
+                    # killed (or its final status is lost); what it made after its last status
+                    # cannot be known, and the view says so instead of staying silent.
+                    for (host, run), health in self.agents.items():
+                        if host == batch.host and not health.status.get("final") \
+                                and run not in self.unclean_ends.get(host, ()):
+                            self.unclean_ends.setdefault(host, []).append(run)
+                self.agents[key] = AgentHealth(batch.run, time.monotonic(), e)
         elif batch.kind == "drop":
             for e in batch.events:
                 key = (batch.host, str(e.get("reason")), str(e.get("location") or "?"))
@@ -150,6 +161,9 @@ class FleetView:
             lines.append(f"  {host}: {total} ({detail}; {len(lost)} places accounted)")
         if not losses:
             lines.append("  (no status received)")
+        for host, runs in sorted(self.unclean_ends.items()):
+            lines.append(f"  {host}: {len(runs)} run(s) ended without a final status "
+                         f"({', '.join(runs)}): killed; their last batches may be missing")
         missed = sum(self.missed.values())
         lines.append(f"batches missed by this viewer: {missed}; unexplained losses: {self.unexplained()}")
         if self.lag.get("slow_consumer_drops"):
