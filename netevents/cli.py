@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from . import events as ev
-from .bus import Bus, EmbeddedServer, connect, default_url
+from .bus import Bus, Credentials, EmbeddedServer, connect, default_url
 from .errors import BusError, ConfigError, NeteventsError
 
 log = logging.getLogger("netevents")
@@ -134,7 +134,8 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     url = args.bus or cfg.bus or default_url()
-    async with connect(url, name=f"netevents-agent-{cfg.host}") as bus:
+    async with connect(url, name=f"netevents-agent-{cfg.host}",
+                       credentials=_credentials(args, cfg)) as bus:
         try:
             async with asyncio.timeout(10):
                 await bus.ensure_streams()
@@ -154,7 +155,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
     from .consumers.tail import tail
 
     return await tail(args.bus, args.kind or None, args.host or None, as_json=args.json,
-                      count=args.count, timeout=args.timeout)
+                      count=args.count, timeout=args.timeout, credentials=_credentials(args))
 
 
 async def _feed_view(bus: Bus, view: Any, stop: asyncio.Event, ready: asyncio.Event) -> Any:
@@ -270,7 +271,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
     view = FleetView()
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    async with connect(args.bus, name="netevents-top") as bus:
+    async with connect(args.bus, name="netevents-top", credentials=_credentials(args)) as bus:
         async with asyncio.TaskGroup() as tg:
             ready = asyncio.Event()
             tg.create_task(_feed_view(bus, view, stop, ready))
@@ -356,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     _add_agent_options(p)
+    _add_auth_options(p)
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("tail", help="print events as they arrive",
@@ -368,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     p.add_argument("--count", type=int, metavar="N", help="exit after N events (exit 1 if --timeout hits first)")
     p.add_argument("--timeout", type=_positive, metavar="S", help="exit after S seconds")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("top", help="live fleet view: hosts, drop sites, counters, peers, own losses",
@@ -376,9 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--view", choices=("hosts", "drops", "counters", "peers"), default="hosts")
     p.add_argument("--duration", type=_positive, metavar="S", help="collect S seconds, print once, exit")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_top)
 
     _add_ctl_parser(sub)
+    _add_deploy_parsers(sub)
     return parser
 
 
@@ -412,7 +417,8 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
     from agents.control import control_request
 
     url = args.bus or default_url()
-    async with connect(url, name="netevents-ctl", reconnect=False) as bus:
+    async with connect(url, name="netevents-ctl", reconnect=False,
+                       credentials=_credentials(args)) as bus:
         try:
             reply = await control_request(bus, args.target, args.cmd, args.value,
                                           site=args.site or "local", timeout=args.timeout)
@@ -441,7 +447,68 @@ def _add_ctl_parser(sub: Any) -> None:
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--timeout", type=_positive, default=5.0, metavar="S",
                    help="seconds to wait for the reply (default 5)")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_ctl)
+
+
+# ---------------------------------------------------------------------------------------------
+# Security and deployment: credential options of every command that connects, `netevents auth`
+# (per-host NATS users, netevents/auth.py) and `netevents streams` (create the streams once).
+
+_AUTH_OPTIONS = (("creds", "a NATS .creds file (JWT + nkey seed)", "NETEVENTS_CREDS"),
+                 ("nkey_seed", "a file holding an nkey seed (SU...)", "NETEVENTS_NKEY_SEED"),
+                 ("tls_ca", "CA bundle that verifies the server (tls:// URLs)", "NETEVENTS_TLS_CA"),
+                 ("tls_cert", "client certificate for mutual TLS", "NETEVENTS_TLS_CERT"),
+                 ("tls_key", "key of the client certificate", "NETEVENTS_TLS_KEY"))
+
+
+def _add_auth_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("bus credentials (user:password can also go in the URL)")
+    for name, text, env in _AUTH_OPTIONS:
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="FILE",
+                       help=f"{text} (default ${env})")
+
+
+def _credentials(args: argparse.Namespace, cfg: Any = None) -> Credentials:
+    """Credentials from the options, then the [agent] section of the config file; each falls
+    back to its environment variable (:class:`~netevents.bus.Credentials`)."""
+    return Credentials(**{name: getattr(args, name, None) or getattr(cfg, name, None)
+                          for name, _text, _env in _AUTH_OPTIONS})
+
+
+async def cmd_auth(args: argparse.Namespace) -> int:
+    from . import auth
+
+    return auth.run_command(args)
+
+
+async def cmd_streams(args: argparse.Namespace) -> int:
+    url = args.bus or default_url()
+    async with connect(url, name="netevents-streams", reconnect=False,
+                       credentials=_credentials(args)) as bus:
+        try:
+            async with asyncio.timeout(args.timeout):
+                await bus.ensure_streams(replicas=args.replicas)
+        except TimeoutError:
+            raise BusError(f"streams not created within {args.timeout:g}s (may this user "
+                           "publish on $JS.API.STREAM.>? is JetStream enabled?)") from None
+    print(f"netevents streams: NETEVENTS_EVENTS, NETEVENTS_STATS, NETEVENTS_FRAMES present on {url}")
+    return 0
+
+
+def _add_deploy_parsers(sub: Any) -> None:
+    from . import auth
+
+    auth.add_parser(sub, cmd_auth)
+    p = sub.add_parser("streams", help="create the JetStream streams (idempotent)",
+                       description="Create the netevents streams on a server, for deployments "
+                       "where agents may only publish their own subjects (deploy/README.md).")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="stream replicas: 3 on a 3-node cluster (default $NETEVENTS_REPLICAS or 1)")
+    p.add_argument("--timeout", type=_positive, default=15.0, metavar="S", help=argparse.SUPPRESS)
+    _add_auth_options(p)
+    p.set_defaults(func=cmd_streams)
 
 
 def main(argv: list[str] | None = None) -> int:
