@@ -19,7 +19,6 @@ import pytest
 from agents.control import ControlServer, control_request
 from netevents import connect
 from netevents.auth import Fleet
-from netevents.bus import stream_configs
 from netevents.codec import Batch
 from netevents.errors import BusError
 
@@ -123,7 +122,7 @@ def test_agent_cannot_create_streams_send_incidents_or_control_requests(fleet_se
                 await agent.flush()
                 assert '"netevents.v1.incident.dc1.web-1"' in await _violations(agent)
                 with pytest.raises(nats.errors.TimeoutError):  # the server never answers
-                    await agent.js.add_stream(stream_configs()[0], timeout=1)
+                    await agent.nc.request("$JS.API.STREAM.CREATE.NETEVENTS_EVENTS", b"{}", timeout=1)
                 assert '"$js.api.stream.create.netevents_events"' in await _violations(agent)
 
     asyncio.run(main())
