@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .subjects import MAX_TOKEN, PREFIX, check_token
 
 STREAMS = ("NETEVENTS_EVENTS", "NETEVENTS_STATS", "NETEVENTS_FRAMES")
-ROLES = ("agent", "consumer", "operator", "correlator", "admin")
+ROLES = ("agent", "leaf", "consumer", "operator", "correlator", "admin")
 
 
 @dataclass(slots=True)
@@ -72,6 +72,17 @@ def agent_permissions(site: str, host: str) -> Permissions:
         publish_deny=[f"{PREFIX}.control.>", f"{PREFIX}.incident.>"],
         subscribe_allow=[f"{PREFIX}.control.{site}.{host}", "_INBOX.>"],
         allow_responses=True)
+
+
+def leaf_permissions(site: str, host: str) -> Permissions:
+    """The hub's view of a host's leaf node (deploy/nats/leaf.conf): the agent's permissions,
+    plus publishing on ``_INBOX.>``. Over a leaf connection the hub forwards only what the
+    leaf's user may publish and ``allow_responses`` does not carry the agent's control replies
+    back, so the replies need the inbox allowance. The host still cannot publish any event
+    subject but its own; it could answer a request whose inbox it learned."""
+    perm = agent_permissions(site, host)
+    perm.publish_allow.append("_INBOX.>")
+    return perm
 
 
 def _pull_consumer_api() -> list[str]:
@@ -149,11 +160,12 @@ class FleetUser:
 
     def permissions(self) -> Permissions:
         """Raises ConfigError for an unknown role or a missing site/host."""
-        if self.role in ("agent", "correlator"):
+        site_makers = {"agent": agent_permissions, "leaf": leaf_permissions,
+                       "correlator": correlator_permissions}
+        if self.role in site_makers:
             if not (self.site and self.host):
                 raise ConfigError(f"user {self.name}: a {self.role} needs a site and a host")
-            maker = agent_permissions if self.role == "agent" else correlator_permissions
-            return maker(self.site, self.host)
+            return site_makers[self.role](self.site, self.host)
         makers = {"consumer": consumer_permissions, "operator": operator_permissions,
                   "admin": admin_permissions}
         if self.role not in makers:
@@ -164,8 +176,8 @@ class FleetUser:
 def user_name(role: str, name: str, site: str | None = None) -> str:
     """``agent.<site>.<host>`` for agents, ``<role>.<name>`` for the others (dots keep the
     parts apart: site ``a-b`` + host ``c`` differs from site ``a`` + host ``b-c``)."""
-    if role == "agent":
-        return f"agent.{check_token(site, 'site')}.{check_token(name, 'host')}"
+    if role in ("agent", "leaf"):
+        return f"{role}.{check_token(site, 'site')}.{check_token(name, 'host')}"
     return f"{role}.{check_token(name, 'name')}"
 
 
@@ -255,7 +267,7 @@ class Fleet:
         Raises:
             ConfigError: if the user exists and ``rotate`` is not set, or a token is invalid.
         """
-        uname = user_name(role, host if role == "agent" else name, site)
+        uname = user_name(role, host if role in ("agent", "leaf") else name, site)
         if uname in self.users and not rotate:
             raise ConfigError(f"user {uname} exists already (--rotate gives it a new password)")
         password = secrets.token_urlsafe(24)
@@ -312,11 +324,13 @@ def run_command(args: argparse.Namespace) -> int:
     if role == "agent":
         host = args.name if not args.token else host_token(args.name)
         check_token(host, "host")
-    user, env = fleet.add(role, args.name, args.bus, site=args.site, host=host,
-                          rotate=args.rotate, plain=args.plain)
-    kind = "bcrypt" if user.password.startswith("$2") else "plain (no bcrypt here)"
-    print(f"netevents auth: {user.name} ({role}, password {kind}); credentials in {env}; "
-          f"server include {fleet.root / 'auth.conf'} (reload the server to apply)")
+    roles = [role] + (["leaf"] if role == "agent" and args.leaf else [])
+    for r in roles:
+        user, env = fleet.add(r, args.name, args.bus, site=args.site, host=host,
+                              rotate=args.rotate, plain=args.plain)
+        kind = "bcrypt" if user.password.startswith("$2") else "plain (no bcrypt here)"
+        print(f"netevents auth: {user.name} ({r}, password {kind}); credentials in {env}; "
+              f"server include {fleet.root / 'auth.conf'} (reload the server to apply)")
     return 0
 
 
@@ -345,6 +359,8 @@ def add_parser(sub: Any, func: Any) -> None:
     q.add_argument("--site", default="local", help="site token (default local)")
     q.add_argument("--token", action="store_true",
                    help="HOST is a host name: turn it into a token (dots and others become -)")
+    q.add_argument("--leaf", action="store_true",
+                   help="also a leaf.<site>.<host> user for this host's leaf node (deploy/nats/leaf.conf)")
     common(q)
     for role, text in (("consumer", "read-only: events and durable pull consumers"),
                        ("operator", "read-only plus control requests (netevents ctl)"),
