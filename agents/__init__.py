@@ -3,6 +3,7 @@
     base.py        the collector interface (Collector, Sink)
     runner.py      AgentRunner: collectors in a TaskGroup, batching, bounded queues, status
     config.py      typed agent configuration (TOML file + command line), validated once
+    drops/         drop events: NET_DM, kfree_skb tracepoint, dwdump captures, counters
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
     ipstats/       per-peer TCP counter deltas (raw sock_diag + destroy multicast), residual
     control.py     the agent's control server (requests on netevents.v1.control.<site>.<host>)
@@ -13,6 +14,7 @@ Each source folder holds its collector, its sans-IO parser, a sample config and 
 
 SOURCES: dict[str, str] = {
     "netstat": "agents.netstat:build",
+    "drops": "agents.drops:build",
     "ipstats": "agents.ipstats:build",
 }
 """Source name -> ``module:factory``; the factory takes (section dict, AgentConfig) -> Collector."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +40,13 @@ class AgentConfig:
     queue_size: int = 10_000
     batch_max_events: int = 1000
     batch_max_wait: float = 0.25
+    spool_dir: str | None = None
+    """Where batches wait while the bus is away (default /var/lib/netevents/spool/<site>-<host>
+    as root, else ~/.local/state/netevents/spool/<site>-<host>)."""
+    spool_max_mb: float = 256.0
+    spool_policy: str = "drop_oldest"
+    max_inflight: int = 64
+    """Batches held in memory on their way to the bus (what a SIGKILL can cost)."""
     creds: str | None = None
     """Bus credentials (files), as the command's --creds, --nkey-seed, --tls-* options."""
     nkey_seed: str | None = None
@@ -57,7 +65,18 @@ class AgentConfig:
             raise ConfigError(f"[agent] batch_max_wait must be in (0, 0.25] seconds, got {self.batch_max_wait}")
         if self.queue_size < 1 or self.batch_max_events < 1:
             raise ConfigError("[agent] queue_size and batch_max_events must be >= 1")
+        if self.spool_policy not in ("drop_oldest", "drop_newest"):
+            raise ConfigError(f"[agent] spool_policy must be drop_oldest or drop_newest, got {self.spool_policy!r}")
+        if self.spool_max_mb <= 0 or self.max_inflight < 1:
+            raise ConfigError("[agent] spool_max_mb must be > 0 and max_inflight >= 1")
         return self
+
+    def spool_path(self) -> Path:
+        if self.spool_dir:
+            return Path(self.spool_dir)
+        base = Path("/var/lib/netevents") if os.geteuid() == 0 else Path(
+            os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "netevents"
+        return base / "spool" / f"{self.site}-{self.host}"
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -213,14 +213,20 @@ class AgentRunner:
 
     # -- status --------------------------------------------------------------------------------
     def status_event(self, final: bool = False) -> ev.StatusEvent:
+        lost = dict(self.losses)
+        queues = {k: {"size": q.qsize(), "capacity": q.maxsize} for k, q in self._queues.items()}
+        # A publisher that spools (agents.spool.ReliablePublisher) accounts for its own losses.
+        if hasattr(self.publisher, "losses"):
+            lost.update(self.publisher.losses())
+            queues.update(self.publisher.queues())
         return ev.StatusEvent(
             version=__version__,
             uptime=round(time.monotonic() - self.started, 3),
             sources=dict(self.sources),
             published=dict(self.published),
             events=dict(self.published_events),
-            lost=dict(self.losses),
-            queues={k: {"size": q.qsize(), "capacity": q.maxsize} for k, q in self._queues.items()},
+            lost=lost,
+            queues=queues,
             final=final,
         )
 

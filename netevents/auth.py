@@ -87,7 +87,8 @@ def leaf_permissions(site: str, host: str) -> Permissions:
 
 def _pull_consumer_api() -> list[str]:
     """The JetStream API subjects a durable pull consumer of our streams uses (nats-py):
-    consumer info/create, fetch (MSG.NEXT), acks; stream info. STREAM.CREATE of exactly our
+    consumer info/create/delete (a restarted archive re-creates its consumer at the ack floor),
+    fetch (MSG.NEXT), acks; stream info. STREAM.CREATE of exactly our
     three streams is included because ``Bus.subscribe(durable=...)`` makes sure they exist
     first (creating an existing stream with its own config is a no-op; a different config is
     refused by the server, so this cannot change a stream)."""
@@ -95,6 +96,7 @@ def _pull_consumer_api() -> list[str]:
     for s in STREAMS:
         api += [f"$JS.API.STREAM.INFO.{s}", f"$JS.API.STREAM.CREATE.{s}",
                 f"$JS.API.CONSUMER.INFO.{s}.*", f"$JS.API.CONSUMER.CREATE.{s}",
+                f"$JS.API.CONSUMER.DELETE.{s}.*",
                 f"$JS.API.CONSUMER.CREATE.{s}.>", f"$JS.API.CONSUMER.DURABLE.CREATE.{s}.*",
                 f"$JS.API.CONSUMER.MSG.NEXT.{s}.*", f"$JS.ACK.{s}.>"]
     return api

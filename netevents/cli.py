@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__
 from . import events as ev
 from .bus import Bus, Credentials, EmbeddedServer, connect, default_url
-from .errors import BusError, ConfigError, NeteventsError
+from .errors import BusError, CapabilityError, ConfigError, NeteventsError
 
 log = logging.getLogger("netevents")
 
@@ -32,13 +32,14 @@ examples:
   netevents tail --kind netstat --json --count 5
   netevents agent --bus nats://nats.example:4222 --site dc1 --netstat
   netevents server --store /var/lib/netevents
+  netevents import dwdump.pcap --host old-host   dropwatch recordings as drop events
 
 The bus URL defaults to $NETEVENTS_BUS, then nats://127.0.0.1:4222.
 """
 
-UP_SOURCES = ("netstat", "drops", "ipstats")
-"""Sources `netevents up` runs by default when they are installed (each skips itself, with one
-line, where the host cannot run it)."""
+DEFAULT_SOURCES = ("netstat", "drops", "ipstats")
+"""Sources `agent` and `up` run when none is named (each that cannot run on this host says so
+in one line and the others carry on). Capture needs an interface: --capture IF."""
 
 
 def default_store() -> Path:
@@ -67,7 +68,7 @@ async def _stop_after(stop: asyncio.Event, seconds: float | None) -> None:
         stop.set()
 
 
-def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("netstat",)) -> Any:
+def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = DEFAULT_SOURCES) -> Any:
     """The agent configuration from --config and the command line (the command line wins)."""
     from agents import SOURCES
     from agents.config import AgentConfig, load_file
@@ -79,6 +80,8 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
         cfg.site = args.site
     if getattr(args, "status_interval", None):
         cfg.status_interval = args.status_interval
+    if getattr(args, "spool", None):
+        cfg.spool_dir = args.spool
     chosen = [name for name in SOURCES if getattr(args, f"src_{name}", False)]
     for name in chosen:
         cfg.sources.setdefault(name, {})
@@ -93,17 +96,32 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = ("
 
 
 async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Event) -> Any:
-    """Run ``collectors`` publishing on ``bus`` until ``stop``; returns the runner."""
-    from agents.runner import AgentRunner, RunnerOptions
+    """Run ``collectors`` publishing on ``bus`` until ``stop``; returns the runner.
 
-    runner = AgentRunner(bus, collectors, RunnerOptions(
+    Batches go out with JetStream acks, in order; while the bus is away they wait in the
+    on-disk spool (agents/spool.py), which a restarted agent replays first.
+    """
+    from agents.runner import AgentRunner, RunnerOptions
+    from agents.spool import ReliablePublisher, Spool
+
+    spool = Spool(cfg.spool_path(), max_bytes=int(cfg.spool_max_mb * (1 << 20)),
+                  policy=cfg.spool_policy)
+    if len(spool):
+        log.info("replaying %d spooled batches from %s", len(spool), spool.dir)
+    publisher = ReliablePublisher(bus, spool, max_inflight=cfg.max_inflight)
+    runner = AgentRunner(publisher, collectors, RunnerOptions(
         site=cfg.site, host=cfg.host, max_events=cfg.batch_max_events,
         max_wait=cfg.batch_max_wait, queue_size=cfg.queue_size,
         status_interval=cfg.status_interval))
     log.info("agent %s run %s: host %s site %s, sources %s, bus %s", __version__, runner.run_id,
              cfg.host, cfg.site, ", ".join(c.name for c in collectors), bus.url)
-    async with _control_server(cfg, bus, collectors):
-        await runner.run(stop)
+    try:
+        async with _control_server(cfg, bus, collectors):
+            await runner.run(stop)
+    finally:
+        await publisher.close()
+    if len(spool):
+        log.warning("%d batches stay spooled in %s for the next run", len(spool), spool.dir)
     return runner
 
 
@@ -162,10 +180,16 @@ async def _feed_view(bus: Bus, view: Any, stop: asyncio.Event, ready: asyncio.Ev
     sub = bus.subscribe()
     async with sub:
         ready.set()
+        loop = asyncio.get_running_loop()
+        next_lag = loop.time()
         while not stop.is_set():
             batch = await sub.next(timeout=0.2)
             if batch is not None:
                 view.feed(batch)
+            if loop.time() >= next_lag:
+                view.lag = await sub.lag()
+                next_lag = loop.time() + 1.0
+        view.lag = await sub.lag()
     return sub
 
 
@@ -225,9 +249,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
     from .consumers.view import FleetView
 
-    cfg = agent_config(args, default_sources=UP_SOURCES)
+    cfg = agent_config(args, default_sources=DEFAULT_SOURCES)
     collectors = build_collectors(cfg)
     store = Path(args.store) if args.store else default_store()
+    if not cfg.spool_dir:
+        cfg.spool_dir = str(store.parent / "spool" / f"{cfg.site}-{cfg.host}")
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
     url = await server.start()
@@ -286,6 +312,64 @@ async def cmd_top(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# archive and verify (issue 4)
+
+async def cmd_archive(args: argparse.Namespace) -> int:
+    from .consumers.archive import run_archive
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    rotate_bytes = int(args.rotate_mb * 1024 * 1024) if args.rotate_mb else None
+    timer = asyncio.create_task(_stop_after(stop, args.duration))
+    try:
+        # Not in a TaskGroup: a BusError/OSError must reach main() as itself (one clear line),
+        # not wrapped in an ExceptionGroup.
+        totals = await run_archive(args.out, args.bus or default_url(), durable=args.durable,
+                                   rotate_bytes=rotate_bytes, rotate_seconds=args.rotate_seconds,
+                                   stop=stop, hosts=args.host, hold=args.gap_wait,
+                                   credentials=_credentials(args))
+    finally:
+        timer.cancel()
+    log.info("stopped: %s files, %s frames, %s dropped packets, dropcount %s", totals["files"],
+             totals["frames"], totals["drop_packets"], totals["dropcount"])
+    return 0
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    from .consumers.verify import verify_main
+
+    return await asyncio.to_thread(verify_main, args.files, args.json)
+
+
+def _add_archive_parsers(sub: Any) -> None:
+    p = sub.add_parser("archive", help="PcapNG archive of frames, capture gaps and dropped packets",
+                       description="Write frame summaries, capture gaps (as epb_dropcount on the "
+                       "frame after each gap) and packet-mode drops to rotating PcapNG files in "
+                       "DIR, each with a <file>.json sidecar. A durable JetStream consumer makes "
+                       "a restart (even after kill -9) resume without a hole.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--rotate-mb", type=_positive, metavar="N", help="start a new file after N MiB")
+    p.add_argument("--rotate-seconds", type=_positive, metavar="S", help="start a new file after S seconds")
+    p.add_argument("--durable", default="archive", metavar="NAME",
+                   help="durable consumer name; one archiver per name (default archive)")
+    p.add_argument("--host", action="append", metavar="GLOB", help="only these hosts (repeatable)")
+    p.add_argument("--gap-wait", type=_positive, default=1.0, metavar="S",
+                   help="seconds a frame batch waits for the gap records about it (default 1)")
+    p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    _add_auth_options(p)
+    p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("verify", help="check archive files with tshark and capinfos",
+                       description="Read each file with tshark and capinfos and check that the "
+                       "packet count and the total frame.drop_count match what the archive says "
+                       "it wrote (the <file>.json sidecar). Exit 0 if every file checks out.")
+    p.add_argument("files", nargs="+", metavar="FILE.pcapng")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.set_defaults(func=cmd_verify)
+
+
+# ---------------------------------------------------------------------------------------------
 # argument parsing
 
 def _positive(value: str) -> float:
@@ -306,6 +390,9 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="agent config file (TOML; see deploy/agent.toml)")
     p.add_argument("--status-interval", type=_positive, metavar="S",
                    help="seconds between status heartbeats (default 5)")
+    p.add_argument("--spool", metavar="DIR",
+                   help="where batches wait while the bus is away (default "
+                        "/var/lib/netevents/spool/SITE-HOST as root)")
     g = p.add_argument_group("sources (none given: the defaults of the command)")
     for name in SOURCES:
         if name in SOURCE_FLAGS:
@@ -318,6 +405,8 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
 
 SOURCE_FLAGS = {
     "netstat": "host-wide counter deltas: /proc/net/snmp, netstat, snmp6, softnet, links, qdiscs",
+    "drops": "drop events (reason, location): NET_DM, else the kfree_skb tracepoint; "
+             "plus counter-derived drops",
     "ipstats": "per-peer TCP counter deltas (sock_diag), with a residual against the MIB",
 }
 
@@ -351,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("agent", help="the host agent: read the kernel, publish on the bus",
-                       description="Run the sources given (default: netstat) and publish their "
+                       description="Run the sources given (default: netstat, drops, ipstats) and publish their "
                        "events, batched (<= 250 ms), with a status heartbeat that accounts for "
                        "everything the agent itself lost. SIGTERM drains and exits.")
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
@@ -382,12 +471,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_auth_options(p)
     p.set_defaults(func=cmd_top)
 
+    _add_import_command(sub)
     _add_ctl_parser(sub)
+    _add_archive_parsers(sub)
     _add_deploy_parsers(sub)
     return parser
 
 
 # ---------------------------------------------------------------------------------------------
+# netevents import FILE.pcap: dropwatch's dwdump recordings as drop events (agents/drops/dwdump)
+
+def _add_import_command(sub: Any) -> None:
+    p = sub.add_parser("import", help="publish a dropwatch dwdump capture as drop events",
+                       description="Decode the NET_DM messages of a capture written by dropwatch's "
+                       "dwdump (classic pcap, DLT_NETLINK) and publish them as drop events "
+                       "(source dwdump), aggregated per signature plus one event per captured "
+                       "packet with its payload.")
+    p.add_argument("file", metavar="FILE.pcap", help="dwdump capture")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--host", help="host the capture was recorded on (default: the short hostname)")
+    p.add_argument("--site", default="local", help="site token (default: local)")
+    _add_auth_options(p)
+    p.set_defaults(func=cmd_import)
+
+
+async def cmd_import(args: argparse.Namespace) -> int:
+    from agents.drops.dwdump import import_capture, load_capture
+    from netevents.subjects import check_token, default_host
+
+    host = args.host or default_host()
+    check_token(host, "host")
+    check_token(args.site, "site")
+    capture = load_capture(args.file)  # bad input fails here, before the bus is involved
+    for err in capture.errors:
+        log.warning("%s: skipped %s", args.file, err)
+    async with connect(args.bus or default_url(), name="netevents-import", streams=True,
+                       credentials=_credentials(args)) as bus:
+        counts = await import_capture(args.file, bus, site=args.site, host=host, capture=capture,
+                                      ack=True)
+    print(f"netevents import: {args.file}: {counts['drops']} drops in {counts['events']} events, "
+          f"{counts['batches']} batches published as host {host} site {args.site}; "
+          f"kernel tail drops in the capture {counts['tail_drops']}; "
+          f"bad records {counts['errors']}", flush=True)
+    return 0
+
+
 # ipstats options and the control channel (agents/control.py): `agent --ipstats[-level]`,
 # the agent's control server, and `netevents ctl HOST level diagnostics|default`
 
@@ -523,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except CapabilityError as exc:
+        print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (BusError, NeteventsError, OSError) as exc:
         print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -253,7 +253,7 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
         raise MalformedError(f"a batch must be a msgpack map, got {type(doc).__name__}")
     if "v" not in doc:
         raise SchemaError("envelope field 'v' (wire version) is missing")
-    if doc["v"] != ev.VERSION:
+    if type(doc["v"]) is not int or doc["v"] != ev.VERSION:  # 1.0 and True are not 1 here
         raise VersionError(f"wire version {doc['v']!r} is not supported (this reader speaks v1)")
     kind = doc.get("kind")
     if type(kind) is not str or kind not in _TABLES:

@@ -240,7 +240,8 @@ BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "peers": ("integer", "peers (or local/peer pairs) with activity in the window, before level filter and cap"),
     },
     "netstat": {},
-    "drop": {"mode": ("string", "alert (aggregated) or packet")},
+    "drop": {"mode": ("string", "alert (aggregated) or packet"),
+             "import": ("string", "capture file the batch was imported from (netevents import)")},
 }
 
 

@@ -46,6 +46,8 @@ class FleetView:
         self.missed: Counter[tuple[str, str]] = Counter()
         self.evicted = 0
         self.started = time.monotonic()
+        self.lag: dict[str, int] = {}
+        """This viewer's own backlog (Subscription.lag()), refreshed by the feeding loop."""
 
     def _bounded(self, counter: Counter, key: Any, n: int) -> None:
         if key not in counter and len(counter) >= self.max_keys:
@@ -94,6 +96,10 @@ class FleetView:
         head = (f"netevents  {len(self.per_host)} host(s)  up {up:5.0f}s  "
                 + "  ".join(f"{k}:{v}" for k, v in sorted(self.events.items()))
                 + f"  missed batches:{sum(self.missed.values())}")
+        if any(self.lag.values()):
+            head += (f"\nTHIS VIEW IS BEHIND: {self.lag.get('queued', 0)} batches queued, "
+                     f"{self.lag.get('pending', 0)} pending, "
+                     f"{self.lag.get('slow_consumer_drops', 0)} dropped as a slow consumer")
         lines = [head, "views: [h]osts [d]rops [c]ounters [p]eers   q quits", ""]
         if view == "drops":
             lines.append(f"{'drops':>10}  {'host':<16} {'reason':<22} location")
@@ -136,4 +142,7 @@ class FleetView:
             lines.append("  (no status received)")
         missed = sum(self.missed.values())
         lines.append(f"batches missed by this viewer: {missed}; unexplained losses: {self.unexplained()}")
+        if self.lag.get("slow_consumer_drops"):
+            lines.append(f"this viewer fell behind: {self.lag['slow_consumer_drops']} messages "
+                         "dropped as a slow consumer")
         return "\n".join(lines)

@@ -114,3 +114,25 @@ def test_streams_are_created_idempotently_by_racing_processes(nats_url):
     names, before, after = asyncio.run(main())
     assert sorted(names) == ["NETEVENTS_EVENTS", "NETEVENTS_FRAMES", "NETEVENTS_STATS"]
     assert before == after == 1  # JetStream dropped the duplicate
+
+
+def test_a_consumer_that_falls_behind_is_told_how_far(nats_url):
+    async def main():
+        async with connect(nats_url) as bus:
+            sub = bus.subscribe(kinds=["drop"], queue_size=10, pending_limit=50)
+            async with sub:
+                for seq in range(1, 501):
+                    await bus.publish(batch(seq=seq))
+                await bus.flush()
+                await asyncio.sleep(0.3)
+                lag = await sub.lag()
+                got = []
+                while (b := await sub.next(0.5)) is not None:
+                    got.append(b)
+                return sub, lag, got
+
+    sub, lag, got = asyncio.run(main())
+    assert lag["queued"] == 10                                 # its own queue is full
+    assert sub.dropped + lag["slow_consumer_drops"] > 0        # and it was told it lost some
+    # Whatever it did not get shows up, exactly, as sequence holes.
+    assert len(got) + sub.missed + (500 - got[-1].seq) == 500

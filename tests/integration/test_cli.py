@@ -54,13 +54,13 @@ def test_up_runs_a_server_and_an_agent_and_tail_reads_it(tmp_path):
     assert "batches missed by this viewer: 0" in out
 
 
-def test_agent_drains_on_sigterm_and_says_so_in_a_final_status(nats_url):
+def test_agent_drains_on_sigterm_and_says_so_in_a_final_status(nats_url, tmp_path):
     import asyncio
 
     from netevents import connect
 
     agent = subprocess.Popen([*NETEVENTS, "agent", "--bus", nats_url, "--host", "term-test",
-                              "--netstat", "--interval", "0.2"],
+                              "--netstat", "--interval", "0.2", "--spool", str(tmp_path / "spool")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     async def watch():

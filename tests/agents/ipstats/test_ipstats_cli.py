@@ -24,11 +24,11 @@ def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def agent(nats_url):
+def agent(nats_url, tmp_path):
     host = f"ipst-cli-{uuid.uuid4().hex[:6]}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "netevents.cli", "agent", "--bus", nats_url, "--host", host,
-         "--ipstats-level", "diagnostics", "--duration", "60"],
+         "--ipstats-level", "diagnostics", "--duration", "60", "--spool", str(tmp_path / "spool")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 20

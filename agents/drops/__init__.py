@@ -1,0 +1,127 @@
+"""Drop events: where (location) and why (skb_drop_reason) the kernel drops packets.
+
+    aggregate.py    sans-IO DropAggregator: per window, one event per drop signature; packets
+                    (payload + orig_len) kept up to a cap in packet mode, the overflow counted
+    tracepoint.py   skb:kfree_skb through a private tracefs instance (the usual source)
+    rawtrace.py     sans-IO walk of the instance's binary ring pages (the default reader)
+    netdm.py        NET_DM generic netlink (dropwatch's interface): decoder + collector
+    dwdump.py       dropwatch's dwdump pcap captures -> drop events (``netevents import``)
+    counters.py     counter-derived drops (link, qdisc, softnet, UDP buffer errors)
+    kallsyms.py     PC -> symbol+offset where only a PC is known
+
+:func:`build` returns :class:`DropsCollector`: NET_DM if the kernel has it, else the tracepoint,
+and the counter source alongside either (it is the only one on hosts where neither runs).
+Each source that cannot run says why in one line and in ``status.sources``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from netevents.errors import CapabilityError, ConfigError
+
+log = logging.getLogger("netevents.agent.drops")
+
+_KEYS = {"sources", "interval", "exclude_reasons", "buffer_kb", "mode", "trunc_len", "queue_len",
+         "packet_cap", "packet_reasons", "stats_interval", "read_budget", "counter_interval",
+         "netns", "reader"}
+
+
+class DropsCollector:
+    """NET_DM -> tracepoint fallback, plus counter-derived drops, as one collector."""
+
+    name = "drops"
+
+    def __init__(self, event_sources: list[Any], counter_source: Any | None) -> None:
+        self.event_sources = event_sources   # tried in order; the first that runs is used
+        self.counter_source = counter_source
+        self.active: Any | None = None
+
+    async def _events(self, sink: Any) -> bool:
+        for src in self.event_sources:
+            try:
+                self.active = src
+                sink.state(src.name, "running")
+                await src.run(sink)
+                return True
+            except CapabilityError as exc:
+                sink.state(src.name, "unavailable", str(exc))
+                log.warning("%s: unavailable: %s", src.name, exc)
+        self.active = None
+        return False
+
+    async def _counters(self, sink: Any) -> bool:
+        if self.counter_source is None:
+            return False
+        try:
+            sink.state(self.counter_source.name, "running")
+            await self.counter_source.run(sink)
+            return True
+        except CapabilityError as exc:
+            sink.state(self.counter_source.name, "unavailable", str(exc))
+            log.warning("%s: unavailable: %s", self.counter_source.name, exc)
+            return False
+
+    async def run(self, sink: Any) -> None:
+        async with asyncio.TaskGroup() as tg:
+            ev = tg.create_task(self._events(sink))
+            ct = tg.create_task(self._counters(sink))
+        if not ev.result() and not ct.result():
+            raise CapabilityError("drops", "no drop source can run on this host "
+                                  "(see the drops.* sources in status for why)")
+
+
+def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
+    """The drops collector from the ``[drops]`` config section.
+
+    Raises:
+        ConfigError: an unknown key or a bad value (the message names it).
+    """
+    from .counters import CounterDrops
+    from .netdm import NetDmDrops
+    from .tracepoint import TracepointDrops
+
+    section = dict(section or {})
+    unknown = sorted(set(section) - _KEYS)
+    if unknown:
+        raise ConfigError(f"[drops]: unknown option(s) {unknown}; known: {sorted(_KEYS)}")
+
+    def num(key: str, default: float, kind: type = float) -> Any:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"[drops] {key} must be a positive number, got {value!r}")
+        return kind(value)
+
+    def names(key: str) -> frozenset[str]:
+        value = section.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+            raise ConfigError(f"[drops] {key} must be a list of drop reason names")
+        return frozenset(r.upper().removeprefix("SKB_DROP_REASON_") for r in value)
+
+    sources = section.get("sources", ["netdm", "tracepoint", "counter"])
+    if not isinstance(sources, list) or not set(sources) <= {"netdm", "tracepoint", "counter"}:
+        raise ConfigError("[drops] sources must be a list of 'netdm', 'tracepoint', 'counter'")
+    interval = num("interval", 1.0)
+    exclude = names("exclude_reasons")
+    packet_reasons = names("packet_reasons")
+    event_sources: list[Any] = []
+    if "netdm" in sources:
+        event_sources.append(NetDmDrops(
+            mode=section.get("mode", "alert"), trunc_len=num("trunc_len", 128, int),
+            queue_len=num("queue_len", 1000, int), interval=interval,
+            stats_interval=num("stats_interval", 1.0), packet_cap=num("packet_cap", 256, int),
+            packet_reasons=packet_reasons, exclude_reasons=exclude))
+    if "tracepoint" in sources:
+        event_sources.append(TracepointDrops(
+            interval=interval, buffer_kb=num("buffer_kb", 4096, int), exclude_reasons=exclude,
+            read_budget=num("read_budget", 4 << 20, int),
+            reader=section.get("reader", "raw")))
+    counter = None
+    if "counter" in sources:
+        netns = section.get("netns")
+        if netns is not None and not isinstance(netns, str):
+            raise ConfigError("[drops] netns must be a namespace name (under /run/netns)")
+        counter = CounterDrops(interval=num("counter_interval", interval), netns=netns)
+    return DropsCollector(event_sources, counter)

@@ -1,0 +1,246 @@
+"""Benchmark of the kfree_skb tracepoint drop source, against its limit, in one run.
+
+1. Throughput. One private tracefs instance is filled with a burst of drops (a C sender into
+   an nftables output-hook drop rule inside a private namespace; the event is disabled before
+   reading, so nothing else enters), four times, and drained each time by: ``dd iflag=nonblock
+   if=trace_pipe of=/dev/null`` (cat that stops when the pipe is empty: the kernel's text
+   formatting, the limit of any trace_pipe reader); the agent's text reader; dd on the per-CPU
+   ``trace_pipe_raw``; the agent's raw page reader (each: read + parse + aggregate + flush).
+   Prints the rates and the ratios against the limits.
+
+2. Latency from drop to event at a subscriber: the agent (AgentRunner + TracepointDrops)
+   publishes to a real nats-server; a probe sends one IP packet with an unassigned protocol
+   number (253) into a private namespace (dropped as IP_NOPROTO, a reason nothing else on the
+   machine produces) at a random moment, and the subscriber notes when the event carrying it
+   arrives. Median and p99 per aggregation interval.
+
+Run as root: ``python bench/drops.py [--probes N] [--burst-seconds S]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import random
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agents.drops import DropsCollector  # noqa: E402
+from agents.drops.tracepoint import TraceInstance, TracepointDrops  # noqa: E402
+from agents.runner import AgentRunner, RunnerOptions  # noqa: E402
+from netevents.bus import EmbeddedServer, connect  # noqa: E402
+
+FLOOD_C = ROOT / "tests" / "agents" / "drops" / "tools" / "flood.c"
+NFT_RULES = """table inet netevents_bench {
+  chain output {
+    type filter hook output priority 0
+    udp dport 5555 counter drop
+  }
+}
+"""
+
+
+def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+class Namespace:
+    def __init__(self) -> None:
+        self.name = f"ne-bench-{uuid.uuid4().hex[:6]}"
+
+    def __enter__(self) -> Namespace:
+        sh("ip", "netns", "add", self.name)
+        sh("ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", self.name, "nft", "-f", "-", input=NFT_RULES)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+def fill(inst: TraceInstance, ns: Namespace, flood: Path, seconds: float) -> int:
+    """Enable the event, run the flood, disable: the ring holds the burst."""
+    (inst.path / "events/skb/kfree_skb/enable").write_text("1")
+    out = sh("ip", "netns", "exec", ns.name, str(flood), "127.0.0.1", "5555", str(seconds)).stdout
+    inst.disable()
+    return int(out)
+
+
+def _drain_with_dd(paths: list[Path]) -> float:
+    t = time.perf_counter()
+    for path in paths:
+        subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M", "iflag=nonblock",
+                        "status=none"], check=False, capture_output=True)
+    return time.perf_counter() - t
+
+
+def _drain_agent(inst: TraceInstance, reader: str) -> tuple[float, int, int]:
+    """The collector's own read path on a filled instance: (seconds, drops, events)."""
+    tp = TracepointDrops(reader=reader)
+    tp.instance = inst
+    if reader == "raw":
+        assert tp._open_raw(), "raw reader unavailable"
+    else:
+        inst.open_pipe()
+    t = time.perf_counter()
+    tp._drain_all()
+    events = tp.agg.flush()
+    dt = time.perf_counter() - t
+    for fd in [inst.pipe_fd, *inst.raw_fds.values()]:
+        if fd is not None:
+            os.close(fd)
+    inst.pipe_fd, inst.raw_fds = None, {}
+    return dt, sum(e["count"] for e in events), len(events)
+
+
+def bench_throughput(flood: Path, seconds: float) -> None:
+    """The same burst size drained four ways from one instance."""
+    rows = []
+    with Namespace() as ns:
+        inst = TraceInstance.create(buffer_kb=32768)
+        try:
+            inst.disable()
+            inst.overrun_delta()
+            cpus = sorted(inst.path.glob("per_cpu/cpu*"))
+            for label, how in (
+                    ("dd trace_pipe > /dev/null  (limit, text)", "dd-text"),
+                    ("agent, trace_pipe text reader", "text"),
+                    ("dd trace_pipe_raw > /dev/null (limit, raw)", "dd-raw"),
+                    ("agent, raw page reader", "raw")):
+                sent = fill(inst, ns, flood, seconds)
+                if how == "dd-text":
+                    dt, got, nev = _drain_with_dd([inst.path / "trace_pipe"]), None, None
+                elif how == "dd-raw":
+                    dt, got, nev = _drain_with_dd([c / "trace_pipe_raw" for c in cpus]), None, None
+                else:
+                    dt, got, nev = _drain_agent(inst, how)
+                lost = inst.overrun_delta()
+                n = got if got is not None else sent - lost
+                rows.append((label, how, n / dt, dt, n, nev, lost))
+        finally:
+            inst.remove()
+    print("throughput: one burst of drops in a private instance, drained:")
+    for label, _how, rate, dt, n, nev, lost in rows:
+        extra = f", -> {nev} events" if nev is not None else ""
+        print(f"  {label:44s} {rate:12,.0f} drops/s  ({n:,} in {dt:.3f} s{extra}; "
+              f"ring overrun {lost})")
+    rate = {how: r for _l, how, r, *_ in rows}
+    print(f"  ratio agent(raw) / dd trace_pipe:  {rate['raw'] / rate['dd-text']:.2f}")
+    print(f"  ratio agent(text) / dd trace_pipe: {rate['text'] / rate['dd-text']:.2f}")
+    print(f"  ratio agent(raw) / dd trace_pipe_raw: {rate['raw'] / rate['dd-raw']:.2f}")
+
+
+# -- latency -------------------------------------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+
+
+def raw_socket_in(ns: str) -> socket.socket:
+    """An IPPROTO_RAW socket created inside namespace ``ns`` (from a thread that entered it)."""
+    box: list = []
+
+    def make() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        box.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    return box[0]
+
+
+def noproto_packet() -> bytes:
+    # IPv4, protocol 253 (RFC 3692 experimental): nobody handles it -> IP_NOPROTO drop.
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 253, 0,
+                       socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1")) + b"\0" * 8
+
+
+async def latency(url: str, ns: Namespace, interval: float, probes: int) -> list[float]:
+    sock = raw_socket_in(ns.name)
+    pkt = noproto_packet()
+    tp = TracepointDrops(interval=interval)
+    lat: list[float] = []
+    async with connect(url) as pub, connect(url) as subbus:
+        sub = subbus.subscribe(["drop"], hosts=["bench"])
+        await sub.start()
+        runner = AgentRunner(pub, [DropsCollector([tp], None)],
+                             RunnerOptions(host="bench", status_interval=60))
+        stop = asyncio.Event()
+        agent = asyncio.create_task(runner.run(stop))
+        await tp.ready.wait()
+        for _ in range(probes):
+            await asyncio.sleep(random.uniform(0.05, interval + 0.05))
+            sent = time.time_ns()
+            sock.sendto(pkt, ("127.0.0.1", 0))
+            async with asyncio.timeout(interval + 5):
+                while True:
+                    b = await sub.next(timeout=interval + 5)
+                    if b is None:
+                        raise RuntimeError("no drop event for a probe")
+                    if any(e["reason"] == "IP_NOPROTO" for e in b.rows()):
+                        lat.append((time.time_ns() - sent) / 1e6)
+                        break
+        stop.set()
+        await agent
+        await sub.close()
+    sock.close()
+    return lat
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+async def bench_latency(probes: int) -> None:
+    with tempfile.TemporaryDirectory() as store, Namespace() as ns:
+        server = EmbeddedServer(Path(store), port=0)
+        url = await server.start()
+        try:
+            for interval in (0.1, 1.0):
+                lat = await latency(url, ns, interval, probes)
+                print(f"latency drop -> subscriber, aggregation interval {interval} s "
+                      f"(one batch per window), {len(lat)} probes: median "
+                      f"{statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, "
+                      f"max {max(lat):.1f} ms")
+        finally:
+            await server.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--burst-seconds", type=float, default=0.5)
+    ap.add_argument("--probes", type=int, default=30)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/drops.py needs root (tracefs, namespaces)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        flood = Path(tmp) / "flood"
+        sh("gcc", "-O2", "-o", str(flood), str(FLOOD_C))
+        bench_throughput(flood, args.burst_seconds)
+    asyncio.run(bench_latency(args.probes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
