@@ -114,7 +114,7 @@ async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Eve
         max_wait=cfg.batch_max_wait, queue_size=cfg.queue_size,
         status_interval=cfg.status_interval))
     log.info("agent %s run %s: host %s site %s, sources %s, bus %s", __version__, runner.run_id,
-             cfg.host, cfg.site, ", ".join(c.name for c in collectors), bus.url)
+             cfg.host, cfg.site, ", ".join(c.name for c in collectors), redact_url(bus.url))
     try:
         async with _control_server(cfg, bus, collectors):
             await runner.run(stop)
@@ -590,6 +590,17 @@ _AUTH_OPTIONS = (("creds", "a NATS .creds file (JWT + nkey seed)", "NETEVENTS_CR
                  ("tls_key", "key of the client certificate", "NETEVENTS_TLS_KEY"))
 
 
+def redact_url(url: str) -> str:
+    """``nats://user:secret@host:4222`` -> ``nats://user:***@host:4222``: never log a password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
+
 def _add_auth_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("bus credentials (user:password can also go in the URL)")
     for name, text, env in _AUTH_OPTIONS:
@@ -620,7 +631,7 @@ async def cmd_streams(args: argparse.Namespace) -> int:
         except TimeoutError:
             raise BusError(f"streams not created within {args.timeout:g}s (may this user "
                            "publish on $JS.API.STREAM.>? is JetStream enabled?)") from None
-    print(f"netevents streams: NETEVENTS_EVENTS, NETEVENTS_STATS, NETEVENTS_FRAMES present on {url}")
+    print(f"netevents streams: NETEVENTS_EVENTS, NETEVENTS_STATS, NETEVENTS_FRAMES present on {redact_url(url)}")
     return 0
 
 
