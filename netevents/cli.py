@@ -611,8 +611,15 @@ def _add_auth_options(p: argparse.ArgumentParser) -> None:
 def _credentials(args: argparse.Namespace, cfg: Any = None) -> Credentials:
     """Credentials from the options, then the [agent] section of the config file; each falls
     back to its environment variable (:class:`~netevents.bus.Credentials`)."""
-    return Credentials(**{name: getattr(args, name, None) or getattr(cfg, name, None)
-                          for name, _text, _env in _AUTH_OPTIONS})
+    creds = Credentials(**{name: getattr(args, name, None) or getattr(cfg, name, None)
+                           for name, _text, _env in _AUTH_OPTIONS})
+    seed = creds.nkey_seed or os.environ.get("NETEVENTS_NKEY_SEED")
+    if seed and Path(seed).is_file():  # (a missing file is reported by Credentials.options)
+        import importlib.util
+
+        if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it at connect time
+            raise ConfigError("--nkey-seed needs the 'nkeys' package (pip install nkeys)")
+    return creds
 
 
 async def cmd_auth(args: argparse.Namespace) -> int:

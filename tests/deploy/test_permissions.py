@@ -191,3 +191,15 @@ def test_cli_credential_options_name_a_missing_file(tmp_path):
                               "nats://127.0.0.1:9"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 2, (cmd, out.stderr)
         assert opt in out.stderr and "no such file" in out.stderr, out.stderr
+
+
+def test_nkey_seed_without_the_nkeys_package_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("nkeys") is not None:
+        pytest.skip("the nkeys package is installed here")
+    seed = tmp_path / "seed.nk"
+    seed.write_text("SUAEXAMPLE\n")
+    out = subprocess.run([*NETEVENTS, "tail", "--timeout", "1", "--nkey-seed", str(seed), "--bus",
+                          "nats://127.0.0.1:9"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--nkey-seed needs the 'nkeys' package" in out.stderr, out.stderr

@@ -128,3 +128,25 @@ def test_leaf_user_may_carry_replies_but_still_no_other_hosts_events():
     assert may_publish(perm, "netevents.v1.drop.dc1.web-1")
     assert not may_publish(perm, "netevents.v1.drop.dc1.web-2")
     assert not may_publish(perm, "netevents.v1.control.dc1.web-2")
+
+
+def test_redact_url_hides_the_password_only():
+    from netevents.cli import redact_url
+
+    assert redact_url("nats://agent.dc1.web-1:s3cret@nats:4222") == "nats://agent.dc1.web-1:***@nats:4222"
+    assert redact_url("nats://nats:4222") == "nats://nats:4222"
+
+
+def test_auth_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "netevents.cli", "auth"]
+    fleet = ["--fleet", str(tmp_path / "f")]
+    bad = subprocess.run([*cli, "add-host", "web-1.example.com", *fleet], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid host 'web-1.example.com'" in bad.stderr
+    ok = subprocess.run([*cli, "add-host", "web-1.example.com", "--token", "--site", "dc1", "--leaf",
+                         *fleet], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    listed = subprocess.run([*cli, "list", *fleet], capture_output=True, text=True).stdout
+    assert "agent.dc1.web-1-example-com\tagent" in listed and "leaf.dc1.web-1-example-com\tleaf" in listed
