@@ -203,3 +203,13 @@ def test_nkey_seed_without_the_nkeys_package_is_a_clear_error(tmp_path):
     out = subprocess.run([*NETEVENTS, "tail", "--timeout", "1", "--nkey-seed", str(seed), "--bus",
                           "nats://127.0.0.1:9"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--nkey-seed needs the 'nkeys' package" in out.stderr, out.stderr
+
+
+def test_archive_runs_with_read_only_credentials(fleet_server, tmp_path):
+    server, urls = fleet_server
+    refused = 'user:consumer.t" - '  # the server logs each violation with the user
+    before = server.log_text().count(refused)
+    out = subprocess.run([*NETEVENTS, "archive", "--out", str(tmp_path / "arch"), "--duration", "2",
+                          "--bus", urls["consumer"]], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert server.log_text().count(refused) == before, server.log_text()[-2000:]
