@@ -4,6 +4,7 @@
     runner.py      AgentRunner: collectors in a TaskGroup, batching, bounded queues, status
     config.py      typed agent configuration (TOML file + command line), validated once
     drops/         drop events: NET_DM, kfree_skb tracepoint, dwdump captures, counters
+    capture/       AF_PACKET TPACKET_V3 rings: frame summaries and gap records (fanout workers)
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
     ipstats/       per-peer TCP counter deltas (raw sock_diag + destroy multicast), residual
     control.py     the agent's control server (requests on netevents.v1.control.<site>.<host>)
@@ -15,6 +16,7 @@ Each source folder holds its collector, its sans-IO parser, a sample config and 
 SOURCES: dict[str, str] = {
     "netstat": "agents.netstat:build",
     "drops": "agents.drops:build",
+    "capture": "agents.capture:build",
     "ipstats": "agents.ipstats:build",
 }
 """Source name -> ``module:factory``; the factory takes (section dict, AgentConfig) -> Collector."""

@@ -85,6 +85,7 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = DE
     chosen = [name for name in SOURCES if getattr(args, f"src_{name}", False)]
     for name in chosen:
         cfg.sources.setdefault(name, {})
+    _apply_capture_options(args, cfg)
     _apply_ipstats_options(args, cfg)
     if not cfg.sources:
         for name in default_sources:
@@ -148,10 +149,12 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     from agents.config import build_collectors
 
     cfg = agent_config(args)
+    url = cfg.bus = args.bus or cfg.bus or default_url()  # capture workers connect on their own
+    for name, _text, _env in _AUTH_OPTIONS:  # ... with the same credentials
+        setattr(cfg, name, getattr(args, name, None) or getattr(cfg, name, None))
     collectors = build_collectors(cfg)  # validates every source's options before connecting
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    url = args.bus or cfg.bus or default_url()
     async with connect(url, name=f"netevents-agent-{cfg.host}",
                        credentials=_credentials(args, cfg)) as bus:
         try:
@@ -257,6 +260,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
     url = await server.start()
+    for c in collectors:  # sources with processes of their own (capture workers) follow it
+        if hasattr(c, "bus_url"):
+            c.bus_url = url
     interactive = args.duration is None and sys.stdout.isatty()
     print(f"netevents up: NATS at {url} (store {store}); agent host {cfg.host}, site {cfg.site}; "
           f"sources {', '.join(cfg.sources)}", file=sys.stderr, flush=True)
@@ -278,8 +284,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
                 # Let the last batches (and the final status) reach the view.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(3):
-                        while not (view.agents.get(cfg.host) and
-                                   view.agents[cfg.host].status.get("final")):
+                        while not view.final_seen(cfg.host):
                             await asyncio.sleep(0.05)
                 view_stop.set()
             sub = feeder.result()
@@ -400,6 +405,7 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
                            help=SOURCE_FLAGS[name])
     g.add_argument("--interval", type=_positive, metavar="S",
                    help="netstat sampling interval in seconds (default 1)")
+    _add_capture_options(p)
     _add_ipstats_options(g)
 
 
@@ -472,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_top)
 
     _add_import_command(sub)
+    _add_hwtstamp_command(sub)
     _add_ctl_parser(sub)
     _add_archive_parsers(sub)
     _add_deploy_parsers(sub)
@@ -516,6 +523,62 @@ async def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# capture: agent options and the hwtstamp command (agents/capture)
+
+def _add_capture_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("capture (AF_PACKET TPACKET_V3: frame summaries and gap records)")
+    g.add_argument("--capture", action="append", metavar="IF", dest="capture_ifaces",
+                   help="capture on interface IF (repeatable)")
+    g.add_argument("--workers", metavar="N|auto",
+                   help="capture worker processes per interface in one PACKET_FANOUT group "
+                        "(default 1; auto = one per core)")
+    g.add_argument("--snaplen", type=int, metavar="N", help="bytes kept per frame (default 96)")
+    g.add_argument("--filter", metavar="EXPR",
+                   help="pcap filter expression (compiled with tcpdump -ddd) or -ddd output")
+    g.add_argument("--capture-only", action="store_true",
+                   help="mirror/SPAN port: drop captured frames at ingress, after the capture "
+                        "(removed on exit)")
+
+
+def _apply_capture_options(args: argparse.Namespace, cfg: Any) -> None:
+    ifaces = getattr(args, "capture_ifaces", None)
+    extra = {k: v for k, v in (("workers", getattr(args, "workers", None)),
+                               ("snaplen", getattr(args, "snaplen", None)),
+                               ("filter", getattr(args, "filter", None)),
+                               ("capture_only", getattr(args, "capture_only", False) or None))
+             if v is not None}
+    if not ifaces and not extra:
+        return
+    if not ifaces and "capture" not in cfg.sources:
+        raise ConfigError("--workers/--snaplen/--filter/--capture-only need --capture IF")
+    section = cfg.sources.setdefault("capture", {})
+    if ifaces:
+        section.pop("iface", None)
+        section["ifaces"] = list(ifaces)
+    section.update(extra)
+    if getattr(args, "bus", None):
+        cfg.bus = args.bus  # capture worker processes open their own bus connections
+
+
+def _add_hwtstamp_command(sub: Any) -> None:
+    p = sub.add_parser("hwtstamp", help="show or set hardware timestamping of an interface",
+                       description="SIOCSHWTSTAMP (tx on, rx filter all) / SIOCGHWTSTAMP and "
+                       "ETHTOOL_GET_TS_INFO: what the driver applied and its PHC index. "
+                       "Exit 1 with one line when the interface cannot.")
+    p.add_argument("iface")
+    p.add_argument("action", choices=("on", "off", "show"))
+    p.add_argument("--netns", help="named network namespace the interface is in")
+    p.set_defaults(func=cmd_hwtstamp)
+
+
+async def cmd_hwtstamp(args: argparse.Namespace) -> int:
+    from agents.capture import hwtstamp
+
+    argv = [args.iface, args.action, *(["--netns", args.netns] if args.netns else [])]
+    return hwtstamp.main(argv)
+
+
+# ---------------------------------------------------------------------------------------------
 # ipstats options and the control channel (agents/control.py): `agent --ipstats[-level]`,
 # the agent's control server, and `netevents ctl HOST level diagnostics|default`
 
