@@ -124,16 +124,19 @@ async def _read_stream(nc, stream: str, subject: str) -> list:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
+    info = await js.stream_info(stream, subjects_filter=subject)
+    total = sum((info.state.subjects or {}).values())
     got = []
-    while True:
+    while len(got) < total and time.monotonic() < deadline + 20:  # read all the stream holds
         try:
-            msgs = await psub.fetch(500, timeout=1.5)
-        except nats.errors.TimeoutError:
-            break
+            msgs = await psub.fetch(500, timeout=2)
+        except TimeoutError:  # nats' own and asyncio's
+            continue
         for m in msgs:
             got.append(decode_batch(m.data))
             await m.ack()
     await psub.unsubscribe()
+    assert len(got) == total, f"read {len(got)} of the {total} messages {stream} holds"
     return got
 
 
