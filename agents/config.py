@@ -7,6 +7,7 @@ A config file is TOML:
     host = "web-1"          # default: the short hostname
     site = "dc1"
     status_interval = 5.0
+    # creds / nkey_seed / tls_ca / tls_cert / tls_key = "FILE"   (bus credentials)
 
     [netstat]               # a section per source; its presence enables the source
     interval = 1.0
@@ -46,6 +47,12 @@ class AgentConfig:
     spool_policy: str = "drop_oldest"
     max_inflight: int = 64
     """Batches held in memory on their way to the bus (what a SIGKILL can cost)."""
+    creds: str | None = None
+    """Bus credentials (files), as the command's --creds, --nkey-seed, --tls-* options."""
+    nkey_seed: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Enabled sources: name -> its (unvalidated) section; validated by the source's build()."""
 

@@ -57,6 +57,10 @@ class CaptureSupervisor:
         self.bus_url = bus_url or getattr(agent_cfg, "bus", None) or default_url()
         self.host = host or getattr(agent_cfg, "host", None) or "localhost"
         self.site = site or getattr(agent_cfg, "site", None) or "local"
+        # The agent's bus credentials (files; --creds, --tls-* or [agent]) for the workers'
+        # own connections; credentials in the environment reach them anyway.
+        self.credentials = {k: getattr(agent_cfg, k, None)
+                            for k in ("creds", "nkey_seed", "tls_ca", "tls_cert", "tls_key")}
         self.restart_delay = 1.0
         self.max_restart_delay = 30.0
         self.procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
@@ -69,7 +73,7 @@ class CaptureSupervisor:
         group = (int(group) + index) & 0xFFFF if group is not None else fanout_group_for(index)
         return {"iface": iface, "worker": worker, "workers": self.workers,
                 "fanout_group": group, "section": self.section, "bus": self.bus_url,
-                "host": self.host, "site": self.site}
+                "host": self.host, "site": self.site, "credentials": self.credentials}
 
     async def run(self, sink) -> None:
         sink.declare_loss("capture.worker_exits")
@@ -98,9 +102,13 @@ class CaptureSupervisor:
         key = (cfg["iface"], cfg["worker"])
         delay = self.restart_delay
         while True:
+            # The bus URL may hold a password: it goes in the environment (readable by the
+            # same user only), not on the command line (readable by everyone in /proc).
+            argv_cfg = {k: v for k, v in cfg.items() if k != "bus"}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agents.capture.workers", json.dumps(cfg),
-                stderr=asyncio.subprocess.PIPE, cwd=_project_root())
+                sys.executable, "-m", "agents.capture.workers", json.dumps(argv_cfg),
+                stderr=asyncio.subprocess.PIPE, cwd=_project_root(),
+                env={**os.environ, "NETEVENTS_BUS": cfg["bus"]})
             self.procs[key] = proc
             last = ""
             try:
@@ -156,7 +164,7 @@ def _project_root() -> str:
 
 async def worker_main(cfg: dict) -> int:
     from agents.runner import AgentRunner, RunnerOptions
-    from netevents.bus import connect
+    from netevents.bus import Credentials, connect
     from netevents.errors import BusError
 
     from . import options_from_section, ring_capture
@@ -176,7 +184,8 @@ async def worker_main(cfg: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with connect(cfg["bus"], name=f"netevents-capture-{cfg['iface']}-{cfg['worker']}") as bus:
+        async with connect(cfg.get("bus"), name=f"netevents-capture-{cfg['iface']}-{cfg['worker']}",
+                           credentials=Credentials(**(cfg.get("credentials") or {}))) as bus:
             runner = AgentRunner(bus, [cap], RunnerOptions(host=cfg["host"], site=cfg["site"]))
 
             async def watch() -> None:
