@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from . import events as ev
-from .bus import Bus, Credentials, EmbeddedServer, connect, default_url
+from .bus import Bus, Credentials, EmbeddedServer, connect, default_url, redact_url
 from .errors import BusError, CapabilityError, ConfigError, NeteventsError
 
 log = logging.getLogger("netevents")
@@ -158,7 +158,7 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     async with connect(url, name=f"netevents-agent-{cfg.host}",
                        credentials=_credentials(args, cfg)) as bus:
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(3):
                 await bus.ensure_streams()
         except (BusError, TimeoutError) as exc:
             # An agent whose credentials only allow publishing its own subjects cannot create
@@ -651,17 +651,6 @@ _AUTH_OPTIONS = (("creds", "a NATS .creds file (JWT + nkey seed)", "NETEVENTS_CR
                  ("tls_ca", "CA bundle that verifies the server (tls:// URLs)", "NETEVENTS_TLS_CA"),
                  ("tls_cert", "client certificate for mutual TLS", "NETEVENTS_TLS_CERT"),
                  ("tls_key", "key of the client certificate", "NETEVENTS_TLS_KEY"))
-
-
-def redact_url(url: str) -> str:
-    """``nats://user:secret@host:4222`` -> ``nats://user:***@host:4222``: never log a password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
 
 
 def _add_auth_options(p: argparse.ArgumentParser) -> None:

@@ -140,13 +140,7 @@ async def _read_stream(nc, stream: str, subject: str) -> list:
     return got
 
 
-@pytest.mark.parametrize("victim", [
-    "stats-leader",
-    pytest.param("agents-node", marks=pytest.mark.xfail(strict=False, reason=(
-        "credentials in the bus URL are not used for the cluster's other (discovered) servers: "
-        "nats-py reconnects to them without user/password and is refused; netevents.bus.connect "
-        "should pass user and password to nats.connect explicitly"))),
-])
+@pytest.mark.parametrize("victim", ["stats-leader", "agents-node"])
 def test_cluster_loses_a_node_mid_run_and_no_batch_is_lost(tmp_path, victim):
     fleet = Fleet(tmp_path / "fleet")
     creds = {h: fleet.add("agent", h, "nats://127.0.0.1:4222", site=SITE, host=h)[1] for h in HOSTS}

@@ -131,7 +131,7 @@ def test_leaf_user_may_carry_replies_but_still_no_other_hosts_events():
 
 
 def test_redact_url_hides_the_password_only():
-    from netevents.cli import redact_url
+    from netevents.bus import redact_url
 
     assert redact_url("nats://agent.dc1.web-1:s3cret@nats:4222") == "nats://agent.dc1.web-1:***@nats:4222"
     assert redact_url("nats://nats:4222") == "nats://nats:4222"
@@ -150,3 +150,12 @@ def test_auth_command_line(tmp_path):
     assert ok.returncode == 0, ok.stderr
     listed = subprocess.run([*cli, "list", *fleet], capture_output=True, text=True).stdout
     assert "agent.dc1.web-1-example-com\tagent" in listed and "leaf.dc1.web-1-example-com\tleaf" in listed
+
+
+def test_url_credentials_become_connect_options_for_every_server():
+    from netevents.bus import split_url_credentials
+
+    url, opts = split_url_credentials("nats://agent.dc1.web-1:p%40ss@nats-1:4222")
+    assert url == "nats://nats-1:4222"
+    assert opts == {"user": "agent.dc1.web-1", "password": "p@ss"}
+    assert split_url_credentials("nats://nats:4222") == ("nats://nats:4222", {})
