@@ -1,0 +1,19 @@
+"""Drops with flow and network namespace: skb:kfree_skb through a CO-RE BPF program.
+
+    kfree_skb.bpf.c  the program (tp_btf + raw_tp fallback): in-kernel aggregation per
+                     (netns, reason, location, ifindex, proto, flow), sampled ring records,
+                     kernel-side filter, own-loss counters
+    layout.py        the C structs as Python struct formats (keep in step with the C)
+    build.py         vmlinux.h from BTF + clang -> cached object; reason names from vmlinux.h
+    libbpf.py        ctypes binding to libbpf.so.1 (object, maps, batch drain, ring buffer)
+    filter.py        the ``filter`` attribute expressions: parse, compile for the kernel, match
+    netns.py         netns inode -> name (/run/netns, /proc/*/ns/net hints)
+    collector.py     EbpfDrops: the collector (window flip + drain, records, losses)
+
+Used as a source of ``agents.drops`` (``source = "ebpf"`` or ``"auto"``), not on its own.
+"""
+
+from .collector import EbpfDrops
+from .filter import DropFilter, parse_filter
+
+__all__ = ["DropFilter", "EbpfDrops", "parse_filter"]
