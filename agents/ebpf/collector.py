@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from netevents.errors import CapabilityError
+from netevents.errors import CapabilityError, ConfigError
 
 from ..drops.kallsyms import Kallsyms
 from ..drops.tracepoint import boottime_offset_ns
@@ -115,7 +115,10 @@ class EbpfDrops:
             raise CapabilityError("ebpf", str(exc)) from None
         self.reasons = built.reasons
         numbers = {v: k for k, v in built.reasons.items()}
-        kernel_filter = self.filter.compile(numbers) if self.filter else bytes(L.FILTER.size)
+        try:
+            kernel_filter = self.filter.compile(numbers) if self.filter else bytes(L.FILTER.size)
+        except ConfigError as exc:
+            raise CapabilityError("ebpf", str(exc)) from None
         try:
             libbpf.load_library()
             self._ncpu = libbpf.possible_cpus()
@@ -150,6 +153,12 @@ class EbpfDrops:
             hint = " (needs CAP_BPF and CAP_PERFMON, or root)" if perm else ""
             raise CapabilityError("ebpf", f"cannot load the kfree_skb program{hint}: "
                                   + "; ".join(errors))
+        if self.sample_every:
+            try:
+                self.ring = libbpf.RingBuffer(self._fds["records"], self.on_record)
+            except OSError as exc:
+                self.close()
+                raise CapabilityError("ebpf", f"ring buffer: {exc.strerror or exc}") from None
         self.kallsyms = Kallsyms.load()
         scan(self.netns)
 
@@ -294,8 +303,7 @@ class EbpfDrops:
         await asyncio.to_thread(self.open)
         loop = asyncio.get_running_loop()
         try:
-            if self.sample_every:
-                self.ring = libbpf.RingBuffer(self._fds["records"], self.on_record)
+            if self.ring is not None:
                 loop.add_reader(self.ring.fd, self._consume)
             log.info("ebpf: %s attached (ring %d KiB, sample 1/%s)", self.attached,
                      self.ring_kb, self.sample_every or "-")
