@@ -314,58 +314,74 @@ async def _flood_with(source, ns: Namespace, flood: Path, seconds: float) -> dic
             "bpf_ns": stats1[0] - stats0[0], "bpf_runs": stats1[1] - stats0[1]}
 
 
-async def bench_sources(flood: Path, seconds: float) -> None:
+async def bench_sources(flood: Path, seconds: float, rounds: int) -> None:
+    """Rounds of (bare, ebpf, ebpf + records, tracepoint) floods, interleaved so the machine's
+    drift (other work on it) spreads over all of them; medians are printed. One extra eBPF
+    flood with ``kernel.bpf_stats_enabled=1`` gives the program's run time per drop (stats
+    cost time themselves, so they are off in the timed rounds)."""
     from agents.ebpf import EbpfDrops, parse_filter
     from agents.ebpf.netns import resolve
 
-    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=False)
-    try:
-        with Namespace() as ns:
-            rows = []
-            for label, make in (
-                    ("nothing attached", lambda: None),
-                    ("ebpf (aggregated in the kernel)", lambda: EbpfDrops(
-                        interval=1.0, filter=parse_filter(f"netns={ns.name}"))),
-                    ("ebpf + 1/1000 records", lambda: EbpfDrops(
-                        interval=1.0, filter=parse_filter(f"netns={ns.name}"), sample_every=1000)),
-                    ("tracepoint (tracefs, raw reader)", lambda: TracepointDrops(
-                        interval=1.0, buffer_kb=16384)),
-                    ("nothing attached (again)", lambda: None)):
-                src = make()
-                if src is not None and hasattr(src, "filter") and src.filter.netns:
-                    src.filter.resolve_netns(resolve)
-                rows.append((label, src, await _flood_with(src, ns, flood, seconds)))
-    finally:
-        subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"], check=False)
-    base = statistics.mean(r["rate"] for label, src, r in rows if src is None)
-    print(f"sources: {seconds:.1f} s UDP flood into an output-hook nft drop, per source:")
-    for label, src, r in rows:
-        line = f"  {label:34s} flood {r['rate']:11,.0f} pkt/s ({r['rate'] / base:5.1%} of bare)"
-        if src is not None:
-            per_m = r["cpu"] / max(r["drops"], 1) * 1e6
-            line += (f"; {r['drops']:,} drops in {r['events']:,} events, "
-                     f"{r['drops'] / seconds:,.0f} drops/s, agent CPU {r['cpu']:.2f} s "
-                     f"= {per_m:.3f} CPU-s per million drops")
-            if r["bpf_runs"]:
-                line += f", BPF program {r['bpf_ns'] / r['bpf_runs']:.0f} ns/run"
-            lost = {k: v for k, v in r["lost"].items() if v}
-            if lost:
-                line += f", lost {lost}"
+    def ebpf(ns: Namespace, every: int = 0) -> EbpfDrops:
+        src = EbpfDrops(interval=1.0, filter=parse_filter(f"netns={ns.name}"), sample_every=every)
+        src.filter.resolve_netns(resolve)
+        return src
+
+    kinds = {
+        "bare": ("nothing attached", lambda ns: None),
+        "ebpf": ("ebpf (aggregated in the kernel)", ebpf),
+        "ebpf_rec": ("ebpf + 1/1000 per-packet records", lambda ns: ebpf(ns, 1000)),
+        "tracepoint": ("tracepoint (tracefs, raw reader)",
+                       lambda ns: TracepointDrops(interval=1.0, buffer_kb=16384)),
+    }
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    with Namespace() as ns:
+        for _ in range(rounds):
+            for kind, (_label, make) in kinds.items():
+                results[kind].append(await _flood_with(make(ns), ns, flood, seconds))
+        subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=False)
+        try:
+            stats = await _flood_with(ebpf(ns), ns, flood, seconds)
+        finally:
+            subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"], check=False)
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[kind])
+
+    def cpm(kind: str) -> float:  # agent CPU seconds per million drops
+        return statistics.median(r["cpu"] / max(r["drops"], 1) * 1e6 for r in results[kind])
+
+    base = med("bare", "rate")
+    print(f"sources: {rounds} rounds of a {seconds:.1f} s UDP flood into an output-hook nft "
+          f"drop (medians):")
+    for kind, (label, _make) in kinds.items():
+        line = f"  {label:36s} flood {med(kind, 'rate'):11,.0f} pkt/s ({med(kind, 'rate') / base:6.1%} of bare)"
+        if kind != "bare":
+            lost: dict[str, int] = {}
+            for r in results[kind]:
+                for k, v in r["lost"].items():
+                    lost[k] = lost.get(k, 0) + v
+            lost = {k: v for k, v in lost.items() if v}
+            line += (f"; {med(kind, 'drops') / seconds:,.0f} drops/s in "
+                     f"{med(kind, 'events'):,.0f} events, agent CPU {cpm(kind):.3f} s per million drops"
+                     + (f", lost {lost}" if lost else ""))
         print(line)
-    by = {label.split()[0] + (" rec" if "records" in label else ""): r for label, _s, r in rows}
-    e, t = by["ebpf"], by["tracepoint"]
-    cpm = lambda r: r["cpu"] / max(r["drops"], 1) * 1e6  # noqa: E731
-    print(f"  ratio agent CPU per million drops, tracepoint / ebpf: {cpm(t) / cpm(e):.1f}")
-    print(f"  ratio drops/s seen, ebpf / tracepoint: {e['drops'] / max(t['drops'], 1):.2f}")
-    print(f"  flood rate with ebpf / bare: {e['rate'] / base:.3f}; with tracepoint / bare: "
-          f"{t['rate'] / base:.3f}")
+    if stats["bpf_runs"]:
+        print(f"  BPF program (tp_btf) run time: {stats['bpf_ns'] / stats['bpf_runs']:.0f} ns per "
+              f"drop over {stats['bpf_runs']:,} runs (kernel.bpf_stats_enabled)")
+    print(f"  ratio agent CPU per million drops, tracepoint / ebpf: {cpm('tracepoint') / cpm('ebpf'):.0f}")
+    print(f"  ratio drops/s seen, ebpf / tracepoint: "
+          f"{med('ebpf', 'drops') / max(med('tracepoint', 'drops'), 1):.2f}")
+    print(f"  dropped traffic's rate with the source attached / bare: ebpf "
+          f"{med('ebpf', 'rate') / base:.3f}, tracepoint {med('tracepoint', 'rate') / base:.3f}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--burst-seconds", type=float, default=0.5)
     ap.add_argument("--probes", type=int, default=30)
-    ap.add_argument("--flood-seconds", type=float, default=3.0)
+    ap.add_argument("--flood-seconds", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=("throughput", "latency", "sources"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -377,7 +393,7 @@ def main() -> int:
         if args.only in (None, "throughput"):
             bench_throughput(flood, args.burst_seconds)
         if args.only in (None, "sources"):
-            asyncio.run(bench_sources(flood, args.flood_seconds))
+            asyncio.run(bench_sources(flood, args.flood_seconds, args.rounds))
     if args.only in (None, "latency"):
         asyncio.run(bench_latency(args.probes))
     return 0

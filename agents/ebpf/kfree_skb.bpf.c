@@ -10,9 +10,11 @@
  * Own losses: hash insert failures (`map_full`) and ring reservation failures (`ringbuf_full`)
  * are counted in the per-CPU array `losses`.
  *
- * Two programs share one body: tp_btf/kfree_skb (BTF-typed arguments) and raw_tp/kfree_skb
- * (the fallback where tp_btf cannot attach). Both read the skb with CO-RE relocated
- * bpf_probe_read_kernel (BPF_CORE_READ), which works under either program type.
+ * Two programs share one body: tp_btf/kfree_skb (BTF-typed arguments: skb fields are plain
+ * loads) and raw_tp/kfree_skb (the fallback where tp_btf cannot attach: fields through CO-RE
+ * relocated bpf_probe_read_kernel). Packet bytes are read with one bpf_probe_read_kernel of
+ * the first 48 bytes from the network header (IPv4 without options or IPv6, plus the ports
+ * and TCP sequence); IPv4 options take a second read for the ports.
  *
  * The layout of struct ne_key, ne_val, ne_record, ne_filter and ne_ctl is mirrored in
  * agents/ebpf/layout.py: change both together.
@@ -207,72 +209,82 @@ static __always_inline int count_in(void *agg, struct ne_key *key, __u64 now)
 	return 1;
 }
 
-static __always_inline int handle(struct sk_buff *skb, void *location, __u32 reason)
+/* What the two programs read from the skb, each its own way (see the programs below). */
+struct skb_facts {
+	unsigned char *head;
+	__u32 tail;        /* an offset from head on 64-bit kernels (NET_SKBUFF_DATA_USES_OFFSET) */
+	__u32 len;
+	__u32 ifindex;
+	__u32 netns;
+	__u16 proto;       /* host order */
+	__u16 nh;          /* network_header offset, 0xffff when unset */
+};
+
+/* IPv4 (no options) or IPv6 header plus the first 8 bytes of TCP/UDP: read in one go. */
+#define HDR_READ 48
+
+static __always_inline int handle(const struct skb_facts *s, void *location, __u32 reason)
 {
 	struct ne_key key = {};
 	__u16 ip_id = 0;
 	__u32 tcp_seq = 0;
 	__u32 zero = 0;
+	unsigned char *head = s->head;
+	__u16 nh = s->nh;
+	__u32 tail = s->tail;
 
 	key.location = (__u64)location;
 	key.reason = reason;
-	key.proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	key.proto = s->proto;
+	key.ifindex = s->ifindex;
+	key.netns = s->netns;
 
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	if (dev) {
-		key.ifindex = BPF_CORE_READ(dev, ifindex);
-		key.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	} else {
-		key.ifindex = BPF_CORE_READ(skb, skb_iif);
-		struct sock *sk = BPF_CORE_READ(skb, sk);
-		if (sk)
-			key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	}
-
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u32 tail = BPF_CORE_READ(skb, tail);  /* an offset from head on 64-bit kernels */
 	if (head && nh != (__u16)~0U && tail > nh) {
 		unsigned char *l3 = head + nh;
-		__u8 vihl = 0;
-		bpf_probe_read_kernel(&vihl, 1, l3);
+		__u8 hdr[HDR_READ] = {};
+		__u32 avail = tail - nh;
+		/* One helper call for the common case; a short packet takes the bytes it has. */
+		if (avail >= HDR_READ)
+			bpf_probe_read_kernel(hdr, HDR_READ, l3);
+		else if (avail >= 28)
+			bpf_probe_read_kernel(hdr, 28, l3);
+		else
+			bpf_probe_read_kernel(hdr, 1, l3);
+		__u8 vihl = hdr[0];
 		__u32 l4off = 0;
 		__u8 l4 = 0;
 		int first_fragment = 1;
-		if ((vihl >> 4) == 4 && (key.proto == ETH_P_IP || key.proto == 0)) {
-			struct iphdr ip;
-			if (bpf_probe_read_kernel(&ip, sizeof(ip), l3) == 0) {
-				key.family = 4;
-				__builtin_memcpy(key.src, &ip.saddr, 4);
-				__builtin_memcpy(key.dst, &ip.daddr, 4);
-				l4 = ip.protocol;
-				ip_id = bpf_ntohs(ip.id);
-				l4off = (vihl & 0x0f) * 4;
-				first_fragment = (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK) == 0;
-			}
-		} else if ((vihl >> 4) == 6 && (key.proto == ETH_P_IPV6 || key.proto == 0)) {
-			struct ipv6hdr ip6;
-			if (bpf_probe_read_kernel(&ip6, sizeof(ip6), l3) == 0) {
-				key.family = 6;
-				__builtin_memcpy(key.src, &ip6.saddr, 16);
-				__builtin_memcpy(key.dst, &ip6.daddr, 16);
-				l4 = ip6.nexthdr;  /* extension headers are not walked */
-				l4off = 40;
-			}
+		if ((vihl >> 4) == 4 && (key.proto == ETH_P_IP || key.proto == 0) && avail >= 20) {
+			struct iphdr *ip = (struct iphdr *)hdr;
+			key.family = 4;
+			__builtin_memcpy(key.src, &ip->saddr, 4);
+			__builtin_memcpy(key.dst, &ip->daddr, 4);
+			l4 = ip->protocol;
+			ip_id = bpf_ntohs(ip->id);
+			l4off = (vihl & 0x0f) * 4;
+			first_fragment = (bpf_ntohs(ip->frag_off) & IP_OFFSET_MASK) == 0;
+		} else if ((vihl >> 4) == 6 && (key.proto == ETH_P_IPV6 || key.proto == 0) &&
+			   avail >= 40) {
+			struct ipv6hdr *ip6 = (struct ipv6hdr *)hdr;
+			key.family = 6;
+			__builtin_memcpy(key.src, &ip6->saddr, 16);
+			__builtin_memcpy(key.dst, &ip6->daddr, 16);
+			l4 = ip6->nexthdr;  /* extension headers are not walked */
+			l4off = 40;
 		}
 		key.l4 = l4;
 		if (key.family && first_fragment && (l4 == IPPROTO_TCP_ || l4 == IPPROTO_UDP_) &&
-		    l4off >= 20 && l4off <= 60 && tail >= nh + l4off + 4) {
-			__be16 ports[2];
-			if (bpf_probe_read_kernel(ports, sizeof(ports), l3 + l4off) == 0) {
-				key.sport = bpf_ntohs(ports[0]);
-				key.dport = bpf_ntohs(ports[1]);
-			}
-			if (l4 == IPPROTO_TCP_ && tail >= nh + l4off + 8) {
-				__be32 seq;
-				if (bpf_probe_read_kernel(&seq, 4, l3 + l4off + 4) == 0)
-					tcp_seq = bpf_ntohl(seq);
-			}
+		    l4off >= 20 && l4off <= 60 && avail >= l4off + 4) {
+			__u8 ports[8] = {};
+			if ((l4off == 20 || l4off == 40) && avail >= HDR_READ)
+				__builtin_memcpy(ports, hdr + (l4off == 20 ? 20 : 40), 8);
+			else
+				bpf_probe_read_kernel(ports, avail >= l4off + 8 ? 8 : 4, l3 + l4off);
+			key.sport = (ports[0] << 8) | ports[1];
+			key.dport = (ports[2] << 8) | ports[3];
+			if (l4 == IPPROTO_TCP_ && avail >= l4off + 8)
+				tcp_seq = ((__u32)ports[4] << 24) | ((__u32)ports[5] << 16) |
+					  ((__u32)ports[6] << 8) | ports[7];
 		}
 	}
 
@@ -309,7 +321,7 @@ static __always_inline int handle(struct sk_buff *skb, void *location, __u32 rea
 	}
 	r->key = key;
 	r->ts = now;
-	r->orig_len = BPF_CORE_READ(skb, len);
+	r->orig_len = s->len;
 	r->tcp_seq = tcp_seq;
 	r->ip_id = ip_id;
 	r->pad = 0;
@@ -325,14 +337,51 @@ static __always_inline int handle(struct sk_buff *skb, void *location, __u32 rea
 	return 0;
 }
 
+/* tp_btf: the arguments are BTF-typed, so fields are plain loads (CO-RE relocated through
+ * vmlinux.h's preserve_access_index; faults are caught by the verifier's PROBE_MEM handling). */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	return handle(skb, location, (__u32)reason);
+	struct skb_facts s = {};
+	struct net_device *dev = skb->dev;
+
+	s.head = skb->head;
+	s.tail = skb->tail;
+	s.len = skb->len;
+	s.nh = skb->network_header;
+	s.proto = bpf_ntohs(skb->protocol);
+	if (dev) {
+		s.ifindex = dev->ifindex;
+		s.netns = dev->nd_net.net->ns.inum;
+	} else {
+		s.ifindex = skb->skb_iif;
+		struct sock *sk = skb->sk;
+		if (sk)
+			s.netns = sk->__sk_common.skc_net.net->ns.inum;
+	}
+	return handle(&s, location, (__u32)reason);
 }
 
+/* raw_tp: untyped arguments, every field through bpf_probe_read_kernel (BPF_CORE_READ). */
 SEC("raw_tp/kfree_skb")
 int BPF_PROG(kfree_skb_raw, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
-	return handle(skb, location, (__u32)reason);
+	struct skb_facts s = {};
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+
+	s.head = BPF_CORE_READ(skb, head);
+	s.tail = BPF_CORE_READ(skb, tail);
+	s.len = BPF_CORE_READ(skb, len);
+	s.nh = BPF_CORE_READ(skb, network_header);
+	s.proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	if (dev) {
+		s.ifindex = BPF_CORE_READ(dev, ifindex);
+		s.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	} else {
+		s.ifindex = BPF_CORE_READ(skb, skb_iif);
+		struct sock *sk = BPF_CORE_READ(skb, sk);
+		if (sk)
+			s.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	}
+	return handle(&s, location, (__u32)reason);
 }

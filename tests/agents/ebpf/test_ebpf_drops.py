@@ -248,3 +248,12 @@ def test_auto_order_prefers_netdm_then_ebpf_then_tracepoint():
     assert c.counter_source is not None
     c = build_drops({"source": "tracepoint", "counter": False})
     assert [s.name for s in c.event_sources] == ["drops.tracepoint"] and c.counter_source is None
+
+
+def test_sample_config_builds_the_ebpf_source():
+    import tomllib
+
+    section = tomllib.loads((Path(__file__).parents[3] / "agents/ebpf/sample.toml").read_text())
+    c = build_drops(section["drops"])
+    [src] = c.event_sources
+    assert isinstance(src, EbpfDrops) and src.sample_every == 0 and src.ring_kb == 256
