@@ -3,7 +3,8 @@
 ``vmlinux.h`` is generated from the kernel's BTF (``bpftool btf dump file
 /sys/kernel/btf/vmlinux format c``) into the cache, never committed; the object is compiled
 with clang (``-target bpf``, CO-RE). The cache key is the kernel release plus a hash of the C
-source and the clang version, so an edited program or a new kernel rebuilds. The
+source, so an edited program or a new kernel rebuilds, and an object built at install time
+serves hosts without clang. The
 ``skb_drop_reason`` names are taken from the same vmlinux.h (reasons.json next to the object).
 
 Cache directory: ``$NETEVENTS_CACHE/ebpf``, else ``/var/cache/netevents/ebpf`` for root, else
@@ -67,24 +68,23 @@ def build(cache: Path | None = None) -> Built:
     """The cached object (building it first if needed).
 
     Raises:
-        BuildError: no BTF, no clang/bpftool, or the compile failed (one line).
+        BuildError: no BTF; no cached object and no clang/bpftool; the compile failed.
     """
     if not BTF.exists():
         raise BuildError(f"no kernel BTF at {BTF} (CONFIG_DEBUG_INFO_BTF)")
-    clang = _tool("clang")
-    bpftool = _tool("bpftool")
-    src = SOURCE.read_bytes()
-    try:
-        version = subprocess.run([clang, "--version"], capture_output=True, text=True,
-                                 check=True).stdout.splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError) as exc:
-        raise BuildError(f"clang does not run: {exc}") from exc
-    tag = hashlib.sha256(src + version.encode()).hexdigest()[:12]
+    # Keyed by kernel release and program source only: an object built at install time is
+    # used on a host where clang has since been removed.
+    tag = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
     out = (cache or cache_root()) / f"{platform.release()}-{tag}"
     obj, reasons_file = out / "kfree_skb.bpf.o", out / "reasons.json"
     if obj.exists() and reasons_file.exists():
-        reasons = {int(k): v for k, v in json.loads(reasons_file.read_text()).items()}
-        return Built(obj, reasons)
+        try:
+            reasons = {int(k): v for k, v in json.loads(reasons_file.read_text()).items()}
+            return Built(obj, reasons)
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is rebuilt
+    clang = _tool("clang")
+    bpftool = _tool("bpftool")
     out.mkdir(parents=True, exist_ok=True)
     header = out / "vmlinux.h"
     try:
@@ -103,3 +103,14 @@ def build(cache: Path | None = None) -> Built:
     reasons_file.write_text(json.dumps(reasons))
     tmp.replace(obj)  # atomic: a concurrent agent sees no half-written object
     return Built(obj, reasons)
+
+
+if __name__ == "__main__":  # install time: python -m agents.ebpf.build
+    import sys
+
+    try:
+        built = build()
+    except BuildError as exc:
+        print(f"agents.ebpf.build: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{built.obj} ({len(built.reasons)} drop reasons)")

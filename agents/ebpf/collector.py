@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import socket
+import struct
 import time
 from collections import Counter
 from typing import Any
@@ -98,6 +99,7 @@ class EbpfDrops:
         self._packets: list[dict[str, Any]] = []
         self._credit: Counter[bytes] = Counter()
         self._loss_seen = [0, 0]
+        self._last_error = ""
         self.totals = Counter()
         """Drops/records/losses over the collector's life: counted, records, map_full, ringbuf_full."""
 
@@ -210,9 +212,20 @@ class EbpfDrops:
         return event, ok
 
     def on_record(self, data: bytes) -> None:
-        """One ring-buffer record -> a per-packet event (count 1); its aggregate gets a credit."""
+        """One ring-buffer record -> a per-packet event (count 1); its aggregate gets a credit.
+
+        Called from libbpf's ring_buffer__consume through ctypes, where an exception would only
+        be printed: a record that cannot be read is counted (``bad_records``) instead.
+        """
+        try:
+            self._record(data)
+        except (ValueError, struct.error) as exc:
+            self.totals["bad_records"] += 1
+            log.debug("ebpf: bad record: %s", exc)
+
+    def _record(self, data: bytes) -> None:
         if len(data) < L.RECORD_SIZE:
-            return
+            raise ValueError(f"record of {len(data)} bytes, expected {L.RECORD_SIZE}")
         key, ts, orig_len, tcp_seq, ip_id, caplen, _pad = L.RECORD_HEAD.unpack_from(data)
         self._credit[key] += 1
         self.totals["records"] += 1
@@ -314,7 +327,15 @@ class EbpfDrops:
                     t0 = time.time_ns()
                     while True:
                         await asyncio.sleep(self.interval)
-                        await self._emit(sink, t0)
+                        try:
+                            await self._emit(sink, t0)
+                        except OSError as exc:
+                            # A map syscall failed: what was not drained stays in the map
+                            # and is read next window. Said once per distinct error.
+                            if str(exc) != self._last_error:
+                                log.warning("ebpf: reading the maps: %s", exc)
+                                self._last_error = str(exc)
+                            continue
                         t0 = time.time_ns()
                 finally:
                     names.cancel()
