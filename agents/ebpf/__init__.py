@@ -13,7 +13,19 @@
 Used as a source of ``agents.drops`` (``source = "ebpf"`` or ``"auto"``), not on its own.
 """
 
-from .collector import EbpfDrops
-from .filter import DropFilter, parse_filter
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["DropFilter", "EbpfDrops", "parse_filter"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `python -m agents.ebpf.build` (install time) does not import itself twice.
+    if name == "EbpfDrops":
+        from .collector import EbpfDrops
+        return EbpfDrops
+    if name in ("DropFilter", "parse_filter"):
+        from . import filter as f
+        return getattr(f, name)
+    raise AttributeError(name)
