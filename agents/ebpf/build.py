@@ -65,6 +65,19 @@ def _tool(name: str) -> str:
 
 
 def build(cache: Path | None = None) -> Built:
+    """The cached object (building it first if needed); see :func:`_build`.
+
+    Raises:
+        BuildError: no BTF; no cached object and no clang/bpftool; the compile failed; the
+            cache directory is not writable.
+    """
+    try:
+        return _build(cache)
+    except OSError as exc:
+        raise BuildError(f"eBPF object cache: {exc.filename or ''}: {exc.strerror or exc}") from exc
+
+
+def _build(cache: Path | None = None) -> Built:
     """The cached object (building it first if needed).
 
     Raises:
@@ -86,22 +99,32 @@ def build(cache: Path | None = None) -> Built:
     clang = _tool("clang")
     bpftool = _tool("bpftool")
     out.mkdir(parents=True, exist_ok=True)
-    header = out / "vmlinux.h"
+    # Per-process file names, renamed into place: agents (or tests) building at the same time
+    # never read each other's half-written files.
+    work = out / f"tmp.{os.getpid()}"
+    work.mkdir(exist_ok=True)
+    header = work / "vmlinux.h"
     try:
         with open(header, "w") as f:
             subprocess.run([bpftool, "btf", "dump", "file", str(BTF), "format", "c"], stdout=f,
                            stderr=subprocess.PIPE, check=True)
-        tmp = out / f"kfree_skb.bpf.o.{os.getpid()}"
+        tmp = work / "kfree_skb.bpf.o"
         arch = _ARCH.get(platform.machine(), platform.machine())
         subprocess.run([clang, "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
-                        "-I", str(out), "-c", str(SOURCE), "-o", str(tmp)],
+                        "-I", str(work), "-c", str(SOURCE), "-o", str(tmp)],
                        capture_output=True, text=True, check=True)
     except subprocess.CalledProcessError as exc:
-        first = (exc.stderr or "").strip().splitlines()[:1]
+        shutil.rmtree(work, ignore_errors=True)
+        lines = (exc.stderr or "").strip().splitlines()
+        first = [ln for ln in lines if "error" in ln][:1] or lines[:1]
         raise BuildError(f"building {SOURCE.name} failed: {first[0] if first else exc}") from exc
     reasons = parse_reasons(header.read_text())
-    reasons_file.write_text(json.dumps(reasons))
-    tmp.replace(obj)  # atomic: a concurrent agent sees no half-written object
+    header.replace(out / "vmlinux.h")
+    tmp_reasons = work / "reasons.json"
+    tmp_reasons.write_text(json.dumps(reasons))
+    tmp_reasons.replace(reasons_file)
+    tmp.replace(obj)  # last: its presence says the entry is complete
+    shutil.rmtree(work, ignore_errors=True)
     return Built(obj, reasons)
 
 

@@ -100,6 +100,7 @@ class EbpfDrops:
         self._credit: Counter[bytes] = Counter()
         self._loss_seen = [0, 0]
         self._last_error = ""
+        self._scanned = 0.0
         self.totals = Counter()
         """Drops/records/losses over the collector's life: counted, records, map_full, ringbuf_full."""
 
@@ -187,10 +188,7 @@ class EbpfDrops:
         event: dict[str, Any] = {"source": self.source, "reason": name, "pc": loc,
                                  "location": self._location(loc)}
         if netns:
-            event["netns"] = netns
-            ns_name = self.netns.name(netns)
-            if ns_name:
-                event["netns_name"] = ns_name
+            event["netns"] = netns  # netns_name is added in collect(), after any rescan
         if ifindex:
             event["ifindex"] = ifindex
             if netns == self._own_netns:
@@ -295,16 +293,31 @@ class EbpfDrops:
             events.append(event)
         events.extend(self._packets)
         self._packets = []
+        await self._name_namespaces(events)
         map_full, ring_full = self._losses()
         self.totals["map_full"] += map_full
         self.totals["ringbuf_full"] += ring_full
         return events, map_full, ring_full
+
+    async def _name_namespaces(self, events: list[dict[str, Any]]) -> None:
+        """Set ``netns_name``; a namespace not seen before triggers a rescan (at most 1/s)."""
+        names = self.netns.names
+        if any(e.get("netns") not in names for e in events if "netns" in e) and (
+                time.monotonic() - self._scanned > 1.0):
+            self._scanned = time.monotonic()
+            await asyncio.to_thread(scan, self.netns)
+            names = self.netns.names
+        for e in events:
+            name = names.get(e.get("netns"))
+            if name:
+                e["netns_name"] = name
 
     async def _refresh_names(self) -> None:
         while True:
             await asyncio.sleep(self.netns_refresh)
             try:
                 await asyncio.to_thread(scan, self.netns)
+                self._scanned = time.monotonic()
             except OSError as exc:  # a vanished /proc entry mid-scan is not worth more
                 log.debug("netns scan: %s", exc)
 

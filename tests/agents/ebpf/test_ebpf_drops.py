@@ -257,3 +257,34 @@ def test_sample_config_builds_the_ebpf_source():
     c = build_drops(section["drops"])
     [src] = c.event_sources
     assert isinstance(src, EbpfDrops) and src.sample_every == 0 and src.ring_kb == 256
+
+
+@needs_ebpf
+def test_fresh_build_into_an_empty_cache(tmp_path, monkeypatch):
+    from agents.ebpf.build import build
+
+    monkeypatch.setenv("NETEVENTS_CACHE", str(tmp_path))
+    built = build()
+    assert built.obj.is_file() and built.obj.is_relative_to(tmp_path)
+    assert (built.obj.parent / "vmlinux.h").is_file()  # generated in the cache, never the tree
+    assert {"NETFILTER_DROP", "NO_SOCKET", "NOT_SPECIFIED"} <= set(built.reasons.values())
+    assert build().obj == built.obj  # second call: the cached object, nothing rebuilt
+    assert not list(built.obj.parent.glob("tmp.*"))  # no temporary files left
+
+
+@needs_ebpf
+def test_a_namespace_made_after_start_is_named():
+    src = EbpfDrops(filter=parse_filter("reason=NO_SOCKET l4=udp dport=47113"))
+    asyncio.run(asyncio.to_thread(src.open))
+    ns = f"ne-late-{uuid.uuid4().hex[:6]}"
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", SENDER, "127.0.0.1",
+                        "47113", "5", "47114"], check=True, capture_output=True)
+        events, _, _ = asyncio.run(src.collect())
+        mine = [e for e in events if e["netns"] == os.stat(f"/run/netns/{ns}").st_ino]
+        assert sum(e["count"] for e in mine) == 5 and mine[0]["netns_name"] == ns
+    finally:
+        src.close()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
