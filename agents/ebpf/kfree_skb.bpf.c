@@ -59,7 +59,7 @@ struct ne_val {
 struct ne_record {
 	struct ne_key key;
 	__u64 ts;
-	__u32 orig_len;    /* skb->len */
+	__u32 orig_len;    /* packet length from the network header */
 	__u32 tcp_seq;     /* host order */
 	__u16 ip_id;       /* host order */
 	__u16 caplen;      /* bytes of payload[] valid, from the network header */
@@ -213,7 +213,8 @@ static __always_inline int count_in(void *agg, struct ne_key *key, __u64 now)
 struct skb_facts {
 	unsigned char *head;
 	__u32 tail;        /* an offset from head on 64-bit kernels (NET_SKBUFF_DATA_USES_OFFSET) */
-	__u32 len;
+	__u32 len;         /* bytes from skb->data, which may be past the network header */
+	__u32 data_off;    /* skb->data - skb->head */
 	__u32 ifindex;
 	__u32 netns;
 	__u16 proto;       /* host order */
@@ -321,7 +322,9 @@ static __always_inline int handle(const struct skb_facts *s, void *location, __u
 	}
 	r->key = key;
 	r->ts = now;
-	r->orig_len = s->len;
+	/* Length from the network header (what the payload starts with), not from skb->data. */
+	__s64 from_nh = (__s64)s->len + s->data_off - nh;
+	r->orig_len = nh != (__u16)~0U && from_nh > 0 ? (__u32)from_nh : s->len;
 	r->tcp_seq = tcp_seq;
 	r->ip_id = ip_id;
 	r->pad = 0;
@@ -346,6 +349,7 @@ int BPF_PROG(kfree_skb_btf, struct sk_buff *skb, void *location, enum skb_drop_r
 	struct net_device *dev = skb->dev;
 
 	s.head = skb->head;
+	s.data_off = skb->data - skb->head;
 	s.tail = skb->tail;
 	s.len = skb->len;
 	s.nh = skb->network_header;
@@ -370,6 +374,7 @@ int BPF_PROG(kfree_skb_raw, struct sk_buff *skb, void *location, enum skb_drop_r
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
 
 	s.head = BPF_CORE_READ(skb, head);
+	s.data_off = BPF_CORE_READ(skb, data) - s.head;
 	s.tail = BPF_CORE_READ(skb, tail);
 	s.len = BPF_CORE_READ(skb, len);
 	s.nh = BPF_CORE_READ(skb, network_header);

@@ -16,7 +16,7 @@ NETNS_MAX = 8
 KEY = struct.Struct("<QIIIHBB16s16sHHI")
 # struct ne_val: count, first_ts, last_ts (CLOCK_BOOTTIME ns)
 VAL = struct.Struct("<QQQ")
-# struct ne_record: key, ts u64, orig_len u32, tcp_seq u32, ip_id u16, caplen u16, pad u32,
+# struct ne_record: key, ts u64, orig_len u32 (from the network header), tcp_seq u32, ip_id u16, caplen u16, pad u32,
 # payload[128]
 RECORD_HEAD = struct.Struct("<64sQIIHHI")
 RECORD_SIZE = RECORD_HEAD.size + PAYLOAD_MAX

@@ -62,6 +62,22 @@ SENDER = textwrap.dedent("""
 """)
 
 
+PROBES = textwrap.dedent("""
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 40000))
+    for _ in range(50):
+        s.sendto(b"x" * 32, ("127.0.0.1", 9))
+    s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s6.bind(("::1", 40001))
+    for _ in range(20):
+        s6.sendto(b"x" * 32, ("::1", 9))
+    t = socket.socket(); t.bind(("127.0.0.1", 40002))
+    try:
+        t.connect(("127.0.0.1", 9))
+    except OSError:
+        pass
+""")
+
+
 def _nft_packets(ns) -> int:
     out = json.loads(ns.run("nft", "-j", "list", "table", "inet", "netevents_ebpf").stdout)
     for item in out["nftables"]:
@@ -90,27 +106,43 @@ def test_builds_loads_attaches_and_aggregates(program):
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
 
         async def main():
-            src = EbpfDrops(filter=parse_filter(f"netns={ns}"), program=program)
+            src = EbpfDrops(filter=parse_filter(f"netns={ns}"), program=program,
+                            sample_every=1)
             src.filter.resolve_netns(resolve)
             await asyncio.to_thread(src.open)
             try:
                 assert src.attached == f"kfree_skb_{program}"
-                # UDP to a closed port on lo: NO_SOCKET, inside the namespace only.
+                # Closed ports on lo, inside the namespace only: UDP over IPv4 and IPv6, and
+                # TCP SYNs (each dropped as NO_SOCKET).
                 p = await asyncio.create_subprocess_exec(
-                    "ip", "netns", "exec", ns, "python3", "-c", SENDER, "127.0.0.1", "9", "50",
-                    "40000", stdout=asyncio.subprocess.PIPE)
+                    "ip", "netns", "exec", ns, "python3", "-c", PROBES,
+                    stdout=asyncio.subprocess.PIPE)
                 await p.communicate()
                 events, map_full, ring_full = await src.collect()
             finally:
                 src.close()
             assert (map_full, ring_full) == (0, 0)
             inode = os.stat(f"/run/netns/{ns}").st_ino
-            mine = [e for e in events if e["reason"] == "NO_SOCKET"]
-            assert sum(e["count"] for e in mine) == 50
             assert all(e["netns"] == inode and e["netns_name"] == ns for e in events)
-            assert mine[0]["flow"] == {"src": "127.0.0.1", "dst": "127.0.0.1", "l4": 17,
-                                       "sport": 40000, "dport": 9}
-            assert mine[0]["location"].split("+")[0] and mine[0]["proto"] == 0x0800
+            by_flow = Counter()
+            for e in events:
+                if e["reason"] == "NO_SOCKET":
+                    f = e["flow"]
+                    by_flow[(f["src"], f["l4"], f["sport"], f["dport"])] += e["count"]
+            assert by_flow[("127.0.0.1", 17, 40000, 9)] == 50
+            assert by_flow[("::1", 17, 40001, 9)] == 20
+            assert by_flow[("127.0.0.1", 6, 40002, 9)] >= 1  # SYN retries may add more
+            records = [e for e in events if "payload" in e]
+            assert len(records) == sum(e["count"] for e in events)  # sample_every = 1
+            udp4 = next(r for r in records if r["flow"]["sport"] == 40000)
+            assert udp4["payload"][0] == 0x45 and udp4["orig_len"] == 28 + 32
+            assert "ip_id" in udp4["flow"] and udp4["location"].split("+")[0]
+            udp6 = next(r for r in records if r["flow"]["sport"] == 40001)
+            assert udp6["payload"][0] >> 4 == 6 and "ip_id" not in udp6["flow"]
+            assert udp6["proto"] == 0x86DD
+            syn = next(r for r in records if r["flow"]["l4"] == 6)
+            # The TCP sequence number in the record is the one in the packet's bytes.
+            assert syn["flow"]["tcp_seq"] == int.from_bytes(syn["payload"][24:28], "big")
 
         asyncio.run(main())
     finally:
