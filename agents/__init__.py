@@ -5,6 +5,7 @@
     config.py      typed agent configuration (TOML file + command line), validated once
     drops/         drop events: NET_DM, kfree_skb tracepoint, dwdump captures, counters
     ebpf/          the eBPF drop source of drops/ (flow + netns, aggregated in the kernel)
+    capture/       AF_PACKET TPACKET_V3 rings: frame summaries and gap records (fanout workers)
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
     ipstats/       per-peer TCP counter deltas (raw sock_diag + destroy multicast), residual
     control.py     the agent's control server (requests on netevents.v1.control.<site>.<host>)
@@ -16,6 +17,7 @@ Each source folder holds its collector, its sans-IO parser, a sample config and 
 SOURCES: dict[str, str] = {
     "netstat": "agents.netstat:build",
     "drops": "agents.drops:build",
+    "capture": "agents.capture:build",
     "ipstats": "agents.ipstats:build",
 }
 """Source name -> ``module:factory``; the factory takes (section dict, AgentConfig) -> Collector."""

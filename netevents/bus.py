@@ -33,7 +33,14 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from . import events as ev
 from .codec import MAX_BATCH_BYTES, Batch, decode_batch, encode_batch
@@ -295,18 +302,20 @@ class Bus:
     def subscribe(self, kinds: list[str] | tuple[str, ...] | None = None,
                   hosts: list[str] | tuple[str, ...] | None = None, site: str | None = None,
                   *, durable: str | None = None, queue_size: int = 10_000,
-                  pending_limit: int = 200_000) -> Subscription:
+                  pending_limit: int = 200_000, manual_ack: bool = False) -> Subscription:
         """An async iterator of decoded batches of the given kinds, hosts (globs) and site.
 
         ``durable`` uses a durable JetStream consumer of that name (per kind), so a consumer
         that restarts resumes where it stopped; each batch is acknowledged when the next one
-        is requested. Without it, a live core subscription.
+        is requested -- or, with ``manual_ack``, when the caller passes it to
+        :meth:`Subscription.ack` (a consumer that holds batches before it has really handled
+        them, like the archive's reorder window). Without ``durable``, a live core subscription.
 
         Raises:
             SubjectError: for an unknown kind or an invalid site token.
         """
         return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size,
-                            pending_limit=pending_limit)
+                            pending_limit=pending_limit, manual_ack=manual_ack)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -437,7 +446,7 @@ class Subscription:
     """
 
     def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int,
-                 pending_limit: int = 200_000):
+                 pending_limit: int = 200_000, manual_ack: bool = False):
         self.bus = bus
         self.kinds = tuple(kinds) if kinds else ev.KINDS
         for k in self.kinds:
@@ -456,6 +465,8 @@ class Subscription:
         self._started = False
         self._pending_ack: Any = None
         self.pending_limit = pending_limit
+        self.manual_ack = manual_ack
+        self._unacked: dict[int, tuple[Batch, Any]] = {}
 
     @property
     def missed(self) -> int:
@@ -475,11 +486,44 @@ class Subscription:
                 self._subs.append(sub)
             else:
                 await self.bus.ensure_streams()
-                psub = await self.bus.js.pull_subscribe(
-                    subject, durable=f"{self.durable}-{kind}", stream=ev.STREAM_OF[kind])
+                name, stream = f"{self.durable}-{kind}", ev.STREAM_OF[kind]
+                await self._rewind_unacked(stream, name)
+                psub = await self.bus.js.pull_subscribe(subject, durable=name, stream=stream)
                 self._subs.append(psub)
                 self._tasks.append(asyncio.create_task(self._pull(psub)))
         return self
+
+    async def _rewind_unacked(self, stream: str, name: str) -> None:
+        """Make a durable consumer resume at its first unacknowledged message, in order.
+
+        Messages delivered to a previous instance that died before acknowledging them (the
+        batches in its queue, the one it was writing) would otherwise come back only after
+        JetStream's ack wait (30 s), *behind* newer ones -- and a consumer that drops
+        out-of-order sequence numbers as duplicates would lose them. So when the consumer has
+        unacknowledged messages, it is re-created to start right after its ack floor. One
+        process per durable name (what the archive does); a shared durable is not rewound
+        under its other members' feet because they would have acknowledged their messages.
+        """
+        try:
+            info = await self.bus.js.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            return
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BusError(f"cannot read consumer {stream}/{name}: {exc}") from exc
+        if not info.num_ack_pending:
+            return
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        cfg = info.config
+        try:
+            await self.bus.js.delete_consumer(stream, name)
+            await self.bus.js.add_consumer(stream, ConsumerConfig(
+                durable_name=name, name=name, filter_subject=cfg.filter_subject,
+                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=floor + 1, ack_wait=cfg.ack_wait, max_ack_pending=cfg.max_ack_pending))
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BusError(f"cannot rewind consumer {stream}/{name}: {exc}") from exc
+        log.info("consumer %s/%s: %d unacknowledged messages are delivered again from stream "
+                 "sequence %d", stream, name, info.num_ack_pending, floor + 1)
 
     async def lag(self) -> dict[str, int]:
         """How far behind this consumer is.
@@ -568,8 +612,24 @@ class Subscription:
             with contextlib.suppress(Exception):
                 await msg.ack()
         batch, msg = await self._queue.get()
-        self._pending_ack = msg
+        if self.manual_ack:
+            if msg is not None:
+                self._unacked[id(batch)] = (batch, msg)
+        else:
+            self._pending_ack = msg
         return batch
+
+    async def ack(self, batch: Batch) -> None:
+        """Acknowledge a batch (``manual_ack`` subscriptions); a no-op for anything else."""
+        entry = self._unacked.pop(id(batch), None)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                await entry[1].ack()
+
+    @property
+    def unacked(self) -> int:
+        """Batches handed out and not yet acknowledged (``manual_ack``)."""
+        return len(self._unacked)
 
     async def next(self, timeout: float | None = None) -> Batch | None:
         """The next batch, or None after ``timeout`` seconds without one."""

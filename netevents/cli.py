@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__
 from . import events as ev
 from .bus import Bus, EmbeddedServer, connect, default_url
-from .errors import BusError, ConfigError, NeteventsError
+from .errors import BusError, CapabilityError, ConfigError, NeteventsError
 
 log = logging.getLogger("netevents")
 
@@ -85,6 +85,7 @@ def agent_config(args: argparse.Namespace, default_sources: tuple[str, ...] = DE
     chosen = [name for name in SOURCES if getattr(args, f"src_{name}", False)]
     for name in chosen:
         cfg.sources.setdefault(name, {})
+    _apply_capture_options(args, cfg)
     _apply_ipstats_options(args, cfg)
     if not cfg.sources:
         for name in default_sources:
@@ -148,10 +149,10 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     from agents.config import build_collectors
 
     cfg = agent_config(args)
+    url = cfg.bus = args.bus or cfg.bus or default_url()  # capture workers connect on their own
     collectors = build_collectors(cfg)  # validates every source's options before connecting
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    url = args.bus or cfg.bus or default_url()
     async with connect(url, name=f"netevents-agent-{cfg.host}") as bus:
         try:
             async with asyncio.timeout(10):
@@ -256,6 +257,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
     url = await server.start()
+    for c in collectors:  # sources with processes of their own (capture workers) follow it
+        if hasattr(c, "bus_url"):
+            c.bus_url = url
     interactive = args.duration is None and sys.stdout.isatty()
     print(f"netevents up: NATS at {url} (store {store}); agent host {cfg.host}, site {cfg.site}; "
           f"sources {', '.join(cfg.sources)}", file=sys.stderr, flush=True)
@@ -277,8 +281,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
                 # Let the last batches (and the final status) reach the view.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(3):
-                        while not (view.agents.get(cfg.host) and
-                                   view.agents[cfg.host].status.get("final")):
+                        while not view.final_seen(cfg.host):
                             await asyncio.sleep(0.05)
                 view_stop.set()
             sub = feeder.result()
@@ -308,6 +311,62 @@ async def cmd_top(args: argparse.Namespace) -> int:
                 await stop.wait()
                 print(view.render(args.view))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# archive and verify (issue 4)
+
+async def cmd_archive(args: argparse.Namespace) -> int:
+    from .consumers.archive import run_archive
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    rotate_bytes = int(args.rotate_mb * 1024 * 1024) if args.rotate_mb else None
+    timer = asyncio.create_task(_stop_after(stop, args.duration))
+    try:
+        # Not in a TaskGroup: a BusError/OSError must reach main() as itself (one clear line),
+        # not wrapped in an ExceptionGroup.
+        totals = await run_archive(args.out, args.bus or default_url(), durable=args.durable,
+                                   rotate_bytes=rotate_bytes, rotate_seconds=args.rotate_seconds,
+                                   stop=stop, hosts=args.host, hold=args.gap_wait)
+    finally:
+        timer.cancel()
+    log.info("stopped: %s files, %s frames, %s dropped packets, dropcount %s", totals["files"],
+             totals["frames"], totals["drop_packets"], totals["dropcount"])
+    return 0
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    from .consumers.verify import verify_main
+
+    return await asyncio.to_thread(verify_main, args.files, args.json)
+
+
+def _add_archive_parsers(sub: Any) -> None:
+    p = sub.add_parser("archive", help="PcapNG archive of frames, capture gaps and dropped packets",
+                       description="Write frame summaries, capture gaps (as epb_dropcount on the "
+                       "frame after each gap) and packet-mode drops to rotating PcapNG files in "
+                       "DIR, each with a <file>.json sidecar. A durable JetStream consumer makes "
+                       "a restart (even after kill -9) resume without a hole.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--rotate-mb", type=_positive, metavar="N", help="start a new file after N MiB")
+    p.add_argument("--rotate-seconds", type=_positive, metavar="S", help="start a new file after S seconds")
+    p.add_argument("--durable", default="archive", metavar="NAME",
+                   help="durable consumer name; one archiver per name (default archive)")
+    p.add_argument("--host", action="append", metavar="GLOB", help="only these hosts (repeatable)")
+    p.add_argument("--gap-wait", type=_positive, default=1.0, metavar="S",
+                   help="seconds a frame batch waits for the gap records about it (default 1)")
+    p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("verify", help="check archive files with tshark and capinfos",
+                       description="Read each file with tshark and capinfos and check that the "
+                       "packet count and the total frame.drop_count match what the archive says "
+                       "it wrote (the <file>.json sidecar). Exit 0 if every file checks out.")
+    p.add_argument("files", nargs="+", metavar="FILE.pcapng")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.set_defaults(func=cmd_verify)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +400,7 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
                            help=SOURCE_FLAGS[name])
     g.add_argument("--interval", type=_positive, metavar="S",
                    help="netstat sampling interval in seconds (default 1)")
+    _add_capture_options(p)
     _add_ipstats_options(g)
 
 
@@ -410,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_top)
 
     _add_import_command(sub)
+    _add_hwtstamp_command(sub)
     _add_ctl_parser(sub)
+    _add_archive_parsers(sub)
     return parser
 
 
@@ -450,6 +512,62 @@ async def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# capture: agent options and the hwtstamp command (agents/capture)
+
+def _add_capture_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("capture (AF_PACKET TPACKET_V3: frame summaries and gap records)")
+    g.add_argument("--capture", action="append", metavar="IF", dest="capture_ifaces",
+                   help="capture on interface IF (repeatable)")
+    g.add_argument("--workers", metavar="N|auto",
+                   help="capture worker processes per interface in one PACKET_FANOUT group "
+                        "(default 1; auto = one per core)")
+    g.add_argument("--snaplen", type=int, metavar="N", help="bytes kept per frame (default 96)")
+    g.add_argument("--filter", metavar="EXPR",
+                   help="pcap filter expression (compiled with tcpdump -ddd) or -ddd output")
+    g.add_argument("--capture-only", action="store_true",
+                   help="mirror/SPAN port: drop captured frames at ingress, after the capture "
+                        "(removed on exit)")
+
+
+def _apply_capture_options(args: argparse.Namespace, cfg: Any) -> None:
+    ifaces = getattr(args, "capture_ifaces", None)
+    extra = {k: v for k, v in (("workers", getattr(args, "workers", None)),
+                               ("snaplen", getattr(args, "snaplen", None)),
+                               ("filter", getattr(args, "filter", None)),
+                               ("capture_only", getattr(args, "capture_only", False) or None))
+             if v is not None}
+    if not ifaces and not extra:
+        return
+    if not ifaces and "capture" not in cfg.sources:
+        raise ConfigError("--workers/--snaplen/--filter/--capture-only need --capture IF")
+    section = cfg.sources.setdefault("capture", {})
+    if ifaces:
+        section.pop("iface", None)
+        section["ifaces"] = list(ifaces)
+    section.update(extra)
+    if getattr(args, "bus", None):
+        cfg.bus = args.bus  # capture worker processes open their own bus connections
+
+
+def _add_hwtstamp_command(sub: Any) -> None:
+    p = sub.add_parser("hwtstamp", help="show or set hardware timestamping of an interface",
+                       description="SIOCSHWTSTAMP (tx on, rx filter all) / SIOCGHWTSTAMP and "
+                       "ETHTOOL_GET_TS_INFO: what the driver applied and its PHC index. "
+                       "Exit 1 with one line when the interface cannot.")
+    p.add_argument("iface")
+    p.add_argument("action", choices=("on", "off", "show"))
+    p.add_argument("--netns", help="named network namespace the interface is in")
+    p.set_defaults(func=cmd_hwtstamp)
+
+
+async def cmd_hwtstamp(args: argparse.Namespace) -> int:
+    from agents.capture import hwtstamp
+
+    argv = [args.iface, args.action, *(["--netns", args.netns] if args.netns else [])]
+    return hwtstamp.main(argv)
+
+
+# ---------------------------------------------------------------------------------------------
 # ipstats options and the control channel (agents/control.py): `agent --ipstats[-level]`,
 # the agent's control server, and `netevents ctl HOST level diagnostics|default`
 
@@ -523,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except CapabilityError as exc:
+        print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (BusError, NeteventsError, OSError) as exc:
         print(f"netevents {args.command}: error: {exc}", file=sys.stderr)
         return 1

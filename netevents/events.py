@@ -98,6 +98,7 @@ class GapEvent:
     after_ts: int | None = _f("integer", "timestamp of the frame before the gap (ns)")
     before_ts: int | None = _f("integer", "timestamp of the frame after the gap (ns)")
     source: str = _f("string", "kernel interface that reported it", "packet_statistics")
+    freezes: int | None = _f("integer", "times the ring's queue froze (tp_freeze_q_cnt) in this gap")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -232,6 +233,8 @@ BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "worker": ("integer", "capture worker"),
         "first_frame": ("integer", "ring sequence number of the first frame in the batch"),
         "hwtstamp": ("object", "applied hardware timestamping: filter, phc_index"),
+        "ring": ("object", "the ring's kernel PACKET_STATISTICS running totals when the batch was "
+                           "made: packets (tp_packets, which includes drops), drops, freezes"),
     },
     "ipstat": {
         "residual": ("object", "host-wide MIB deltas not attributed to a peer"),

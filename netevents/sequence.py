@@ -76,6 +76,19 @@ class SequenceTracker:
         tally.missed += gap
         return gap
 
+    def seed(self, host: str, run: str, kind: str, last_seq: int) -> None:
+        """Start from a known position: batches up to ``last_seq`` of this run were already
+        handled (a consumer resuming from its own checkpoint); they count as duplicates if they
+        come again, and the next one is expected to be ``last_seq + 1``."""
+        key = (host, run, kind)
+        if key in self._runs:
+            state = self._runs[key]
+            state.last_seq = max(state.last_seq, last_seq)
+            return
+        self._runs[key] = RunState(first_seq=last_seq, last_seq=last_seq, received=0)
+        tally = self._tally.setdefault((host, kind), Tally())
+        tally.runs += 1
+
     def missed(self, host: str | None = None, kind: str | None = None) -> int:
         return sum(t.missed for (h, k), t in self._tally.items()
                    if (host is None or h == host) and (kind is None or k == kind))

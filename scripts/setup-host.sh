@@ -4,13 +4,15 @@
 #   nftables   nft: real drops from a drop rule inside a test namespace
 #   tshark     tshark / capinfos: archives are checked with the real Wireshark tools
 #   tcpdump    BPF filter compilation (tcpdump -ddd) and the capture benchmark's anchor
+#   tcpreplay  replays traffic into a veth for bench/capture.py
+#   gcc        builds the drop-storm sender (tests/agents/drops/tools/flood.c)
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
   echo "setup-host.sh: run as root (it installs Debian packages and mounts tracefs)" >&2
   exit 2
 fi
 need=()
-for pkg in iproute2 nftables tshark tcpdump; do
+for pkg in iproute2 nftables tshark tcpdump tcpreplay gcc libc6-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,826 @@
+"""`netevents archive`: frame, gap and drop batches from the bus into rotating PcapNG files.
+
+    PcapngArchive   sans-IO core: batches in, PcapNG bytes out; places every capture gap as
+                    ``epb_dropcount`` on the first frame after it, keeps per-file accounting
+                    and a checkpoint of its state (no files, sockets or loop)
+    ArchiveFiles    the file side: one open file, rotation, the ``<file>.json`` sidecar
+    run_archive     the asyncio shell: durable JetStream subscription -> core -> files
+
+What a file holds: one IDB per (host, interface, capture worker), ``if_description`` = host;
+EPBs with nanosecond timestamps, direction and reception type from ``sll_pkttype``, the rx
+queue, the rxhash and a fleet-unique ``epb_packetid``; packet-mode drop events on one
+pseudo-interface ``drops@<host>`` per host, each with a comment naming reason and location;
+at close one cumulative ISB per interface.
+
+Where a gap goes: a gap record says "``lost`` frames between frame k (after_frame) and k+1
+(before_frame) of ring (host, run, iface, worker)". Gaps and frames travel in different streams,
+so either may arrive first: the shell holds each frame batch ``--gap-wait`` seconds (1 s) before
+writing it, so the gap records about it are there. A gap that arrives first waits (bounded,
+counted) for frame k+1; a gap whose frame k+1 was already written ("late") goes on the next
+frame written on that ring, with a comment saying so -- the total per ring stays exact, the
+position is off by the frames in between. Gaps that never find a frame are counted as
+``unplaced`` in the sidecar and the ISB. Frames the archive never received (missed batches: a
+jump in ``first_frame``) are not capture loss: they are counted as ``unseen_frames`` and noted in
+a comment, never as a dropcount.
+
+Durability: batches are written in groups (one flush and one sidecar rewrite per group; a group
+is one batch unless more are already waiting) and acknowledged to JetStream only after that, so
+the checkpoint in the sidecar covers every acknowledged batch. The sidecar ``<file>.json``
+(``complete`` once the file is closed) says what the file holds (frames, drop packets, total
+dropcount) and what the archive knows it did not see (batches missed per host and kind, unseen
+frames, rejected messages), and carries that checkpoint. After a kill -9 the file is readable up
+to the last flushed group; the next run resumes from the checkpoint (the durable consumer
+redelivers what was not acknowledged), skips frames the file already holds past the checkpoint
+(found by packet id), and closes the old file: torn last block cut, ISBs added, sidecar complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .. import __version__
+from ..codec import Batch
+from ..pcapng import (
+    EnhancedPacket,
+    InterfaceDescription,
+    InterfaceInfo,
+    PcapngFormatError,
+    PcapngWriter,
+    read_pcapng,
+)
+
+log = logging.getLogger("netevents.archive")
+
+KINDS = ("frame", "gap", "drop")
+DEFAULT_SNAPLEN = 96
+DEFAULT_HOLD = 1.0
+"""Seconds a frame batch waits for the gap records about it (they travel in another stream)."""
+MAX_HELD = 512
+"""Frame batches held at most; beyond, the oldest is written early (JetStream's default
+max_ack_pending of 1000 per consumer bounds what can be outstanding anyway)."""
+GROUP = 64
+"""Batches written per group commit (one flush and one sidecar rewrite, then their acks)."""
+MAX_PENDING_GAPS = 100_000
+"""Gaps waiting for their frame, over all rings; beyond this the oldest are given up (counted)."""
+
+_U64 = (1 << 64) - 1
+
+
+def packetid_base(host: str, run: str, iface: str, worker: int) -> int:
+    """The per-ring base of ``epb_packetid``: 64 bits of BLAKE2b over (host, run, iface, worker).
+
+    A frame's id is ``(base + frame sequence) mod 2**64``: one addition per frame in the hot
+    loop, and an id maps back to its frame (id - base) given the ring, which each file names in
+    the comment of the ring's first frame. Two rings collide only if their bases fall within a
+    ring's frame count of each other: for n rings of up to F frames that is about n^2 F / 2^64,
+    ~5e-3 for 10^4 rings of 10^9 frames each -- where a plain counter per archiver would collide
+    across archivers for certain.
+    """
+    key = f"{host}\0{run}\0{iface}\0{worker}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+@dataclass(slots=True)
+class Ring:
+    """One capture ring of one agent run: where its frame sequence stands, gaps waiting."""
+
+    host: str
+    run: str
+    iface: str
+    worker: int
+    base: int
+    next_frame: int | None = None          # sequence number of the next frame we expect
+    pending: dict[int, list[dict]] = field(default_factory=dict)   # before_frame -> gaps
+    carry: list[dict] = field(default_factory=list)                # late gaps for the next frame
+
+
+@dataclass(slots=True)
+class IfaceStats:
+    """One IDB of the current file and what was written on it."""
+
+    if_id: int
+    host: str
+    name: str
+    worker: int | None
+    packets: int = 0
+    dropcount: int = 0
+    unplaced: int = 0
+    unseen: int = 0
+    kernel: dict | None = None      # the capture's latest ring totals (batch field "ring")
+    first_ts: int | None = None
+    last_ts: int | None = None
+
+
+def _new_counts() -> dict[str, Any]:
+    return {"frames": 0, "drops": 0, "dropcount": 0, "gaps": 0, "gaps_late": 0,
+            "gaps_unplaced": 0, "lost_unplaced": 0, "unseen_frames": 0, "duplicate_frames": 0,
+            "alert_drops": 0, "bad_events": 0, "bad_batches": 0, "batches": Counter(), "missed": {}}
+
+
+class PcapngArchive:
+    """Sans-IO core of the archive: ``add(batch)`` returns the PcapNG bytes to append.
+
+    :meth:`open_section` starts a file (SHB), :meth:`close_section` ends it (ISBs) and returns
+    its accounting; rings and waiting gaps carry over from one file to the next.
+
+    Bad events (a gap without a count, a frame batch whose columns lack ``ts``) are counted as
+    ``bad_events`` with the reason logged; the rest of the batch is kept.
+    """
+
+    def __init__(self, *, userappl: str | None = None) -> None:
+        self.userappl = userappl or f"netevents {__version__} archive"
+        self.rings: dict[tuple[str, str, str, int], Ring] = {}
+        self.written: dict[str, int] = {}
+        """``host|run|kind`` -> last seq written: the checkpoint that makes a restart exact."""
+        self.pending_count = 0
+        self.writer: PcapngWriter | None = None
+        self.ifaces: dict[tuple[str, str, int | None], IfaceStats] = {}
+        self.counts: dict[str, Any] = _new_counts()
+
+    # -- sections -----------------------------------------------------------------------------
+    def open_section(self, comment: str | None = None) -> bytes:
+        self.writer = PcapngWriter(userappl=self.userappl, os=f"{os.uname().sysname} {os.uname().release}",
+                                   comment=comment)
+        self.ifaces = {}
+        self.counts = _new_counts()
+        return self.writer.take()
+
+    def close_section(self, ts_ns: int, *, final: bool = False) -> bytes:
+        """The ISBs of every interface of the section. With ``final`` (the archiver stops), gaps
+        still waiting for a frame are given up: counted and added to their interface's drops."""
+        w = self._w()
+        if final:
+            for ring in self.rings.values():
+                left = [g for gaps in ring.pending.values() for g in gaps] + ring.carry
+                if not left:
+                    continue
+                lost = sum(g["lost"] for g in left)
+                st = self._iface(ring.host, ring.iface, ring.worker, None)
+                st.unplaced += lost
+                self.counts["gaps_unplaced"] += len(left)
+                self.counts["lost_unplaced"] += lost
+                ring.pending.clear()
+                ring.carry.clear()
+            self.pending_count = 0
+        for st in self.ifaces.values():
+            missed = self.counts["missed"].get(st.host, {})
+            captured = st.dropcount + st.unplaced
+            note = (f"{st.packets} packets written; capture lost {captured} "
+                    f"({st.dropcount} placed as epb_dropcount, {st.unplaced} unplaced); "
+                    f"{st.unseen} frames not received by the archive; {missed.get('frame', 0)} "
+                    f"frame and {missed.get('gap', 0)} gap batches of {st.host} missed")
+            if st.worker is None:
+                w.statistics(st.if_id, ts_ns, ifrecv=st.packets, usrdeliv=st.packets,
+                             starttime=st.first_ts, endtime=st.last_ts,
+                             comment=f"{st.packets} dropped packets written; "
+                                     f"{missed.get('drop', 0)} drop batches of {st.host} missed")
+            else:
+                # isb_osdrop: frames the kernel's capture ring/socket queue dropped (the OS
+                # dropped them, spec meaning). isb_ifdrop gets the same number: it is the one
+                # Wireshark shows as "dropped packets" and dumpcap puts libpcap's ps_drop (the
+                # ring's tp_drops) there; NIC drops are not known here (netstat events have them).
+                ifrecv, osdrop = st.packets + captured, captured
+                k = st.kernel
+                if (k and type(k.get("packets")) is int and type(k.get("drops")) is int
+                        and 0 <= k["packets"] <= _U64 and 0 <= k["drops"] <= _U64):
+                    # The kernel's own PACKET_STATISTICS totals since the ring started: what the
+                    # ISB counters mean ("since the beginning of the capture"); this file's own
+                    # share stays in the comment.
+                    ifrecv, osdrop = k["packets"], k["drops"]
+                    note += f"; ring totals since capture start: {k['packets']} packets, {k['drops']} drops"
+                w.statistics(st.if_id, ts_ns, ifrecv=ifrecv, ifdrop=osdrop, osdrop=osdrop,
+                             usrdeliv=st.packets, starttime=st.first_ts, endtime=st.last_ts,
+                             comment=note)
+        return w.take()
+
+    def _w(self) -> PcapngWriter:
+        if self.writer is None:
+            raise RuntimeError("PcapngArchive: open_section() first")
+        return self.writer
+
+    def _iface(self, host: str, iface: str, worker: int | None, hwtstamp: Any,
+               snaplen: int = DEFAULT_SNAPLEN) -> IfaceStats:
+        key = (host, iface, worker)
+        st = self.ifaces.get(key)
+        if st is None:
+            w = self._w()
+            if worker is None:
+                if_id = w.add_interface(
+                    f"drops@{host}", description=host, hardware="kernel drop events (packet mode)",
+                    snaplen=0, comment=f"packets the kernel of {host} dropped, one per drop event")
+            else:
+                stamp = _stamp_text(hwtstamp)
+                if_id = w.add_interface(iface, description=host, snaplen=snaplen,
+                                        hardware=f"netevents capture worker {worker}; {stamp}")
+            st = self.ifaces[key] = IfaceStats(if_id, host, iface, worker)
+        return st
+
+    # -- batches ------------------------------------------------------------------------------
+    def add(self, batch: Batch) -> bytes:
+        """Encode one batch; returns the bytes to append to the current file."""
+        self.counts["batches"][batch.kind] += 1
+        if batch.missed:
+            per_host = self.counts["missed"].setdefault(batch.host, {})
+            per_host[batch.kind] = per_host.get(batch.kind, 0) + batch.missed
+        w = self._w()
+        n_if, n_keys = len(w.interfaces), len(self.ifaces)
+        try:
+            if batch.kind == "frame":
+                self._frames(batch)
+            elif batch.kind == "gap":
+                self._gaps(batch)
+            elif batch.kind == "drop":
+                self._drops(batch)
+        except (struct.error, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # A value the checks below did not foresee: this batch is left out (counted, logged)
+            # and the file stays consistent -- its partial blocks and the IDBs it added go.
+            w.buf.clear()
+            del w.interfaces[n_if:]
+            for key in list(self.ifaces)[n_keys:]:
+                del self.ifaces[key]
+            self.counts["bad_batches"] += 1
+            self._bad(batch, f"batch not archived: {type(exc).__name__}: {exc}")
+            return b""
+        self.written[f"{batch.host}|{batch.run}|{batch.kind}"] = batch.seq
+        return w.take()
+
+    def _ring(self, host: str, run: str, iface: str, worker: int) -> Ring:
+        key = (host, run, iface, worker)
+        ring = self.rings.get(key)
+        if ring is None:
+            ring = self.rings[key] = Ring(host, run, iface, worker, packetid_base(host, run, iface, worker))
+        return ring
+
+    def _bad(self, batch: Batch, why: str) -> None:
+        self.counts["bad_events"] += 1
+        n = self.counts["bad_events"]
+        if n & (n - 1) == 0:
+            log.warning("%s batch %s/%s seq %s: %s (%d bad so far)", batch.kind, batch.host,
+                        batch.run, batch.seq, why, n)
+
+    def _gaps(self, batch: Batch) -> None:
+        for g in batch.events:
+            lost = g.get("lost")
+            iface = g.get("iface")
+            if type(lost) is not int or not 0 <= lost <= _U64 or not isinstance(iface, str) or not iface:
+                self._bad(batch, f"gap without a valid lost count or iface: {g!r}"[:200])
+                continue
+            if lost == 0:
+                continue
+            self.counts["gaps"] += 1
+            worker = g.get("worker") or 0
+            if type(worker) is not int:
+                self._bad(batch, f"gap with a worker that is not an integer: {worker!r}"[:200])
+                continue
+            ring = self._ring(batch.host, batch.run, iface, worker)
+            gap = {"lost": lost, "after": g.get("after_frame"), "before": g.get("before_frame"),
+                   "cause": g.get("cause"), "source": g.get("source")}
+            before = gap["before"]
+            if type(before) is not int or (ring.next_frame is not None and before < ring.next_frame):
+                gap["late"] = type(before) is int
+                ring.carry.append(gap)
+                if gap["late"]:
+                    self.counts["gaps_late"] += 1
+                continue
+            if self.pending_count >= MAX_PENDING_GAPS:
+                # Bounded wait: give this one up rather than grow without limit.
+                self.counts["gaps_unplaced"] += 1
+                self.counts["lost_unplaced"] += lost
+                self._iface(batch.host, iface, ring.worker, None).unplaced += lost
+                continue
+            ring.pending.setdefault(before, []).append(gap)
+            self.pending_count += 1
+
+    @staticmethod
+    def _gap_comment(gaps: list[dict]) -> str:
+        parts = []
+        for g in gaps:
+            where = (f"between frame {g['after']} and {g['before']}" if g.get("after") is not None
+                     else f"before frame {g['before']}" if g.get("before") is not None else "")
+            late = " (reported after that frame was archived; placed here)" if g.get("late") else ""
+            parts.append(f"capture gap: {g['lost']} frames lost {where} "
+                         f"[{g.get('cause')}, {g.get('source')}]{late}".replace("  ", " "))
+        return "; ".join(parts)
+
+    def _frames(self, batch: Batch) -> None:
+        cols = batch.events
+        f = batch.fields
+        iface = f.get("iface")
+        first = f.get("first_frame")
+        ts = cols.get("ts")
+        n = len(ts) if isinstance(ts, list) else 0
+        if not isinstance(iface, str) or not iface or type(first) is not int or not n:
+            if n or not isinstance(ts, list):
+                self._bad(batch, "frame batch without iface, first_frame or ts column")
+            return
+        worker = f.get("worker") or 0
+        lens = cols.get("len") or [None] * n
+        if (first < 0 or type(worker) is not int or min(ts) < 0 or max(ts) > _U64
+                or max((x for x in lens if x is not None), default=0) > 0xFFFFFFFF):
+            self._bad(batch, "frame batch with a timestamp, length, worker or first_frame out of range")
+            return
+        ring = self._ring(batch.host, batch.run, iface, worker)
+        heads = cols.get("head") or [None] * n
+        st = self._iface(batch.host, iface, worker, f.get("hwtstamp"),
+                         f.get("snaplen") or DEFAULT_SNAPLEN)
+        dirs = cols.get("dir") or [None] * n
+        queues = cols.get("queue") or [None] * n
+        hashes = cols.get("rxhash") or [None] * n
+        specials: dict[int, tuple[int | None, str | None]] = {}
+        notes: list[str] = []
+        skip = unseen = 0
+        if ring.next_frame is not None:
+            if first < ring.next_frame:          # overlap: redelivered frames already written
+                skip = min(n, ring.next_frame - first)
+            elif first > ring.next_frame:        # frames summarised but never received here
+                unseen = first - ring.next_frame
+                notes.append(f"frames {ring.next_frame}..{first - 1} of this ring were not "
+                             f"received by the archive (missed batches), not lost by the capture")
+        if skip == n:
+            self.counts["duplicate_frames"] += skip
+            return
+        start = first + skip
+        end = first + n
+        if not st.packets or ring.next_frame is None:
+            notes.insert(0, f"{batch.host} {iface} worker {worker} run {batch.run}: frame {start}, "
+                            f"epb_packetid = {ring.base:#018x} + frame")
+        # Gaps: carried (late or unnumbered) ones go on the first frame written; waiting ones
+        # on their before_frame, or on the first frame if their frame was never received.
+        # Nothing is changed before the frames are encoded: a batch that fails leaves no trace.
+        first_gaps = list(ring.carry)
+        taken = [b for b in ring.pending if b < end] if ring.pending else []
+        placed: dict[int, list[dict]] = {}
+        for before in taken:
+            gaps = ring.pending[before]
+            if before <= start:
+                first_gaps.extend(gaps)
+            else:
+                placed.setdefault(before - first, []).extend(gaps)
+        if first_gaps:
+            placed.setdefault(skip, [])[:0] = first_gaps
+        dropcount = 0
+        for i, gaps in placed.items():
+            lost = sum(g["lost"] for g in gaps)
+            dropcount += lost
+            specials[i] = (lost, self._gap_comment(gaps))
+        if notes:
+            drop, comment = specials.get(skip, (None, None))
+            specials[skip] = (drop, "; ".join(notes + ([comment] if comment else [])))
+        if skip:
+            specials = {i - skip: v for i, v in specials.items()}
+            ts, heads, lens, dirs = ts[skip:], heads[skip:], lens[skip:], dirs[skip:]
+            queues, hashes = queues[skip:], hashes[skip:]
+        self._w().frames(st.if_id, ts, heads, lens, dirs, queues, hashes, ring.base, start, specials)
+        # Encoded: now the accounting.
+        ring.carry.clear()
+        for before in taken:
+            self.pending_count -= len(ring.pending.pop(before))
+        written = n - skip
+        self.counts["duplicate_frames"] += skip
+        self.counts["unseen_frames"] += unseen
+        st.unseen += unseen
+        st.dropcount += dropcount
+        self.counts["dropcount"] += dropcount
+        if isinstance(f.get("ring"), dict):
+            st.kernel = f["ring"]
+        st.packets += written
+        self.counts["frames"] += written
+        if st.first_ts is None:
+            st.first_ts = ts[0]
+        st.last_ts = ts[-1]
+        ring.next_frame = end
+
+    def _drops(self, batch: Batch) -> None:
+        w = self._w()
+        for e in batch.events:
+            payload = e.get("payload")
+            if not payload:
+                self.counts["alert_drops"] += 1   # alert mode: no packet to archive
+                continue
+            st = self._iface(batch.host, f"drops@{batch.host}", None, None)
+            data = _as_ethernet(bytes(payload), e.get("proto"))
+            synthetic = len(data) != len(payload)
+            ts = e.get("last_ts") or e.get("first_ts") or batch.t1
+            orig = e.get("orig_len") or len(payload)
+            if not 0 <= orig <= 0xFFFF0000 or not 0 <= ts <= _U64:
+                self._bad(batch, f"drop event with orig_len {orig} or timestamp {ts} out of range")
+                continue
+            loc = e.get("location") or "?"
+            comment = (f"dropped by the kernel of {batch.host}: reason {e.get('reason', 'NOT_SPECIFIED')} "
+                       f"at {loc}" + (f" on {e['iface']}" if e.get("iface") else "")
+                       + f" [{e.get('source')}, {e.get('origin', 'sw')}"
+                       + (f", trap {e['hw_trap']}" if e.get("hw_trap") else "") + "]"
+                       + (" (Ethernet header synthesised from proto)" if synthetic else ""))
+            w.packet(st.if_id, ts, data, orig + (len(data) - len(payload)), comment=comment)
+            st.packets += 1
+            self.counts["drops"] += 1
+            if st.first_ts is None:
+                st.first_ts = ts
+            st.last_ts = ts if st.last_ts is None else max(st.last_ts, ts)
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """State a restarted archiver resumes from (see :meth:`restore`)."""
+        rings = []
+        for r in self.rings.values():
+            rings.append({"host": r.host, "run": r.run, "iface": r.iface, "worker": r.worker,
+                          "next_frame": r.next_frame,
+                          "pending": [g for gaps in r.pending.values() for g in gaps],
+                          "carry": r.carry})
+        return {"written": dict(self.written), "rings": rings}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.written.update(state.get("written") or {})
+        for r in state.get("rings") or []:
+            ring = self._ring(r["host"], r["run"], r["iface"], r["worker"])
+            ring.next_frame = r.get("next_frame")
+            for g in r.get("pending") or []:
+                ring.pending.setdefault(g["before"], []).append(g)
+                self.pending_count += 1
+            ring.carry.extend(r.get("carry") or [])
+
+    def advance(self, packetids: list[int]) -> int:
+        """Mark frames found in a file beyond its checkpoint as written: each ring moves past
+        the highest of its frames among ``packetids``, and the gaps those frames carried are
+        dropped from the waiting lists. Returns how many ids were matched to a ring."""
+        matched = 0
+        if not packetids:
+            return 0
+        for ring in self.rings.values():
+            start = ring.next_frame or 0
+            top = -1
+            for pid in packetids:
+                off = (pid - ring.base) & _U64
+                if start <= off < start + (1 << 32):
+                    top = max(top, off)
+                    matched += 1
+            if top < 0:
+                continue
+            ring.next_frame = top + 1
+            ring.carry.clear()
+            for before in [b for b in ring.pending if b <= top]:
+                self.pending_count -= len(ring.pending.pop(before))
+        if matched:
+            log.info("resuming: %d frames written after the last checkpoint are not written again",
+                     matched)
+        return matched
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counts
+        return {
+            "frames": c["frames"], "drop_packets": c["drops"], "packets": c["frames"] + c["drops"],
+            "dropcount": c["dropcount"], "gaps": c["gaps"], "gaps_late": c["gaps_late"],
+            "gaps_unplaced": c["gaps_unplaced"], "lost_unplaced": c["lost_unplaced"],
+            "unseen_frames": c["unseen_frames"], "duplicate_frames": c["duplicate_frames"],
+            "alert_drops_not_archived": c["alert_drops"], "bad_events": c["bad_events"],
+            "bad_batches": c["bad_batches"],
+            "batches": dict(c["batches"]), "missed_batches": c["missed"],
+            "interfaces": [{"id": s.if_id, "name": s.name, "host": s.host, "worker": s.worker,
+                            "packets": s.packets, "dropcount": s.dropcount,
+                            "unplaced": s.unplaced, "unseen_frames": s.unseen,
+                            "first_ts": s.first_ts, "last_ts": s.last_ts}
+                           for s in self.ifaces.values()],
+        }
+
+
+def _stamp_text(hwtstamp: Any) -> str:
+    """if_hardware wording for the capture's ``hwtstamp`` batch field ({filter, phc_index}):
+    a filter of None or "none" means the NIC stamps nothing and frames carry software stamps."""
+    if not isinstance(hwtstamp, dict) or hwtstamp.get("filter") in (None, "none", 0, ""):
+        return "software timestamps"
+    phc = hwtstamp.get("phc_index")
+    return f"hardware timestamps (rx filter {hwtstamp['filter']}" + (
+        f", PHC /dev/ptp{phc})" if phc is not None else ")")
+
+
+def _as_ethernet(payload: bytes, proto: int | None) -> bytes:
+    """Packet-mode payloads start at the MAC header when the kernel had one, else at the network
+    header. One without an Ethernet header (no ``proto`` or VLAN TPID at offset 12) gets a
+    zero-address Ethernet header carrying ``proto`` so the pseudo-interface can stay
+    LINKTYPE_ETHERNET and Wireshark decodes the packet."""
+    if not proto or not 0x0600 <= proto <= 0xFFFF:
+        return payload
+    if len(payload) >= 14 and int.from_bytes(payload[12:14], "big") in (proto, 0x8100, 0x88A8):
+        return payload
+    return b"\0" * 12 + proto.to_bytes(2, "big") + payload
+
+
+# =============================================================================================
+# Files
+
+_NAME = re.compile(r"^netevents-(\d{8}T\d{6}Z)-(\d{6})\.pcapng$")
+
+
+def _atomic_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+class ArchiveFiles:
+    """The current PcapNG file of an archive directory, its rotation and its sidecar.
+
+    Raises:
+        OSError: when the directory or a file cannot be written (the CLI reports it, exit 1).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, core: PcapngArchive, *,
+                 rotate_bytes: int | None = None, rotate_seconds: float | None = None) -> None:
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.core = core
+        self.rotate_bytes = rotate_bytes
+        self.rotate_seconds = rotate_seconds
+        self.fh: BinaryIO | None = None
+        self.path: Path | None = None
+        self.opened_at = 0.0
+        self.size = 0
+        self.files: list[Path] = []
+        self.totals: Counter[str] = Counter()
+        existing = sorted(p for p in self.dir.glob("netevents-*.pcapng") if _NAME.match(p.name))
+        self.index = max((int(_NAME.match(p.name).group(2)) for p in existing), default=0)
+        self.previous = existing[-1] if existing else None
+
+    def resume_state(self) -> tuple[dict[str, Any] | None, list[int]]:
+        """The checkpoint in the newest sidecar of the directory (None for a fresh archive), and
+        the packet ids the file holds beyond it.
+
+        The sidecar is rewritten after each flushed batch, so a kill between the flush and the
+        rewrite leaves one batch in the file that the checkpoint does not know; its frames are
+        found by their ``epb_packetid`` in the bytes after the checkpoint's offset (a few KiB,
+        never the whole file) so that :meth:`PcapngArchive.advance` does not write them twice.
+        """
+        if self.previous is None:
+            return None, []
+        side = self.previous.with_name(self.previous.name + ".json")
+        try:
+            doc = json.loads(side.read_text())
+        except (OSError, ValueError):
+            log.warning("cannot read %s: starting without a checkpoint (redelivered batches may "
+                        "be written twice)", side)
+            return None, []
+        ids: list[int] = []
+        if not doc.get("complete"):
+            offset = int(doc.get("bytes") or 0)
+            try:
+                with open(self.previous, "rb") as fh:
+                    fh.seek(offset)
+                    tail = read_pcapng(fh.read(), fragment=True)
+                ids = [b.packetid for b in tail.of(EnhancedPacket) if b.packetid is not None]
+                self.seal(self.previous, doc, offset, tail)
+            except (OSError, PcapngFormatError) as exc:
+                log.warning("cannot read the tail of %s (%s): a batch may be written twice, "
+                            "and the file stays unclosed", self.previous, exc)
+        return doc.get("checkpoint"), ids
+
+    def seal(self, path: Path, doc: dict[str, Any], offset: int, tail: Any) -> None:
+        """Close a file its archiver left open (kill -9): cut a torn last block, append the
+        ISBs, and rewrite the sidecar as complete with the blocks found past its checkpoint.
+
+        ``tail`` is the parse of the bytes from ``offset`` (the checkpoint's file size) on.
+        """
+        end = offset + tail.end
+        ifaces = {i["id"]: dict(i) for i in doc.get("interfaces") or []}
+        frames = drops = dropcount = 0
+        for b in tail.blocks:
+            if isinstance(b, InterfaceDescription):
+                new_id = max(ifaces, default=-1) + 1
+                ifaces[new_id] = {"id": new_id, "name": b.name, "host": b.description,
+                                  "worker": None if (b.name or "").startswith("drops@") else 0,
+                                  "packets": 0, "dropcount": 0, "unplaced": 0}
+            elif isinstance(b, EnhancedPacket):
+                st = ifaces.get(b.interface_id)
+                if st is None:
+                    raise PcapngFormatError(f"EPB for unknown interface {b.interface_id}")
+                st["packets"] += 1
+                st["dropcount"] += b.dropcount or 0
+                dropcount += b.dropcount or 0
+                if b.packetid is None:
+                    drops += 1
+                else:
+                    frames += 1
+                st["first_ts"] = st.get("first_ts") or b.timestamp
+                st["last_ts"] = b.timestamp if st.get("last_ts") is None else max(st["last_ts"], b.timestamp)
+        order = sorted(ifaces)
+        w = PcapngWriter.continuing([InterfaceInfo(ifaces[i]["name"] or "?") for i in order])
+        now = time.time_ns()
+        for i in order:
+            st = ifaces[i]
+            lost = st["dropcount"] + st.get("unplaced", 0)
+            w.statistics(i, now, ifrecv=st["packets"] + (lost if st["worker"] is not None else 0),
+                         osdrop=lost if st["worker"] is not None else None,
+                         ifdrop=lost if st["worker"] is not None else None,
+                         usrdeliv=st["packets"], starttime=st.get("first_ts"),
+                         endtime=st.get("last_ts"),
+                         comment=f"{st['packets']} packets written; sealed by the next archiver "
+                                 "run (this file's archiver stopped without closing it)")
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+            fh.seek(end)
+            data = w.take()
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        doc.update(complete=True, sealed=True, bytes=end + len(data),
+                   frames=doc.get("frames", 0) + frames, drop_packets=doc.get("drop_packets", 0) + drops,
+                   packets=doc.get("packets", 0) + frames + drops,
+                   dropcount=doc.get("dropcount", 0) + dropcount,
+                   interfaces=[ifaces[i] for i in order], torn_bytes_cut=tail.trailing)
+        _atomic_json(path.with_name(path.name + ".json"), doc)
+        log.info("%s: closed after an unclean stop (%d packets past its last checkpoint%s)",
+                 path.name, frames + drops,
+                 f", {tail.trailing} torn bytes cut" if tail.trailing else "")
+
+    def open(self) -> None:
+        self.index += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.path = self.dir / f"netevents-{stamp}-{self.index:06d}.pcapng"
+        self.fh = open(self.path, "xb")
+        self.opened_at = time.monotonic()
+        self.size = 0
+        self.files.append(self.path)
+        self._write(self.core.open_section(comment=f"netevents archive file {self.index}"))
+        self.sidecar(complete=False)
+
+    def _write(self, data: bytes) -> None:
+        assert self.fh is not None
+        if data:
+            self.fh.write(data)
+            self.fh.flush()   # a kill -9 leaves the file readable up to here
+            self.size += len(data)
+
+    def write_batch(self, batch: Batch, sub_report: dict[str, Any] | None = None) -> None:
+        """Append one batch, flush, rewrite the sidecar; rotate when due."""
+        self.write_batches([batch], sub_report)
+
+    def write_batches(self, batches: list[Batch], sub_report: dict[str, Any] | None = None) -> None:
+        """Append batches, flush, rewrite the sidecar once (a group commit); rotate when due.
+
+        The caller acknowledges the batches only after this returns, so the checkpoint in the
+        newest sidecar covers every acknowledged batch. Grouping matters under load: the
+        sidecar rewrite (a few ms on slow filesystems) is paid once per group, not per batch.
+        """
+        if self.fh is None:
+            self.open()
+        for batch in batches:
+            data = self.core.add(batch)
+            if data:
+                assert self.fh is not None
+                self.fh.write(data)
+                self.size += len(data)
+            if self.due():
+                self.close(sub_report=sub_report)
+                self.open()
+        assert self.fh is not None
+        self.fh.flush()   # a kill -9 leaves the file readable up to here
+        self.sidecar(complete=False, sub_report=sub_report)
+
+    def due(self) -> bool:
+        if self.fh is None:
+            return False
+        if self.rotate_bytes and self.size >= self.rotate_bytes:
+            return True
+        return bool(self.rotate_seconds and time.monotonic() - self.opened_at >= self.rotate_seconds)
+
+    def maybe_rotate(self, sub_report: dict[str, Any] | None = None) -> None:
+        if self.due():
+            self.close(sub_report=sub_report)
+            self.open()
+
+    def close(self, *, final: bool = False, sub_report: dict[str, Any] | None = None) -> None:
+        if self.fh is None:
+            return
+        self._write(self.core.close_section(time.time_ns(), final=final))
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        self.fh = None
+        self.sidecar(complete=True, sub_report=sub_report)
+        s = self.core.summary()
+        self.totals["files"] += 1
+        for k in ("frames", "drop_packets", "dropcount"):
+            self.totals[k] += s[k]
+
+    def sidecar(self, *, complete: bool, sub_report: dict[str, Any] | None = None) -> None:
+        assert self.path is not None
+        doc = {"file": self.path.name, "complete": complete, "bytes": self.size,
+               "writer": self.core.userappl, **self.core.summary()}
+        if sub_report is not None:
+            doc["subscription"] = sub_report
+        doc["checkpoint"] = self.core.checkpoint()
+        _atomic_json(self.path.with_name(self.path.name + ".json"), doc)
+
+    def current(self) -> dict[str, Any]:
+        s = self.core.summary() if self.fh is not None else {"frames": 0, "drop_packets": 0, "dropcount": 0}
+        return {"files": self.totals["files"] + (1 if self.fh is not None else 0),
+                "frames": self.totals["frames"] + s["frames"],
+                "drop_packets": self.totals["drop_packets"] + s["drop_packets"],
+                "dropcount": self.totals["dropcount"] + s["dropcount"]}
+
+
+# =============================================================================================
+# The asyncio shell
+
+def _sub_report(sub: Any) -> dict[str, Any]:
+    return {"sequence": sub.tracker.report(), "rejected": dict(sub.rejected),
+            "queue_dropped": sub.dropped}
+
+
+async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: str = "archive",
+                      rotate_bytes: int | None = None, rotate_seconds: float | None = None,
+                      stop: asyncio.Event | None = None, progress_every: float = 5.0,
+                      hosts: list[str] | None = None, hold: float = DEFAULT_HOLD,
+                      max_held: int = MAX_HELD) -> dict[str, Any]:
+    """Archive frame/gap/drop batches until ``stop`` is set; returns the totals.
+
+    One archiver per ``durable`` name: the durable JetStream consumers (``<durable>-frame``, ...)
+    remember what was acknowledged, and a batch is acknowledged only after it was written,
+    flushed and checkpointed, so a restart (also after kill -9) resumes without a hole.
+
+    Frames and gaps come through different streams, in no particular order between them: a
+    frame batch is held ``hold`` seconds (at most ``max_held`` batches) before it is written, so
+    that the gap records about it, usually published in the same agent window, are there first
+    and their dropcount lands on exactly the right frame. Held batches are not acknowledged yet.
+
+    Raises:
+        BusError: if the bus cannot be reached.
+        OSError: if the output directory cannot be written.
+    """
+    from ..bus import connect
+
+    stop = stop or asyncio.Event()
+    core = PcapngArchive()
+    files = ArchiveFiles(out_dir, core, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds)
+    state, beyond = files.resume_state()
+    if state:
+        core.restore(state)
+        core.advance(beyond)
+    held: deque[tuple[float, Batch]] = deque()
+    async with connect(url, name=f"netevents-archive-{durable}", streams=True) as bus:
+        # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
+        # short keeps them far from JetStream's ack wait (no redelivery while we work).
+        sub = bus.subscribe(kinds=list(KINDS), hosts=hosts, durable=durable, queue_size=256,
+                            manual_ack=True)
+        for key, seq in core.written.items():
+            host, run, kind = key.rsplit("|", 2)
+            sub.tracker.seed(host, run, kind, seq)
+
+        async def commit(batches: list[Batch]) -> None:
+            if batches:
+                await asyncio.to_thread(files.write_batches, batches, _sub_report(sub))
+                for b in batches:
+                    await sub.ack(b)
+
+        files.open()
+        last_progress = time.monotonic()
+        async with sub:
+            try:
+                while not stop.is_set():
+                    now = time.monotonic()
+                    wait = min(0.5, max(0.0, held[0][0] + hold - now)) if held else 0.5
+                    batch = await sub.next(timeout=wait or 0.001)
+                    ready: list[Batch] = []
+                    while batch is not None:
+                        if batch.kind == "frame":
+                            held.append((time.monotonic(), batch))
+                        else:
+                            ready.append(batch)      # gaps first: frames due now may need them
+                        if len(ready) + len(held) >= max_held + GROUP:
+                            break
+                        batch = await sub.next(timeout=0)   # what is already here joins the group
+                    now = time.monotonic()
+                    while held and (now - held[0][0] >= hold or len(held) > max_held):
+                        ready.append(held.popleft()[1])
+                    for i in range(0, len(ready), GROUP):
+                        await commit(ready[i:i + GROUP])
+                    if files.due():
+                        await asyncio.to_thread(files.maybe_rotate, _sub_report(sub))
+                    if now - last_progress >= progress_every:
+                        last_progress = now
+                        _progress(files)
+                # stopping: what is held is written (its gaps already arrived or never will)
+                await commit([b for _t, b in held])
+                held.clear()
+            finally:
+                await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
+                _progress(files)
+    return {**files.current(), "paths": [str(p) for p in files.files]}
+
+
+def _progress(files: ArchiveFiles) -> None:
+    c = files.current()
+    print(f"netevents archive: {c['files']} files, {c['frames']} frames, "
+          f"{c['drop_packets']} dropped packets, dropcount {c['dropcount']} "
+          f"-> {files.path.name if files.path else '-'}", file=sys.stderr, flush=True)
