@@ -411,8 +411,8 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
 
 SOURCE_FLAGS = {
     "netstat": "host-wide counter deltas: /proc/net/snmp, netstat, snmp6, softnet, links, qdiscs",
-    "drops": "drop events (reason, location): NET_DM, else the kfree_skb tracepoint; "
-             "plus counter-derived drops",
+    "drops": "drop events (reason, location): NET_DM, else eBPF (flow, netns), else the "
+             "kfree_skb tracepoint; plus counter-derived drops",
     "ipstats": "per-peer TCP counter deltas (sock_diag), with a residual against the MIB",
 }
 
