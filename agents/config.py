@@ -42,7 +42,8 @@ class AgentConfig:
     batch_max_wait: float = 0.25
     spool_dir: str | None = None
     """Where batches wait while the bus is away (default /var/lib/netevents/spool/<site>-<host>
-    as root, else ~/.local/state/netevents/spool/<site>-<host>)."""
+    as root, else ~/.local/state/netevents/spool/<site>-<host>; $NETEVENTS_SPOOL/<site>-<host>
+    when that is set)."""
     spool_max_mb: float = 256.0
     spool_policy: str = "drop_oldest"
     max_inflight: int = 64
@@ -74,6 +75,8 @@ class AgentConfig:
     def spool_path(self) -> Path:
         if self.spool_dir:
             return Path(self.spool_dir)
+        if os.environ.get("NETEVENTS_SPOOL"):
+            return Path(os.environ["NETEVENTS_SPOOL"]) / f"{self.site}-{self.host}"
         base = Path("/var/lib/netevents") if os.geteuid() == 0 else Path(
             os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "netevents"
         return base / "spool" / f"{self.site}-{self.host}"

@@ -61,6 +61,9 @@ class CaptureSupervisor:
         # own connections; credentials in the environment reach them anyway.
         self.credentials = {k: getattr(agent_cfg, k, None)
                             for k in ("creds", "nkey_seed", "tls_ca", "tls_cert", "tls_key")}
+        # Each worker spools on its own while the bus is away (agents/spool.py).
+        self.spool_base = agent_cfg.spool_path() if hasattr(agent_cfg, "spool_path") else None
+        self.spool_max_mb = getattr(agent_cfg, "spool_max_mb", 256.0)
         self.restart_delay = 1.0
         self.max_restart_delay = 30.0
         self.procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
@@ -73,7 +76,9 @@ class CaptureSupervisor:
         group = (int(group) + index) & 0xFFFF if group is not None else fanout_group_for(index)
         return {"iface": iface, "worker": worker, "workers": self.workers,
                 "fanout_group": group, "section": self.section, "bus": self.bus_url,
-                "host": self.host, "site": self.site, "credentials": self.credentials}
+                "host": self.host, "site": self.site, "credentials": self.credentials,
+                "spool": str(self.spool_base / f"capture-{iface}-{worker}") if self.spool_base else None,
+                "spool_max_mb": self.spool_max_mb}
 
     async def run(self, sink) -> None:
         sink.declare_loss("capture.worker_exits")
@@ -186,7 +191,13 @@ async def worker_main(cfg: dict) -> int:
     try:
         async with connect(cfg.get("bus"), name=f"netevents-capture-{cfg['iface']}-{cfg['worker']}",
                            credentials=Credentials(**(cfg.get("credentials") or {}))) as bus:
-            runner = AgentRunner(bus, [cap], RunnerOptions(host=cfg["host"], site=cfg["site"]))
+            publisher: Any = bus
+            if cfg.get("spool"):
+                from agents.spool import ReliablePublisher, Spool
+
+                publisher = ReliablePublisher(bus, Spool(
+                    cfg["spool"], max_bytes=int(cfg.get("spool_max_mb", 256.0) * (1 << 20))))
+            runner = AgentRunner(publisher, [cap], RunnerOptions(host=cfg["host"], site=cfg["site"]))
 
             async def watch() -> None:
                 # A ring that cannot be set up ends the worker with EXIT_UNAVAILABLE.
@@ -197,9 +208,13 @@ async def worker_main(cfg: dict) -> int:
                         return
                     await asyncio.sleep(0.05)
 
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(watch())
-                await runner.run(stop)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(watch())
+                    await runner.run(stop)
+            finally:
+                if publisher is not bus:
+                    await publisher.close()
     except BusError as exc:
         print(f"capture worker {cfg['worker']}: bus: {exc}", file=sys.stderr)
         return 1
