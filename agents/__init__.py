@@ -4,6 +4,7 @@
     runner.py      AgentRunner: collectors in a TaskGroup, batching, bounded queues, status
     config.py      typed agent configuration (TOML file + command line), validated once
     drops/         drop events: NET_DM, kfree_skb tracepoint, dwdump captures, counters
+    ebpf/          the eBPF drop source of drops/ (flow + netns, aggregated in the kernel)
     capture/       AF_PACKET TPACKET_V3 rings: frame summaries and gap records (fanout workers)
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
     ipstats/       per-peer TCP counter deltas (raw sock_diag + destroy multicast), residual

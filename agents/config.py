@@ -7,6 +7,7 @@ A config file is TOML:
     host = "web-1"          # default: the short hostname
     site = "dc1"
     status_interval = 5.0
+    # creds / nkey_seed / tls_ca / tls_cert / tls_key = "FILE"   (bus credentials)
 
     [netstat]               # a section per source; its presence enables the source
     interval = 1.0
@@ -41,11 +42,18 @@ class AgentConfig:
     batch_max_wait: float = 0.25
     spool_dir: str | None = None
     """Where batches wait while the bus is away (default /var/lib/netevents/spool/<site>-<host>
-    as root, else ~/.local/state/netevents/spool/<site>-<host>)."""
+    as root, else ~/.local/state/netevents/spool/<site>-<host>; $NETEVENTS_SPOOL/<site>-<host>
+    when that is set)."""
     spool_max_mb: float = 256.0
     spool_policy: str = "drop_oldest"
     max_inflight: int = 64
     """Batches held in memory on their way to the bus (what a SIGKILL can cost)."""
+    creds: str | None = None
+    """Bus credentials (files), as the command's --creds, --nkey-seed, --tls-* options."""
+    nkey_seed: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Enabled sources: name -> its (unvalidated) section; validated by the source's build()."""
 
@@ -67,6 +75,8 @@ class AgentConfig:
     def spool_path(self) -> Path:
         if self.spool_dir:
             return Path(self.spool_dir)
+        if os.environ.get("NETEVENTS_SPOOL"):
+            return Path(os.environ["NETEVENTS_SPOOL"]) / f"{self.site}-{self.host}"
         base = Path("/var/lib/netevents") if os.geteuid() == 0 else Path(
             os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "netevents"
         return base / "spool" / f"{self.site}-{self.host}"

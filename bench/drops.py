@@ -14,7 +14,16 @@
    machine produces) at a random moment, and the subscriber notes when the event carrying it
    arrives. Median and p99 per aggregation interval.
 
-Run as root: ``python bench/drops.py [--probes N] [--burst-seconds S]``.
+3. eBPF source vs the tracefs source (``--sources``): the same flood (output-hook nft drop in
+   a private namespace, ``--flood-seconds`` each) with, in turn, nothing attached, the eBPF
+   collector (kfree_skb program, in-kernel aggregation, filter on the namespace) and the
+   tracepoint collector (raw page reader), each running its real ``run()`` loop. Prints drops
+   counted, events emitted, drops/s, the agent's CPU (user+sys of this process) per million
+   drops, the BPF program's own run time per drop (``kernel.bpf_stats_enabled``), and the
+   flood's send rate (the dropped traffic's rate) with and without each source attached.
+
+Run as root: ``python bench/drops.py [--probes N] [--burst-seconds S] [--flood-seconds S]
+[--only sources]``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import asyncio
 import ctypes
 import os
 import random
+import resource
 import socket
 import statistics
 import struct
@@ -226,10 +236,153 @@ async def bench_latency(probes: int) -> None:
             await server.stop()
 
 
+# -- eBPF vs tracefs --------------------------------------------------------------------------
+
+class CountingSink:
+    """The Sink protocol, counting what arrives (the runner's batching is not measured here)."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.drops = 0
+        self.lost_counts: dict[str, int] = {}
+
+    def emit(self, kind, event, *, t0=None, t1=None) -> bool:
+        self.events += 1
+        self.drops += event["count"]
+        return True
+
+    def emit_batch(self, kind, events, *, t0=None, t1=None, **fields) -> bool:
+        for e in events:
+            self.emit(kind, e)
+        return True
+
+    def lost(self, place: str, count: int) -> None:
+        self.lost_counts[place] = self.lost_counts.get(place, 0) + count
+
+    def declare_loss(self, place: str) -> None:
+        self.lost_counts.setdefault(place, 0)
+
+    def state(self, source: str, state: str, reason: str = "") -> None:
+        pass
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _bpf_prog_stats() -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over loaded kfree_skb programs of ours (bpftool)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    import json
+    try:
+        progs = json.loads(out.stdout or "[]")
+    except ValueError:
+        return 0, 0
+    mine = [p for p in progs if str(p.get("name", "")).startswith("kfree_skb_")]
+    return sum(p.get("run_time_ns", 0) for p in mine), sum(p.get("run_cnt", 0) for p in mine)
+
+
+async def _flood_with(source, ns: Namespace, flood: Path, seconds: float) -> dict:
+    sink = CountingSink()
+    task = None
+    if source is not None:
+        task = asyncio.create_task(source.run(sink))
+        async with asyncio.timeout(60):
+            await source.ready.wait()
+        await asyncio.sleep(0.2)
+    stats0 = _bpf_prog_stats()
+    cpu0, t0 = _cpu(), time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", ns.name, str(flood), "127.0.0.1", "5555", str(seconds),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    sent = int(out)
+    if source is not None:
+        await asyncio.sleep(source.interval + 0.3)  # the last window reaches the sink
+    wall = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
+    stats1 = _bpf_prog_stats()
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    return {"sent": sent, "rate": sent / seconds, "drops": sink.drops, "events": sink.events,
+            "cpu": cpu, "wall": wall, "lost": sink.lost_counts,
+            "bpf_ns": stats1[0] - stats0[0], "bpf_runs": stats1[1] - stats0[1]}
+
+
+async def bench_sources(flood: Path, seconds: float, rounds: int) -> None:
+    """Rounds of (bare, ebpf, ebpf + records, tracepoint) floods, interleaved so the machine's
+    drift (other work on it) spreads over all of them; medians are printed. One extra eBPF
+    flood with ``kernel.bpf_stats_enabled=1`` gives the program's run time per drop (stats
+    cost time themselves, so they are off in the timed rounds)."""
+    from agents.ebpf import EbpfDrops, parse_filter
+    from agents.ebpf.netns import resolve
+
+    def ebpf(ns: Namespace, every: int = 0) -> EbpfDrops:
+        src = EbpfDrops(interval=1.0, filter=parse_filter(f"netns={ns.name}"), sample_every=every)
+        src.filter.resolve_netns(resolve)
+        return src
+
+    kinds = {
+        "bare": ("nothing attached", lambda ns: None),
+        "ebpf": ("ebpf (aggregated in the kernel)", ebpf),
+        "ebpf_rec": ("ebpf + 1/1000 per-packet records", lambda ns: ebpf(ns, 1000)),
+        "tracepoint": ("tracepoint (tracefs, raw reader)",
+                       lambda ns: TracepointDrops(interval=1.0, buffer_kb=16384)),
+    }
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    with Namespace() as ns:
+        for _ in range(rounds):
+            for kind, (_label, make) in kinds.items():
+                results[kind].append(await _flood_with(make(ns), ns, flood, seconds))
+        subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=False)
+        try:
+            stats = await _flood_with(ebpf(ns), ns, flood, seconds)
+        finally:
+            subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"], check=False)
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[kind])
+
+    def cpm(kind: str) -> float:  # agent CPU seconds per million drops
+        return statistics.median(r["cpu"] / max(r["drops"], 1) * 1e6 for r in results[kind])
+
+    base = med("bare", "rate")
+    print(f"sources: {rounds} rounds of a {seconds:.1f} s UDP flood into an output-hook nft "
+          f"drop (medians):")
+    for kind, (label, _make) in kinds.items():
+        line = f"  {label:36s} flood {med(kind, 'rate'):11,.0f} pkt/s ({med(kind, 'rate') / base:6.1%} of bare)"
+        if kind != "bare":
+            lost: dict[str, int] = {}
+            for r in results[kind]:
+                for k, v in r["lost"].items():
+                    lost[k] = lost.get(k, 0) + v
+            lost = {k: v for k, v in lost.items() if v}
+            line += (f"; {med(kind, 'drops') / seconds:,.0f} drops/s in "
+                     f"{med(kind, 'events'):,.0f} events, agent CPU {cpm(kind):.3f} s per million drops"
+                     + (f", lost {lost}" if lost else ""))
+        print(line)
+    if stats["bpf_runs"]:
+        print(f"  BPF program (tp_btf) run time: {stats['bpf_ns'] / stats['bpf_runs']:.0f} ns per "
+              f"drop over {stats['bpf_runs']:,} runs (kernel.bpf_stats_enabled)")
+    print(f"  ratio agent CPU per million drops, tracepoint / ebpf: {cpm('tracepoint') / cpm('ebpf'):.0f}")
+    print(f"  ratio drops/s seen, ebpf / tracepoint: "
+          f"{med('ebpf', 'drops') / max(med('tracepoint', 'drops'), 1):.2f}")
+    print(f"  dropped traffic's rate with the source attached / bare: ebpf "
+          f"{med('ebpf', 'rate') / base:.3f}, tracepoint {med('tracepoint', 'rate') / base:.3f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--burst-seconds", type=float, default=0.5)
     ap.add_argument("--probes", type=int, default=30)
+    ap.add_argument("--flood-seconds", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=("throughput", "latency", "sources"))
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/drops.py needs root (tracefs, namespaces)", file=sys.stderr)
@@ -237,8 +390,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         flood = Path(tmp) / "flood"
         sh("gcc", "-O2", "-o", str(flood), str(FLOOD_C))
-        bench_throughput(flood, args.burst_seconds)
-    asyncio.run(bench_latency(args.probes))
+        if args.only in (None, "throughput"):
+            bench_throughput(flood, args.burst_seconds)
+        if args.only in (None, "sources"):
+            asyncio.run(bench_sources(flood, args.flood_seconds, args.rounds))
+    if args.only in (None, "latency"):
+        asyncio.run(bench_latency(args.probes))
     return 0
 
 

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -51,6 +52,31 @@ from .subjects import event_subject, filter_subject, host_matches, parse_subject
 log = logging.getLogger("netevents.bus")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def redact_url(url: str) -> str:
+    """``nats://user:secret@host:4222`` -> ``nats://user:***@host:4222``: never log a password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
+
+def split_url_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without ``user:password@`` and those as ``nats.connect`` options.
+
+    Passed as options (not left in the URL) they are also used for the servers the client
+    discovers in a cluster, so an agent can fail over to another node with its credentials.
+    """
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    opts = {"user": unquote(parts.username)}
+    if parts.password is not None:
+        opts["password"] = unquote(parts.password)
+    return urlunsplit(parts._replace(netloc=netloc)), opts
 
 
 def default_url() -> str:
@@ -401,6 +427,9 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
     """
     url = url or default_url()
     auth = (credentials or Credentials()).options()
+    server_url, url_auth = split_url_credentials(url)
+    auth.update(url_auth)
+    shown = redact_url(url)
     holder: dict[str, Bus] = {}
 
     async def error_cb(exc: Exception) -> None:
@@ -420,15 +449,15 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
         # first connection gets a deadline of its own so a wrong URL fails with one clear line.
         async with asyncio.timeout(connect_timeout):
             nc = await nats.connect(
-                servers=[url], name=name, connect_timeout=connect_timeout, error_cb=error_cb,
+                servers=[server_url], name=name, connect_timeout=connect_timeout, error_cb=error_cb,
                 disconnected_cb=disconnected_cb, allow_reconnect=reconnect,
                 max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5, **auth)
     except TimeoutError:
-        raise BusError(f"cannot connect to the bus at {url}: no NATS server answered within "
+        raise BusError(f"cannot connect to the bus at {shown}: no NATS server answered within "
                        f"{connect_timeout:g}s (start one with 'netevents server' or "
                        "'netevents up', or set --bus / $NETEVENTS_BUS)") from None
     except (nats.errors.Error, OSError) as exc:
-        raise BusError(f"cannot connect to the bus at {url}: {type(exc).__name__} {exc}".rstrip()
+        raise BusError(f"cannot connect to the bus at {shown}: {type(exc).__name__} {exc}".rstrip()
                        + " (start one with 'netevents server', or set --bus / $NETEVENTS_BUS)") from None
     bus = holder["bus"] = Bus(nc, url)
     try:
@@ -498,7 +527,10 @@ class Subscription:
                                                   pending_bytes_limit=512 * 1024 * 1024)
                 self._subs.append(sub)
             else:
-                await self.bus.ensure_streams()
+                with contextlib.suppress(BusError, TimeoutError):
+                    # A read-only consumer may not create streams; they must exist then.
+                    async with asyncio.timeout(3):
+                        await self.bus.ensure_streams()
                 name, stream = f"{self.durable}-{kind}", ev.STREAM_OF[kind]
                 await self._rewind_unacked(stream, name)
                 psub = await self.bus.js.pull_subscribe(subject, durable=name, stream=stream)

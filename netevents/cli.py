@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from . import events as ev
-from .bus import Bus, EmbeddedServer, connect, default_url
+from .bus import Bus, Credentials, EmbeddedServer, connect, default_url, redact_url
 from .errors import BusError, CapabilityError, ConfigError, NeteventsError
 
 log = logging.getLogger("netevents")
@@ -115,7 +115,7 @@ async def run_agent(cfg: Any, collectors: list[Any], bus: Bus, stop: asyncio.Eve
         max_wait=cfg.batch_max_wait, queue_size=cfg.queue_size,
         status_interval=cfg.status_interval))
     log.info("agent %s run %s: host %s site %s, sources %s, bus %s", __version__, runner.run_id,
-             cfg.host, cfg.site, ", ".join(c.name for c in collectors), bus.url)
+             cfg.host, cfg.site, ", ".join(c.name for c in collectors), redact_url(bus.url))
     try:
         async with _control_server(cfg, bus, collectors):
             await runner.run(stop)
@@ -149,13 +149,16 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     from agents.config import build_collectors
 
     cfg = agent_config(args)
+    url = cfg.bus = args.bus or cfg.bus or default_url()  # capture workers connect on their own
+    for name, _text, _env in _AUTH_OPTIONS:  # ... with the same credentials
+        setattr(cfg, name, getattr(args, name, None) or getattr(cfg, name, None))
     collectors = build_collectors(cfg)  # validates every source's options before connecting
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    url = args.bus or cfg.bus or default_url()
-    async with connect(url, name=f"netevents-agent-{cfg.host}") as bus:
+    async with connect(url, name=f"netevents-agent-{cfg.host}",
+                       credentials=_credentials(args, cfg)) as bus:
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(3):
                 await bus.ensure_streams()
         except (BusError, TimeoutError) as exc:
             # An agent whose credentials only allow publishing its own subjects cannot create
@@ -173,7 +176,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
     from .consumers.tail import tail
 
     return await tail(args.bus, args.kind or None, args.host or None, as_json=args.json,
-                      count=args.count, timeout=args.timeout)
+                      count=args.count, timeout=args.timeout, credentials=_credentials(args))
 
 
 async def _feed_view(bus: Bus, view: Any, stop: asyncio.Event, ready: asyncio.Event) -> Any:
@@ -257,6 +260,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
     url = await server.start()
+    for c in collectors:  # sources with processes of their own (capture workers) follow it
+        if hasattr(c, "bus_url"):
+            c.bus_url = url
     interactive = args.duration is None and sys.stdout.isatty()
     print(f"netevents up: NATS at {url} (store {store}); agent host {cfg.host}, site {cfg.site}; "
           f"sources {', '.join(cfg.sources)}", file=sys.stderr, flush=True)
@@ -278,8 +284,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
                 # Let the last batches (and the final status) reach the view.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(3):
-                        while not (view.agents.get(cfg.host) and
-                                   view.agents[cfg.host].status.get("final")):
+                        while not view.final_seen(cfg.host):
                             await asyncio.sleep(0.05)
                 view_stop.set()
             sub = feeder.result()
@@ -297,7 +302,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
     view = FleetView()
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    async with connect(args.bus, name="netevents-top") as bus:
+    async with connect(args.bus, name="netevents-top", credentials=_credentials(args)) as bus:
         async with asyncio.TaskGroup() as tg:
             ready = asyncio.Event()
             tg.create_task(_feed_view(bus, view, stop, ready))
@@ -326,7 +331,8 @@ async def cmd_archive(args: argparse.Namespace) -> int:
         # not wrapped in an ExceptionGroup.
         totals = await run_archive(args.out, args.bus or default_url(), durable=args.durable,
                                    rotate_bytes=rotate_bytes, rotate_seconds=args.rotate_seconds,
-                                   stop=stop, hosts=args.host, hold=args.gap_wait)
+                                   stop=stop, hosts=args.host, hold=args.gap_wait,
+                                   credentials=_credentials(args))
     finally:
         timer.cancel()
     log.info("stopped: %s files, %s frames, %s dropped packets, dropcount %s", totals["files"],
@@ -356,6 +362,7 @@ def _add_archive_parsers(sub: Any) -> None:
     p.add_argument("--gap-wait", type=_positive, default=1.0, metavar="S",
                    help="seconds a frame batch waits for the gap records about it (default 1)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("verify", help="check archive files with tshark and capinfos",
@@ -404,8 +411,8 @@ def _add_agent_options(p: argparse.ArgumentParser) -> None:
 
 SOURCE_FLAGS = {
     "netstat": "host-wide counter deltas: /proc/net/snmp, netstat, snmp6, softnet, links, qdiscs",
-    "drops": "drop events (reason, location): NET_DM, else the kfree_skb tracepoint; "
-             "plus counter-derived drops",
+    "drops": "drop events (reason, location): NET_DM, else eBPF (flow, netns), else the "
+             "kfree_skb tracepoint; plus counter-derived drops",
     "ipstats": "per-peer TCP counter deltas (sock_diag), with a residual against the MIB",
 }
 
@@ -445,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     _add_agent_options(p)
+    _add_auth_options(p)
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("tail", help="print events as they arrive",
@@ -457,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     p.add_argument("--count", type=int, metavar="N", help="exit after N events (exit 1 if --timeout hits first)")
     p.add_argument("--timeout", type=_positive, metavar="S", help="exit after S seconds")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("top", help="live fleet view: hosts, drop sites, counters, peers, own losses",
@@ -466,12 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", choices=("hosts", "drops", "counters", "peers", "paths", "incidents"),
                    default="hosts")
     p.add_argument("--duration", type=_positive, metavar="S", help="collect S seconds, print once, exit")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_top)
 
     _add_import_command(sub)
     _add_hwtstamp_command(sub)
     _add_ctl_parser(sub)
     _add_archive_parsers(sub)
+    _add_deploy_parsers(sub)
     _add_fleet_parsers(sub)
     return parser
 
@@ -489,6 +500,7 @@ def _add_import_command(sub: Any) -> None:
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--host", help="host the capture was recorded on (default: the short hostname)")
     p.add_argument("--site", default="local", help="site token (default: local)")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_import)
 
 
@@ -502,7 +514,8 @@ async def cmd_import(args: argparse.Namespace) -> int:
     capture = load_capture(args.file)  # bad input fails here, before the bus is involved
     for err in capture.errors:
         log.warning("%s: skipped %s", args.file, err)
-    async with connect(args.bus or default_url(), name="netevents-import", streams=True) as bus:
+    async with connect(args.bus or default_url(), name="netevents-import", streams=True,
+                       credentials=_credentials(args)) as bus:
         counts = await import_capture(args.file, bus, site=args.site, host=host, capture=capture,
                                       ack=True)
     print(f"netevents import: {args.file}: {counts['drops']} drops in {counts['events']} events, "
@@ -597,7 +610,8 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
     from agents.control import control_request
 
     url = args.bus or default_url()
-    async with connect(url, name="netevents-ctl", reconnect=False) as bus:
+    async with connect(url, name="netevents-ctl", reconnect=False,
+                       credentials=_credentials(args)) as bus:
         try:
             reply = await control_request(bus, args.target, args.cmd, args.value,
                                           site=args.site or "local", timeout=args.timeout)
@@ -626,6 +640,7 @@ def _add_ctl_parser(sub: Any) -> None:
     p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--timeout", type=_positive, default=5.0, metavar="S",
                    help="seconds to wait for the reply (default 5)")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_ctl)
 
 
@@ -646,6 +661,7 @@ def _add_fleet_parsers(sub: Any) -> None:
                    help="share the stream with other correlators in this NATS queue group")
     p.add_argument("--token", metavar="HOST", help="host token of the incidents (default correlator-<hostname>)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_correlate)
 
     p = sub.add_parser("metrics", help="Prometheus exporter of the fleet's aggregates",
@@ -656,6 +672,7 @@ def _add_fleet_parsers(sub: Any) -> None:
     p.add_argument("--listen", default="127.0.0.1:9464", metavar="ADDR",
                    help="HOST:PORT to serve on (default 127.0.0.1:9464; port 0 picks one)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    _add_auth_options(p)
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("demo", help="a fleet of namespace hosts with real faults, correlated live",
@@ -680,7 +697,8 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
     timer = asyncio.create_task(_stop_after(stop, args.duration))
     try:
         corr = await run_correlate(args.bus, window=args.window, grace=args.grace,
-                                   queue_group=args.queue_group, stop=stop, token=args.token)
+                                   queue_group=args.queue_group, stop=stop, token=args.token,
+                                   credentials=_credentials(args))
     finally:
         timer.cancel()
     made = {k: v for k, v in corr.counts.items() if k.startswith("incident.")}
@@ -695,7 +713,7 @@ async def cmd_metrics(args: argparse.Namespace) -> int:
     _stop_on_signals(stop)
     timer = asyncio.create_task(_stop_after(stop, args.duration))
     try:
-        await run_metrics(args.bus, args.listen, stop=stop)
+        await run_metrics(args.bus, args.listen, stop=stop, credentials=_credentials(args))
     finally:
         timer.cancel()
     return 0
@@ -705,6 +723,72 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return await run_demo(args)
+
+# ---------------------------------------------------------------------------------------------
+# Security and deployment: credential options of every command that connects, `netevents auth`
+# (per-host NATS users, netevents/auth.py) and `netevents streams` (create the streams once).
+
+_AUTH_OPTIONS = (("creds", "a NATS .creds file (JWT + nkey seed)", "NETEVENTS_CREDS"),
+                 ("nkey_seed", "a file holding an nkey seed (SU...)", "NETEVENTS_NKEY_SEED"),
+                 ("tls_ca", "CA bundle that verifies the server (tls:// URLs)", "NETEVENTS_TLS_CA"),
+                 ("tls_cert", "client certificate for mutual TLS", "NETEVENTS_TLS_CERT"),
+                 ("tls_key", "key of the client certificate", "NETEVENTS_TLS_KEY"))
+
+
+def _add_auth_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("bus credentials (user:password can also go in the URL)")
+    for name, text, env in _AUTH_OPTIONS:
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="FILE",
+                       help=f"{text} (default ${env})")
+
+
+def _credentials(args: argparse.Namespace, cfg: Any = None) -> Credentials:
+    """Credentials from the options, then the [agent] section of the config file; each falls
+    back to its environment variable (:class:`~netevents.bus.Credentials`)."""
+    creds = Credentials(**{name: getattr(args, name, None) or getattr(cfg, name, None)
+                           for name, _text, _env in _AUTH_OPTIONS})
+    seed = creds.nkey_seed or os.environ.get("NETEVENTS_NKEY_SEED")
+    if seed and Path(seed).is_file():  # (a missing file is reported by Credentials.options)
+        import importlib.util
+
+        if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it at connect time
+            raise ConfigError("--nkey-seed needs the 'nkeys' package (pip install nkeys)")
+    return creds
+
+
+async def cmd_auth(args: argparse.Namespace) -> int:
+    from . import auth
+
+    return auth.run_command(args)
+
+
+async def cmd_streams(args: argparse.Namespace) -> int:
+    url = args.bus or default_url()
+    async with connect(url, name="netevents-streams", reconnect=False,
+                       credentials=_credentials(args)) as bus:
+        try:
+            async with asyncio.timeout(args.timeout):
+                await bus.ensure_streams(replicas=args.replicas)
+        except TimeoutError:
+            raise BusError(f"streams not created within {args.timeout:g}s (may this user "
+                           "publish on $JS.API.STREAM.>? is JetStream enabled?)") from None
+    print(f"netevents streams: NETEVENTS_EVENTS, NETEVENTS_STATS, NETEVENTS_FRAMES present on {redact_url(url)}")
+    return 0
+
+
+def _add_deploy_parsers(sub: Any) -> None:
+    from . import auth
+
+    auth.add_parser(sub, cmd_auth)
+    p = sub.add_parser("streams", help="create the JetStream streams (idempotent)",
+                       description="Create the netevents streams on a server, for deployments "
+                       "where agents may only publish their own subjects (deploy/README.md).")
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="stream replicas: 3 on a 3-node cluster (default $NETEVENTS_REPLICAS or 1)")
+    p.add_argument("--timeout", type=_positive, default=15.0, metavar="S", help=argparse.SUPPRESS)
+    _add_auth_options(p)
+    p.set_defaults(func=cmd_streams)
 
 
 def main(argv: list[str] | None = None) -> int:

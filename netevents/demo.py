@@ -245,15 +245,15 @@ async def run_demo(args: argparse.Namespace) -> int:
             # wait for every host's first status (its sources are running)
             deadline = loop.time() + 20
             while loop.time() < deadline and not stop.is_set():
-                if all(h in view.agents for h in fleet.names):
+                if all(h in seen_hosts(view) for h in fleet.names):
                     break
                 await asyncio.sleep(0.2)
             for host, p in agents.items():
-                if p.poll() is not None or host not in view.agents:
+                if p.poll() is not None or host not in seen_hosts(view):
                     tail = (work / f"agent-{host}.log").read_text(errors="replace").strip().splitlines()[-1:]
                     log.warning("agent of %s %s: %s", host, "exited" if p.poll() is not None
                                 else "sent no status", tail[0] if tail else "(no output)")
-            say(f"agents up: {sorted(view.agents)}")
+            say(f"agents up: {sorted(seen_hosts(view))}")
             await asyncio.sleep(1.5)  # capture rings open
             a = fleet.addrs
             h1, h2, h3 = fleet.names[:3]
@@ -332,6 +332,11 @@ async def run_demo(args: argparse.Namespace) -> int:
             for d in corr.drop_table():
                 print(f"  {d['entity']:<24} {d['reason']:<22} {d['count']:>7}  ({d['how']})")
     return 0
+
+
+def seen_hosts(view: Any) -> set[str]:
+    """Hosts whose agent sent a status (FleetView keys its agents by (host, run))."""
+    return {k[0] if isinstance(k, tuple) else k for k in view.agents}
 
 
 async def _feed(bus: Any, view: Any, stop: asyncio.Event, ready: asyncio.Event) -> None:

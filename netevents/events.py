@@ -76,6 +76,8 @@ class DropEvent:
     ifindex: int | None = _f("integer", "interface index")
     proto: int | None = _f("integer", "ethertype (skb->protocol), host order")
     netns: int | None = _f("integer", "network namespace inode, where the source knows it")
+    netns_name: str | None = _f("string", "name of that namespace: /run/netns name, 'root', or "
+                                "a process hint 'comm[pid]' (ebpf source)")
     flow: dict | None = _f("object", "L3/L4 keys (src, dst, sport, dport, l4, ip_id, tcp_seq)")
     first_ts: int | None = _f("integer", "first drop in the window (ns)")
     last_ts: int | None = _f("integer", "last drop in the window (ns)")

@@ -6,13 +6,14 @@
 #   tcpdump    BPF filter compilation (tcpdump -ddd) and the capture benchmark's anchor
 #   tcpreplay  replays traffic into a veth for bench/capture.py
 #   gcc        builds the drop-storm sender (tests/agents/drops/tools/flood.c)
+#   clang, bpftool, libbpf1, libbpf-dev   build and load the eBPF drop source (agents/ebpf)
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
   echo "setup-host.sh: run as root (it installs Debian packages and mounts tracefs)" >&2
   exit 2
 fi
 need=()
-for pkg in iproute2 nftables tshark tcpdump tcpreplay gcc libc6-dev; do
+for pkg in iproute2 nftables tshark tcpdump tcpreplay gcc libc6-dev clang bpftool libbpf1 libbpf-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

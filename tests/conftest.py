@@ -19,6 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _spool_in_a_temporary_directory(tmp_path_factory):
+    """Agents started by tests (also as subprocesses) spool below a temporary directory, not in
+    /var/lib/netevents."""
+    old = os.environ.get("NETEVENTS_SPOOL")
+    os.environ["NETEVENTS_SPOOL"] = str(tmp_path_factory.mktemp("spool"))
+    yield
+    if old is None:
+        os.environ.pop("NETEVENTS_SPOOL", None)
+    else:
+        os.environ["NETEVENTS_SPOOL"] = old
+
+
 @pytest.fixture
 def nats_server(tmp_path):
     """A real nats-server with JetStream on 127.0.0.1:<free port>; stopped by pid afterwards."""

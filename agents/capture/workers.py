@@ -57,6 +57,13 @@ class CaptureSupervisor:
         self.bus_url = bus_url or getattr(agent_cfg, "bus", None) or default_url()
         self.host = host or getattr(agent_cfg, "host", None) or "localhost"
         self.site = site or getattr(agent_cfg, "site", None) or "local"
+        # The agent's bus credentials (files; --creds, --tls-* or [agent]) for the workers'
+        # own connections; credentials in the environment reach them anyway.
+        self.credentials = {k: getattr(agent_cfg, k, None)
+                            for k in ("creds", "nkey_seed", "tls_ca", "tls_cert", "tls_key")}
+        # Each worker spools on its own while the bus is away (agents/spool.py).
+        self.spool_base = agent_cfg.spool_path() if hasattr(agent_cfg, "spool_path") else None
+        self.spool_max_mb = getattr(agent_cfg, "spool_max_mb", 256.0)
         self.restart_delay = 1.0
         self.max_restart_delay = 30.0
         self.procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
@@ -69,7 +76,9 @@ class CaptureSupervisor:
         group = (int(group) + index) & 0xFFFF if group is not None else fanout_group_for(index)
         return {"iface": iface, "worker": worker, "workers": self.workers,
                 "fanout_group": group, "section": self.section, "bus": self.bus_url,
-                "host": self.host, "site": self.site}
+                "host": self.host, "site": self.site, "credentials": self.credentials,
+                "spool": str(self.spool_base / f"capture-{iface}-{worker}") if self.spool_base else None,
+                "spool_max_mb": self.spool_max_mb}
 
     async def run(self, sink) -> None:
         sink.declare_loss("capture.worker_exits")
@@ -98,9 +107,13 @@ class CaptureSupervisor:
         key = (cfg["iface"], cfg["worker"])
         delay = self.restart_delay
         while True:
+            # The bus URL may hold a password: it goes in the environment (readable by the
+            # same user only), not on the command line (readable by everyone in /proc).
+            argv_cfg = {k: v for k, v in cfg.items() if k != "bus"}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agents.capture.workers", json.dumps(cfg),
-                stderr=asyncio.subprocess.PIPE, cwd=_project_root())
+                sys.executable, "-m", "agents.capture.workers", json.dumps(argv_cfg),
+                stderr=asyncio.subprocess.PIPE, cwd=_project_root(),
+                env={**os.environ, "NETEVENTS_BUS": cfg["bus"]})
             self.procs[key] = proc
             last = ""
             try:
@@ -156,7 +169,7 @@ def _project_root() -> str:
 
 async def worker_main(cfg: dict) -> int:
     from agents.runner import AgentRunner, RunnerOptions
-    from netevents.bus import connect
+    from netevents.bus import Credentials, connect
     from netevents.errors import BusError
 
     from . import options_from_section, ring_capture
@@ -176,8 +189,15 @@ async def worker_main(cfg: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with connect(cfg["bus"], name=f"netevents-capture-{cfg['iface']}-{cfg['worker']}") as bus:
-            runner = AgentRunner(bus, [cap], RunnerOptions(host=cfg["host"], site=cfg["site"]))
+        async with connect(cfg.get("bus"), name=f"netevents-capture-{cfg['iface']}-{cfg['worker']}",
+                           credentials=Credentials(**(cfg.get("credentials") or {}))) as bus:
+            publisher: Any = bus
+            if cfg.get("spool"):
+                from agents.spool import ReliablePublisher, Spool
+
+                publisher = ReliablePublisher(bus, Spool(
+                    cfg["spool"], max_bytes=int(cfg.get("spool_max_mb", 256.0) * (1 << 20))))
+            runner = AgentRunner(publisher, [cap], RunnerOptions(host=cfg["host"], site=cfg["site"]))
 
             async def watch() -> None:
                 # A ring that cannot be set up ends the worker with EXIT_UNAVAILABLE.
@@ -188,9 +208,13 @@ async def worker_main(cfg: dict) -> int:
                         return
                     await asyncio.sleep(0.05)
 
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(watch())
-                await runner.run(stop)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(watch())
+                    await runner.run(stop)
+            finally:
+                if publisher is not bus:
+                    await publisher.close()
     except BusError as exc:
         print(f"capture worker {cfg['worker']}: bus: {exc}", file=sys.stderr)
         return 1

@@ -2,15 +2,16 @@
 
     aggregate.py    sans-IO DropAggregator: per window, one event per drop signature; packets
                     (payload + orig_len) kept up to a cap in packet mode, the overflow counted
-    tracepoint.py   skb:kfree_skb through a private tracefs instance (the usual source)
+    tracepoint.py   skb:kfree_skb through a private tracefs instance
+    (../ebpf/)      skb:kfree_skb through a BPF program: flow + netns, aggregated in the kernel
     rawtrace.py     sans-IO walk of the instance's binary ring pages (the default reader)
     netdm.py        NET_DM generic netlink (dropwatch's interface): decoder + collector
     dwdump.py       dropwatch's dwdump pcap captures -> drop events (``netevents import``)
     counters.py     counter-derived drops (link, qdisc, softnet, UDP buffer errors)
     kallsyms.py     PC -> symbol+offset where only a PC is known
 
-:func:`build` returns :class:`DropsCollector`: NET_DM if the kernel has it, else the tracepoint,
-and the counter source alongside either (it is the only one on hosts where neither runs).
+:func:`build` returns :class:`DropsCollector`: with ``source = "auto"`` NET_DM if the kernel has
+it, else the eBPF program, else the tracepoint; the counter source alongside any of them (it is the only one on hosts where neither runs).
 Each source that cannot run says why in one line and in ``status.sources``.
 """
 
@@ -26,11 +27,15 @@ log = logging.getLogger("netevents.agent.drops")
 
 _KEYS = {"sources", "interval", "exclude_reasons", "buffer_kb", "mode", "trunc_len", "queue_len",
          "packet_cap", "packet_reasons", "stats_interval", "read_budget", "counter_interval",
-         "netns", "reader"}
+         "netns", "reader", "source", "counter", "filter", "sample_every", "ring_kb",
+         "map_entries", "netns_refresh", "program"}
+# source = "auto": the first of these that can run on the host.
+AUTO_ORDER = ("netdm", "ebpf", "tracepoint")
+EVENT_SOURCES = ("auto", *AUTO_ORDER)
 
 
 class DropsCollector:
-    """NET_DM -> tracepoint fallback, plus counter-derived drops, as one collector."""
+    """NET_DM -> eBPF -> tracepoint fallback, plus counter-derived drops, as one collector."""
 
     name = "drops"
 
@@ -100,9 +105,23 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
             raise ConfigError(f"[drops] {key} must be a list of drop reason names")
         return frozenset(r.upper().removeprefix("SKB_DROP_REASON_") for r in value)
 
-    sources = section.get("sources", ["netdm", "tracepoint", "counter"])
-    if not isinstance(sources, list) or not set(sources) <= {"netdm", "tracepoint", "counter"}:
-        raise ConfigError("[drops] sources must be a list of 'netdm', 'tracepoint', 'counter'")
+    if "sources" in section and ("source" in section or "counter" in section):
+        raise ConfigError("[drops] give either sources (a list) or source/counter, not both")
+    if "sources" in section:
+        sources = section["sources"]
+        if not isinstance(sources, list) or not set(sources) <= {*AUTO_ORDER, "counter"}:
+            raise ConfigError("[drops] sources must be a list of 'netdm', 'ebpf', 'tracepoint', "
+                              "'counter'")
+    else:
+        source = section.get("source", "auto")
+        if source not in EVENT_SOURCES:
+            raise ConfigError(f"[drops] source must be one of {', '.join(EVENT_SOURCES)}; "
+                              f"got {source!r}")
+        counter_on = section.get("counter", True)
+        if not isinstance(counter_on, bool):
+            raise ConfigError("[drops] counter must be true or false")
+        sources = [*(AUTO_ORDER if source == "auto" else (source,)),
+                   *(("counter",) if counter_on else ())]
     interval = num("interval", 1.0)
     exclude = names("exclude_reasons")
     packet_reasons = names("packet_reasons")
@@ -113,6 +132,11 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
             queue_len=num("queue_len", 1000, int), interval=interval,
             stats_interval=num("stats_interval", 1.0), packet_cap=num("packet_cap", 256, int),
             packet_reasons=packet_reasons, exclude_reasons=exclude))
+    if "ebpf" in sources:
+        event_sources.append(_ebpf(section, interval, exclude))
+    elif "filter" in section:
+        raise ConfigError("[drops] filter applies to the ebpf source only (source = \"ebpf\" "
+                          "or \"auto\")")
     if "tracepoint" in sources:
         event_sources.append(TracepointDrops(
             interval=interval, buffer_kb=num("buffer_kb", 4096, int), exclude_reasons=exclude,
@@ -124,4 +148,49 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
         if netns is not None and not isinstance(netns, str):
             raise ConfigError("[drops] netns must be a namespace name (under /run/netns)")
         counter = CounterDrops(interval=num("counter_interval", interval), netns=netns)
+    # Keep the configured order (auto: NET_DM, eBPF, tracepoint).
+    order = {name: i for i, name in enumerate(sources)}
+    event_sources.sort(key=lambda src: order.get(src.name.removeprefix("drops."), 0))
     return DropsCollector(event_sources, counter)
+
+
+def _kernel_reasons() -> set[str]:
+    """Reason names from the tracepoint's format file (empty when it is unreadable)."""
+    from .tracepoint import reason_table
+    try:
+        text = open("/sys/kernel/tracing/events/skb/kfree_skb/format").read()
+    except OSError:
+        return set()
+    return set(reason_table(text).values())
+
+
+def _ebpf(section: dict[str, Any], interval: float, exclude: frozenset[str]) -> Any:
+    """The eBPF source from its options (agents/ebpf); the filter is parsed here, so a bad
+    expression fails at start with the term named."""
+    from agents.ebpf import EbpfDrops, parse_filter
+
+    def count(key: str, default: int, lo: int) -> int:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ConfigError(f"[drops] {key} must be an integer >= {lo}, got {value!r}")
+        return value
+
+    text = section.get("filter", "")
+    flt = parse_filter(text)
+    known = _kernel_reasons()
+    unknown = sorted(flt.reasons - known) if known else []
+    if unknown:
+        raise ConfigError(f"[drops] filter: {', '.join(unknown)}: not a drop reason of this "
+                          f"kernel")
+    if exclude:
+        flt.not_reasons |= set(exclude)
+        flt.text = (flt.text + " reason!=" + ",".join(sorted(exclude))).strip()
+    program = section.get("program", "auto")
+    if program not in ("auto", "btf", "raw"):
+        raise ConfigError(f"[drops] program must be auto, btf or raw, got {program!r}")
+    refresh = section.get("netns_refresh", 5.0)
+    if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or refresh <= 0:
+        raise ConfigError(f"[drops] netns_refresh must be a positive number, got {refresh!r}")
+    return EbpfDrops(interval=interval, filter=flt, sample_every=count("sample_every", 0, 0),
+                     ring_kb=count("ring_kb", 256, 4), map_entries=count("map_entries", 16384, 16),
+                     netns_refresh=float(refresh), program=program)

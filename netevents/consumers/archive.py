@@ -742,8 +742,10 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
                       rotate_bytes: int | None = None, rotate_seconds: float | None = None,
                       stop: asyncio.Event | None = None, progress_every: float = 5.0,
                       hosts: list[str] | None = None, hold: float = DEFAULT_HOLD,
-                      max_held: int = MAX_HELD) -> dict[str, Any]:
+                      max_held: int = MAX_HELD, credentials: Any = None) -> dict[str, Any]:
     """Archive frame/gap/drop batches until ``stop`` is set; returns the totals.
+
+    ``credentials`` (a :class:`~netevents.bus.Credentials`) authenticate to the bus.
 
     One archiver per ``durable`` name: the durable JetStream consumers (``<durable>-frame``, ...)
     remember what was acknowledged, and a batch is acknowledged only after it was written,
@@ -768,7 +770,8 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
         core.restore(state)
         core.advance(beyond)
     held: deque[tuple[float, Batch]] = deque()
-    async with connect(url, name=f"netevents-archive-{durable}", streams=True) as bus:
+    async with connect(url, name=f"netevents-archive-{durable}", streams=True,
+                       credentials=credentials) as bus:
         # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
         # short keeps them far from JetStream's ack wait (no redelivery while we work).
         sub = bus.subscribe(kinds=list(KINDS), hosts=hosts, durable=durable, queue_size=256,

@@ -758,7 +758,7 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                         queue_group: str | None = None, stop: Any = None, site: str = "local",
                         token: str | None = None, correlator: Correlator | None = None,
                         tick_interval: float = 0.5, on_incident: Any = None,
-                        ready: Any = None) -> Correlator:
+                        ready: Any = None, credentials: Any = None) -> Correlator:
     """Subscribe to the inputs, feed the correlator, publish its incidents until ``stop``.
 
     Incidents go out as ``incident`` batches from host ``token`` (default
@@ -778,7 +778,7 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
     token = token or f"correlator-{default_host()}"
     run = os.urandom(8).hex()
     seq = 0
-    async with connect(url, name=f"netevents-{token}", streams=True) as bus:
+    async with connect(url, name=f"netevents-{token}", streams=True, credentials=credentials) as bus:
         sub = bus.subscribe(INPUT_KINDS, queue=queue_group)
         async with sub:
             if ready is not None:

@@ -123,7 +123,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 async def run_metrics(url: str | None, listen: str, *, stop: asyncio.Event,
-                      started: Any = None, refresh: float = 1.0) -> FleetView:
+                      started: Any = None, refresh: float = 1.0, credentials: Any = None) -> FleetView:
     """Serve /metrics on ``listen`` while feeding a FleetView from the bus, until ``stop``.
 
     ``started`` (a callable) gets the (host, port) actually bound (port 0 picks one).
@@ -143,7 +143,7 @@ async def run_metrics(url: str | None, listen: str, *, stop: asyncio.Event,
     collector = SnapshotCollector()
     registry.register(collector)
     view = FleetView()
-    async with connect(url, name="netevents-metrics") as bus:
+    async with connect(url, name="netevents-metrics", credentials=credentials) as bus:
         httpd, thread = start_http_server(port, addr=host, registry=registry)
         bound = httpd.server_address[:2]
         log.info("serving /metrics on http://%s:%s/metrics", *bound)

@@ -9,7 +9,7 @@ import time
 from typing import Any, TextIO
 
 from .. import events as ev
-from ..bus import connect
+from ..bus import Credentials, connect
 from ..codec import Batch
 
 _ENVELOPE = ("kind", "site", "host", "run", "seq", "t0", "t1")
@@ -65,13 +65,14 @@ def event_line(batch: Batch, e: dict[str, Any]) -> str:
 
 async def tail(url: str | None, kinds: list[str] | None, hosts: list[str] | None, *,
                as_json: bool, count: int | None, timeout: float | None,
-               out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+               out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+               credentials: Credentials | None = None) -> int:
     """Print events until ``count`` events, ``timeout`` seconds, or Ctrl-C.
 
     Returns the exit code: 0, or 1 when ``count`` was asked for and not reached in time.
     """
     printed = 0
-    async with connect(url, name="netevents-tail") as bus:
+    async with connect(url, name="netevents-tail", credentials=credentials) as bus:
         sub = bus.subscribe(kinds=kinds, hosts=hosts)
         async with sub:
             try:

@@ -43,7 +43,8 @@ class FleetView:
         self.drop_sites: Counter[tuple[str, str, str]] = Counter()   # (host, reason, location)
         self.counters: Counter[tuple[str, str]] = Counter()          # (group, name) summed deltas
         self.peers: Counter[tuple[str, str]] = Counter()             # (host, peer) retransmits
-        self.agents: dict[str, AgentHealth] = {}
+        self.agents: dict[tuple[str, str], AgentHealth] = {}
+        """(host, run) -> the last status of that agent run (capture workers are runs too)."""
         self.missed: Counter[tuple[str, str]] = Counter()
         self.evicted = 0
         self.started = time.monotonic()
@@ -56,6 +57,8 @@ class FleetView:
         """Frames lost by each host's capture (sum of gap.lost)."""
         self.correlator: Any = None
         """An in-process Correlator (netevents demo): its path table is shown live."""
+        self.unclean_ends: dict[str, list[str]] = {}
+        """host -> runs that ended without a final status (killed), seen when a new run began."""
         self.lag: dict[str, int] = {}
         """This viewer's own backlog (Subscription.lag()), refreshed by the feeding loop."""
 
@@ -74,7 +77,16 @@ class FleetView:
             self.missed[(batch.host, batch.kind)] += batch.missed
         if batch.kind == "status":
             for e in batch.events:
-                self.agents[batch.host] = AgentHealth(batch.run, time.monotonic(), e)
+                key = (batch.host, batch.run)
+                if key not in self.agents:
+                    # A new run of a host whose previous run never said goodbye: that run was
+                    # killed (or its final status is lost); what it made after its last status
+                    # cannot be known, and the view says so instead of staying silent.
+                    for (host, run), health in self.agents.items():
+                        if host == batch.host and not health.status.get("final") \
+                                and run not in self.unclean_ends.get(host, ()):
+                            self.unclean_ends.setdefault(host, []).append(run)
+                self.agents[key] = AgentHealth(batch.run, time.monotonic(), e)
         elif batch.kind == "drop":
             for e in batch.events:
                 key = (batch.host, str(e.get("reason")), str(e.get("location") or "?"))
@@ -117,13 +129,22 @@ class FleetView:
 
     # -- accounting ----------------------------------------------------------------------------
     def agent_losses(self) -> dict[str, dict[str, int]]:
-        return {h: dict(a.status.get("lost") or {}) for h, a in self.agents.items()}
+        out: dict[str, dict[str, int]] = {}
+        for (host, _run), a in self.agents.items():
+            mine = out.setdefault(host, {})
+            for place, n in (a.status.get("lost") or {}).items():
+                mine[place] = mine.get(place, 0) + n
+        return out
+
+    def final_seen(self, host: str) -> bool:
+        """Whether some run of ``host`` has published its final status."""
+        return any(h == host and a.status.get("final") for (h, _r), a in self.agents.items())
 
     def unexplained(self) -> int:
         """Batches missed (sequence holes) for which the agent reported no loss of that kind."""
         total = 0
         for (host, kind), n in self.missed.items():
-            lost = (self.agents.get(host) or AgentHealth()).status.get("lost") or {}
+            lost = self.agent_losses().get(host, {})
             if not lost.get(f"publish.{kind}"):
                 total += n
         return total
@@ -173,7 +194,7 @@ class FleetView:
                 lines.append(f"{n:>10}  {host:<16} {peer}")
         else:
             lines.append(f"{'host':<18} {'run':<17} {'sources':<34} {'capture gaps':>12}  own losses")
-            for host, health in sorted(self.agents.items()):
+            for (host, _run), health in sorted(self.agents.items()):
                 st = health.status
                 sources = ",".join(f"{k}:{(v or {}).get('state', '?')[:4]}"
                                    for k, v in (st.get("sources") or {}).items())
@@ -196,6 +217,9 @@ class FleetView:
             lines.append(f"  {host}: {total} ({detail}; {len(lost)} places accounted)")
         if not losses:
             lines.append("  (no status received)")
+        for host, runs in sorted(self.unclean_ends.items()):
+            lines.append(f"  {host}: {len(runs)} run(s) ended without a final status "
+                         f"({', '.join(runs)}): killed; their last batches may be missing")
         missed = sum(self.missed.values())
         lines.append(f"batches missed by this viewer: {missed}; unexplained losses: {self.unexplained()}")
         if self.lag.get("slow_consumer_drops"):

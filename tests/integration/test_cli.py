@@ -104,3 +104,11 @@ def test_errors_are_one_clear_line_with_the_documented_exit_code(argv, code, wor
     assert r.returncode == code
     assert words in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_server_runs_with_streams_and_stops_by_itself(tmp_path):
+    r = subprocess.run([*NETEVENTS, "server", "--port", "0", "--store", str(tmp_path / "s"),
+                        "--duration", "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "NATS with JetStream at nats://127.0.0.1:" in r.stdout
+    assert (tmp_path / "s" / "jetstream").is_dir()

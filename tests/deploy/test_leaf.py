@@ -1,0 +1,86 @@
+"""A per-host leaf node (deploy/nats/leaf.conf) in front of the hub (deploy/nats/single.conf).
+
+The leaf logs in to the hub with the host's own leaf user (`netevents auth add-host --leaf`), so the hub enforces that user's
+permissions on everything the leaf forwards, even if the host's local leaf config lets anyone
+in: a local client of the leaf that publishes as another host reaches nobody on the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agents.control import ControlServer, control_request
+from netevents import connect
+from netevents.auth import Fleet
+from netevents.codec import Batch
+
+from .servers import NATS_CONFS, NatsProcess, PortMap, free_port, rewrite_conf
+
+
+def batch(host: str, seq: int) -> Batch:
+    return Batch(kind="drop", site="local", host=host, run="r1", seq=seq, t0=1, t1=2,
+                 events=[{"count": seq, "source": "counter", "reason": "QDISC_DROP"}])
+
+
+def _bus(env_file, port: int) -> str:
+    line = next(ln for ln in env_file.read_text().splitlines() if ln.startswith("NETEVENTS_BUS="))
+    return line.split("=", 1)[1].replace("127.0.0.1:4222", f"127.0.0.1:{port}")
+
+
+def test_leaf_forwards_its_hosts_events_and_the_hub_refuses_the_rest(tmp_path):
+    fleet = Fleet(tmp_path / "fleet")
+    web1 = fleet.add("leaf", "web-1", "nats://127.0.0.1:4222", site="local", host="web-1")[1]
+    reader = fleet.add("consumer", "hub-reader", "nats://127.0.0.1:4222")[1]
+    ops = fleet.add("operator", "ops", "nats://127.0.0.1:4222")[1]
+    leaf_port = free_port()
+    hub_conf = rewrite_conf(NATS_CONFS / "single.conf", tmp_path / "hub", PortMap(),
+                            tmp_path / "fleet" / "auth.conf")
+    hub_conf.write_text(hub_conf.read_text() + f'\nleafnodes {{ listen: "127.0.0.1:{leaf_port}" }}\n')
+    hub = NatsProcess(hub_conf)
+    # The host's leaf: a local config that lets any local client in (the worst case), and the
+    # remote logging in to the hub as agent.local.web-1.
+    leaf_dir = tmp_path / "leaf"
+    leaf_dir.mkdir()
+    (leaf_dir / "open-auth.conf").write_text('authorization { users = [{user: "local", password: "local"}] }\n')
+    leaf_conf = rewrite_conf(NATS_CONFS / "leaf.conf", leaf_dir, PortMap(), None)
+    hub_leaf_url = _bus(web1, leaf_port).replace("nats://", "nats-leaf://")
+    text = leaf_conf.read_text().replace('include "auth.conf"', 'include "open-auth.conf"')
+    text = text.replace("nats-leaf://leaf.local.web-1:PASSWORD@nats-hub.example:7422", hub_leaf_url)
+    leaf_conf.write_text(text)
+    leaf = NatsProcess(leaf_conf)
+    try:
+        hub.start()
+        leaf.start()
+        local = f"nats://local:local@127.0.0.1:{leaf.port}"
+
+        async def main():
+            async with connect(_bus(reader, hub.port), reconnect=False) as hub_reader, \
+                    connect(_bus(ops, hub.port), reconnect=False) as operator, \
+                    connect(local, reconnect=False) as agent:
+                async with hub_reader.subscribe(kinds=["drop"]) as sub, \
+                        ControlServer(agent, "local", "web-1"):
+                    # wait until the leaf connection carries the hub's interest
+                    deadline = time.monotonic() + 10
+                    first = None
+                    seq = 0
+                    while first is None and time.monotonic() < deadline:
+                        seq += 1
+                        await agent.publish(batch("web-1", seq))
+                        first = await sub.next(0.3)
+                    assert first is not None, "nothing crossed the leaf connection"
+                    await agent.publish(batch("web-2", 1))          # forged: the hub drops it
+                    await agent.publish(batch("web-1", seq + 1))
+                    got = [first]
+                    while (b := await sub.next(1)) is not None:
+                        got.append(b)
+                    assert {b.host for b in got} == {"web-1"}
+                    assert got[-1].seq == seq + 1
+                    # the operator on the hub reaches the agent behind the leaf
+                    reply = await control_request(operator, "web-1", "commands", site="local", timeout=5)
+                    assert reply["ok"] and reply["host"] == "web-1"
+
+        asyncio.run(main())
+    finally:
+        leaf.stop()
+        hub.stop()

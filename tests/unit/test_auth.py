@@ -1,0 +1,161 @@
+"""netevents.auth's sans-IO core: permissions per role, the rendered authorization block, names."""
+
+from __future__ import annotations
+
+import re
+import stat
+
+import pytest
+
+from netevents.auth import (
+    Fleet,
+    FleetUser,
+    agent_permissions,
+    bus_url_with_user,
+    consumer_permissions,
+    hash_password,
+    host_token,
+    render_authorization,
+    user_name,
+)
+from netevents.errors import ConfigError, SubjectError
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching (``*`` one token, ``>`` the rest), as the server applies it."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def may_publish(perm, subject: str) -> bool:
+    return (any(subject_matches(a, subject) for a in perm.publish_allow)
+            and not any(subject_matches(d, subject) for d in perm.publish_deny))
+
+
+def test_agent_may_publish_only_its_own_event_subjects():
+    perm = agent_permissions("dc1", "web-1")
+    for kind in ("drop", "gap", "ipstat", "netstat", "frame", "status"):
+        assert may_publish(perm, f"netevents.v1.{kind}.dc1.web-1")
+    for subject in ("netevents.v1.drop.dc1.web-2", "netevents.v1.drop.dc2.web-1",
+                    "netevents.v1.control.dc1.web-1", "netevents.v1.control.dc1.web-2",
+                    "netevents.v1.incident.dc1.web-1", "$JS.API.STREAM.CREATE.NETEVENTS_EVENTS",
+                    "netevents.v1.drop.dc1.web-1.extra"):
+        assert not may_publish(perm, subject), subject
+    assert perm.subscribe_allow == ["netevents.v1.control.dc1.web-1", "_INBOX.>"]
+    assert perm.allow_responses
+
+
+def test_consumer_publishes_no_event_and_only_pull_consumer_api():
+    perm = consumer_permissions()
+    assert not may_publish(perm, "netevents.v1.drop.dc1.web-1")
+    assert not may_publish(perm, "netevents.v1.control.dc1.web-1")
+    assert may_publish(perm, "$JS.API.CONSUMER.MSG.NEXT.NETEVENTS_EVENTS.archive-drop")
+    assert may_publish(perm, "$JS.ACK.NETEVENTS_STATS.archive-netstat.1.2.3.4.5")
+    assert not may_publish(perm, "$JS.API.STREAM.DELETE.NETEVENTS_EVENTS")
+    assert not may_publish(perm, "$JS.API.STREAM.UPDATE.NETEVENTS_EVENTS")
+    assert not may_publish(perm, "$JS.API.STREAM.CREATE.OTHER")
+
+
+def test_names_cannot_inject_subject_tokens():
+    for bad in ("web.1", "web-*", ">", "", "a b"):
+        with pytest.raises(SubjectError):
+            agent_permissions("dc1", bad)
+    assert user_name("agent", "web-1", "dc1") == "agent.dc1.web-1"
+    assert user_name("consumer", "archive") == "consumer.archive"
+
+
+def test_host_token_matches_the_documented_rule():
+    assert host_token("web-1") == "web-1"
+    assert host_token("ip-10-0-0-1.ec2.internal") == "ip-10-0-0-1-ec2-internal"
+    assert host_token("nöde.1") == "n-de-1"
+    with pytest.raises(ConfigError):
+        host_token("...")
+
+
+def test_rendered_block_holds_every_user_with_its_permissions():
+    users = [FleetUser("agent.dc1.web-1", "agent", "$2b$10$abc", "dc1", "web-1"),
+             FleetUser("consumer.archive", "consumer", "pw")]
+    text = render_authorization(users)
+    assert text.count("user: ") == 2
+    assert '"$2b$10$abc"' in text  # quoted: nats-server would read $2b as a variable otherwise
+    block = text[text.index('user: "agent.dc1.web-1"'):text.index('user: "consumer.archive"')]
+    assert '"netevents.v1.*.dc1.web-1"' in block and "allow_responses: true" in block
+    with pytest.raises(ConfigError, match="twice"):
+        render_authorization(users + users[:1])
+    with pytest.raises(ConfigError, match="unknown role"):
+        render_authorization([FleetUser("x.y", "root", "pw")])
+
+
+def test_password_hash_is_bcrypt_or_plain():
+    h = hash_password("secret")
+    assert h == "secret" or re.match(r"\$2[aby]\$\d\d\$", h)
+
+
+def test_bus_url_with_user():
+    assert bus_url_with_user("nats://nats.example:4222", "agent.dc1.web-1", "pw") == \
+        "nats://agent.dc1.web-1:pw@nats.example:4222"
+    assert bus_url_with_user("tls://n", "u", "p") == "tls://u:p@n"
+    with pytest.raises(ConfigError):
+        bus_url_with_user("nats-example", "u", "p")
+
+
+def test_fleet_files_are_private_and_a_user_is_added_once(tmp_path):
+    fleet = Fleet(tmp_path / "f")
+    user, env = fleet.add("agent", "web-1", "nats://n:4222", site="dc1", host="web-1")
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "f" / "fleet.json").stat().st_mode) == 0o600
+    password = re.search(r"web-1:([^@]+)@", env.read_text()).group(1)
+    assert password not in (tmp_path / "f" / "fleet.json").read_text() or user.password == password
+    with pytest.raises(ConfigError, match="exists"):
+        Fleet(tmp_path / "f").add("agent", "web-1", "nats://n:4222", site="dc1", host="web-1")
+    again = Fleet(tmp_path / "f")
+    again.add("agent", "web-1", "nats://n:4222", site="dc1", host="web-1", rotate=True)
+    assert password not in env.read_text()
+    again.remove("agent.dc1.web-1")
+    assert not env.exists() and "web-1" not in (tmp_path / "f" / "auth.conf").read_text()
+
+
+def test_leaf_user_may_carry_replies_but_still_no_other_hosts_events():
+    from netevents.auth import leaf_permissions
+
+    perm = leaf_permissions("dc1", "web-1")
+    assert may_publish(perm, "_INBOX.abc.def")
+    assert may_publish(perm, "netevents.v1.drop.dc1.web-1")
+    assert not may_publish(perm, "netevents.v1.drop.dc1.web-2")
+    assert not may_publish(perm, "netevents.v1.control.dc1.web-2")
+
+
+def test_redact_url_hides_the_password_only():
+    from netevents.bus import redact_url
+
+    assert redact_url("nats://agent.dc1.web-1:s3cret@nats:4222") == "nats://agent.dc1.web-1:***@nats:4222"
+    assert redact_url("nats://nats:4222") == "nats://nats:4222"
+
+
+def test_auth_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "netevents.cli", "auth"]
+    fleet = ["--fleet", str(tmp_path / "f")]
+    bad = subprocess.run([*cli, "add-host", "web-1.example.com", *fleet], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid host 'web-1.example.com'" in bad.stderr
+    ok = subprocess.run([*cli, "add-host", "web-1.example.com", "--token", "--site", "dc1", "--leaf",
+                         *fleet], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    listed = subprocess.run([*cli, "list", *fleet], capture_output=True, text=True).stdout
+    assert "agent.dc1.web-1-example-com\tagent" in listed and "leaf.dc1.web-1-example-com\tleaf" in listed
+
+
+def test_url_credentials_become_connect_options_for_every_server():
+    from netevents.bus import split_url_credentials
+
+    url, opts = split_url_credentials("nats://agent.dc1.web-1:p%40ss@nats-1:4222")
+    assert url == "nats://nats-1:4222"
+    assert opts == {"user": "agent.dc1.web-1", "password": "p@ss"}
+    assert split_url_credentials("nats://nats:4222") == ("nats://nats:4222", {})

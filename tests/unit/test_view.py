@@ -1,0 +1,36 @@
+"""FleetView: the tallies behind `top` and `up`, and what it says about agents' own losses."""
+
+from netevents.codec import Batch
+from netevents.consumers.view import FleetView
+
+
+def status(host, run, seq, final=False, lost=None):
+    return Batch(kind="status", site="s", host=host, run=run, seq=seq, t0=1, t1=2,
+                 events=[{"version": "x", "final": final, "lost": lost or {}}])
+
+
+def test_losses_per_host_add_up_over_runs_and_killed_runs_are_named():
+    v = FleetView()
+    v.feed(status("a", "r1", 1, lost={"queue.drop": 2}))
+    v.feed(status("a", "w1", 1, lost={"capture.ring": 5}))       # a capture worker's run
+    v.feed(status("a", "r2", 1, lost={"queue.drop": 1}))         # r1 and w1 never said goodbye
+    v.feed(status("b", "r9", 1, final=True))
+    v.feed(status("b", "r10", 1))                                 # b's old run ended cleanly
+    assert v.agent_losses()["a"] == {"queue.drop": 3, "capture.ring": 5}
+    assert v.unclean_ends == {"a": ["r1", "w1"]}
+    assert "2 run(s) ended without a final status" in v.summary()
+    assert v.final_seen("b") and not v.final_seen("a")
+
+
+def test_missed_batches_are_unexplained_unless_the_agent_reported_the_loss():
+    v = FleetView()
+    v.feed(status("a", "r1", 1))
+    d = Batch(kind="drop", site="s", host="a", run="r1", seq=5, t0=1, t1=2,
+              events=[{"count": 3, "source": "counter", "reason": "QDISC_DROP", "location": "q"}])
+    d.missed = 4
+    v.feed(d)
+    assert v.unexplained() == 4
+    v.feed(status("a", "r1", 2, lost={"publish.drop": 10}))
+    assert v.unexplained() == 0
+    assert v.drop_sites[("a", "QDISC_DROP", "q")] == 3
+    assert "QDISC_DROP" in v.render("drops")
