@@ -235,15 +235,18 @@ class Correlator:
         max_keys: storms, pairs, hosts, drop records kept; evictions counted by place.
         report_interval: seconds between two path_loss incidents of one pair.
         peer_min_retrans: retransmits toward a peer in one ipstat window that make a peer incident.
+        gap_slack: seconds a capture gap's edges are widened by (block placement uncertainty):
+            a missing frame that close to a gap is unknown, not lost.
     """
 
     def __init__(self, *, window: float = 10.0, storm_hosts: int = 2, grace: float = 3.0,
                  max_frames: int = 200_000, max_keys: int = 10_000, report_interval: float = 5.0,
-                 peer_min_retrans: int = 1) -> None:
+                 peer_min_retrans: int = 1, gap_slack: float = 0.2) -> None:
         self.window_ns = int(window * NS)
         self.storm_hosts = storm_hosts
         self.grace_ns = int(grace * NS)
         self.max_wait_ns = int(max(10.0, 5 * grace) * NS)
+        self.gap_slack_ns = int(gap_slack * NS)
         self.max_frames = max_frames
         self.max_keys = max_keys
         self.report_ns = int(report_interval * NS)
@@ -693,12 +696,13 @@ class Correlator:
             out.append(self._path_incident(key, p, now))
         return out
 
-    GAP_SLACK_NS = 1_000_000
-    """Frames this close to a gap's edge count as inside it (stamps of two clocks)."""
-
     def _in_gap(self, host: str, ts: int) -> bool:
-        """Was ``host``'s capture blind at ``ts`` (expected arrival time)?"""
-        slack = self.GAP_SLACK_NS
+        """Was ``host``'s capture blind at ``ts`` (expected arrival time)?
+
+        A gap record sits at a ring block boundary, and two counted races can move it by a
+        block (agents/capture/gaps.py), so its edges are widened by ``gap_slack``.
+        """
+        slack = self.gap_slack_ns
         for start, end, _iface in self.capture_gaps.get(host, ()):
             if start - slack <= ts and (end is None or ts <= end + slack):
                 return True

@@ -146,7 +146,7 @@ def _learn(c: Correlator, seq: Seq) -> None:
 
 
 def test_path_loss_delivered_lost_and_unknown_in_a_capture_gap():
-    c, seq = Correlator(grace=2, report_interval=0), Seq()
+    c, seq = Correlator(grace=2, report_interval=0, gap_slack=0.001), Seq()
     _learn(c, seq)
     base = T0 + NS
     ids = list(range(100, 130))
