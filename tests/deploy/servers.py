@@ -8,7 +8,6 @@ stopped by their own pid.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import signal
 import socket
@@ -16,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from netevents.bus import find_nats_server
+from netevents.bus import find_nats_server, stop_process
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 NATS_CONFS = DEPLOY / "nats"
@@ -90,14 +89,7 @@ class NatsProcess:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
