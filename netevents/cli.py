@@ -353,7 +353,6 @@ def _add_archive_parsers(sub: Any) -> None:
                        "DIR, each with a <file>.json sidecar. A durable JetStream consumer makes "
                        "a restart (even after kill -9) resume without a hole.")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--rotate-mb", type=_positive, metavar="N", help="start a new file after N MiB")
     p.add_argument("--rotate-seconds", type=_positive, metavar="S", help="start a new file after S seconds")
     p.add_argument("--durable", default="archive", metavar="NAME",
@@ -362,7 +361,7 @@ def _add_archive_parsers(sub: Any) -> None:
     p.add_argument("--gap-wait", type=_positive, default=1.0, metavar="S",
                    help="seconds a frame batch waits for the gap records about it (default 1)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("verify", help="check archive files with tshark and capinfos",
@@ -449,33 +448,30 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the sources given (default: netstat, drops, ipstats) and publish their "
                        "events, batched (<= 250 ms), with a status heartbeat that accounts for "
                        "everything the agent itself lost. SIGTERM drains and exits.")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     _add_agent_options(p)
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("tail", help="print events as they arrive",
                        description="Print events from the bus, one line each (or one JSON object "
                        "per event with --json). Batches missed and messages rejected are "
                        "reported on stderr.")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--kind", action="append", choices=ev.KINDS, help="kind to show (repeatable; default all)")
     p.add_argument("--host", action="append", metavar="GLOB", help="host name or glob (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     p.add_argument("--count", type=int, metavar="N", help="exit after N events (exit 1 if --timeout hits first)")
     p.add_argument("--timeout", type=_positive, metavar="S", help="exit after S seconds")
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("top", help="live fleet view: hosts, drop sites, counters, peers, own losses",
                        description="A live view of everything on the bus. Keys: h hosts, d drops, "
                        "c counters, p peers, l path loss, i incidents (from `netevents correlate`), q quit.")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--view", choices=("hosts", "drops", "counters", "peers", "paths", "incidents"),
                    default="hosts")
     p.add_argument("--duration", type=_positive, metavar="S", help="collect S seconds, print once, exit")
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_top)
 
     _add_import_command(sub)
@@ -497,10 +493,9 @@ def _add_import_command(sub: Any) -> None:
                        "(source dwdump), aggregated per signature plus one event per captured "
                        "packet with its payload.")
     p.add_argument("file", metavar="FILE.pcap", help="dwdump capture")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--host", help="host the capture was recorded on (default: the short hostname)")
     p.add_argument("--site", default="local", help="site token (default: local)")
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_import)
 
 
@@ -637,10 +632,9 @@ def _add_ctl_parser(sub: Any) -> None:
     p.add_argument("value", nargs="?", metavar="VALUE",
                    help="for level: default or diagnostics (none: show the current level)")
     p.add_argument("--site", help="site token (default: local)")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--timeout", type=_positive, default=5.0, metavar="S",
                    help="seconds to wait for the reply (default 5)")
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_ctl)
 
 
@@ -652,7 +646,6 @@ def _add_fleet_parsers(sub: Any) -> None:
                        description="Subscribe to drop, gap, frame, ipstat and status batches of "
                        "every host, correlate them (netevents/consumers/correlate.py) and publish "
                        "incident batches as host correlator-<hostname>.")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--window", type=_positive, default=10.0, metavar="S",
                    help="seconds a drop storm's evidence stays together (default 10)")
     p.add_argument("--grace", type=_positive, default=3.0, metavar="S",
@@ -661,18 +654,17 @@ def _add_fleet_parsers(sub: Any) -> None:
                    help="share the stream with other correlators in this NATS queue group")
     p.add_argument("--token", metavar="HOST", help="host token of the incidents (default correlator-<hostname>)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_correlate)
 
     p = sub.add_parser("metrics", help="Prometheus exporter of the fleet's aggregates",
                        description="Serve /metrics (prometheus_client, extra 'metrics'): drops by "
                        "host/reason/location, capture gaps, worst peers, incidents, path loss and "
                        "the pipeline's own losses (agents' lost.*, missed batches, rejected messages).")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--listen", default="127.0.0.1:9464", metavar="ADDR",
                    help="HOST:PORT to serve on (default 127.0.0.1:9464; port 0 picks one)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("demo", help="a fleet of namespace hosts with real faults, correlated live",
@@ -735,6 +727,12 @@ _AUTH_OPTIONS = (("creds", "a NATS .creds file (JWT + nkey seed)", "NETEVENTS_CR
                  ("tls_key", "key of the client certificate", "NETEVENTS_TLS_KEY"))
 
 
+def _add_bus_options(p: argparse.ArgumentParser) -> None:
+    """--bus and the credential options, for every command that connects to the bus."""
+    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    _add_auth_options(p)
+
+
 def _add_auth_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("bus credentials (user:password can also go in the URL)")
     for name, text, env in _AUTH_OPTIONS:
@@ -783,11 +781,10 @@ def _add_deploy_parsers(sub: Any) -> None:
     p = sub.add_parser("streams", help="create the JetStream streams (idempotent)",
                        description="Create the netevents streams on a server, for deployments "
                        "where agents may only publish their own subjects (deploy/README.md).")
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
     p.add_argument("--replicas", type=int, metavar="N",
                    help="stream replicas: 3 on a 3-node cluster (default $NETEVENTS_REPLICAS or 1)")
     p.add_argument("--timeout", type=_positive, default=15.0, metavar="S", help=argparse.SUPPRESS)
-    _add_auth_options(p)
+    _add_bus_options(p)
     p.set_defaults(func=cmd_streams)
 
 
