@@ -235,6 +235,11 @@ BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "hwtstamp": ("object", "applied hardware timestamping: filter, phc_index"),
         "ring": ("object", "the ring's kernel PACKET_STATISTICS running totals when the batch was "
                            "made: packets (tp_packets, which includes drops), drops, freezes"),
+        "gaps_before": ("object", "gap records this ring (run, iface, worker) had emitted when the "
+                                  "batch was made: records, lost. Every gap that sits before a "
+                                  "frame of the batch is among them, so a reader that has seen "
+                                  "fewer gap records of the ring has not yet seen all of them "
+                                  "(gap and frame batches travel separately)"),
     },
     "ipstat": {
         "residual": ("object", "host-wide MIB deltas not attributed to a peer"),

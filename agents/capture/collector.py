@@ -177,7 +177,8 @@ class RingCapture:
         sink.emit_batch("frame", cols, t0=ts[0], t1=ts[-1], iface=self.opts.ring.iface,
                         worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp,
                         ring={"packets": acc.packets, "drops": acc.drops,
-                              "freezes": acc.freezes})
+                              "freezes": acc.freezes},
+                        gaps_before={"records": acc.records_reported, "lost": acc.lost_reported})
 
 
 def _user(mm, block_off: int) -> bool:

@@ -71,6 +71,9 @@ class GapAccountant:
         self.drops = 0
         self.freezes = 0
         self.lost_reported = 0
+        self.records_reported = 0
+        """Gap records made so far: frame batches carry it (``gaps_before``) so a reader can
+        tell whether it has seen every gap that sits before their frames."""
         self.losing_blocks = 0
         self.ambiguous_reads = 0
         self.late_drops = 0
@@ -154,6 +157,7 @@ class GapAccountant:
     # -- helpers ----------------------------------------------------------------------------
     def _gap(self, lost: int, freezes: int, before_ts: int | None) -> GapEvent:
         self.lost_reported += lost
+        self.records_reported += 1
         k = self.next_frame - 1
         return GapEvent(
             iface=self.iface, worker=self.worker, lost=lost, cause="ring_full",

@@ -17,7 +17,10 @@ path_loss
     by a fingerprint of fields no hop changes (see :func:`fingerprint`). After ``grace`` seconds
     an unmatched departure is judged: *unknown* when B's capture had a gap (or B's frame batches
     a sequence hole) covering its time, else *lost*; a loss that coincides with a drop event
-    attributed to B (or machine-wide on B's machine) names that reason.
+    attributed to B (or machine-wide on B's machine) names that reason. A departure is judged
+    only once B's capture is known past it: B's frames published a grace period later, *and*
+    every gap record B's ring had made by then (frame batches count them in ``gaps_before``;
+    gap records travel in their own batches and can arrive after the frames that follow them).
 peer
     Host A's per-IP retransmits toward B's address next to B's drops and B's per-IP view of A.
 
@@ -214,6 +217,27 @@ class Storm:
     """More hosts joined since the last report; re-reported after report_interval (tick)."""
 
 
+@dataclass(slots=True)
+class FrameStream:
+    """One capture ring's frame batches: (host, run, iface, worker).
+
+    Gap records travel in ``gap`` batches, apart from the frames (another batcher on the agent,
+    another stream on the bus), so frames captured after a gap can arrive before the record of
+    it. A frame batch says how many gap records its ring had made when it was made
+    (``gaps_before``); until that many have arrived, the batch does not move the ring's
+    ``progress`` (how far its frames -- and the gaps among them -- are known).
+    """
+
+    progress: int = 0
+    gaps_seen: int = 0
+    waiting: deque = field(default_factory=deque)
+    """(t0, t1, gap records needed) of frame batches that wait for gap records, in order."""
+
+
+def _ring_key(run: str, iface: Any, worker: Any) -> tuple[str, str, int]:
+    return run, str(iface), worker if isinstance(worker, int) else 0
+
+
 SOURCE_NAMES = {0: "fallback", 1: "software", 2: "hardware"}
 
 
@@ -275,6 +299,9 @@ class Correlator:
         self.capture_gaps: dict[str, deque[tuple[int, int | None, str]]] = defaultdict(
             lambda: deque(maxlen=1024))
         self.frame_progress: dict[str, int] = {}
+        """Per host: the time up to which its captured frames and its capture gaps are known
+        (the newest ring's progress, held back by any ring still waiting for gap records)."""
+        self.frame_streams: dict[str, OrderedDict[tuple, FrameStream]] = {}
         # peer view: latest ipstat event per (host, peer address)
         self.ipstat: OrderedDict[tuple[str, str], tuple[int, dict]] = OrderedDict()
         self.peer_reported_at: dict[tuple[str, str], int] = {}
@@ -350,10 +377,17 @@ class Correlator:
         if batch.kind == "drop":
             return self._feed_drops(batch)
         if batch.kind == "gap":
+            touched = set()
             for e in batch.events:
                 after, before = e.get("after_ts"), e.get("before_ts")
                 start = after if after is not None else batch.t0
                 self.capture_gaps[batch.host].append((int(start), before, str(e.get("iface"))))
+                st = self._frame_stream(batch.host, _ring_key(batch.run, e.get("iface"), e.get("worker")))
+                st.gaps_seen += 1
+                touched.add(id(st))
+                self._release(st)
+            if touched:
+                self._host_progress(batch.host)
             return []
         if batch.kind == "frame":
             self._feed_frames(batch)
@@ -472,7 +506,16 @@ class Correlator:
         if batch.missed:  # frame batches of this host we never saw: their time is a hole
             prev = self.frame_progress.get(host, batch.t0)
             self.capture_gaps[host].append((prev, batch.t0, "missed-batches"))
-        self.frame_progress[host] = max(self.frame_progress.get(host, 0), batch.t1)
+        st = self._frame_stream(host, _ring_key(batch.run, batch.fields.get("iface"),
+                                                batch.fields.get("worker")))
+        gb = batch.fields.get("gaps_before")
+        needed = gb.get("records") if isinstance(gb, dict) else None
+        if isinstance(needed, int) and (st.waiting or st.gaps_seen < needed):
+            st.waiting.append((batch.t0, batch.t1, needed))
+            self.counts["frame_batches_held_for_gaps"] += 1
+        else:  # an agent without gaps_before (older) is taken at its word
+            st.progress = max(st.progress, batch.t1)
+        self._host_progress(host)
         for i in range(n):
             fp = fingerprint(src_c[i], dst_c[i], l4_c[i], sp_c[i], dp_c[i], id_c[i], seq_c[i], head_c[i])
             if fp is None:
@@ -504,6 +547,52 @@ class Correlator:
                     self.arrivals.popitem(last=False)
                     self.evicted["frames"] += 1
                 self.arrivals[fp] = Arrival(host, ts, tss)
+
+    MAX_RINGS_PER_HOST = 64
+    """Capture rings (run, iface, worker) followed per host; the oldest is evicted past it."""
+
+    def _frame_stream(self, host: str, key: tuple) -> FrameStream:
+        rings = self.frame_streams.get(host)
+        if rings is None:
+            rings = self.frame_streams[host] = OrderedDict()
+        st = rings.get(key)
+        if st is None:
+            if len(rings) >= self.MAX_RINGS_PER_HOST:
+                rings.popitem(last=False)
+                self.evicted["capture_rings"] += 1
+            st = rings[key] = FrameStream()
+        return st
+
+    @staticmethod
+    def _release(st: FrameStream) -> None:
+        while st.waiting and st.waiting[0][2] <= st.gaps_seen:
+            st.progress = max(st.progress, st.waiting.popleft()[1])
+
+    def _host_progress(self, host: str) -> None:
+        best, cap = 0, None
+        for st in self.frame_streams.get(host, {}).values():
+            best = max(best, st.progress)
+            if st.waiting:
+                cap = st.progress if cap is None else min(cap, st.progress)
+        self.frame_progress[host] = best if cap is None else min(best, cap)
+
+    def _expire_gap_waits(self, now: int) -> None:
+        """Frame batches that waited ``max_wait`` for gap records that never came (a gap batch
+        lost on the way, or dropped on the agent): the time they cover becomes a hole of the
+        receiver's capture -- its frames missing there are unknown -- and the ring goes on."""
+        for host, rings in self.frame_streams.items():
+            changed = False
+            for st in rings.values():
+                while st.waiting and now - st.waiting[0][1] >= self.max_wait_ns:
+                    t0, t1, needed = st.waiting.popleft()
+                    self.counts["gap_records_never_seen"] += max(0, needed - st.gaps_seen)
+                    self.capture_gaps[host].append((st.progress or t0, t1, "gap-records-missing"))
+                    st.gaps_seen = max(st.gaps_seen, needed)
+                    st.progress = max(st.progress, t1)
+                    self._release(st)
+                    changed = True
+            if changed:
+                self._host_progress(host)
 
     def _pair(self, a: str, b: str) -> PairStats:
         p = self.pairs.get((a, b))
@@ -633,6 +722,7 @@ class Correlator:
         now = time.time_ns() if now is None else now
         if not flush:
             now = min(now, self.stream_time)
+        self._expire_gap_waits(now)
         judged: set[tuple[str, str]] = set()
         waiting: list[bytes] = []
         for fp, dep in list(self.departures.items()):

@@ -176,6 +176,14 @@ def test_overload_gaps_equal_tp_drops_exactly(netns_pair, nats_url):
     for b in out["gap_batches"]:
         check_schema(b)
     assert len(out["gaps"]) < acc.drops  # coalesced, not one record per lost frame
+    # Each frame batch says how many gap records its ring had made (gaps_before): exactly the
+    # gaps placed before its last frame, so a reader can wait for the ones it has not seen.
+    placed_before = sorted(g["before_frame"] for g in out["gaps"] if g.get("before_frame") is not None)
+    for fb in out["frame_batches"]:
+        last = fb.fields["first_frame"] + len(fb) - 1
+        owed = sum(1 for k in placed_before if k <= last)
+        assert fb.fields["gaps_before"]["records"] == owed, (fb.fields, owed)
+    assert any(fb.fields["gaps_before"]["records"] for fb in out["frame_batches"])
 
 
 def test_unknown_interface_is_a_capability_error():

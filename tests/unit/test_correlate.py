@@ -45,10 +45,11 @@ class Seq:
 
 
 def batch(kind: str, host: str, seq: int, events, *, t0: int = T0, t1: int | None = None,
-          boot: str | None = None, missed: int = 0) -> Batch:
+          boot: str | None = None, missed: int = 0, **extra) -> Batch:
     fields = {"boot": boot} if boot else {}
     if kind == "frame":
         fields.update(iface="eth0", worker=0, first_frame=0)
+    fields.update(extra)
     b = Batch(kind=kind, site="local", host=host, run="r-" + host, seq=seq, t0=t0,
               t1=t1 if t1 is not None else t0 + NS, events=events, fields=fields)
     out = decode_batch(encode_batch(b))  # the real wire format, both ways
@@ -57,8 +58,9 @@ def batch(kind: str, host: str, seq: int, events, *, t0: int = T0, t1: int | Non
 
 
 def frames(host: str, seq: int, rows: list[tuple[int, int, str, str, int]], *, ttl: int = 64,
-           missed: int = 0) -> Batch:
-    """rows: (ts, dir, src host, dst host, ip_id)."""
+           missed: int = 0, gaps_before: int | None = None) -> Batch:
+    """rows: (ts, dir, src host, dst host, ip_id); ``gaps_before``: gap records the ring had
+    made (None: an agent that does not say)."""
     cols: dict[str, list] = {k: [] for k in ("ts", "ts_src", "caplen", "len", "dir", "src", "dst",
                                              "l4", "sport", "dport", "ip_id", "tcp_seq", "head")}
     for ts, d, s, t, ip_id in rows:
@@ -68,7 +70,8 @@ def frames(host: str, seq: int, rows: list[tuple[int, int, str, str, int]], *, t
                      ("dport", 5000), ("ip_id", ip_id), ("tcp_seq", None), ("head", head)):
             cols[k].append(v)
     ts = [r[0] for r in rows] or [T0]
-    return batch("frame", host, seq, cols, t0=min(ts), t1=max(ts), missed=missed)
+    extra = {} if gaps_before is None else {"gaps_before": {"records": gaps_before, "lost": 0}}
+    return batch("frame", host, seq, cols, t0=min(ts), t1=max(ts), missed=missed, **extra)
 
 
 def drop(host: str, seq: int, reason: str, location: str, count: int, ts: int, *,
@@ -299,6 +302,70 @@ def test_frames_wait_for_a_receiver_whose_capture_is_behind():
     advance(c, T0 + 30 * NS, receivers=("a",))
     inc = c.tick(T0 + 30 * NS)
     assert inc and (inc[0].details["lost"], inc[0].details["unknown"]) == (0, 2)
+
+
+def _gap_scene(c: Correlator, seq: Seq) -> tuple[int, list[int], int, int]:
+    """a sends 30 frames to b; b's ring overflowed on 110..114. b's frame batches say one gap
+    record came before them (``gaps_before``) and arrive; the gap record itself has not."""
+    _learn(c, seq)
+    base = T0 + NS
+    ms = 10_000_000
+    ids = list(range(100, 130))
+    c.feed(frames("a", seq("a", "frame"), [(base + i * ms, 4, "a", "b", i) for i in ids]))
+    arrived = [i for i in ids if not 110 <= i <= 114]
+    c.feed(frames("b", seq("b", "frame"), [(base + i * ms + 50_000, 0, "a", "b", i) for i in arrived],
+                  gaps_before=1, ttl=63))
+    # b's capture goes on well past the grace period (frames from c), the record still away
+    c.feed(frames("b", seq("b", "frame"), [(base + 4 * NS, 0, "c", "b", 9)], gaps_before=1))
+    return base, ids, base + 109 * ms + 50_000, base + 115 * ms + 50_000
+
+
+def test_frames_that_overtake_their_gap_record_wait_for_it():
+    # The agent batches gaps apart from frames (and the bus carries them in another stream):
+    # the frames after a gap can come first. Judging then would call the gap's frames lost.
+    c, seq = Correlator(grace=1, report_interval=0, gap_slack=0.001), Seq()
+    base, _ids, gap_lo, gap_hi = _gap_scene(c, seq)
+    assert c.frame_progress["b"] < base  # b's progress held back: a gap record is owed
+    c.feed(batch("status", "clock", 1, [{"version": "t"}], t0=base, t1=base + 4 * NS))
+    assert c.tick(base + 4 * NS) == [] and len(c.departures) == 5  # the five wait
+    assert c.counts["frame_batches_held_for_gaps"] == 2
+    c.feed(batch("gap", "b", seq("b", "gap"), [{"iface": "eth0", "worker": 0, "lost": 5,
+                                                "cause": "ring_full", "after_ts": gap_lo,
+                                                "before_ts": gap_hi}]))
+    assert c.frame_progress["b"] == base + 4 * NS
+    incs = c.tick(base + 4 * NS)
+    d = incs[0].details
+    assert (d["delivered"], d["lost"], d["unknown"]) == (25, 0, 5)
+
+
+def test_a_gap_record_that_never_comes_makes_its_span_unknown_and_is_counted():
+    c, seq = Correlator(grace=1, report_interval=0, gap_slack=0.001), Seq()
+    base, _ids, _lo, _hi = _gap_scene(c, seq)
+    # the gap batch was lost on the way: after max_wait (10 s) the held span is a hole
+    c.feed(batch("status", "clock", 1, [{"version": "t"}], t0=base, t1=base + 20 * NS))
+    incs = c.tick(base + 20 * NS)
+    d = incs[0].details
+    assert (d["delivered"], d["lost"], d["unknown"]) == (25, 0, 5)
+    assert c.counts["gap_records_never_seen"] == 1
+    assert c.frame_progress["b"] == base + 4 * NS
+    # and the ring goes on: a later batch (no new gap) moves b's progress at once
+    c.feed(frames("b", seq("b", "frame"), [(base + 21 * NS, 0, "c", "b", 10)], gaps_before=1))
+    assert c.frame_progress["b"] == base + 21 * NS
+
+
+def test_one_ring_waiting_for_a_gap_record_holds_back_its_hosts_other_rings():
+    c, seq = Correlator(grace=1), Seq()
+    _learn(c, seq)
+    c.feed(frames("b", seq("b", "frame"), [(T0 + 2 * NS, 0, "c", "b", 1)], gaps_before=0))
+    for t, owed in ((T0 + NS, 0), (T0 + 5 * NS, 1)):  # worker 1 (its own run, like a real one)
+        c.feed(batch("frame", "b", seq("b", "frame"), frames("b", 1, [(t, 0, "c", "b", 2)]).events,
+                     t0=t, t1=t, worker=1, gaps_before={"records": owed, "lost": 3 * owed}))
+    c.feed(frames("b", seq("b", "frame"), [(T0 + 9 * NS, 0, "c", "b", 3)], gaps_before=0))
+    assert c.frame_progress["b"] == T0 + NS  # worker 1 owes a record; its ring had reached T0+1s
+    c.feed(batch("gap", "b", seq("b", "gap"), [{"iface": "eth0", "worker": 1, "lost": 3,
+                                                "cause": "ring_full", "after_ts": T0 + 3 * NS,
+                                                "before_ts": T0 + 4 * NS}]))
+    assert c.frame_progress["b"] == T0 + 9 * NS
 
 
 def test_storm_updates_are_rate_limited_and_listed_hosts_capped():
