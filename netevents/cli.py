@@ -675,8 +675,11 @@ def _add_fleet_parsers(sub: Any) -> None:
     p.add_argument("--duration", type=_positive, metavar="S",
                    help="run S seconds without the live view, then print the incidents seen")
     p.add_argument("--hosts", type=int, default=3, metavar="N", help="namespace hosts (default 3, min 3)")
-    p.add_argument("--loss", type=float, default=10.0, metavar="PCT",
-                   help="loss on the hub's link to the second host, percent (default 10)")
+    p.add_argument("--loss", type=float, default=0.0, metavar="PCT",
+                   help="random loss added on the hub's link to the second host, percent: an "
+                   "nftables bridge rule drops PCT%% of its frames (NETFILTER_DROP on the path). "
+                   "That link is always rate-limited (tbf 2mbit, short queue: QDISC_DROP tail "
+                   "drops). Default 0")
     p.add_argument("--json", action="store_true", help="with --duration: incidents as JSON lines")
     p.set_defaults(func=cmd_demo)
 

@@ -5,7 +5,11 @@ each with ``eth0`` (10.231.X.i/24) joined to the bridge by a veth pair. Faults, 
 mechanisms:
 
     lossy link      tbf (rate-limited, tiny queue) on the hub's port toward host 2: tail drops
-                    (QDISC_DROP) of everything sent to host 2 -> path loss h1->h2, h3->h2
+                    (QDISC_DROP) of everything sent to host 2 -> path loss h1->h2, h3->h2;
+                    ``--loss PCT`` adds random loss on that link: an nftables bridge rule in the
+                    hub drops PCT % of what it forwards to host 2 (``numgen random``,
+                    NETFILTER_DROP on the path; this kernel has no netem, and netem is not
+                    everywhere)
     firewall drop   an nftables input rule in host 3 drops UDP port 7777 (NETFILTER_DROP)
     full rcvbuf     host 1 holds a UDP socket (port 9999) it never reads; host 2 sends to it
                     (UDP RcvbufErrors in host 1's namespace)
@@ -74,7 +78,7 @@ class Fleet:
     def ns(self, name: str, *cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         return _run("ip", "netns", "exec", name, *cmd, check=check, input=input)
 
-    def build(self, tbf_rate: str = "2mbit") -> None:
+    def build(self, tbf_rate: str = "2mbit", loss_pct: float = 0.0) -> None:
         """Raises CapabilityError when something the demo needs is missing (root, ip, tc, nft)."""
         if os.geteuid() != 0:
             raise CapabilityError("root", "the demo creates network namespaces: run it as root")
@@ -100,6 +104,13 @@ class Fleet:
             # lossy link: the hub's port toward host 2 is slow with a short queue (tail drops)
             self.ns(self.hub, "tc", "qdisc", "add", "dev", "p2", "root", "tbf", "rate", tbf_rate,
                     "burst", "4kb", "limit", "12kb")
+            if loss_pct > 0:
+                # random loss on the same link: PCT % of what the bridge forwards to host 2
+                per_mille = min(1000, round(loss_pct * 10))
+                self.ns(self.hub, "nft", "-f", "-", input=(
+                    "table bridge ne_demo_loss {\n chain forward {\n"
+                    "  type filter hook forward priority 0;\n"
+                    f'  oifname "p2" numgen random mod 1000 < {per_mille} drop\n }}\n}}\n'))
             # firewall drop on host 3
             self.ns(self.names[2], "nft", "-f", "-", input=(
                 "table inet ne_demo {\n chain input {\n  type filter hook input priority 0;\n"
@@ -201,10 +212,12 @@ async def run_demo(args: argparse.Namespace) -> int:
     from .consumers.view import FleetView
     from .events import to_wire
 
-    if args.hosts < 3:
-        from .errors import ConfigError
+    from .errors import ConfigError
 
+    if args.hosts < 3:
         raise ConfigError("--hosts must be at least 3")
+    if not 0 <= args.loss <= 100:
+        raise ConfigError(f"--loss must be a percentage from 0 to 100, got {args.loss:g}")
     fleet = Fleet(hosts=args.hosts)
     procs = Processes()
     work = Path(tempfile.mkdtemp(prefix="netevents-demo-"))
@@ -223,7 +236,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     say = (lambda m: None) if interactive else (lambda m: print(f"demo: {m}", file=sys.stderr, flush=True))
     events_log: list[str] = []
     try:
-        await asyncio.to_thread(fleet.build)
+        await asyncio.to_thread(fleet.build, loss_pct=args.loss)
         url = await server.start()
         say(f"fleet {', '.join(fleet.names)} on {fleet.net}.0/24 via {fleet.hub}; bus {url}; logs {work}")
         agents: dict[str, subprocess.Popen] = {}
@@ -310,7 +323,9 @@ async def run_demo(args: argparse.Namespace) -> int:
                    "kernel_wide_source": "ebpf" if ebpf_available() else "tracepoint",
                    "events": dict(view.events), "missed_batches": sum(view.missed.values()),
                    "agent_losses": view.agent_losses(), "evicted": dict(corr.evicted),
-                   "faults": {"lossy_link": f"{fleet.hub} -> {fleet.names[1]} (tbf)",
+                   "correlator": dict(corr.counts),
+                   "faults": {"lossy_link": f"{fleet.hub} -> {fleet.names[1]} (tbf)"
+                              + (f" + {args.loss:g}% random (nftables bridge)" if args.loss else ""),
                               "firewall": f"{fleet.names[2]} udp dport 7777",
                               "rcvbuf": f"{fleet.names[0]} udp 9999",
                               "capture_gap": events_log}}
