@@ -288,8 +288,13 @@ class Correlator:
         self.missed: Counter[tuple[str, str]] = Counter()
         # drop storms and recent drops per entity
         self.storms: OrderedDict[tuple[str, str], Storm] = OrderedDict()
-        self.recent_drops: deque[tuple] = deque(maxlen=50_000)
-        """(last_ts, entity, machine, reason, location, how, count, (flow src, dst) or None)"""
+        self.recent_drops: OrderedDict[str, deque[tuple]] = OrderedDict()
+        """Per machine (boot id of the reporting agent, else its host): recent drop records
+        (last_ts, entity, machine, reason, location, how, count, (flow src, dst) or None), so
+        judging a loss on B reads B's machine only. At most ``max_recent_drops`` records in
+        all; the oldest of the least recently active machine goes first (counted)."""
+        self.max_recent_drops = 200_000
+        self._recent_total = 0
         self.drop_totals: OrderedDict[tuple[str, str, str], list] = OrderedDict()
         # path loss
         self.departures: OrderedDict[bytes, Departure] = OrderedDict()
@@ -410,7 +415,8 @@ class Correlator:
             machine = self._machine_of(batch.host)
             flow = e.get("flow") if isinstance(e.get("flow"), dict) else None
             pair = (flow.get("src"), flow.get("dst")) if flow else None
-            self.recent_drops.append((last, entity, machine, reason, location, how, count, pair))
+            self._remember_drop(self.host_boot.get(batch.host) or batch.host,
+                                (last, entity, machine, reason, location, how, count, pair))
             self._tally_drop(entity, reason, location, how, count)
             key = (reason, location)
             storm = self.storms.get(key)
@@ -686,13 +692,33 @@ class Correlator:
                 for (e, r, loc), (n, how) in self.drop_totals.items()]
         return sorted(rows, key=lambda d: -d["count"])
 
+    def _remember_drop(self, machine_key: str, record: tuple) -> None:
+        recent = self.recent_drops.get(machine_key)
+        if recent is None:
+            recent = self.recent_drops[machine_key] = deque()
+        else:
+            self.recent_drops.move_to_end(machine_key)
+        recent.append(record)
+        self._recent_total += 1
+        while self._recent_total > self.max_recent_drops:
+            key, oldest = next(iter(self.recent_drops.items()))
+            oldest.popleft()
+            self._recent_total -= 1
+            self.evicted["recent_drops"] += 1
+            if not oldest:
+                del self.recent_drops[key]
+
     def _drops_at(self, host: str, t0: int, t1: int,
                   flow: tuple[str | None, str | None] | None = None) -> list[dict[str, Any]]:
         """Drops attributed to ``host``, or on its machine without a host (machine-wide, or a
-        namespace that is not a fleet host: on the path), with last_ts in [t0, t1]."""
+        namespace that is not a fleet host: on the path), with last_ts in [t0, t1].
+
+        Only the records reported from ``host``'s machine are read: a host's drops, its
+        machine's and its namespaces' are all seen by agents on that machine."""
         machine = self._machine_of(host)
         agg: Counter[tuple[str, str, str, str]] = Counter()
-        for ts, entity, mach, reason, location, how, count, pair in reversed(self.recent_drops):
+        recent = self.recent_drops.get(self.host_boot.get(host) or host, ())
+        for ts, entity, mach, reason, location, how, count, pair in reversed(recent):
             if ts < t0 - 60 * NS:
                 break
             if not t0 <= ts <= t1:
