@@ -15,7 +15,10 @@ publishes (what agents without JetStream acks do); the consumers are core subscr
 Two consumer processes: the Correlator (every input kind it uses) and a FleetView (every kind).
 Each reports batches and events received, its missed batches (sequence holes, per the
 tracker), the largest lag it saw (Subscription.lag()), slow-consumer drops and its peak RSS.
-The publishers report exactly what they sent, so "missed" is checked against the count.
+The publishers report exactly what they sent, so "missed" is checked against the count: a
+consumer's own account of what it missed is its sequence holes plus the tail after its last batch
+of each run, which the runs' status batches (``published`` per kind; every simulated agent ends
+with a final status like a real one) make known.
 """
 
 from __future__ import annotations
@@ -70,6 +73,25 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
         w = 0
         frame_no = 0
         loop = asyncio.get_running_loop()
+
+        async def pub_status(shost: str, srun: str, counts: dict, uptime: float,
+                             final: bool = False) -> None:
+            key = f"{shost}/status"
+            seq[key] = seq.get(key, 0) + 1
+            now = time.time_ns()
+            b = Batch(kind="status", site="bench", host=shost, run=srun, seq=seq[key], t0=now,
+                      t1=now, events=[{"version": "bench", "uptime": uptime, "final": final,
+                                       "published": {**counts, "status": seq[key]},
+                                       "lost": {"queue.drop": 0, "publish.frame": 0}}])
+            await bus.publish(b)
+            sent["batches"] += 1
+            sent["events"] += 1
+
+        async def status(uptime: float, final: bool = False) -> None:
+            counts = {k.split("/")[1]: n for k, n in seq.items()
+                      if k.startswith(host + "/") and not k.endswith("/status")}
+            await pub_status(host, run, counts, uptime, final)
+
         while loop.time() < stop_at:
             w += 1
             now = time.time_ns()
@@ -107,9 +129,14 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
                 await pub("gap", [{"iface": "eth0", "lost": 1, "cause": "ring_full",
                                    "after_ts": now - NS // 2, "before_ts": now - NS // 2 + 1000}])
             if w % max(1, int(5 * rate)) == 1:
-                await pub("status", [{"version": "bench", "uptime": w * period,
-                                      "lost": {"queue.drop": 0, "publish.frame": 0}}])
+                await status(w * period)
             await asyncio.sleep(max(0.0, period - (time.time_ns() - now) / NS))
+        # like a real agent at its stop: a final status with what each run published, so a
+        # consumer can tell the batches it lost after the last one it got (the tail)
+        await status(w * period, final=True)
+        if n_frames:
+            rx = f"sim-{j:05d}"
+            await pub_status(rx, run + "-rx", {"frame": seq.get(f"{rx}/frame", 0)}, w * period)
 
     async def main() -> None:
         sent = {"batches": 0, "events": 0}
@@ -176,7 +203,8 @@ def consumer(name: str, url: str, duration: float, out: mp.Queue) -> None:
                 if corr is not None:
                     stats["incidents"] += len(corr.tick(flush=True))
                 lag = await sub.lag()
-                stats.update(bus_errors=dict(bus.errors), missed=sub.missed, rejected=sum(sub.rejected.values()),
+                stats.update(bus_errors=dict(bus.errors), missed=sub.missed,
+                             unreceived=sub.unreceived, rejected=sum(sub.rejected.values()),
                              dropped=sub.dropped, slow_consumer_drops=lag["slow_consumer_drops"],
                              active_s=(last_rx - started) if started and last_rx else 0.0,
                              maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -259,7 +287,9 @@ def main() -> int:
         active = s["active_s"] or wall
         line = (f"{name:>10}: {s['batches']} batches, {s['events']} events, "
                 f"{s['events'] / active:,.0f} events/s sustained over {active:.1f} s; "
-                f"missed {s['missed']} (tracker), rejected {s['rejected']}, "
+                f"missed {s['missed']} (sequence holes) + {s['unreceived']} (tail: announced by "
+                f"the runs' status, never received) = {s['missed'] + s['unreceived']}, "
+                f"rejected {s['rejected']}, "
                 f"slow-consumer drops {s['slow_consumer_drops']}, queue drops {s['dropped']}; "
                 f"max lag queued {s['max_queued']} pending {s['max_pending']} (Subscription.lag()), "
                 f"behind by up to {s['max_behind_s']:.1f} s (event time); "

@@ -593,7 +593,8 @@ class Subscription:
                     info = await s.consumer_info()
                     pending += info.num_pending + (info.num_ack_pending or 0)
         return {"queued": self._queue.qsize(), "pending": pending,
-                "slow_consumer_drops": self.bus.errors["slow_consumer"]}
+                "slow_consumer_drops": self.bus.errors["slow_consumer"],
+                "unreceived": self.unreceived}
 
     def accept(self, subject: str, data: bytes) -> Batch | None:
         """Decode one message; return None (and count why) when it is rejected or filtered."""
@@ -620,7 +621,26 @@ class Subscription:
             self.shared_holes += missed
             missed = 0
         batch.missed = missed
+        if batch.kind == "status" and not self.queue:
+            self._announce(batch)
         return batch
+
+    def _announce(self, batch: Batch) -> None:
+        """A status says how many batches of each kind its run published: the tracker learns
+        what it should have received (:attr:`unreceived`)."""
+        for e in batch.events:
+            published = e.get("published") if isinstance(e, dict) else None
+            if isinstance(published, dict):
+                for kind, n in published.items():
+                    if kind in self.kinds and type(n) is int:
+                        self.tracker.announce(batch.host, batch.run, kind, n)
+
+    @property
+    def unreceived(self) -> int:
+        """Batches the agents' status said were published that this subscription has neither
+        received nor counted as missed (the tail after its last batch of a run). While agents
+        run, mostly batches still on the way; once the consumer has drained, lost."""
+        return self.tracker.unreceived()
 
     async def _on_msg(self, msg: Any) -> None:
         batch = self.accept(msg.subject, msg.data)

@@ -7,6 +7,12 @@ replay) and is counted as such, not delivered twice to the tally.
 
 Batches that were published before the consumer subscribed are not "missed" by it; they are
 counted apart as ``before_join`` so a reader can tell the two.
+
+A hole shows only once a later batch of the same (host, run, kind) arrives. The batches a
+consumer lost *after* the last one it got (it was cut off, or the agent stopped right after)
+are found through the agents' ``status`` batches, which say how many batches of each kind the
+run has published (``announce``): :meth:`SequenceTracker.unreceived` counts those announced
+and never received -- at the end of a consumer's run, the tail the holes cannot show.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class SequenceTracker:
 
     def __init__(self, max_runs: int = 100_000) -> None:
         self._runs: OrderedDict[tuple[str, str, str], RunState] = OrderedDict()
+        self._announced: dict[tuple[str, str, str], int] = {}
         self._tally: dict[tuple[str, str], Tally] = {}
         self.max_runs = max_runs
         self.evicted = 0
@@ -57,7 +64,8 @@ class SequenceTracker:
         if state is None:
             self._runs[key] = RunState(first_seq=seq, last_seq=seq)
             if len(self._runs) > self.max_runs:
-                self._runs.popitem(last=False)
+                gone, _ = self._runs.popitem(last=False)
+                self._announced.pop(gone, None)
                 self.evicted += 1
             tally.runs += 1
             tally.received += 1
@@ -88,6 +96,26 @@ class SequenceTracker:
         self._runs[key] = RunState(first_seq=last_seq, last_seq=last_seq, received=0)
         tally = self._tally.setdefault((host, kind), Tally())
         tally.runs += 1
+
+    def announce(self, host: str, run: str, kind: str, published: int) -> None:
+        """The run says it has published ``published`` batches of ``kind`` (its status).
+
+        Only runs this tracker has received a batch of that kind from are followed (what a run
+        published before the consumer joined is not the consumer's loss)."""
+        key = (host, run, kind)
+        if key in self._runs and published > self._announced.get(key, 0):
+            self._announced[key] = published
+
+    def unreceived(self, host: str | None = None, kind: str | None = None) -> int:
+        """Batches announced by their run's status but neither received nor counted missed:
+        still on the way while the run lives, lost for good once the consumer has drained."""
+        total = 0
+        for key, n in self._announced.items():
+            if (host is None or key[0] == host) and (kind is None or key[2] == kind):
+                state = self._runs.get(key)
+                if state is not None and n > state.last_seq:
+                    total += n - state.last_seq
+        return total
 
     def missed(self, host: str | None = None, kind: str | None = None) -> int:
         return sum(t.missed for (h, k), t in self._tally.items()

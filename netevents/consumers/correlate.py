@@ -937,5 +937,6 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
             await publish(corr.tick(flush=True))
             corr.counts["rejected"] = sum(sub.rejected.values())
             corr.counts["dropped_by_queue"] = sub.dropped
+            corr.counts["unreceived"] = sub.unreceived  # announced by status, never received
             await bus.flush()
     return corr

@@ -155,7 +155,7 @@ class FleetView:
         head = (f"netevents  {len(self.per_host)} host(s)  up {up:5.0f}s  "
                 + "  ".join(f"{k}:{v}" for k, v in sorted(self.events.items()))
                 + f"  missed batches:{sum(self.missed.values())}")
-        if any(self.lag.values()):
+        if any(self.lag.get(k) for k in ("queued", "pending", "slow_consumer_drops")):
             head += (f"\nTHIS VIEW IS BEHIND: {self.lag.get('queued', 0)} batches queued, "
                      f"{self.lag.get('pending', 0)} pending, "
                      f"{self.lag.get('slow_consumer_drops', 0)} dropped as a slow consumer")
@@ -222,6 +222,9 @@ class FleetView:
                          f"({', '.join(runs)}): killed; their last batches may be missing")
         missed = sum(self.missed.values())
         lines.append(f"batches missed by this viewer: {missed}; unexplained losses: {self.unexplained()}")
+        if self.lag.get("unreceived"):
+            lines.append(f"batches the agents' status announced that this viewer never received "
+                         f"(after its last batch of a run): {self.lag['unreceived']}")
         if self.lag.get("slow_consumer_drops"):
             lines.append(f"this viewer fell behind: {self.lag['slow_consumer_drops']} messages "
                          "dropped as a slow consumer")

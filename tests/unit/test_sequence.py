@@ -31,3 +31,19 @@ def test_state_is_bounded_and_evictions_counted():
     for i in range(5):
         t.observe("h", f"run{i}", "drop", 1)
     assert t.evicted == 2
+
+
+def test_the_tail_a_hole_cannot_show_is_found_through_the_runs_status():
+    t = SequenceTracker()
+    for seq in (1, 2, 3):
+        t.observe("h", "r1", "frame", seq)
+    t.announce("h", "r1", "frame", 7)  # the run's status: 7 frame batches published
+    assert t.missed() == 0 and t.unreceived() == 4  # 4, 5, 6, 7 never came (yet)
+    t.observe("h", "r1", "frame", 6)  # 4 and 5 become a hole; 7 is still owed
+    assert (t.missed(), t.unreceived()) == (2, 1)
+    t.announce("h", "r1", "frame", 5)  # an older status changes nothing
+    assert t.unreceived() == 1
+    # a run (or kind) never received from is not followed: that is not this consumer's loss
+    t.announce("h", "r2", "frame", 50)
+    t.announce("h", "r1", "drop", 9)
+    assert t.unreceived() == 1 and t.unreceived(kind="drop") == 0
