@@ -1,8 +1,8 @@
 """Counter-derived drops (source ``counter``): what hosts without NET_DM or tracefs still report.
 
 The kernel counts many drops without saying which packet: interface rx/tx dropped and missed
-(link stats64), qdisc drops, softnet ``dropped`` (backlog full), UDP ``RcvbufErrors`` and
-``InErrors``. Their increases become drop events whose ``reason`` is named after the counter and
+(link stats64), qdisc drops, softnet ``dropped`` (backlog full), UDP ``RcvbufErrors``,
+``MemErrors``, ``InCsumErrors`` and the rest of ``InErrors`` (which also counts the first three). Their increases become drop events whose ``reason`` is named after the counter and
 whose ``location`` is the counter (``Udp:RcvbufErrors``, ``link:rx_dropped``, ...).
 
 The files and rtnetlink are read with the netstat source's readers and its nstat delta
@@ -33,8 +33,12 @@ from ..netstat.parse import CounterDeltas, Sample
 # rtnl_link_stats64 (include/uapi/linux/if_link.h), gnet_stats_queue (linux/gen_stats.h).
 DROP_COUNTERS: dict[tuple[str, str], str] = {
     ("Udp", "RcvbufErrors"): "UDP_RCVBUF_ERRORS",
+    ("Udp", "MemErrors"): "UDP_MEM_ERRORS",
+    ("Udp", "InCsumErrors"): "UDP_CSUM_ERRORS",
     ("Udp", "InErrors"): "UDP_IN_ERRORS",
     ("Udp6", "RcvbufErrors"): "UDP6_RCVBUF_ERRORS",
+    ("Udp6", "MemErrors"): "UDP6_MEM_ERRORS",
+    ("Udp6", "InCsumErrors"): "UDP6_CSUM_ERRORS",
     ("Udp6", "InErrors"): "UDP6_IN_ERRORS",
     ("softnet", "dropped"): "SOFTNET_DROPPED",
     ("link", "rx_dropped"): "LINK_RX_DROPPED",
@@ -43,6 +47,12 @@ DROP_COUNTERS: dict[tuple[str, str], str] = {
     ("qdisc", "drops"): "QDISC_DROPS",
 }
 _GROUPS = frozenset(g for g, _ in DROP_COUNTERS)
+
+# The kernel counts a UDP datagram dropped for a full receive buffer, for socket memory or for a
+# bad checksum under its own counter *and* under InErrors (net/ipv4/udp.c, __udp_queue_rcv_skb
+# and csum_error): the InErrors event carries only what none of those counted, so one dropped
+# datagram is one counted drop.
+_IN_ERRORS_PARTS = ("RcvbufErrors", "MemErrors", "InCsumErrors")
 
 
 def drop_events(samples: list[Sample], deltas: CounterDeltas, now_ns: int,
@@ -58,6 +68,8 @@ def drop_events(samples: list[Sample], deltas: CounterDeltas, now_ns: int,
         d = deltas.update(s, now_ns)
         for name, n in d.deltas.items():
             reason = DROP_COUNTERS.get((s.group, name))
+            if name == "InErrors" and reason is not None:
+                n -= sum(d.deltas.get(part, 0) for part in _IN_ERRORS_PARTS)
             if reason is None or n <= 0:
                 continue
             ev: dict[str, Any] = {"count": n, "source": "counter", "reason": reason,

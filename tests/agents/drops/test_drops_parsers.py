@@ -182,7 +182,7 @@ def test_kallsyms_of_this_machine_resolves_a_known_symbol():
 SNMP = """Ip: Forwarding DefaultTTL InReceives
 Ip: 1 64 100
 Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
-Udp: {0} 2 {1} 5 {2} 0 0 0 0
+Udp: {0} 2 {1} 5 {2} 0 {3} 0 0
 """
 
 
@@ -191,20 +191,23 @@ def test_counter_drops_from_netstat_samples():
     from agents.netstat.parse import CounterDeltas, Sample, parse_snmp
 
     deltas = CounterDeltas()
-    base = parse_snmp(SNMP.format(10, 7, 6)) + [
+    base = parse_snmp(SNMP.format(10, 7, 6, 0)) + [
         Sample("qdisc", "veth-b:8001:0", {"drops": 4294967290, "requeues": 0}, bits=32),
         Sample("link", "eth0", {"rx_dropped": 5, "rx_packets": 100}),
     ]
     assert drop_events(base, deltas, 1_000) == []  # baseline
-    later = parse_snmp(SNMP.format(99, 9, 16)) + [
+    # InErrors also counts the RcvbufErrors and InCsumErrors datagrams (the kernel increments
+    # both): +13 = 10 receive buffer + 1 checksum + 2 other
+    later = parse_snmp(SNMP.format(99, 20, 16, 1)) + [
         Sample("qdisc", "veth-b:8001:0", {"drops": 3, "requeues": 0}, bits=32),   # wrapped
         Sample("link", "eth0", {"rx_dropped": 5, "rx_packets": 200}),
     ]
     events = drop_events(later, deltas, 2_000, netns=4026531840)
     by = {e["location"]: e for e in events}
-    assert set(by) == {"Udp:InErrors", "Udp:RcvbufErrors", "qdisc:drops"}
+    assert set(by) == {"Udp:InErrors", "Udp:RcvbufErrors", "Udp:InCsumErrors", "qdisc:drops"}
     assert by["Udp:RcvbufErrors"]["count"] == 10 and by["Udp:RcvbufErrors"]["reason"] == "UDP_RCVBUF_ERRORS"
-    assert by["Udp:InErrors"]["count"] == 2
+    assert by["Udp:InCsumErrors"]["count"] == 1 and by["Udp:InCsumErrors"]["reason"] == "UDP_CSUM_ERRORS"
+    assert by["Udp:InErrors"]["count"] == 2  # each dropped datagram counted once
     assert by["qdisc:drops"]["count"] == 9 and by["qdisc:drops"]["iface"] == "veth-b"
     assert all(e["source"] == "counter" and e["netns"] == 4026531840 and e["first_ts"] == 1_000
                for e in events)
