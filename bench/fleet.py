@@ -2,6 +2,7 @@
 and a FleetView aggregator consuming.
 
     python bench/fleet.py [--agents 1000] [--duration 60] [--procs 2] [--frames 8] [--rate 1]
+                          [--correlators N]
 
 Layout (the choice the brief asks to state): ``--procs`` publisher processes, each with ONE
 NATS connection carrying its share of the agents as asyncio tasks (1000 agents = 2 processes x
@@ -12,7 +13,9 @@ it toward the next agent, and the same frames arriving at that agent with 1% mis
 correlator really matches them), ``gap`` every 10th window, ``status`` every 5 s. Core NATS
 publishes (what agents without JetStream acks do); the consumers are core subscriptions.
 
-Two consumer processes: the Correlator (every input kind it uses) and a FleetView (every kind).
+Consumer processes: the Correlator (every input kind it uses; ``--correlators N`` runs N of them
+as ``--partition K/N`` members, each reading the whole stream and judging its share of the
+paths) and a FleetView (every kind).
 Each reports batches and events received, its missed batches (sequence holes, per the
 tracker), the largest lag it saw (Subscription.lag()), slow-consumer drops and its peak RSS.
 The publishers report exactly what they sent, so "missed" is checked against the count: a
@@ -150,13 +153,14 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
     asyncio.run(main())
 
 
-def consumer(name: str, url: str, duration: float, out: mp.Queue) -> None:
+def consumer(name: str, url: str, duration: float, out: mp.Queue,
+             partition: tuple[int, int] = (0, 1)) -> None:
     from netevents.bus import connect
     from netevents.consumers.correlate import INPUT_KINDS, Correlator
     from netevents.consumers.view import FleetView
 
     async def main() -> None:
-        corr = Correlator(grace=2.0) if name == "correlator" else None
+        corr = Correlator(grace=2.0, partition=partition) if name.startswith("correlator") else None
         view = FleetView() if name == "view" else None
         stats = {"batches": 0, "events": 0, "max_queued": 0, "max_pending": 0, "incidents": 0,
                  "max_behind_s": 0.0}
@@ -225,6 +229,8 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2, help="publisher processes (default 2)")
     ap.add_argument("--frames", type=int, default=8, help="frames per agent and window (default 8)")
     ap.add_argument("--rate", type=float, default=1.0, help="windows per agent per second (default 1)")
+    ap.add_argument("--correlators", type=int, default=1,
+                    help="correlator processes sharing the work as --partition K/N members (default 1)")
     ap.add_argument("--url", help="use this server instead of starting one")
     args = ap.parse_args()
 
@@ -239,11 +245,13 @@ def main() -> int:
     q: mp.Queue = ctx.Queue()
     procs = []
     try:
-        for name in ("correlator", "view"):
-            p = ctx.Process(target=consumer, args=(name, url, args.duration, q))
+        n = max(1, args.correlators)
+        names = ["correlator"] if n == 1 else [f"correlator-{k}of{n}" for k in range(n)]
+        for k, name in enumerate(names + ["view"]):
+            p = ctx.Process(target=consumer, args=(name, url, args.duration, q, (k % n, n)))
             p.start()
             procs.append(p)
-        for _ in range(2):
+        for _ in range(len(names) + 1):
             q.get(timeout=60)
         share = (args.agents + args.procs - 1) // args.procs
         pubs = []
@@ -262,7 +270,7 @@ def main() -> int:
         published = {"batches": 0, "events": 0}
         pub_rss = []
         consumed: dict[str, dict] = {}
-        while len(consumed) < 2 or pub_rss.__len__() < len(pubs):
+        while len(consumed) < len(names) + 1 or len(pub_rss) < len(pubs):
             msg = q.get(timeout=args.duration + 900)
             if msg[0] == "published":
                 published["batches"] += msg[2]["batches"]
@@ -296,10 +304,16 @@ def main() -> int:
                 f"peak RSS {s['maxrss_kb'] / 1024:.0f} MiB")
         line += (f"; received vs published: {s['batches']} / {expected} (difference "
                  f"{expected - s['batches']}); bus errors {s['bus_errors'] or 'none'}")
-        if name == "correlator":
+        if name.startswith("correlator"):
             line += (f"; frames matched {s['delivered']}, judged lost {s['lost']}, unknown {s['unknown']}, incidents {s['incidents']}, "
                      f"evicted {s['evicted'] or 'nothing'}; {s['counts']}")
         print(line)
+    if n > 1:
+        members = [consumed[m] for m in names]
+        print(f"{n} partitioned correlators together: frames matched "
+              f"{sum(m['delivered'] for m in members)}, judged lost {sum(m['lost'] for m in members)}, "
+              f"unknown {sum(m['unknown'] for m in members)}; missed "
+              f"{sum(m['missed'] + m['unreceived'] for m in members)} batches in all")
     return 0
 
 

@@ -650,8 +650,15 @@ def _add_fleet_parsers(sub: Any) -> None:
                    help="seconds a drop storm's evidence stays together (default 10)")
     p.add_argument("--grace", type=_positive, default=3.0, metavar="S",
                    help="seconds a frame waits for its match before it is judged (default 3)")
+    p.add_argument("--partition", metavar="K/N",
+                   help="be member K of N correlators that share the work by key: each reads the "
+                   "whole stream and judges its share of the paths (by address pair), drop storms "
+                   "(by reason and location) and peers; incidents come from "
+                   "correlator-<hostname>-pKofN. The way to scale path loss out")
     p.add_argument("--queue-group", metavar="NAME",
-                   help="share the stream with other correlators in this NATS queue group")
+                   help="share the stream with other correlators in this NATS queue group, per "
+                   "message: fine for drop storms and peers, but a path's frames land on "
+                   "different members and cannot be matched (use --partition for path loss)")
     p.add_argument("--token", metavar="HOST", help="host token of the incidents (default correlator-<hostname>)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     _add_bus_options(p)
@@ -685,15 +692,18 @@ def _add_fleet_parsers(sub: Any) -> None:
 
 
 async def cmd_correlate(args: argparse.Namespace) -> int:
-    from .consumers.correlate import run_correlate
+    from .consumers.correlate import parse_partition, run_correlate
 
+    partition = parse_partition(args.partition) if args.partition else (0, 1)
+    if args.queue_group and partition[1] > 1:
+        raise ConfigError("--partition and --queue-group split the work two ways: use one")
     stop = asyncio.Event()
     _stop_on_signals(stop)
     timer = asyncio.create_task(_stop_after(stop, args.duration))
     try:
         corr = await run_correlate(args.bus, window=args.window, grace=args.grace,
                                    queue_group=args.queue_group, stop=stop, token=args.token,
-                                   credentials=_credentials(args))
+                                   credentials=_credentials(args), partition=partition)
     finally:
         timer.cancel()
     made = {k: v for k, v in corr.counts.items() if k.startswith("incident.")}

@@ -39,11 +39,13 @@ import ipaddress
 import itertools
 import logging
 import time
+import zlib
 from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import Batch
+from ..errors import ConfigError
 from ..events import IncidentEvent
 
 log = logging.getLogger("netevents.correlate")
@@ -234,6 +236,27 @@ class FrameStream:
     """(t0, t1, gap records needed) of frame batches that wait for gap records, in order."""
 
 
+def partition_of(key: bytes, n: int) -> int:
+    """The member (0 .. n-1) of ``n`` partitioned correlators that owns ``key`` (stable across
+    processes and machines: crc32, not Python's salted hash)."""
+    return zlib.crc32(key) % n
+
+
+def parse_partition(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N).
+
+    Raises:
+        ConfigError: if it is not two integers with 0 <= K < N.
+    """
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--partition must look like K/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= k < n:
+        raise ConfigError(f"--partition {text}: K must be 0 .. N-1")
+    return k, n
+
+
 def _ring_key(run: str, iface: Any, worker: Any) -> tuple[str, str, int]:
     return run, str(iface), worker if isinstance(worker, int) else 0
 
@@ -261,11 +284,25 @@ class Correlator:
         peer_min_retrans: retransmits toward a peer in one ipstat window that make a peer incident.
         gap_slack: seconds a capture gap's edges are widened by (block placement uncertainty):
             a missing frame that close to a gap is unknown, not lost.
+        partition: ``(k, n)``: this instance is member ``k`` of ``n`` correlators that each see
+            the whole stream and share the work by key (see :func:`partition_of`): path loss
+            by the pair of addresses (both directions of a path stay together), drop storms by
+            (reason, location), peer incidents by (host, peer). Every member keeps what it
+            needs to explain its own incidents (addresses, capture progress and gaps, recent
+            drops, the peer views). ``(0, 1)``: one correlator does everything.
+
+    Raises:
+        ConfigError: for a partition that is not ``0 <= k < n``.
     """
 
     def __init__(self, *, window: float = 10.0, storm_hosts: int = 2, grace: float = 3.0,
                  max_frames: int = 200_000, max_keys: int = 10_000, report_interval: float = 5.0,
-                 peer_min_retrans: int = 1, gap_slack: float = 0.2) -> None:
+                 peer_min_retrans: int = 1, gap_slack: float = 0.2,
+                 partition: tuple[int, int] = (0, 1)) -> None:
+        k, n = partition
+        if not (isinstance(k, int) and isinstance(n, int) and 0 <= k < n):
+            raise ConfigError(f"partition must be K/N with 0 <= K < N, got {k}/{n}")
+        self.part_k, self.part_n = k, n
         self.window_ns = int(window * NS)
         self.storm_hosts = storm_hosts
         self.grace_ns = int(grace * NS)
@@ -419,6 +456,8 @@ class Correlator:
                                 (last, entity, machine, reason, location, how, count, pair))
             self._tally_drop(entity, reason, location, how, count)
             key = (reason, location)
+            if self.part_n > 1 and partition_of(f"{reason}|{location}".encode(), self.part_n) != self.part_k:
+                continue  # another member's storm (the drop is remembered for path loss above)
             storm = self.storms.get(key)
             if storm is None:
                 if len(self.storms) >= self.max_keys:
@@ -522,7 +561,12 @@ class Correlator:
         else:  # an agent without gaps_before (older) is taken at its word
             st.progress = max(st.progress, batch.t1)
         self._host_progress(host)
+        part_n, part_k = self.part_n, self.part_k
         for i in range(n):
+            if part_n > 1:
+                a, b = src_c[i], dst_c[i]
+                if not a or not b or zlib.crc32(a + b if a < b else b + a) % part_n != part_k:
+                    continue  # another member's path (both directions of a pair go together)
             fp = fingerprint(src_c[i], dst_c[i], l4_c[i], sp_c[i], dp_c[i], id_c[i], seq_c[i], head_c[i])
             if fp is None:
                 continue
@@ -633,6 +677,8 @@ class Correlator:
             retrans = int(e.get("retrans_segs") or 0)
             if retrans < self.peer_min_retrans:
                 continue
+            if self.part_n > 1 and partition_of(f"{batch.host}|{peer}".encode(), self.part_n) != self.part_k:
+                continue  # another member's peer incident (the view is kept for its lookups)
             inc = self._peer_incident(batch.host, peer, batch.t0, batch.t1, e)
             if inc is not None:
                 out.append(inc)
@@ -878,11 +924,18 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                         queue_group: str | None = None, stop: Any = None, site: str = "local",
                         token: str | None = None, correlator: Correlator | None = None,
                         tick_interval: float = 0.5, on_incident: Any = None,
-                        ready: Any = None, credentials: Any = None) -> Correlator:
+                        ready: Any = None, credentials: Any = None,
+                        partition: tuple[int, int] = (0, 1)) -> Correlator:
     """Subscribe to the inputs, feed the correlator, publish its incidents until ``stop``.
 
     Incidents go out as ``incident`` batches from host ``token`` (default
-    ``correlator-<hostname>``) with their own run id and sequence numbers.
+    ``correlator-<hostname>``, with ``-p<K>of<N>`` for a member of a partitioned set) with
+    their own run id and sequence numbers.
+
+    ``queue_group`` shares the stream per message (each batch to one member): right for drop
+    storms and peers, but the frames of one path then land on different members, which cannot
+    match them -- to scale path loss out, run ``partition`` members instead (each reads the
+    whole stream and judges its share of the paths).
 
     Raises:
         BusError: if the bus cannot be reached.
@@ -894,8 +947,11 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
     from ..subjects import default_host
 
     stop = stop or asyncio.Event()
-    corr = correlator or Correlator(window=window, grace=grace)
-    token = token or f"correlator-{default_host()}"
+    corr = correlator or Correlator(window=window, grace=grace, partition=partition)
+    if token is None:
+        token = f"correlator-{default_host()}"
+        if corr.part_n > 1:
+            token += f"-p{corr.part_k}of{corr.part_n}"
     run = os.urandom(8).hex()
     seq = 0
     async with connect(url, name=f"netevents-{token}", streams=True, credentials=credentials) as bus:

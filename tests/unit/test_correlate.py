@@ -380,3 +380,75 @@ def test_storm_updates_are_rate_limited_and_listed_hosts_capped():
     assert len(storms) == 1 and storms[0].details["hosts_total"] == 300
     assert len(storms[0].details["per_host"]) == Correlator.STORM_LISTED
     assert storms[0].details["episode"] == made[0].details["episode"]
+
+
+def test_partitioned_members_share_the_work_and_together_judge_what_one_would():
+    # 12 hosts in a ring, each sending 10 frames a second to the next, of which every 7th
+    # never arrives; drops of 3 kinds on every host; retransmits toward the next host.
+    hosts = [f"h{i:02d}" for i in range(12)]
+    addr = {h: bytes([10, 0, 1, i + 1]) for i, h in enumerate(hosts)}
+    seq = Seq()
+    batches = []
+
+    def frame_batch(host, rows):
+        cols: dict[str, list] = {k: [] for k in ("ts", "ts_src", "dir", "src", "dst", "l4", "sport",
+                                                 "dport", "ip_id", "tcp_seq", "head", "caplen", "len")}
+        for ts, d, s, t, ip_id in rows:
+            head = head_udp(addr[s], addr[t], ip_id, b"x" * 20)
+            for k, v in (("ts", ts), ("ts_src", 1), ("dir", d), ("src", addr[s]), ("dst", addr[t]),
+                         ("l4", 17), ("sport", 4000), ("dport", 5000), ("ip_id", ip_id),
+                         ("tcp_seq", None), ("head", head), ("caplen", len(head)), ("len", 200)):
+                cols[k].append(v)
+        return batch("frame", host, seq(host, "frame"), cols, t0=rows[0][0], t1=rows[-1][0])
+
+    for sec in range(6):
+        t = T0 + sec * NS
+        for i, h in enumerate(hosts):
+            nxt = hosts[(i + 1) % len(hosts)]
+            ids = [sec * 10 + k for k in range(10)]
+            batches.append(frame_batch(h, [(t + k * 1000, 4, h, nxt, ip) for k, ip in enumerate(ids)]))
+            batches.append(frame_batch(nxt, [(t + k * 1000 + 500, 0, h, nxt, ip)
+                                             for k, ip in enumerate(ids) if ip % 7]))
+            for reason, loc in (("TCP_CSUM", "tcp_v4_rcv+0x1"), ("QDISC_DROP", "dev+0x2"),
+                                ("NO_SOCKET", "udp+0x3")):
+                batches.append(drop(h, seq(h, "drop"), reason, loc, 5, t, source="counter"))
+            batches.append(batch("ipstat", h, seq(h, "ipstat"),
+                                 [{"peer": str(ipaddress_of(addr[nxt])), "retrans_segs": 2}],
+                                 t0=t, t1=t + NS))
+
+    def run(partition):
+        c = Correlator(grace=1, report_interval=0, window=30, partition=partition)
+        made = []
+        for b in batches:
+            made += c.feed(b)
+        made += c.tick(T0 + 10 * NS)
+        made += c.tick(T0 + 60 * NS, flush=True)
+        return c, made
+
+    one, one_made = run((0, 1))
+    members = [run((k, 3)) for k in range(3)]
+    pairs = [{k: (p.delivered, p.lost) for k, p in c.pairs.items()} for c, _ in members]
+    assert all(pairs), "each member judged some paths"
+    union = {}
+    for p in pairs:
+        assert not set(p) & set(union), "a path judged by two members"
+        union.update(p)
+    assert union == {k: (p.delivered, p.lost) for k, p in one.pairs.items()}
+    assert sum(v[1] for v in union.values()) == sum(1 for sec in range(6) for k in range(10)
+                                                    if (sec * 10 + k) % 7 == 0) * len(hosts)
+
+    def keys(made, typ, key):
+        return sorted(key(i) for i in made if i.type == typ)
+
+    storm = lambda i: (i.details["reason"], i.details["location"], i.details["update"])  # noqa: E731
+    peer = lambda i: (i.details["from"], i.details["peer"], i.first_ts)  # noqa: E731
+    for typ, key in (("drop_storm", storm), ("peer", peer)):
+        parts = [keys(m, typ, key) for _, m in members]
+        assert sorted(sum(parts, [])) == keys(one_made, typ, key), typ
+        assert sum(1 for p in parts if p) >= 2, f"{typ}: the work is shared"
+
+
+def ipaddress_of(raw: bytes) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_address(raw))
