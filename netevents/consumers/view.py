@@ -152,7 +152,9 @@ class FleetView:
     # -- text ----------------------------------------------------------------------------------
     def render(self, view: str = "hosts", rows: int = 12) -> str:
         up = time.monotonic() - self.started
-        head = (f"netevents  {len(self.per_host)} host(s)  up {up:5.0f}s  "
+        # correlators publish incidents only: they are consumers, not hosts of the fleet
+        hosts = sum(1 for kinds in self.per_host.values() if set(kinds) - {"incident"})
+        head = (f"netevents  {hosts} host(s)  up {up:5.0f}s  "
                 + "  ".join(f"{k}:{v}" for k, v in sorted(self.events.items()))
                 + f"  missed batches:{sum(self.missed.values())}")
         if any(self.lag.get(k) for k in ("queued", "pending", "slow_consumer_drops")):
