@@ -16,7 +16,8 @@ Exported (all labelled by ``host`` where it applies):
     netevents_agent_lost_total{host,place}             agents' own losses (status lost.*)
     netevents_consumer_missed_batches_total{host,kind} sequence holes seen by this exporter
     netevents_consumer_rejected_messages_total{reason} messages this exporter rejected
-    netevents_consumer_lag{what}                       queued / pending / slow-consumer drops
+    netevents_consumer_lag{what}                       queued / pending / slow-consumer drops /
+                                                       unreceived (announced by status, not received)
     netevents_events_total{kind}                       events received per kind
 """
 
