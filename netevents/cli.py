@@ -359,7 +359,8 @@ def _add_archive_parsers(sub: Any) -> None:
                    help="durable consumer name; one archiver per name (default archive)")
     p.add_argument("--host", action="append", metavar="GLOB", help="only these hosts (repeatable)")
     p.add_argument("--gap-wait", type=_positive, default=1.0, metavar="S",
-                   help="seconds a frame batch waits for the gap records about it (default 1)")
+                   help="seconds at most a frame batch waits for the gap records it announces "
+                   "(gaps_before; batches of agents that do not announce wait this long; default 1)")
     p.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     _add_bus_options(p)
     p.set_defaults(func=cmd_archive)

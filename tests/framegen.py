@@ -24,7 +24,7 @@ def eth_ipv4_udp(seq: int, *, payload_len: int = 200, snap: int = 96) -> tuple[b
 
 def frame_batch(host: str, run: str, seq: int, first_frame: int, n: int, *, iface: str = "eth0",
                 worker: int = 0, ts0: int = T0, step: int = 1000, dirs: list[int] | None = None,
-                hwtstamp: dict | None = None) -> Batch:
+                hwtstamp: dict | None = None, gaps_before: int | None = None) -> Batch:
     cols: dict[str, list] = {k: [] for k in (
         "ts", "ts_src", "caplen", "len", "dir", "queue", "rxhash", "vlan", "ethertype", "src",
         "dst", "l4", "sport", "dport", "ip_id", "tcp_seq", "head")}
@@ -52,6 +52,8 @@ def frame_batch(host: str, run: str, seq: int, first_frame: int, n: int, *, ifac
     fields = {"iface": iface, "worker": worker, "first_frame": first_frame}
     if hwtstamp is not None:
         fields["hwtstamp"] = hwtstamp
+    if gaps_before is not None:  # gap records the ring had made (agents since gaps_before)
+        fields["gaps_before"] = {"records": gaps_before, "lost": 0}
     return Batch(kind="frame", site="local", host=host, run=run, seq=seq,
                  t0=ts[0] if ts else ts0, t1=ts[-1] if ts else ts0, events=cols, fields=fields)
 

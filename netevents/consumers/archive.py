@@ -14,8 +14,10 @@ at close one cumulative ISB per interface.
 
 Where a gap goes: a gap record says "``lost`` frames between frame k (after_frame) and k+1
 (before_frame) of ring (host, run, iface, worker)". Gaps and frames travel in different streams,
-so either may arrive first: the shell holds each frame batch ``--gap-wait`` seconds (1 s) before
-writing it, so the gap records about it are there. A gap that arrives first waits (bounded,
+so either may arrive first: a frame batch says how many gap records its ring had made when it
+was made (``gaps_before``), and the shell holds it until that many have arrived -- at most
+``--gap-wait`` seconds (1 s; batches of agents that do not say are held that long), so the gap
+records about it are there. A gap that arrives first waits (bounded,
 counted) for frame k+1; a gap whose frame k+1 was already written ("late") goes on the next
 frame written on that ring, with a comment saying so -- the total per ring stays exact, the
 position is off by the frames in between. Gaps that never find a frame are counted as
@@ -752,9 +754,10 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
     flushed and checkpointed, so a restart (also after kill -9) resumes without a hole.
 
     Frames and gaps come through different streams, in no particular order between them: a
-    frame batch is held ``hold`` seconds (at most ``max_held`` batches) before it is written, so
-    that the gap records about it, usually published in the same agent window, are there first
-    and their dropcount lands on exactly the right frame. Held batches are not acknowledged yet.
+    frame batch is held until the gap records its ring had made before it (``gaps_before``) have
+    arrived, at most ``hold`` seconds (at most ``max_held`` batches), so that their dropcount
+    lands on exactly the right frame. Batches of one ring leave in their order. Held batches are
+    not acknowledged yet.
 
     Raises:
         BusError: if the bus cannot be reached.
@@ -770,6 +773,8 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
         core.restore(state)
         core.advance(beyond)
     held: deque[tuple[float, Batch]] = deque()
+    gaps_seen: Counter[tuple] = Counter()
+    """Gap records received per ring (host, run, iface, worker) in this run of the archive."""
     async with connect(url, name=f"netevents-archive-{durable}", streams=True,
                        credentials=credentials) as bus:
         # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
@@ -800,12 +805,17 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
                             held.append((time.monotonic(), batch))
                         else:
                             ready.append(batch)      # gaps first: frames due now may need them
+                            if batch.kind == "gap":
+                                for e in batch.events:
+                                    gaps_seen[_ring(batch.host, batch.run, e.get("iface"),
+                                                    e.get("worker"))] += 1
                         if len(ready) + len(held) >= max_held + GROUP:
                             break
                         batch = await sub.next(timeout=0)   # what is already here joins the group
                     now = time.monotonic()
                     while held and (now - held[0][0] >= hold or len(held) > max_held):
                         ready.append(held.popleft()[1])
+                    held = _release_known(held, gaps_seen, ready)
                     for i in range(0, len(ready), GROUP):
                         await commit(ready[i:i + GROUP])
                     if files.due():
@@ -820,6 +830,29 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
                 await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
                 _progress(files)
     return {**files.current(), "paths": [str(p) for p in files.files]}
+
+
+def _ring(host: str, run: str, iface: Any, worker: Any) -> tuple[str, str, str, int]:
+    return host, run, str(iface), worker if isinstance(worker, int) else 0
+
+
+def _release_known(held: deque[tuple[float, Batch]], gaps_seen: Counter,
+                   ready: list[Batch]) -> deque[tuple[float, Batch]]:
+    """Move to ``ready`` the held frame batches whose ring's earlier gap records have all
+    arrived (``gaps_before``); a ring's batches leave in their order. Returns what stays."""
+    stay: deque[tuple[float, Batch]] = deque()
+    blocked: set[tuple] = set()
+    for item in held:
+        b = item[1]
+        ring = _ring(b.host, b.run, b.fields.get("iface"), b.fields.get("worker"))
+        gb = b.fields.get("gaps_before")
+        owed = gb.get("records") if isinstance(gb, dict) else None
+        if ring not in blocked and type(owed) is int and gaps_seen[ring] >= owed:
+            ready.append(b)
+        else:
+            blocked.add(ring)
+            stay.append(item)
+    return stay
 
 
 def _progress(files: ArchiveFiles) -> None:

@@ -192,3 +192,32 @@ def test_kill_9_then_restart_leaves_no_hole(nats_url, tmp_path):
         rep = verify(f)
         assert rep.ok, rep.text()
         assert rep.facts["complete"] and not rep.facts["truncated"]
+
+
+def test_frames_wait_for_the_gap_records_they_announce_not_for_the_clock(nats_url, tmp_path):
+    """A frame batch says how many gap records its ring made before it (gaps_before): the archive
+    writes it as soon as those are in -- at once when none are owed, when the late record comes
+    otherwise -- not after the fixed --gap-wait (30 s here), and the dropcount sits on the first
+    frame after the gap."""
+    out = tmp_path / "arch"
+    proc = start_archiver(nats_url, out, "--gap-wait", "30")
+    run = "run-gb"
+    base = packetid_base("gb-1", run, "eth0", 0)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        publish(nats_url, [frame_batch("gb-1", run, 1, 0, PER_BATCH, gaps_before=0)])
+        assert wait_for(lambda: archived_frames(out) >= PER_BATCH, timeout=10, proc=proc)
+        # the next batch owes one gap record, which comes a second later (another stream)
+        publish(nats_url, [frame_batch("gb-1", run, 2, PER_BATCH, PER_BATCH, gaps_before=1)])
+        time.sleep(1.0)
+        assert archived_frames(out) == PER_BATCH, "written before its gap record came"
+        publish(nats_url, [gap_batch("gb-1", run, 1, [(PER_BATCH - 1, 7)])])
+        assert wait_for(lambda: archived_frames(out) >= 2 * PER_BATCH, timeout=10, proc=proc)
+        assert time.monotonic() - started < 20, "held for --gap-wait instead"
+    finally:
+        stop(proc)
+    pk = {p.packetid: p for p in all_packets(out) if p.packetid is not None}
+    assert len(pk) == 2 * PER_BATCH
+    assert pk[base + PER_BATCH].dropcount == 7
+    assert sum(p.dropcount or 0 for p in pk.values()) == 7
