@@ -221,3 +221,28 @@ def test_frames_wait_for_the_gap_records_they_announce_not_for_the_clock(nats_ur
     assert len(pk) == 2 * PER_BATCH
     assert pk[base + PER_BATCH].dropcount == 7
     assert sum(p.dropcount or 0 for p in pk.values()) == 7
+
+
+def test_two_archivers_share_the_fleet_by_host(nats_url, tmp_path):
+    """Archivers scale out by host: each has its own durable name and host globs; every frame
+    lands in exactly one archive, and each archive's gaps are its hosts' own."""
+    batches, ids, lost = plan(4)
+    publish(nats_url, batches)
+    outs = {"web": tmp_path / "web", "db": tmp_path / "db"}
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-m", "netevents.cli", "archive", "--out", str(out), "--bus", nats_url,
+         "--durable", f"arch-{name}", "--host", f"{name}-*", "--gap-wait", "0.3"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for name, out in outs.items()}
+    try:
+        assert wait_for(lambda: archived_frames(outs["web"]) >= 2 * 4 * PER_BATCH
+                        and archived_frames(outs["db"]) >= 4 * PER_BATCH)
+    finally:
+        for p in procs.values():
+            stop(p)
+    got = {name: {p.packetid for p in all_packets(out) if p.packetid is not None}
+           for name, out in outs.items()}
+    assert not got["web"] & got["db"] and got["web"] | got["db"] == ids
+    webs = {packetid_base(h, f"run-{h}", "eth0", 1) for h in ("web-1", "web-2")}
+    assert all(any(0 <= i - b < 10_000 for b in webs) for i in got["web"])
+    assert sum(p.dropcount or 0 for out in outs.values() for p in all_packets(out)) == lost
