@@ -139,7 +139,10 @@ async def cmd_server(args: argparse.Namespace) -> int:
               f"(pid {server.proc.pid if server.proc else '?'}); Ctrl-C stops", flush=True)
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await _stop_after(stop, args.duration)
+        if args.duration is not None:
+            await _stop_after(stop, args.duration)
+        else:
+            await stop.wait()  # until Ctrl-C / SIGTERM
     finally:
         await server.stop()
     return 0
@@ -708,7 +711,9 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
     finally:
         timer.cancel()
     made = {k: v for k, v in corr.counts.items() if k.startswith("incident.")}
-    log.info("stopped: incidents %s; evicted %s", made or "none", dict(corr.evicted) or "nothing")
+    log.info("stopped: incidents %s; evicted %s; input batches missed %d (sequence holes) + %d "
+             "(announced by status, never received)", made or "none",
+             dict(corr.evicted) or "nothing", sum(corr.missed.values()), corr.counts["unreceived"])
     return 0
 
 

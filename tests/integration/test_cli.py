@@ -106,6 +106,27 @@ def test_errors_are_one_clear_line_with_the_documented_exit_code(argv, code, wor
     assert "Traceback" not in r.stderr
 
 
+def test_server_without_duration_serves_until_sigterm(tmp_path):
+    import signal
+    import time
+
+    p = subprocess.Popen([*NETEVENTS, "server", "--port", "0", "--store", str(tmp_path / "s")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert "NATS with JetStream at nats://127.0.0.1:" in line, line + p.stderr.read()
+        url = line.split(" at ", 1)[1].split(",", 1)[0]
+        time.sleep(1.0)
+        assert p.poll() is None, "the server stopped by itself"
+        r = subprocess.run([*NETEVENTS, "tail", "--bus", url, "--count", "1", "--timeout", "1"],
+                           capture_output=True, text=True, timeout=30)
+        assert "cannot connect" not in r.stderr, r.stderr
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+    assert p.returncode == 0
+
+
 def test_server_runs_with_streams_and_stops_by_itself(tmp_path):
     r = subprocess.run([*NETEVENTS, "server", "--port", "0", "--store", str(tmp_path / "s"),
                         "--duration", "1"], capture_output=True, text=True, timeout=60)
