@@ -331,8 +331,9 @@ class EbpfDrops:
         try:
             if self.ring is not None:
                 loop.add_reader(self.ring.fd, self._consume)
-            log.info("ebpf: %s attached (ring %d KiB, sample 1/%s)", self.attached,
-                     self.ring_kb, self.sample_every or "-")
+            log.info("ebpf: %s attached (ring %d KiB, %s)", self.attached, self.ring_kb,
+                     f"1 packet in {self.sample_every} sampled" if self.sample_every
+                     else "no packet sampling: counts only")
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
                 names = tg.create_task(self._refresh_names())
