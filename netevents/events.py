@@ -121,7 +121,9 @@ class IpstatEvent:
     lost: int = _f("integer", "delta of lost packets: increases of the tcpi_lost gauge between samples (a lower bound)", 0)
     dsack_dups: int = _f("integer", "delta of tcpi_dsack_dups", 0)
     timeouts: int = _f("integer", "RTO events in the window", 0)
-    resets: int = _f("integer", "resets seen in the window", 0)
+    resets: int = _f("integer", "resets seen in the window: RSTs this host sent to the peer "
+                                "(tcp:tcp_send_reset; 0 where the tracepoint cannot be read)", 0)
+    resets_in: int = _f("integer", "RSTs received from the peer in the window (tcp:tcp_receive_reset)", 0)
     rtt_us: int | None = _f("integer", "smoothed RTT gauge (max over sockets)")
     rttvar_us: int | None = _f("integer", "RTT variance gauge")
     cwnd: int | None = _f("integer", "congestion window gauge (min over sockets)")

@@ -284,14 +284,16 @@ def sweep_stale(tracefs: Path) -> list[str]:
 
 
 class TraceInstance:
-    """A private tracefs instance with ``skb:kfree_skb`` enabled; remove() is idempotent.
+    """A private tracefs instance with ``skb:kfree_skb`` (or the ``events`` given) enabled;
+    remove() is idempotent.
 
     Raises (from :meth:`create`):
-        CapabilityError: no tracefs, no permission, or no ``skb:kfree_skb`` event.
+        CapabilityError: no tracefs, no permission, or no such event.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, events: tuple[str, ...] = (EVENT,)) -> None:
         self.path = path
+        self.events = events
         self.pipe_fd: int | None = None
         self.raw_fds: dict[int, int] = {}
         self.reasons: dict[int, str] = {}
@@ -301,11 +303,13 @@ class TraceInstance:
 
     @classmethod
     def create(cls, *, buffer_kb: int = 4096, exclude_reasons: frozenset[str] = frozenset(),
-               tracefs: Path | None = None) -> TraceInstance:
+               tracefs: Path | None = None, events: tuple[str, ...] = (EVENT,)) -> TraceInstance:
+        """``events``: paths under the tracefs root (``events/<system>/<name>``) to enable."""
         root = tracefs or find_tracefs()
-        if not (root / EVENT).is_dir():
-            raise CapabilityError("skb:kfree_skb",
-                                  f"tracefs at {root} has no skb:kfree_skb event (kernel too old?)")
+        for event in events:
+            if not (root / event).is_dir():
+                name = ":".join(event.split("/")[1:3])
+                raise CapabilityError(name, f"tracefs at {root} has no {name} event (kernel too old?)")
         sweep_stale(root)
         name = f"{INSTANCE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         path = root / "instances" / name
@@ -316,7 +320,7 @@ class TraceInstance:
                                   f"cannot create tracefs instance {path}: {exc.strerror}") from exc
         except OSError as exc:
             raise CapabilityError("tracefs", f"cannot create tracefs instance {path}: {exc}") from exc
-        inst = cls(path)
+        inst = cls(path, events)
         with _LIVE_LOCK:
             _LIVE.add(inst)
         _install_sigterm_safety()
@@ -339,8 +343,8 @@ class TraceInstance:
         # Wake the reader on any event, not when the ring is half full (the default 50).
         with contextlib.suppress(OSError):
             self._write("buffer_percent", "0")
-        fmt = (self.path / EVENT / "format").read_text()
-        self.reasons = reason_table(fmt)
+        if EVENT in self.events:
+            self.reasons = reason_table((self.path / EVENT / "format").read_text())
         if exclude and self.reasons:
             by_name = {v: k for k, v in self.reasons.items()}
             unknown = sorted(r for r in exclude if r not in by_name)
@@ -355,7 +359,8 @@ class TraceInstance:
             except OSError as exc:
                 log.warning("tracepoint filter %r refused (%s); filtering in the agent", expr, exc)
         self._overrun_base = self.overruns()
-        self._write(f"{EVENT}/enable", "1")
+        for event in self.events:
+            self._write(f"{event}/enable", "1")
 
     def open_pipe(self) -> int:
         """The instance's trace_pipe, non-blocking (poll says readable when data waits)."""
@@ -406,8 +411,9 @@ class TraceInstance:
         return delta
 
     def disable(self) -> None:
-        with contextlib.suppress(OSError):
-            self._write(f"{EVENT}/enable", "0")
+        for event in self.events:
+            with contextlib.suppress(OSError):
+                self._write(f"{event}/enable", "0")
 
     def remove(self) -> None:
         """Disable the event, close the pipe and remove the instance. Never raises."""

@@ -22,8 +22,9 @@ Accounting rules:
 - ``tcpi_lost`` is a gauge (packets marked lost right now, ``tp->lost_out``); ``lost`` counts
   its increases between samples, a lower bound of the packets newly marked lost.
 - Gauges (rtt, rttvar, cwnd, retransmits) come from live sockets of the closing dump only.
-- Per-socket resets are not in sock_diag; ``resets`` stays 0 per peer and the host-wide resets
-  are all residual.
+- Resets are not in sock_diag: ``resets`` (sent) and ``resets_in`` (received) per peer come
+  from the reset tracepoints (``resets.py``, :meth:`PeerAccountant.resets`); without them they
+  stay 0 and the host-wide resets are all residual.
 
 Levels: ``default`` publishes one event per peer with a red flag (retransmits, timeouts,
 losses, resets) and a small field set; ``diagnostics`` one event per (local, peer) pair with
@@ -59,13 +60,14 @@ COUNTERS: tuple[tuple[str, str, int], ...] = (
 )
 
 # Accumulator slots per (peer, local) in one window.
-_FIELDS = ("sockets", "opened", "closed", *(c[0] for c in COUNTERS), "lost", "timeouts", "resets")
+_FIELDS = ("sockets", "opened", "closed", *(c[0] for c in COUNTERS), "lost", "timeouts", "resets",
+           "resets_in")
 _SLOT = {name: i for i, name in enumerate(_FIELDS)}
 _N = len(_FIELDS)
 _S_SOCKETS, _S_OPENED, _S_CLOSED = _SLOT["sockets"], _SLOT["opened"], _SLOT["closed"]
 
 DEFAULT_FIELDS = ("peer", "level", "sockets", "opened", "closed", "retrans_segs", "bytes_retrans",
-                  "lost", "timeouts", "resets", "rtt_us", "retransmits", "flags")
+                  "lost", "timeouts", "resets", "resets_in", "rtt_us", "retransmits", "flags")
 """The small field set of the default level."""
 
 _V4MAPPED = b"\x00" * 10 + b"\xff\xff"
@@ -80,6 +82,13 @@ def address(family: int, raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw[:16])
 
 
+def _raw(text: str) -> tuple[int, bytes]:
+    """A text address as sock_diag keys it: (family, 16 bytes, IPv4 in the first 4)."""
+    if ":" in text:
+        return socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text)
+    return socket.AF_INET, socket.inet_pton(socket.AF_INET, text) + b"\0" * 12
+
+
 def flags_of(ev: dict[str, Any]) -> list[str]:
     """The red flags an event raises."""
     out = []
@@ -89,7 +98,7 @@ def flags_of(ev: dict[str, Any]) -> list[str]:
         out.append("timeouts")
     if ev.get("lost", 0) > 0:
         out.append("losses")
-    if ev.get("resets", 0) > 0:
+    if ev.get("resets", 0) > 0 or ev.get("resets_in", 0) > 0:
         out.append("resets")
     return out
 
@@ -114,6 +123,7 @@ class Window:
 
 def _sort_key(ev: dict[str, Any]) -> tuple:
     return (ev.get("retrans_segs", 0), ev.get("timeouts", 0), ev.get("lost", 0),
+            ev.get("resets", 0) + ev.get("resets_in", 0),
             ev.get("bytes_sent", 0) + ev.get("bytes_received", 0))
 
 
@@ -207,6 +217,23 @@ class PeerAccountant:
             _add_full(acc, new)
         else:
             _add_change(acc, new, old)
+
+    def resets(self, counts: dict[tuple[str, str, str], int]) -> None:
+        """Add the window's resets: ``{(kind, local, peer): n}`` with kind ``sent`` or
+        ``received`` and text addresses (``resets.ResetCounter``). Before the baseline they are
+        history, like the sockets' counters, and are not counted."""
+        if self._windows == 0:
+            return
+        for (kind, local, peer), n in counts.items():
+            key = (*_raw(peer), _raw(local)[1])
+            acc = self._acc.get(key)
+            if acc is None:
+                acc = self._acc[key] = [0] * _N
+            acc[_SLOT["resets" if kind == "sent" else "resets_in"]] += n
+
+    def known_cookies(self) -> set[int]:
+        """Cookies of the sockets this accountant follows (the namespace's own)."""
+        return set(self.baselines) | set(self._tombstones)
 
     def destroyed(self, socks: Iterable[TcpSock]) -> None:
         """Account the final counters of destroyed sockets (from the destroy multicast)."""
@@ -348,7 +375,7 @@ class PeerAccountant:
             overflow = len(events) - self.max_peers
             del events[self.max_peers:]
         attributed = {k: sum(e.get(k, 0) for e in events)
-                      for k in ("retrans_segs", "timeouts", "resets")}
+                      for k in ("retrans_segs", "timeouts", "resets", "resets_in")}
         return Window(events=events, level=self.level, overflow=overflow, attributed=attributed,
                       peers_total=len(groups), sockets=sockets, unseen_closes=unseen)
 

@@ -14,6 +14,12 @@ Own losses (in status, from the start):
     ipstats.peer_cap          peer events left out of a batch by ``max_peers``
     ipstats.bad_message       destroy datagrams that did not parse
     ipstats.failed_sample     samples (dump or MIB read) that failed; the next window spans them
+    ipstats.reset_overrun     reset tracepoint records the tracefs ring lost (those resets stay
+                              in the residual against OutRsts)
+
+Per-peer resets (``resets`` sent, ``resets_in`` received) come from the ``tcp:tcp_send_reset``
+and ``tcp:tcp_receive_reset`` tracepoints (``resets.py``); without tracefs the source runs on
+and says so in its state, and resets stay in the residual.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from .sockdiag import DestroyListener, DiagSocket, NetlinkError, TcpSock
 log = logging.getLogger("netevents.agent.ipstats")
 
 LOSS_PLACES = ("ipstats.destroy_overrun", "ipstats.unseen_close", "ipstats.peer_cap",
-               "ipstats.bad_message", "ipstats.failed_sample")
+               "ipstats.bad_message", "ipstats.failed_sample", "ipstats.reset_overrun")
 
 _FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
@@ -55,6 +61,8 @@ class IpstatsConfig:
     families: tuple[str, ...] = ("ipv4", "ipv6")
     grace: int = 2
     """Windows to wait for the destroy message of a socket that left the dump."""
+    resets: bool = True
+    """Per-peer resets from the reset tracepoints (needs tracefs and root)."""
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> IpstatsConfig:
@@ -75,6 +83,8 @@ class IpstatsConfig:
             raise ConfigError(f"ipstats.level must be one of {', '.join(LEVELS)}, not {cfg.level!r}")
         if not isinstance(cfg.max_peers, int) or isinstance(cfg.max_peers, bool) or cfg.max_peers < 1:
             raise ConfigError(f"ipstats.max_peers must be a positive integer, not {cfg.max_peers!r}")
+        if not isinstance(cfg.resets, bool):
+            raise ConfigError(f"ipstats.resets must be true or false, not {cfg.resets!r}")
         if not isinstance(cfg.grace, int) or cfg.grace < 0:
             raise ConfigError(f"ipstats.grace must be a non-negative integer, not {cfg.grace!r}")
         if not cfg.families or any(f not in _FAMILIES for f in cfg.families):
@@ -95,6 +105,7 @@ class IpstatsCollector:
         self._pending: list[TcpSock] = []
         self._sink: Sink | None = None
         self._destroy: DestroyListener | None = None
+        self.tracer: Any = None
         self.windows = 0
         self.last_window: Window | None = None
         self.ready = asyncio.Event()
@@ -171,12 +182,15 @@ class IpstatsCollector:
             mib = await asyncio.to_thread(MibReader, netns)
             if destroy is not None:
                 loop.add_reader(destroy.fileno(), self._drain_destroy)
+            if self.cfg.resets:
+                await self._start_resets(sink, netns)
             # Baseline: MIB and dump at the start of the first window.
             prev_mib = mib.read()
             dump = await asyncio.to_thread(diag.dump)
             self._drain_destroy()
             self.accountant.destroyed(self._take_pending())
             self.accountant.window(dump)
+            self._take_resets(sink)  # what came before the baseline is history
             t0 = time.time_ns()
             self.ready.set()
             next_at = loop.time() + self.cfg.interval
@@ -196,15 +210,20 @@ class IpstatsCollector:
                     continue
                 t1 = time.time_ns()
                 self._drain_destroy()
+                resets = self._take_resets(sink)
                 # Accounting 100k sockets takes a few hundred ms: off the loop too. Only this
                 # step touches the accountant's baselines; destroy messages arriving meanwhile
                 # wait in _pending for the next window.
-                window = await asyncio.to_thread(self._account, self._take_pending(), dump)
+                window = await asyncio.to_thread(self._account, self._take_pending(), dump, resets)
                 deltas = mib_deltas(prev_mib, cur_mib)
                 prev_mib = cur_mib
                 self._publish(sink, window, deltas, t0, t1)
                 t0 = t1
         finally:
+            if self.tracer is not None:
+                loop.remove_reader(self.tracer.fd)
+                self.tracer.close()
+                self.tracer = None
             if destroy is not None:
                 loop.remove_reader(destroy.fileno())
                 destroy.close()
@@ -213,9 +232,39 @@ class IpstatsCollector:
                 mib.close()
             diag.close()
 
-    def _account(self, destroyed: list[TcpSock], dump: list[TcpSock]) -> Window:
+    def _account(self, destroyed: list[TcpSock], dump: list[TcpSock],
+                 resets: dict | None = None) -> Window:
         self.accountant.destroyed(destroyed)
+        if resets:
+            self.accountant.resets(resets)
         return self.accountant.window(dump)
+
+    # -- resets -------------------------------------------------------------------------------------
+    async def _start_resets(self, sink: Sink, netns: str | None) -> None:
+        from .resets import ResetTracer
+
+        try:
+            self.tracer = await asyncio.to_thread(ResetTracer, netns)
+        except CapabilityError as exc:
+            sink.state(self.name, "running", f"without per-peer resets: {exc}")
+            log.warning("ipstats: running without per-peer resets: %s", exc)
+            return
+        asyncio.get_running_loop().add_reader(self.tracer.fd, self.tracer.drain)
+
+    def _take_resets(self, sink: Sink) -> dict | None:
+        """The window's resets in this namespace (the sockets it knows, its addresses)."""
+        tracer = self.tracer
+        if tracer is None:
+            return None
+        tracer.drain()
+        lost = tracer.overruns()
+        if lost:
+            sink.lost("ipstats.reset_overrun", lost)
+        counts = tracer.counter.take()
+        # for the next window: this namespace's sockets and addresses as they are now
+        tracer.counter.cookies = self.accountant.known_cookies()
+        tracer.refresh_addresses()
+        return counts
 
     def _take_pending(self) -> list[TcpSock]:
         pending, self._pending = self._pending, []

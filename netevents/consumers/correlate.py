@@ -696,6 +696,7 @@ class Correlator:
             "from": a, "peer": peer, "peer_host": b,
             "retrans_segs": int(e.get("retrans_segs") or 0), "lost": int(e.get("lost") or 0),
             "timeouts": int(e.get("timeouts") or 0), "segs_out": int(e.get("segs_out") or 0),
+            "resets": int(e.get("resets") or 0), "resets_in": int(e.get("resets_in") or 0),
             "rtt_us": e.get("rtt_us"), "flags": list(e.get("flags") or [])}
         inputs = ["ipstat"]
         if b:
