@@ -11,6 +11,7 @@ Exported (all labelled by ``host`` where it applies):
     netevents_drops_total{host,reason,location}        drop counts as published by the agents
     netevents_capture_gap_frames_total{host}           frames the captures lost (gap records)
     netevents_peer_retransmits_total{host,peer}        worst peers (top 50 by retransmits)
+    netevents_peer_resets_total{host,peer,direction}   TCP resets sent / received per peer (top 50)
     netevents_incidents_total{type}                    incidents seen on the bus
     netevents_path_frames{from,to,outcome}             delivered / lost / unknown per path
     netevents_agent_lost_total{host,place}             agents' own losses (status lost.*)
@@ -63,6 +64,11 @@ def families(view: FleetView, rejected: dict[str, int] | None = None) -> list[An
     for (host, peer), n in view.peers.most_common(TOP_PEERS):
         peers.add_metric([host, peer], n)
     out.append(peers)
+    resets = CounterMetricFamily("netevents_peer_resets", "TCP resets per peer, sent or received",
+                                 labels=["host", "peer", "direction"])
+    for (host, peer, way), n in view.peer_resets.most_common(TOP_PEERS):
+        resets.add_metric([host, peer, way], n)
+    out.append(resets)
     incidents = CounterMetricFamily("netevents_incidents", "incidents seen on the bus", labels=["type"])
     for t, n in sorted(view.incident_counts.items()):
         incidents.add_metric([t], n)

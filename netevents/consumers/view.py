@@ -43,6 +43,8 @@ class FleetView:
         self.drop_sites: Counter[tuple[str, str, str]] = Counter()   # (host, reason, location)
         self.counters: Counter[tuple[str, str]] = Counter()          # (group, name) summed deltas
         self.peers: Counter[tuple[str, str]] = Counter()             # (host, peer) retransmits
+        self.peer_resets: Counter[tuple[str, str, str]] = Counter()
+        """(host, peer, "sent" | "received") -> TCP resets."""
         self.agents: dict[tuple[str, str], AgentHealth] = {}
         """(host, run) -> the last status of that agent run (capture workers are runs too)."""
         self.missed: Counter[tuple[str, str]] = Counter()
@@ -98,6 +100,10 @@ class FleetView:
         elif batch.kind == "ipstat":
             for e in batch.events:
                 self._bounded(self.peers, (batch.host, str(e.get("peer"))), int(e.get("retrans_segs", 0)))
+                for field, way in (("resets", "sent"), ("resets_in", "received")):
+                    if e.get(field):
+                        self._bounded(self.peer_resets, (batch.host, str(e.get("peer")), way),
+                                      int(e[field]))
         elif batch.kind == "gap":
             for e in batch.events:
                 self.gaps[batch.host] += int(e.get("lost", 0))
@@ -191,9 +197,14 @@ class FleetView:
             for g, c in (shown + rest)[:rows]:
                 lines.append(f"{self.counters[(g, c)]:>12}  {g}.{c}")
         elif view == "peers":
-            lines.append(f"{'retrans':>10}  {'host':<16} peer")
-            for (host, peer), n in self.peers.most_common(rows):
-                lines.append(f"{n:>10}  {host:<16} {peer}")
+            lines.append(f"{'retrans':>10} {'rst out':>8} {'rst in':>8}  {'host':<16} peer")
+            worst = Counter(self.peers)  # worst first: retransmits and resets together
+            for (host, peer, _way), n in self.peer_resets.items():
+                worst[(host, peer)] += n
+            for (host, peer), n in worst.most_common(rows):
+                out = self.peer_resets.get((host, peer, "sent"), 0)
+                rin = self.peer_resets.get((host, peer, "received"), 0)
+                lines.append(f"{self.peers.get((host, peer), 0):>10} {out:>8} {rin:>8}  {host:<16} {peer}")
         else:
             lines.append(f"{'host':<18} {'run':<17} {'sources':<34} {'capture gaps':>12}  own losses")
             for (host, _run), health in sorted(self.agents.items()):

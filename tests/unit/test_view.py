@@ -34,3 +34,16 @@ def test_missed_batches_are_unexplained_unless_the_agent_reported_the_loss():
     assert v.unexplained() == 0
     assert v.drop_sites[("a", "QDISC_DROP", "q")] == 3
     assert "QDISC_DROP" in v.render("drops")
+
+
+def test_peers_view_shows_retransmits_and_resets_both_ways_worst_first():
+    v = FleetView()
+    v.feed(Batch(kind="ipstat", site="s", host="a", run="r", seq=1, t0=1, t1=2, events=[
+        {"peer": "10.0.0.2", "retrans_segs": 3},
+        {"peer": "10.0.0.3", "resets": 7, "resets_in": 2},
+        {"peer": "10.0.0.4", "resets_in": 1}]))
+    lines = v.render("peers").splitlines()
+    rows = [ln.split() for ln in lines if ln.strip().endswith(("10.0.0.2", "10.0.0.3", "10.0.0.4"))]
+    assert rows[0] == ["0", "7", "2", "a", "10.0.0.3"]   # 9 resets: the worst peer first
+    assert rows[1] == ["3", "0", "0", "a", "10.0.0.2"]
+    assert rows[2] == ["0", "0", "1", "a", "10.0.0.4"]
