@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,8 +104,9 @@ def _build(cache: Path | None) -> Path:
     if cc is None:
         raise BuildError("no C compiler (cc/gcc; Debian packages gcc libc6-dev)")
     out.mkdir(parents=True, exist_ok=True)
-    # A per-process name renamed into place: workers building at once never load a half file.
-    tmp = out / f"walker.tmp.{os.getpid()}.so"
+    # A per-process (and per-thread) name renamed into place: workers building at once never
+    # load a half-written file.
+    tmp = out / f"walker.tmp.{os.getpid()}.{threading.get_native_id()}.so"
     try:
         subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
                        capture_output=True, text=True, check=True, timeout=120)
@@ -127,14 +129,21 @@ class _Block(ctypes.Structure):
 
 
 _lib: ctypes.CDLL | None = None
+_load_lock = threading.Lock()  # collectors in one process open their walkers in threads
 
 
 def load(cache: Path | None = None) -> ctypes.CDLL:
-    """The walker library (built if needed), loaded once per process.
+    """The walker library (built if needed), loaded once per process (``cache`` counts only
+    for the first call).
 
     Raises:
         BuildError: see :func:`build`; or the object does not load.
     """
+    with _load_lock:
+        return _load(cache)
+
+
+def _load(cache: Path | None) -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
