@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -108,7 +109,7 @@ class AgentRunner:
             self._queue(kind).put_nowait((True, events, t0, t1, fields))
             return True
         except asyncio.QueueFull:
-            n = len(next(iter(events.values()), ())) if isinstance(events, dict) else len(events)
+            n = len(next(iter(events.values()), ())) if isinstance(events, Mapping) else len(events)
             self.losses[f"queue.{kind}"] += n
             return False
 

@@ -1,6 +1,6 @@
 """Capture agent vs tcpdump: CPU-seconds per million frames, and the highest loss-free rate.
 
-    python bench/capture.py [--frames N] [--rates 50000,100000,...]
+    python bench/capture.py [--frames N] [--rates 50000,100000,...] [--walker c|python|both]
 
 Needs root, iproute2, tcpdump and tcpreplay (Debian packages ``tcpdump tcpreplay``).
 
@@ -9,13 +9,14 @@ nats-server on loopback. A pcap of UDP frames over 64 flows (to a MAC that is no
 receiver's, so the stack discards them right after the taps and sends nothing back) is replayed
 with ``tcpreplay`` into veth-a; the capture runs on veth-b.
 
-1. CPU: the same replay (``--topspeed``) is captured once by ``netevents agent --capture veth-b``
-   (one worker, 96-byte summaries published to the nats-server) and once by
-   ``tcpdump -s 96 -w /dev/null``. CPU time (user + system, the whole process tree) is sampled
+1. CPU: the same replay (``--topspeed``) is captured by ``netevents agent --capture veth-b``
+   (one worker, 96-byte summaries published to the nats-server), once per block walker asked
+   for (``--walker both``: the C walker and the pure-Python one, agents/capture/cwalk.py), and
+   once by ``tcpdump -s 96 -w /dev/null``. CPU time (user + system, the whole process tree) is sampled
    just before and after the replay; the anchor is tcpdump's CPU per million frames captured.
    (The kernel's receive work runs in softirq context on the sender's CPU for both and is in
    neither figure.)
-2. Loss-free rate: for 1 and 2 workers, replays at increasing ``--pps`` rates; a rate is
+2. Loss-free rate: for each walker, for 1 and 2 workers, replays at increasing ``--pps`` rates; a rate is
    loss-free when the gap records on the bus sum to 0. The rate tcpreplay actually achieved is
    what is reported.
 """
@@ -168,7 +169,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300_000)
     ap.add_argument("--rates", default="25000,50000,100000,150000,200000,300000")
+    ap.add_argument("--walker", choices=("c", "python", "both"), default="both",
+                    help="block walker(s) to measure, side by side with tcpdump")
     args = ap.parse_args()
+    walkers = ["c", "python"] if args.walker == "both" else [args.walker]
     for tool in ("tcpdump", "tcpreplay", "ip"):
         if shutil.which(tool) is None:
             print(f"bench/capture.py: needs {tool} (apt-get install tcpdump tcpreplay iproute2)")
@@ -183,41 +187,48 @@ def main() -> int:
         url = server.start_blocking()
         pcap = tmp / "replay.pcap"
         write_pcap(pcap, args.frames)
-        conf = tmp / "agent.toml"
-        conf.write_text(f'[capture]\nnetns = "{pair.b}"\nhwtstamp = false\n')
+        confs = {}
+        for walker in walkers:
+            confs[walker] = tmp / f"agent-{walker}.toml"
+            confs[walker].write_text(f'[capture]\nnetns = "{pair.b}"\nhwtstamp = false\n'
+                                     f'walker = "{walker}"\n')
         print(f"capture bench: {args.frames} frames of 74 bytes, 64 flows, tcpreplay into veth; "
               f"nats-server {url}; {os.cpu_count()} cores")
 
-        ours = asyncio.run(agent_run(pair, url, pcap, 1, None, conf))
+        ours = {w: asyncio.run(agent_run(pair, url, pcap, 1, None, confs[w])) for w in walkers}
         ref = tcpdump_run(pair, pcap)
         # per frame captured (a frame the ring dropped costs user space nothing)
-        per_m = ours["cpu"] / max(ours["frames"], 1) * 1e6
         ref_per_m = ref["cpu"] / max(ref["frames"], 1) * 1e6
-        print(f"  netevents agent (1 worker, summaries to NATS): {ours['cpu']:.2f} CPU-s for "
-              f"{ours['frames']} frames + {ours['lost']} in gaps at {ours['rate']:.0f} pps "
-              f"-> {per_m:.2f} CPU-s per million frames")
-        print(f"  tcpdump -s 96 -w /dev/null:                     {ref['cpu']:.2f} CPU-s for "
+        per_m = {}
+        for w, r in ours.items():
+            per_m[w] = r["cpu"] / max(r["frames"], 1) * 1e6
+            label = f"netevents agent (1 worker, {w} walker, to NATS):"
+            print(f"  {label:<48} {r['cpu']:.2f} CPU-s for {r['frames']} frames + {r['lost']} "
+                  f"in gaps at {r['rate']:.0f} pps -> {per_m[w]:.2f} CPU-s per million frames")
+        print(f"  {'tcpdump -s 96 -w /dev/null:':<48} {ref['cpu']:.2f} CPU-s for "
               f"{ref['frames']} frames + {ref['lost']} dropped at {ref['rate']:.0f} pps "
               f"-> {ref_per_m:.2f} CPU-s per million frames")
-        print(f"  ratio (netevents / tcpdump, CPU per frame): {per_m / ref_per_m:.2f}")
+        for w in walkers:
+            print(f"  ratio (netevents {w} walker / tcpdump, CPU per frame): "
+                  f"{per_m[w] / ref_per_m:.2f}")
 
-        for workers in (1, 2):
+        for walker, workers in ((w, n) for w in walkers for n in (1, 2)):
             best = None
             for pps in (int(r) for r in args.rates.split(",")):
                 n = min(args.frames, max(pps * 2, 20_000))
                 sub_pcap = tmp / f"replay-{n}.pcap"
                 if not sub_pcap.exists():
                     write_pcap(sub_pcap, n)
-                r = asyncio.run(agent_run(pair, url, sub_pcap, workers, pps, conf))
+                r = asyncio.run(agent_run(pair, url, sub_pcap, workers, pps, confs[walker]))
                 ok = r["lost"] == 0
-                print(f"  {workers} worker(s) at {pps:>7} pps requested, {r['rate']:>9.0f} "
+                print(f"  {walker} walker, {workers} worker(s) at {pps:>7} pps requested, {r['rate']:>9.0f} "
                       f"achieved: {r['frames']} frames, {r['lost']} lost in gaps"
                       f"{'' if ok else '  <- loss'}")
                 if ok:
                     best = r["rate"]
                 else:
                     break
-            print(f"  highest loss-free rate, {workers} worker(s): "
+            print(f"  highest loss-free rate, {walker} walker, {workers} worker(s): "
                   f"{'none' if best is None else f'{best:.0f} pps'}")
     finally:
         server.stop_blocking()

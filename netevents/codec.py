@@ -12,7 +12,7 @@ events`` plus optional batch fields (``boot``, ``agent``, kind-specific ones fro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import methodcaller
 from typing import Any
@@ -57,13 +57,15 @@ class Batch:
     missed: int = 0
 
     def __len__(self) -> int:
-        if isinstance(self.events, dict):
+        if isinstance(self.events, PackedColumns):
+            return self.events.rows
+        if isinstance(self.events, Mapping):
             return len(next(iter(self.events.values()), ()))
         return len(self.events)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """The events one dict at a time, also for columnar batches."""
-        if isinstance(self.events, dict):
+        if isinstance(self.events, Mapping):
             names = list(self.events)
             for values in zip(*self.events.values(), strict=True):
                 yield dict(zip(names, values, strict=True))
@@ -79,6 +81,37 @@ class Batch:
     def msg_id(self) -> str:
         """The ``Nats-Msg-Id`` JetStream uses to drop duplicates of a retried publish."""
         return f"{self.host}:{self.run}:{self.kind}:{self.seq}"
+
+
+class PackedColumns(Mapping):
+    """Columns whose msgpack encoding (the ``events`` map) is already made.
+
+    The C block walker (agents/capture/cwalk.py) writes frame columns as msgpack directly, so a
+    frame never becomes Python objects on the agent's hot path; :func:`encode_batch` splices
+    ``packed`` into the batch as is. Read as a mapping (tests, in-process consumers) it decodes
+    once, on first access, to exactly the lists the encoding came from.
+    """
+
+    __slots__ = ("packed", "rows", "_cols")
+
+    def __init__(self, packed: bytes, rows: int) -> None:
+        self.packed = packed
+        self.rows = rows
+        self._cols: dict[str, list] | None = None
+
+    def _decoded(self) -> dict[str, list]:
+        if self._cols is None:
+            self._cols = msgpack.unpackb(self.packed, raw=False, use_list=True)
+        return self._cols
+
+    def __getitem__(self, name: str) -> list:
+        return self._decoded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,15 +145,27 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
     """
     check_token(batch.site, "site")
     check_token(batch.host, "host")
+    events = batch.events
+    packed = isinstance(events, PackedColumns)
     doc = {**batch.fields, "v": batch.v, "kind": batch.kind, "site": batch.site,
            "host": batch.host, "run": batch.run, "seq": batch.seq, "t0": batch.t0,
-           "t1": batch.t1, "events": _wire_events(batch.kind, batch.events)}
-    data = msgpack.packb(doc, use_bin_type=True)
+           "t1": batch.t1, "events": events if packed else _wire_events(batch.kind, events)}
+    data = _pack_spliced(doc) if packed else msgpack.packb(doc, use_bin_type=True)
     if len(data) > max_bytes:
         raise OversizeError(
             f"{batch.kind} batch of {len(batch)} events encodes to {len(data)} bytes, "
             f"over the {max_bytes}-byte limit")
     return data
+
+
+def _pack_spliced(doc: dict[str, Any]) -> bytes:
+    # The bytes msgpack.packb(doc) would give, with PackedColumns values copied in as made.
+    packer = msgpack.Packer(use_bin_type=True)
+    out = [packer.pack_map_header(len(doc))]
+    for key, value in doc.items():
+        out.append(packer.pack(key))
+        out.append(value.packed if isinstance(value, PackedColumns) else packer.pack(value))
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,4 +326,5 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
                  events=events, fields=extra)
 
 
-__all__ = ["Batch", "CodecError", "MAX_BATCH_BYTES", "columns_of", "decode_batch", "encode_batch"]
+__all__ = ["Batch", "CodecError", "MAX_BATCH_BYTES", "PackedColumns", "columns_of", "decode_batch",
+           "encode_batch"]

@@ -6,6 +6,8 @@
     gaps.py        GapAccountant (PACKET_STATISTICS -> placed, coalesced gap records) and
                    RxqOvflCounter (SO_RXQ_OVFL on non-ring sockets), both sans-IO
     hwtstamp.py    SIOCSHWTSTAMP / SIOCGHWTSTAMP / ETHTOOL_GET_TS_INFO, ``netevents hwtstamp``
+    cwalk.py       the C block walker (walker.c, built once into a cache, loaded with ctypes)
+                   that writes msgpack columns directly; falls back to ring.PythonWalker
     collector.py   RingCapture: one ring as a collector (add_reader on the ring's fd)
     workers.py     CaptureSupervisor: N worker processes in one PACKET_FANOUT group
     tcdrop.py      capture-only mode: a tc ingress drop installed for the run and removed after
@@ -22,11 +24,12 @@ from typing import Any
 from netevents.errors import ConfigError
 
 from .collector import CaptureOptions, RingCapture
+from .cwalk import WALKERS
 from .ring import FANOUT_MODES, RingConfig, compile_filter
 
 _KEYS = {"iface", "ifaces", "workers", "snaplen", "filter", "capture_only", "fanout",
          "rollover", "block_size", "block_nr", "retire_tov_ms", "hwtstamp", "netns",
-         "max_batch", "block_delay", "fanout_group"}
+         "max_batch", "block_delay", "fanout_group", "walker"}
 
 
 def parse_workers(value: Any) -> int:
@@ -61,6 +64,9 @@ def options_from_section(section: dict) -> tuple[list[str], int, dict]:
     fanout = section.get("fanout", "hash")
     if fanout not in FANOUT_MODES:
         raise ConfigError(f"capture fanout {fanout!r} is not one of {', '.join(FANOUT_MODES)}")
+    walker = section.get("walker", "auto")
+    if walker not in WALKERS:
+        raise ConfigError(f"capture walker {walker!r} is not one of {', '.join(WALKERS)}")
     flt = section.get("filter")
     opts = {
         "snaplen": int(section.get("snaplen", 96)),
@@ -76,6 +82,7 @@ def options_from_section(section: dict) -> tuple[list[str], int, dict]:
         "max_batch": int(section.get("max_batch", 8192)),
         "block_delay": float(section.get("block_delay", 0.0)),
         "fanout_group": section.get("fanout_group"),
+        "walker": walker,
     }
     RingConfig(iface=ifaces[0], snaplen=opts["snaplen"], block_size=opts["block_size"],
                block_nr=opts["block_nr"]).validate()
@@ -91,7 +98,8 @@ def ring_capture(iface: str, opts: dict, worker: int = 0,
                       netns=opts["netns"])
     return RingCapture(CaptureOptions(ring=ring, worker=worker, hwtstamp=opts["hwtstamp"],
                                       max_batch=opts["max_batch"],
-                                      block_delay=opts["block_delay"]))
+                                      block_delay=opts["block_delay"],
+                                      walker=opts.get("walker", "auto")))
 
 
 def build(section: dict, agent_cfg: Any = None):

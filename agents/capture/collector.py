@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from netevents.errors import CapabilityError
 
 from . import hwtstamp
+from .cwalk import SOURCE_NAME, FrameWalker, open_walker
 from .gaps import GapAccountant, describe
 from .ring import (
     BLOCK_STATUS_OFF,
@@ -27,9 +28,7 @@ from .ring import (
     TP_STATUS_USER,
     CaptureRing,
     RingConfig,
-    walk_block,
 )
-from .summary import columns
 
 log = logging.getLogger("netevents.agent.capture")
 
@@ -43,6 +42,8 @@ class CaptureOptions:
     max_batch: int = 8192
     block_delay: float = 0.0
     """Seconds to pause after each block: a deliberately slow consumer (tests, benchmarks)."""
+    walker: str = "auto"
+    """Block walker: ``auto`` (C if it builds, else Python), ``c`` or ``python`` (cwalk.py)."""
 
 
 class RingCapture:
@@ -63,6 +64,7 @@ class RingCapture:
         # Frames per batch: max_batch, and few enough that a batch stays far below the bus's
         # 8 MiB message limit whatever the snap length (the runner cannot split columns).
         self.batch_frames = max(1, min(opts.max_batch, (4 << 20) // (opts.ring.snaplen + 96)))
+        self.walker: FrameWalker | None = None
 
     @property
     def loss_place(self) -> str:
@@ -72,11 +74,20 @@ class RingCapture:
         opts = self.opts
         cfg = opts.ring
         sink.declare_loss(self.loss_place)
+        # Built (once per host, cached) in a thread, before the ring exists: a first compile
+        # takes a moment.
+        self.walker, why, fallback = await asyncio.to_thread(open_walker, opts.walker)
         if opts.hwtstamp:
             self.hwtstamp, line = hwtstamp.enable_for_capture(cfg.iface, cfg.netns)
             if line:  # one line per interface, however many workers
                 log.log(logging.WARNING if opts.worker == 0 else logging.DEBUG, "%s", line)
         ring = self.ring = CaptureRing(cfg).open()
+        if why:  # a fallback is one line per interface, however many workers
+            log.log(logging.WARNING if fallback and opts.worker == 0 else logging.DEBUG,
+                    "%s: %s", cfg.iface, why)
+            sink.state(SOURCE_NAME, "unavailable", why)
+        else:
+            sink.state(SOURCE_NAME, "running")
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         loop.add_reader(ring.fileno(), wake.set)
@@ -129,15 +140,15 @@ class RingCapture:
     async def _drain(self, sink, pace: bool = True) -> None:
         ring = self.ring
         assert ring is not None and ring.mm is not None
+        walker = self.walker
+        assert walker is not None
         acc = self.accountant
         mm = ring.mm
-        rows: list[tuple] = []
-        keys: list[tuple] = []
         batch_first = acc.next_frame
         try:
             while (off := ring.ready_block()) is not None:
-                start = len(rows)
-                info = walk_block(mm, off, rows, keys)
+                start = len(walker)
+                info = walker.walk(mm, off)
                 first, gaps = acc.on_block(info.seq, info.walked, info.first_ts, info.last_ts,
                                            bool(info.status & TP_STATUS_LOSING))
                 if start == 0:
@@ -158,23 +169,21 @@ class RingCapture:
                 acc.on_stats(st.packets, st.drops, st.freezes,
                              info.seq + 1 if _user(mm, off) else info.seq)
                 self.frames += info.walked
-                if len(rows) >= self.batch_frames:
-                    self._emit_frames(sink, rows, keys, batch_first)
-                    rows, keys = [], []
+                if len(walker) >= self.batch_frames:
+                    self._emit_frames(sink, walker, batch_first)
                 if pace:
                     # Let the batcher publish between blocks: a full ring is ~50k frames of work.
                     await asyncio.sleep(self.opts.block_delay)
         finally:
             # also when cancelled mid-drain: every walked frame is published
-            if rows:
-                self._emit_frames(sink, rows, keys, batch_first)
+            if len(walker):
+                self._emit_frames(sink, walker, batch_first)
 
-    def _emit_frames(self, sink, rows: list[tuple], keys: list[tuple], first_frame: int) -> None:
-        cols = columns(rows, keys,
-                       self.opts.worker if self.opts.ring.fanout_group is not None else None)
-        ts = cols["ts"]
+    def _emit_frames(self, sink, walker: FrameWalker, first_frame: int) -> None:
+        cols, t0, t1 = walker.take(
+            self.opts.worker if self.opts.ring.fanout_group is not None else None)
         acc = self.accountant
-        sink.emit_batch("frame", cols, t0=ts[0], t1=ts[-1], iface=self.opts.ring.iface,
+        sink.emit_batch("frame", cols, t0=t0, t1=t1, iface=self.opts.ring.iface,
                         worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp,
                         ring={"packets": acc.packets, "drops": acc.drops,
                               "freezes": acc.freezes},

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from netevents.errors import CapabilityError, ConfigError
 
-from .summary import parse_l3l4
+from .summary import columns, parse_l3l4
 
 # --- include/uapi/linux/if_ether.h, linux/socket.h, asm-generic/socket.h -------------------
 ETH_P_ALL = 0x0003
@@ -454,3 +454,29 @@ def walk_block(buf, off: int, rows: list[tuple], keys: list[tuple]) -> BlockInfo
     first_ts = rows[start][0] if walked else None
     last_ts = rows[-1][0] if walked else None
     return BlockInfo(seq, num, bstatus, first_ts, last_ts, walked)
+
+
+class PythonWalker:
+    """The pure-Python walker behind the collector's walker interface (cwalk.FrameWalker):
+    :func:`walk_block` into rows and keys, one :func:`summary.columns` transpose per batch.
+
+    The reference the C walker is held to, and the fallback where it cannot be built.
+    """
+
+    name = "python"
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.keys: list[tuple] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def walk(self, buf, off: int) -> BlockInfo:
+        return walk_block(buf, off, self.rows, self.keys)
+
+    def take(self, queue: int | None) -> tuple[dict[str, list], int, int]:
+        cols = columns(self.rows, self.keys, queue)
+        self.rows, self.keys = [], []
+        ts = cols["ts"]
+        return cols, ts[0], ts[-1]

@@ -80,14 +80,27 @@ def check_schema(batch) -> None:
     jsonschema.validate(json_view({**batch.header(), "events": batch.events}), schema)
 
 
+@pytest.fixture(params=["c", "python"])
+def walker(request) -> str:
+    """Each real-ring test once per block walker (the C one skips where it cannot be built)."""
+    if request.param == "c":
+        from agents.capture import cwalk
+
+        try:
+            cwalk.load()
+        except cwalk.BuildError as exc:
+            pytest.skip(f"the C walker cannot be built here: {exc}")
+    return request.param
+
+
 def counters(rows) -> list[int]:
     return [int.from_bytes(r["head"][42:46], "big") for r in rows]
 
 
 @pytest.mark.integration
-def test_frames_arrive_on_the_bus_with_their_keys(netns_pair, nats_url):
+def test_frames_arrive_on_the_bus_with_their_keys(netns_pair, nats_url, walker):
     a, b, prefix = netns_pair
-    _i, _w, opts = options_from_section({"iface": "veth-b", "netns": b.name})
+    _i, _w, opts = options_from_section({"iface": "veth-b", "netns": b.name, "walker": walker})
     cap = ring_capture("veth-b", opts)
 
     def drive() -> None:
@@ -125,17 +138,20 @@ def test_frames_arrive_on_the_bus_with_their_keys(netns_pair, nats_url):
     assert {r["ts_src"] for r in udp} == {1}
     assert {r["ts_src"] for r in out["frames"]} <= {0, 1}
     assert out["missed"] == 0 and out["status"]["lost"]["capture.ring.veth-b.w0"] == 0
+    # status says which walker ran: the C one, or why not
+    assert out["status"]["sources"]["capture.c_walker"]["state"] == (
+        "running" if walker == "c" else "unavailable")
 
 
 @pytest.mark.integration
-def test_overload_gaps_equal_tp_drops_exactly(netns_pair, nats_url):
+def test_overload_gaps_equal_tp_drops_exactly(netns_pair, nats_url, walker):
     """A tiny ring (2 blocks of 4 KiB), a slow consumer and a fast sender: the ring overflows.
     The gap records on the bus sum to the kernel's tp_drops, summaries + gaps == tp_packets,
     and each gap sits exactly where the sender's sequence numbers jump."""
     a, b, prefix = netns_pair
     _i, _w, opts = options_from_section({
         "iface": "veth-b", "netns": b.name, "block_size": 4096, "block_nr": 2,
-        "retire_tov_ms": 10, "block_delay": 0.002, "filter": UDP_9999})
+        "retire_tov_ms": 10, "block_delay": 0.002, "filter": UDP_9999, "walker": walker})
     cap = ring_capture("veth-b", opts)
     sent = 20_000
     out = asyncio.run(run_capture(nats_url, [cap],
