@@ -210,9 +210,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     from .bus import EmbeddedServer, connect
     from .consumers.correlate import Correlator, run_correlate
     from .consumers.view import FleetView
-    from .events import to_wire
-
     from .errors import ConfigError
+    from .events import to_wire
 
     if args.hosts < 3:
         raise ConfigError("--hosts must be at least 3")

@@ -36,6 +36,7 @@ import msgpack
 from netevents.codec import PackedColumns
 from netevents.errors import CapabilityError
 
+from ..base import cache_dir
 from .ring import BlockInfo, PythonWalker
 from .summary import COLUMNS
 
@@ -72,12 +73,7 @@ class FrameWalker(Protocol):
 
 
 def cache_root() -> Path:
-    env = os.environ.get("NETEVENTS_CACHE")
-    if env:
-        return Path(env) / "capture"
-    if os.geteuid() == 0:
-        return Path("/var/cache/netevents/capture")
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "netevents" / "capture"
+    return cache_dir("capture")
 
 
 def build(cache: Path | None = None) -> Path:

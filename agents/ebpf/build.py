@@ -23,6 +23,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base import cache_dir
+
 SOURCE = Path(__file__).with_name("kfree_skb.bpf.c")
 BTF = Path("/sys/kernel/btf/vmlinux")
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "ppc64le": "powerpc", "s390x": "s390",
@@ -40,12 +42,7 @@ class Built:
 
 
 def cache_root() -> Path:
-    env = os.environ.get("NETEVENTS_CACHE")
-    if env:
-        return Path(env) / "ebpf"
-    if os.geteuid() == 0:
-        return Path("/var/cache/netevents/ebpf")
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "netevents" / "ebpf"
+    return cache_dir("ebpf")
 
 
 def parse_reasons(vmlinux_h: str) -> dict[int, str]:

@@ -75,12 +75,13 @@ def _fields(text: str) -> dict[str, str]:
 
 def parse_line(line: str) -> Reset | None:
     """One line of trace_pipe text; None for anything that is not a well-formed reset."""
-    for marker, kind in ((" tcp_send_reset: ", SEND), (" tcp_receive_reset: ", RECEIVE)):
+    kind, f = None, {}
+    for marker, name in ((" tcp_send_reset: ", SEND), (" tcp_receive_reset: ", RECEIVE)):
         i = line.find(marker)
         if i >= 0:
-            f = _fields(line[i + len(marker):])
+            kind, f = name, _fields(line[i + len(marker):])
             break
-    else:
+    if kind is None:
         return None
     if kind == SEND:
         local, peer = _host_of(f.get("src", "")), _host_of(f.get("dest", ""))

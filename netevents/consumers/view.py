@@ -201,7 +201,7 @@ class FleetView:
             worst = Counter(self.peers)  # worst first: retransmits and resets together
             for (host, peer, _way), n in self.peer_resets.items():
                 worst[(host, peer)] += n
-            for (host, peer), n in worst.most_common(rows):
+            for (host, peer), _n in worst.most_common(rows):
                 out = self.peer_resets.get((host, peer, "sent"), 0)
                 rin = self.peer_resets.get((host, peer, "received"), 0)
                 lines.append(f"{self.peers.get((host, peer), 0):>10} {out:>8} {rin:>8}  {host:<16} {peer}")
