@@ -38,6 +38,7 @@ import hashlib
 import ipaddress
 import itertools
 import logging
+import socket
 import time
 import zlib
 from collections import Counter, OrderedDict, defaultdict, deque
@@ -61,6 +62,9 @@ _ARRIVING = (0, 1, 2)
 # Ethernet / IP constants (include/uapi/linux/if_ether.h, in.h).
 ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
+MAX_FRAME = 1522
+"""Longest standard Ethernet frame (1500 MTU + header + one VLAN tag). A longer TCP frame at a
+tap is a segmentation-offload super-packet (or a jumbo frame): see Departure.offload."""
 PAYLOAD_HASHED = 32
 """Bytes of L4 payload hashed into the fingerprint (both captures must have kept them)."""
 
@@ -105,6 +109,30 @@ def fingerprint(src: bytes | None, dst: bytes | None, l4: int | None, sport: int
         return None
     return hashlib.blake2b(b"".join((bytes(src), bytes(dst), repr((l4, sport, dport, ip_id, tcp_seq)).encode(),
                                      _l4_payload(head, l4))), digest_size=16).digest()
+
+
+def dropped_packet_fingerprint(event: dict) -> bytes | None:
+    """The :func:`fingerprint` of the packet a sampled drop event carries, or None.
+
+    Only the eBPF source's per-packet events qualify: their ``payload`` starts at the network
+    header (an Ethernet header is put in front, as the capture saw it) and their ``flow`` has
+    the IP ID and TCP sequence number the frames are matched by.
+    """
+    flow = event.get("flow")
+    payload = event.get("payload")
+    if event.get("source") != "ebpf" or not isinstance(flow, dict) or not isinstance(payload, bytes):
+        return None
+    src, dst = flow.get("src"), flow.get("dst")
+    if not isinstance(src, str) or not isinstance(dst, str):
+        return None
+    family, ethertype = (socket.AF_INET6, ETH_P_IPV6) if ":" in src else (socket.AF_INET, ETH_P_IP)
+    try:
+        raw_src, raw_dst = socket.inet_pton(family, src), socket.inet_pton(family, dst)
+    except OSError:
+        return None
+    head = b"\0" * 12 + ethertype.to_bytes(2, "big") + payload
+    return fingerprint(raw_src, raw_dst, flow.get("l4"), flow.get("sport"), flow.get("dport"),
+                       flow.get("ip_id"), flow.get("tcp_seq"), head)
 
 
 _ADDR_CACHE: dict[bytes, str | None] = {}
@@ -167,6 +195,10 @@ class Departure:
     ts_src: int
     dst: str | None
     src: str | None = None
+    offload: bool = False
+    """A TCP frame longer than any Ethernet frame: a segmentation-offload (GSO/TSO) super-packet
+    as the sender's tap saw it, which a qdisc, a device or the NIC may cut into segments on
+    the way: its absence at the receiver proves nothing."""
 
 
 @dataclass(slots=True)
@@ -183,9 +215,13 @@ class PairStats:
     delivered: int = 0
     lost: int = 0
     unknown: int = 0
+    unknown_offload: int = 0
+    """Of ``unknown``: offload super-packets that did not arrive whole (see Departure.offload)."""
     delays_ns: deque = field(default_factory=lambda: deque(maxlen=2048))
     ts_sources: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
+    named_by_packet: int = 0
+    """Losses whose reason is the drop event of that very packet (a sampled drop), not a vote."""
     first_ts: int | None = None
     last_ts: int | None = None
     reported_lost: int = 0
@@ -336,6 +372,8 @@ class Correlator:
         # path loss
         self.departures: OrderedDict[bytes, Departure] = OrderedDict()
         self.arrivals: OrderedDict[bytes, Arrival] = OrderedDict()
+        self.dropped_packets: OrderedDict[bytes, tuple[str, str, str]] = OrderedDict()
+        """Fingerprint of a packet a sampled drop event carries -> (entity, machine, reason)."""
         self.pairs: dict[tuple[str, str], PairStats] = {}
         self.pair_reported_at: dict[tuple[str, str], int] = {}
         self.capture_gaps: dict[str, deque[tuple[int, int | None, str]]] = defaultdict(
@@ -454,6 +492,13 @@ class Correlator:
             pair = (flow.get("src"), flow.get("dst")) if flow else None
             self._remember_drop(self.host_boot.get(batch.host) or batch.host,
                                 (last, entity, machine, reason, location, how, count, pair))
+            if count == 1 and flow is not None and e.get("payload"):
+                fp = dropped_packet_fingerprint(e)
+                if fp is not None:
+                    if len(self.dropped_packets) >= self.max_frames:
+                        self.dropped_packets.popitem(last=False)
+                        self.evicted["dropped_packets"] += 1
+                    self.dropped_packets[fp] = (entity, machine, reason)
             self._tally_drop(entity, reason, location, how, count)
             key = (reason, location)
             if self.part_n > 1 and partition_of(f"{reason}|{location}".encode(), self.part_n) != self.part_k:
@@ -547,6 +592,7 @@ class Correlator:
         id_c, seq_c = get("ip_id") or [None] * n, get("tcp_seq") or [None] * n
         head_c, dir_c = get("head") or [None] * n, get("dir") or [0] * n
         tss_c = get("ts_src") or [0] * n
+        len_c = get("len") or [0] * n
         host = batch.host
         if batch.missed:  # frame batches of this host we never saw: their time is a hole
             prev = self.frame_progress.get(host, batch.t0)
@@ -584,7 +630,8 @@ class Correlator:
                 if len(self.departures) >= self.max_frames:
                     self.departures.popitem(last=False)
                     self.evicted["frames"] += 1
-                self.departures[fp] = Departure(host, ts, tss, addr_text(dst_c[i]), src_t)
+                self.departures[fp] = Departure(host, ts, tss, addr_text(dst_c[i]), src_t,
+                                                l4_c[i] == IPPROTO_TCP and (len_c[i] or 0) > MAX_FRAME)
             elif d in _ARRIVING:
                 if d == 0:
                     self._learn_addr(addr_text(dst_c[i]), host)
@@ -820,11 +867,21 @@ class Correlator:
             expected = dep.ts + (sorted(delays)[len(delays) // 2] if delays else 0)
             if self._in_gap(b, expected):
                 p.unknown += 1
+            elif dep.offload:
+                p.unknown += 1  # cut into segments on the way, most likely: not a loss
+                p.unknown_offload += 1
             elif self.frame_progress.get(b, 0) < dep.ts:
                 p.unknown += 1  # B's capture never got past this time: it cannot tell
                 self.counts["unknown_receiver_silent"] += 1
             else:
                 p.lost += 1
+                hit = self.dropped_packets.pop(fp, None)
+                if hit is not None:  # the drop event of this very packet (sampled) names it
+                    entity, mach, reason = hit
+                    p.reasons[self._label(b, entity, mach, reason)] += 1
+                    p.named_by_packet += 1
+                    judged.add((dep.host, b))
+                    continue
                 # the drop volumes near the loss vote (a host's own drops before machine-wide)
                 near = self._drops_at(b, dep.ts - 2 * NS, dep.ts + 2 * NS, (dep.src, dep.dst))
                 near = [d for d in near if can_explain_path_loss(d["reason"], d["scope"])]
@@ -859,6 +916,16 @@ class Correlator:
             out.append(self._path_incident(key, p, now))
         return out
 
+    def _label(self, b: str, entity: str, machine: str, reason: str) -> str:
+        """How a drop at ``entity`` reads next to a loss toward ``b`` (as :meth:`_drops_at`)."""
+        if entity == b:
+            return reason
+        if entity.startswith("machine:"):
+            return f"{reason} (machine-wide)"
+        if entity.startswith("netns:") and machine == self._machine_of(b):
+            return f"{reason} (path ({entity[6:]}))"
+        return f"{reason} (at {entity})"
+
     def _in_gap(self, host: str, ts: int) -> bool:
         """Was ``host``'s capture blind at ``ts`` (expected arrival time)?
 
@@ -882,8 +949,10 @@ class Correlator:
         p50, p99 = _quantile(delays, 0.5), _quantile(delays, 0.99)
         reason = p.reasons.most_common(1)[0][0] if p.reasons else None
         summary = f"path {a} -> {b}: {p.lost} lost of {judged} ({pct:.1f}%)"
-        if p.unknown:
-            summary += f", {p.unknown} unknown (capture gap on {b})"
+        if p.unknown - p.unknown_offload:
+            summary += f", {p.unknown - p.unknown_offload} unknown (capture gap on {b})"
+        if p.unknown_offload:
+            summary += f", {p.unknown_offload} unknown (offload super-packets, cut up on the way)"
         if reason:
             summary += f"; coincides with drops on {b}: {reason}"
         if p50 is not None:
@@ -894,6 +963,8 @@ class Correlator:
             details={"from": a, "to": b, "delivered": p.delivered, "lost": p.lost,
                      "unknown": p.unknown, "new_lost": new_lost, "new_unknown": new_unknown,
                      "loss_pct": round(pct, 3), "reasons": dict(p.reasons),
+                     "reasons_by_packet": p.named_by_packet,
+                     "unknown_offload": p.unknown_offload,
                      "delay_ns": {"p50": p50, "p99": p99, "samples": len(delays),
                                   "min": min(delays) if delays else None},
                      "ts_src": dict(p.ts_sources),

@@ -178,7 +178,8 @@ class FleetView:
                 p99 = f"{r['p99_ns'] / 1e6:.3f}" if r.get("p99_ns") is not None else "-"
                 lines.append(f"{r['from']:<16} {r['to']:<16} {r['delivered']:>9} {r['lost']:>6} "
                              f"{pct:>6.1f} {r['unknown']:>7} {p50:>8} {p99:>8}  {r.get('reason') or '-'}")
-            lines.append("unknown = missing while the receiver's capture had a gap (not counted as lost)")
+            lines.append("unknown = missing while the receiver's capture had a gap, or an offload super-packet "
+                         "cut up on the way (not counted as lost)")
         elif view == "incidents":
             lines.append(f"{'type':<11} {'hosts':<34} summary")
             for _src, e in list(self.incidents)[::-1][:rows]:

@@ -89,6 +89,9 @@ def test_random_loss_on_the_link_is_measured_and_named_on_the_path(demo):
     reasons = [i["details"]["reasons"] for i in demo["incidents"]
                if i["type"] == "path_loss" and i["hosts"] in ([h1, h2], [h3, h2])]
     assert any(f"NETFILTER_DROP (path ({hub}))" in r for r in reasons), reasons[-2:]
+    # the demo samples every dropped packet: losses are named by the drop of that very packet
+    last = [i for i in demo["incidents"] if i["type"] == "path_loss" and i["hosts"] == [h3, h2]][-1]
+    assert last["details"]["reasons_by_packet"] >= last["details"]["lost"] // 2, last["details"]
 
 
 def test_full_udp_receive_buffer_is_attributed_to_its_host(demo):

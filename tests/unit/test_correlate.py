@@ -200,6 +200,42 @@ def test_loss_coinciding_with_a_drop_on_the_receiver_names_the_reason():
     assert "CPU_BACKLOG" in inc.summary and "drop" in inc.inputs
 
 
+def test_a_sampled_drop_of_the_very_packet_names_its_loss_over_the_vote():
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    _learn(c, seq)
+    base = T0 + 5 * NS
+    c.feed(frames("a", seq("a", "frame"), [(base + i, 4, "a", "b", i) for i in range(4)]))
+    # the bridge namespace on the path: a big tail-drop aggregate, and the eBPF source's
+    # per-packet record of frame 1 dropped by a firewall (payload from the network header)
+    c.feed(drop("b", seq("b", "drop"), "QDISC_DROP", "__dev_queue_xmit+0x1", 50, base,
+                source="ebpf", netns_name="hub"))
+    pkt = head_udp(ADDR["a"], ADDR["b"], 1, b"payload-000001" * 3, ttl=63)[14:]
+    c.feed(drop("b", seq("b", "drop"), "NETFILTER_DROP", "nft_do_chain+0x1", 1, base + 1,
+                source="ebpf", netns_name="hub", payload=pkt, orig_len=len(pkt),
+                flow={"src": "10.0.0.1", "dst": "10.0.0.2", "l4": 17, "sport": 4000,
+                      "dport": 5000, "ip_id": 1}))
+    inc = [i for i in tick(c, base + 2 * NS) if i.type == "path_loss"][0]
+    assert inc.details["lost"] == 4
+    assert inc.details["reasons"] == {"NETFILTER_DROP (path (hub))": 1, "QDISC_DROP (path (hub))": 3}
+    assert inc.details["reasons_by_packet"] == 1
+
+
+def test_an_offload_super_packet_missing_whole_at_the_receiver_is_unknown_not_lost():
+    # A TSO/GSO TCP super-packet seen at the sender's tap can be cut into segments on the way
+    # (tbf_segment, the NIC): the receiver sees other frames, so its absence proves nothing.
+    c, seq = Correlator(grace=1, report_interval=0), Seq()
+    _learn(c, seq)
+    base = T0 + 5 * NS
+    big = frames("a", seq("a", "frame"), [(base, 4, "a", "b", 7), (base + 1, 4, "a", "b", 8)])
+    big.events["l4"] = [6, 6]
+    big.events["tcp_seq"] = [1000, 2000]
+    big.events["len"] = [15_000, 1514]  # the first is a super-packet, the second a real frame
+    c.feed(big)
+    inc = [i for i in tick(c, base + 2 * NS) if i.type == "path_loss"][0]
+    assert (inc.details["lost"], inc.details["unknown"], inc.details["unknown_offload"]) == (1, 1, 1)
+    assert "offload" in inc.summary
+
+
 def test_machine_wide_reasons_are_only_those_that_can_sit_on_the_path():
     c, seq = Correlator(grace=1, report_interval=0), Seq()
     for h in ("a", "b"):
