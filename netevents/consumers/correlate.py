@@ -457,16 +457,14 @@ class Correlator:
         if batch.kind == "drop":
             return self._feed_drops(batch)
         if batch.kind == "gap":
-            touched = set()
             for e in batch.events:
                 after, before = e.get("after_ts"), e.get("before_ts")
                 start = after if after is not None else batch.t0
                 self.capture_gaps[batch.host].append((int(start), before, str(e.get("iface"))))
                 st = self._frame_stream(batch.host, _ring_key(batch.run, e.get("iface"), e.get("worker")))
                 st.gaps_seen += 1
-                touched.add(id(st))
                 self._release(st)
-            if touched:
+            if batch.events:
                 self._host_progress(batch.host)
             return []
         if batch.kind == "frame":
