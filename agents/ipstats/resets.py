@@ -33,6 +33,8 @@ import os
 from collections import Counter
 from typing import NamedTuple
 
+from netevents.errors import CapabilityError
+
 from .sockdiag import in_netns
 
 SEND, RECEIVE = "sent", "received"
@@ -191,8 +193,6 @@ class ResetTracer:
                 for fd in fds:
                     if fd >= 0:
                         os.close(fd)
-                from netevents.errors import CapabilityError
-
                 raise CapabilityError("procfs", f"cannot open {exc.filename}: {exc.strerror}") from exc
             return fds
 
