@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from netevents.errors import CapabilityError
 
-from .ring import in_netns
+from ..netns import entered
 
 # include/uapi/linux/sockios.h
 SIOCETHTOOL = 0x8946
@@ -79,7 +79,7 @@ def _ioctl(iface: str, request: int, payload: bytes, netns: str | None) -> bytes
         raise CapabilityError("hwtstamp", f"interface name {iface!r} is too long")
     buf = ctypes.create_string_buffer(payload, len(payload))
     ifr = IFREQ.pack(iface.encode(), ctypes.addressof(buf))
-    with in_netns(netns):
+    with entered(netns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         fcntl.ioctl(sock.fileno(), request, ifr)

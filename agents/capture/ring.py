@@ -31,12 +31,11 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from netevents.errors import CapabilityError, ConfigError
 
+from ..netns import entered
 from .summary import columns, parse_l3l4
 
 # --- include/uapi/linux/if_ether.h, linux/socket.h, asm-generic/socket.h -------------------
@@ -194,38 +193,6 @@ def compile_filter(expr: str) -> list[tuple[int, int, int, int]]:
     return parse_bpf_ddd(proc.stdout)
 
 
-CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def in_netns(name: str | None) -> Iterator[None]:
-    """Run the block with this thread in network namespace ``name`` (sockets made there stay there).
-
-    Raises:
-        CapabilityError: if the namespace does not exist or setns(2) is refused.
-    """
-    if not name:
-        yield
-        return
-    try:
-        target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    except OSError:
-        raise CapabilityError("capture", f"no network namespace {name!r}") from None
-    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise CapabilityError("capture", f"setns({name}): {os.strerror(ctypes.get_errno())}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home, CLONE_NEWNET) != 0:  # pragma: no cover - cannot really fail
-                raise OSError(ctypes.get_errno(), "setns back to the original namespace")
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 class _BpfProgram:
     """A sock_fprog whose instruction array stays alive as long as this object."""
 
@@ -245,7 +212,7 @@ def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) ->
 def preflight(cfg: RingConfig) -> None:
     """Check, cheaply, that a ring could be opened: the interface exists (in its namespace) and
     AF_PACKET sockets are allowed. Raises CapabilityError naming what is missing."""
-    with in_netns(cfg.netns):
+    with entered(cfg.netns):
         try:
             socket.if_nametoindex(cfg.iface)
         except OSError:
@@ -276,7 +243,7 @@ class CaptureRing:
     # -- set-up ------------------------------------------------------------------------------
     def open(self) -> CaptureRing:
         cfg = self.cfg
-        with in_netns(cfg.netns):
+        with entered(cfg.netns):
             try:
                 self.ifindex = socket.if_nametoindex(cfg.iface)
             except OSError:

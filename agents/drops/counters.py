@@ -26,6 +26,7 @@ from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
 
+from ..netns import enter as enter_netns
 from ..netstat import read_proc, read_rtnl
 from ..netstat.parse import CounterDeltas, Sample
 
@@ -86,27 +87,6 @@ def drop_events(samples: list[Sample], deltas: CounterDeltas, now_ns: int,
     return events
 
 
-CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
-
-
-def _setns(name: str) -> None:
-    """Move the calling thread into the named network namespace (os.setns is 3.12+).
-
-    Raises:
-        OSError: no such namespace, or no CAP_SYS_ADMIN.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into netns {name!r}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 class CounterDrops:
     """Collector: every ``interval`` s, the increase of each drop counter as a drop event.
 
@@ -127,16 +107,16 @@ class CounterDrops:
         self._missing: set[str] = set()
         self.netns_inode: int | None = None
         self._ipr: Any = None
-        self._init_error: OSError | None = None
+        self._init_error: Exception | None = None
 
     # -- runs in the reader thread (possibly inside another netns) -----------------------------
     def _init_thread(self) -> None:
         if self.netns:
             try:
-                _setns(self.netns)
-            except OSError as exc:
+                enter_netns(self.netns)
+            except CapabilityError as exc:
                 self._init_error = exc
-                raise
+                raise OSError(str(exc)) from exc
         with contextlib.suppress(OSError):
             self.netns_inode = os.stat("/proc/thread-self/ns/net").st_ino
 

@@ -15,8 +15,8 @@ import os
 
 from netevents.errors import CapabilityError
 
+from ..netns import in_netns
 from ..netstat.parse import parse_snmp
-from .sockdiag import in_netns
 
 # /proc/net is /proc/self/net, and "self" is the thread group leader: a thread that entered
 # another namespace must open /proc/thread-self/net to see that namespace's counters.

@@ -18,16 +18,15 @@ older kernels hand in a shorter struct and the missing tail reads as absent).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
 import struct
-import threading
-from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from netevents.errors import CapabilityError
+
+from ..netns import in_netns
 
 # include/uapi/linux/netlink.h
 NETLINK_SOCK_DIAG = 4
@@ -96,7 +95,6 @@ TCP_INFO_LEN_DSACK = 220       # tcpi_dsack_dups present (Linux 5.0)
 assert TCP_INFO_LEN == 248, TCP_INFO_LEN
 _PAD = bytes(TCP_INFO_LEN)
 
-CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
 
 
 class TcpSock(NamedTuple):
@@ -221,61 +219,6 @@ def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
                 raise NetlinkError(-err)
         off += (nl_len + 3) & ~3
     return done
-
-
-# -- network namespaces -------------------------------------------------------------------------
-
-T = TypeVar("T")
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def netns_path(netns: str) -> str:
-    """A namespace name (``ip netns``) or a path (``/proc/PID/ns/net``) as a path."""
-    return netns if "/" in netns else f"/run/netns/{netns}"
-
-
-def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
-    """Call ``fn`` with the calling context switched into network namespace ``netns``.
-
-    Runs ``fn`` in a fresh thread that enters the namespace and then ends, so the caller's
-    threads (and the event loop) never change namespace. Sockets and /proc/net files opened by
-    ``fn`` stay bound to that namespace for their whole life: the kernel ties a netlink socket
-    and a /proc/net seq file to the namespace current at creation/open time.
-
-    Raises:
-        CapabilityError: if the namespace cannot be opened or entered (not root, no such name).
-    """
-    if not netns:
-        return fn()
-    path = netns_path(netns)
-    result: list = []
-
-    def enter() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            result.append(CapabilityError("netns", f"cannot open network namespace {path}: {exc.strerror}"))
-            return
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                result.append(CapabilityError(
-                    "CAP_SYS_ADMIN", f"cannot enter network namespace {path}: {os.strerror(err)}"))
-                return
-        finally:
-            os.close(fd)
-        try:
-            result.append(fn())
-        except BaseException as exc:  # handed to the caller's thread below
-            result.append(exc)
-
-    t = threading.Thread(target=enter, name=f"netns-enter:{netns}", daemon=True)
-    t.start()
-    t.join()
-    value = result[0]
-    if isinstance(value, BaseException):
-        raise value
-    return value
 
 
 def _netlink_socket(rcvbuf: int) -> socket.socket:
