@@ -182,23 +182,6 @@ async def cmd_tail(args: argparse.Namespace) -> int:
                       count=args.count, timeout=args.timeout, credentials=_credentials(args))
 
 
-async def _feed_view(bus: Bus, view: Any, stop: asyncio.Event, ready: asyncio.Event) -> Any:
-    sub = bus.subscribe()
-    async with sub:
-        ready.set()
-        loop = asyncio.get_running_loop()
-        next_lag = loop.time()
-        while not stop.is_set():
-            batch = await sub.next(timeout=0.2)
-            if batch is not None:
-                view.feed(batch)
-            if loop.time() >= next_lag:
-                view.lag = await sub.lag()
-                next_lag = loop.time() + 1.0
-        view.lag = await sub.lag()
-    return sub
-
-
 class _Keys:
     """Single keypresses from a terminal, without blocking the loop (cbreak mode, restored)."""
 
@@ -253,7 +236,7 @@ async def _progress(view: Any, stop: asyncio.Event, started: float, every: float
 async def cmd_up(args: argparse.Namespace) -> int:
     from agents.config import build_collectors
 
-    from .consumers.view import FleetView
+    from .consumers.view import FleetView, feed_view
 
     cfg = agent_config(args, default_sources=DEFAULT_SOURCES)
     collectors = build_collectors(cfg)
@@ -276,7 +259,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
         async with connect(url, name="netevents-up", streams=True) as bus:
             async with asyncio.TaskGroup() as tg:
                 ready = asyncio.Event()
-                feeder = tg.create_task(_feed_view(bus, view, view_stop, ready))
+                feeder = tg.create_task(feed_view(bus, view, view_stop, ready=ready))
                 await ready.wait()
                 tg.create_task(_stop_after(agent_stop, args.duration))
                 if interactive:
@@ -300,7 +283,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def cmd_top(args: argparse.Namespace) -> int:
-    from .consumers.view import FleetView
+    from .consumers.view import FleetView, feed_view
 
     view = FleetView()
     stop = asyncio.Event()
@@ -308,7 +291,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
     async with connect(args.bus, name="netevents-top", credentials=_credentials(args)) as bus:
         async with asyncio.TaskGroup() as tg:
             ready = asyncio.Event()
-            tg.create_task(_feed_view(bus, view, stop, ready))
+            tg.create_task(feed_view(bus, view, stop, ready=ready))
             tg.create_task(_stop_after(stop, args.duration))
             await ready.wait()
             if sys.stdout.isatty() and args.duration is None:

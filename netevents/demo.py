@@ -214,7 +214,7 @@ def descendants(pid: int, marker: str) -> list[int]:
 async def run_demo(args: argparse.Namespace) -> int:
     from .bus import EmbeddedServer, connect
     from .consumers.correlate import Correlator, run_correlate
-    from .consumers.view import FleetView
+    from .consumers.view import FleetView, feed_view
     from .errors import ConfigError
     from .events import to_wire
 
@@ -252,7 +252,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         async with connect(url, name="netevents-demo", streams=True) as bus:
             ready = asyncio.Event()
             corr_ready = asyncio.Event()
-            tasks = [asyncio.create_task(_feed(bus, view, stop, ready)),
+            tasks = [asyncio.create_task(feed_view(bus, view, stop, ready=ready)),
                      asyncio.create_task(run_correlate(url, stop=stop, correlator=corr,
                                                        token="correlator-demo", site="demo",
                                                        ready=corr_ready, tick_interval=0.5,
@@ -356,17 +356,6 @@ async def run_demo(args: argparse.Namespace) -> int:
 def seen_hosts(view: Any) -> set[str]:
     """Hosts whose agent sent a status (FleetView keys its agents by (host, run))."""
     return {k[0] if isinstance(k, tuple) else k for k in view.agents}
-
-
-async def _feed(bus: Any, view: Any, stop: asyncio.Event, ready: asyncio.Event) -> None:
-    sub = bus.subscribe()
-    async with sub:
-        ready.set()
-        while not stop.is_set():
-            batch = await sub.next(timeout=0.2)
-            if batch is not None:
-                view.feed(batch)
-        view.lag = await sub.lag()
 
 
 async def _capture_gap(agent: subprocess.Popen, sender: subprocess.Popen, stop: asyncio.Event,

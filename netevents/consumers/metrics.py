@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError
-from .view import FleetView
+from .view import FleetView, feed_view
 
 log = logging.getLogger("netevents.metrics")
 
@@ -157,18 +157,10 @@ async def run_metrics(url: str | None, listen: str, *, stop: asyncio.Event,
         if started is not None:
             started(bound)
         try:
-            sub = bus.subscribe()
-            async with sub:
-                loop = asyncio.get_running_loop()
-                next_snap = loop.time()
-                while not stop.is_set():
-                    batch = await sub.next(timeout=0.2)
-                    if batch is not None:
-                        view.feed(batch)
-                    if loop.time() >= next_snap:
-                        next_snap = loop.time() + refresh
-                        view.lag = await sub.lag()
-                        collector.snapshot = families(view, dict(sub.rejected))
+            def snap(sub: Any) -> None:
+                collector.snapshot = families(view, dict(sub.rejected))
+
+            await feed_view(bus, view, stop, every=refresh, on_refresh=snap)
         finally:
             httpd.shutdown()
             httpd.server_close()

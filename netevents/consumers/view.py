@@ -243,3 +243,29 @@ class FleetView:
             lines.append(f"this viewer fell behind: {self.lag['slow_consumer_drops']} messages "
                          "dropped as a slow consumer")
         return "\n".join(lines)
+
+
+async def feed_view(bus: Any, view: FleetView, stop: Any, *, ready: Any = None,
+                    every: float = 1.0, on_refresh: Any = None) -> Any:
+    """Feed ``view`` from a live subscription to every kind until ``stop`` is set; every
+    ``every`` seconds refresh ``view.lag`` (and call ``on_refresh(sub)``). Sets ``ready`` once
+    subscribed. Returns the subscription (its ``rejected`` counts)."""
+    import asyncio
+
+    sub = bus.subscribe()
+    async with sub:
+        if ready is not None:
+            ready.set()
+        loop = asyncio.get_running_loop()
+        next_refresh = loop.time()
+        while not stop.is_set():
+            batch = await sub.next(timeout=0.2)
+            if batch is not None:
+                view.feed(batch)
+            if loop.time() >= next_refresh:
+                next_refresh = loop.time() + every
+                view.lag = await sub.lag()
+                if on_refresh is not None:
+                    on_refresh(sub)
+        view.lag = await sub.lag()
+    return sub
