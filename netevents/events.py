@@ -257,6 +257,13 @@ BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
+def ring_key(host: str, run: str, iface: Any, worker: Any) -> tuple[str, str, str, int]:
+    """The capture ring a frame batch (batch fields) or a gap event belongs to:
+    (host, run, iface, worker); ``worker`` defaults to 0 as on the wire. Frame batches count the
+    gap records of their ring (``gaps_before``): readers match the two by this key."""
+    return host, run, str(iface), worker if isinstance(worker, int) else 0
+
+
 def fields_of(kind: str) -> list[dataclasses.Field]:
     return list(dataclasses.fields(RECORDS[kind]))
 

@@ -231,9 +231,10 @@ class PeerAccountant:
                 acc = self._acc[key] = [0] * _N
             acc[_SLOT["resets" if kind == "sent" else "resets_in"]] += n
 
-    def known_cookies(self) -> set[int]:
-        """Cookies of the sockets this accountant follows (the namespace's own)."""
-        return set(self.baselines) | set(self._tombstones)
+    def __contains__(self, cookie: object) -> bool:
+        """Is ``cookie`` one of the sockets this accountant follows (the namespace's own)?
+        A live answer (no copy), safe to ask from another thread between windows."""
+        return cookie in self.baselines or cookie in self._tombstones
 
     def destroyed(self, socks: Iterable[TcpSock]) -> None:
         """Account the final counters of destroyed sockets (from the destroy multicast)."""

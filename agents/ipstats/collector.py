@@ -249,6 +249,7 @@ class IpstatsCollector:
             sink.state(self.name, "running", f"without per-peer resets: {exc}")
             log.warning("ipstats: running without per-peer resets: %s", exc)
             return
+        self.tracer.counter.cookies = self.accountant  # the namespace's sockets, as they are
         asyncio.get_running_loop().add_reader(self.tracer.fd, self.tracer.drain)
 
     def _take_resets(self, sink: Sink) -> dict | None:
@@ -261,9 +262,7 @@ class IpstatsCollector:
         if lost:
             sink.lost("ipstats.reset_overrun", lost)
         counts = tracer.counter.take()
-        # for the next window: this namespace's sockets and addresses as they are now
-        tracer.counter.cookies = self.accountant.known_cookies()
-        tracer.refresh_addresses()
+        tracer.refresh_addresses()  # for the next window: the namespace's addresses as they are now
         return counts
 
     def _take_pending(self) -> list[TcpSock]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import Counter
+from collections.abc import Container
 from typing import NamedTuple
 
 from netevents.errors import CapabilityError
@@ -133,7 +134,8 @@ class ResetCounter:
 
     def __init__(self) -> None:
         self.addresses: set[str] = set()
-        self.cookies: set[int] | frozenset[int] = frozenset()
+        self.cookies: Container[int] = frozenset()
+        """The namespace's socket cookies (the collector hands in its PeerAccountant)."""
         self.counts: Counter[tuple[str, str, str]] = Counter()
         """(kind, local, peer) -> resets in the window."""
         self.other_namespaces = 0

@@ -54,6 +54,7 @@ from typing import Any, BinaryIO
 
 from .. import __version__
 from ..codec import Batch
+from ..events import ring_key
 from ..pcapng import (
     EnhancedPacket,
     InterfaceDescription,
@@ -807,7 +808,7 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
                             ready.append(batch)      # gaps first: frames due now may need them
                             if batch.kind == "gap":
                                 for e in batch.events:
-                                    gaps_seen[_ring(batch.host, batch.run, e.get("iface"),
+                                    gaps_seen[ring_key(batch.host, batch.run, e.get("iface"),
                                                     e.get("worker"))] += 1
                         if len(ready) + len(held) >= max_held + GROUP:
                             break
@@ -832,10 +833,6 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
     return {**files.current(), "paths": [str(p) for p in files.files]}
 
 
-def _ring(host: str, run: str, iface: Any, worker: Any) -> tuple[str, str, str, int]:
-    return host, run, str(iface), worker if isinstance(worker, int) else 0
-
-
 def _release_known(held: deque[tuple[float, Batch]], gaps_seen: Counter,
                    ready: list[Batch]) -> deque[tuple[float, Batch]]:
     """Move to ``ready`` the held frame batches whose ring's earlier gap records have all
@@ -844,7 +841,7 @@ def _release_known(held: deque[tuple[float, Batch]], gaps_seen: Counter,
     blocked: set[tuple] = set()
     for item in held:
         b = item[1]
-        ring = _ring(b.host, b.run, b.fields.get("iface"), b.fields.get("worker"))
+        ring = ring_key(b.host, b.run, b.fields.get("iface"), b.fields.get("worker"))
         gb = b.fields.get("gaps_before")
         owed = gb.get("records") if isinstance(gb, dict) else None
         if ring not in blocked and type(owed) is int and gaps_seen[ring] >= owed:

@@ -47,7 +47,7 @@ from typing import Any
 
 from ..codec import Batch
 from ..errors import ConfigError
-from ..events import IncidentEvent
+from ..events import IncidentEvent, ring_key
 
 log = logging.getLogger("netevents.correlate")
 
@@ -293,10 +293,6 @@ def parse_partition(text: str) -> tuple[int, int]:
     return k, n
 
 
-def _ring_key(run: str, iface: Any, worker: Any) -> tuple[str, str, int]:
-    return run, str(iface), worker if isinstance(worker, int) else 0
-
-
 SOURCE_NAMES = {0: "fallback", 1: "software", 2: "hardware"}
 
 
@@ -461,7 +457,7 @@ class Correlator:
                 after, before = e.get("after_ts"), e.get("before_ts")
                 start = after if after is not None else batch.t0
                 self.capture_gaps[batch.host].append((int(start), before, str(e.get("iface"))))
-                st = self._frame_stream(batch.host, _ring_key(batch.run, e.get("iface"), e.get("worker")))
+                st = self._frame_stream(batch.host, ring_key(batch.host, batch.run, e.get("iface"), e.get("worker")))
                 st.gaps_seen += 1
                 self._release(st)
             if batch.events:
@@ -595,7 +591,7 @@ class Correlator:
         if batch.missed:  # frame batches of this host we never saw: their time is a hole
             prev = self.frame_progress.get(host, batch.t0)
             self.capture_gaps[host].append((prev, batch.t0, "missed-batches"))
-        st = self._frame_stream(host, _ring_key(batch.run, batch.fields.get("iface"),
+        st = self._frame_stream(host, ring_key(host, batch.run, batch.fields.get("iface"),
                                                 batch.fields.get("worker")))
         gb = batch.fields.get("gaps_before")
         needed = gb.get("records") if isinstance(gb, dict) else None
@@ -609,7 +605,7 @@ class Correlator:
         for i in range(n):
             if part_n > 1:
                 a, b = src_c[i], dst_c[i]
-                if not a or not b or zlib.crc32(a + b if a < b else b + a) % part_n != part_k:
+                if not a or not b or partition_of(a + b if a < b else b + a, part_n) != part_k:
                     continue  # another member's path (both directions of a pair go together)
             fp = fingerprint(src_c[i], dst_c[i], l4_c[i], sp_c[i], dp_c[i], id_c[i], seq_c[i], head_c[i])
             if fp is None:
