@@ -19,7 +19,6 @@ Command-line options override the file. Each source validates its own section wi
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import tomllib
 import typing
@@ -144,19 +143,3 @@ def load_file(path: str | Path) -> AgentConfig:
         if section.get("enabled", True):
             cfg.sources[name] = {k: v for k, v in section.items() if k != "enabled"}
     return cfg
-
-
-def build_collectors(cfg: AgentConfig) -> list[Any]:
-    """Instantiate the enabled sources through the ``agents.SOURCES`` registry.
-
-    Raises:
-        ConfigError: from a source's own validation.
-    """
-    from . import SOURCES
-
-    collectors = []
-    for name, section in cfg.sources.items():
-        module_name, _, func = SOURCES[name].partition(":")
-        build = getattr(importlib.import_module(module_name), func)
-        collectors.append(build(section, cfg))
-    return collectors

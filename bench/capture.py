@@ -117,7 +117,7 @@ async def agent_run(pair: Pair, url: str, pcap: Path, workers: int, pps: int | N
         sub = bus.subscribe(["frame", "gap", "status"], hosts=[host])
         await sub.start()
         agent = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netevents.cli", "agent", "--bus", url, "--host", host,
+            sys.executable, "-m", "netevents.app", "agent", "--bus", url, "--host", host,
             "--config", str(conf), "--capture", "veth-b", "--workers", str(workers), cwd=ROOT,
             stderr=asyncio.subprocess.DEVNULL)
 

@@ -3,10 +3,11 @@
 Python runs one core per process, so rates beyond one core come from ``PACKET_FANOUT``: every
 worker process opens its own ring on the same interface and joins the same fanout group (one
 group id per capture), and the kernel spreads the frames (by flow hash, cpu, or rx queue;
-optionally rolling over to a member whose ring has room). Each worker runs its own
-:class:`~agents.runner.AgentRunner` with one :class:`~agents.capture.collector.RingCapture`
-and its own bus connection, so its frames, gaps and status (with its own run id and its own
-loss counters) go straight to the bus.
+optionally rolling over to a member whose ring has room). Each worker is an agent of its
+own, assembled by :mod:`agents.compose` from the same ``[agent]`` options as its parent (status
+interval, batching, queues, spool, credentials), with one
+:class:`~agents.capture.collector.RingCapture` and its own bus connection, so its frames, gaps
+and status (with its own run id and its own loss counters) go straight to the bus.
 
 :class:`CaptureSupervisor` is the collector the agent runs: it owns the configuration, installs
 the capture-only tc drop if asked, starts the workers (``python -m agents.capture.workers
@@ -26,7 +27,11 @@ import signal
 import sys
 from typing import Any
 
-from netevents.errors import CapabilityError
+from netevents.bus import default_url
+from netevents.errors import BusError, CapabilityError
+
+from ..config import AgentConfig, section_to
+from .config import CaptureConfig, capture_config, ring_capture
 
 log = logging.getLogger("netevents.agent.capture")
 
@@ -43,27 +48,11 @@ class CaptureSupervisor:
 
     name = "capture"
 
-    def __init__(self, ifaces: list[str], workers: int, section: dict, agent_cfg: Any = None,
-                 *, bus_url: str | None = None, host: str | None = None,
-                 site: str | None = None) -> None:
-        from netevents.bus import default_url
-
-        from . import options_from_section
-
-        self.ifaces = ifaces
-        self.workers = workers
-        self.section = {k: v for k, v in section.items() if k not in ("iface", "ifaces", "workers")}
-        self.opts = options_from_section({**self.section, "iface": ifaces[0]})[2]
-        self.bus_url = bus_url or getattr(agent_cfg, "bus", None) or default_url()
-        self.host = host or getattr(agent_cfg, "host", None) or "localhost"
-        self.site = site or getattr(agent_cfg, "site", None) or "local"
-        # The agent's bus credentials (files; --creds, --tls-* or [agent]) for the workers'
-        # own connections; credentials in the environment reach them anyway.
-        self.credentials = {k: getattr(agent_cfg, k, None)
-                            for k in ("creds", "nkey_seed", "tls_ca", "tls_cert", "tls_key")}
-        # Each worker spools on its own while the bus is away (agents/spool.py).
-        self.spool_base = agent_cfg.spool_path() if hasattr(agent_cfg, "spool_path") else None
-        self.spool_max_mb = getattr(agent_cfg, "spool_max_mb", 256.0)
+    def __init__(self, cfg: CaptureConfig, agent_cfg: AgentConfig | None = None) -> None:
+        self.cfg = cfg
+        self.agent = agent_cfg if agent_cfg is not None else AgentConfig()
+        self.ifaces = cfg.interfaces
+        self.workers = cfg.worker_count
         self.restart_delay = 1.0
         self.max_restart_delay = 30.0
         self.procs: dict[tuple[str, int], asyncio.subprocess.Process] = {}
@@ -72,22 +61,26 @@ class CaptureSupervisor:
         self.started = asyncio.Event()
 
     def worker_config(self, iface: str, index: int, worker: int) -> dict:
-        group = self.section.get("fanout_group")
-        group = (int(group) + index) & 0xFFFF if group is not None else fanout_group_for(index)
+        """What one worker process is handed: its ring, the capture section and every
+        ``[agent]`` option but the bus URL (which may hold a password: it goes in the
+        environment, readable by the same user only, not on the command line)."""
+        group = self.cfg.fanout_group
+        group = (group + index) & 0xFFFF if group is not None else fanout_group_for(index)
+        agent = {f: getattr(self.agent, f) for f in self.agent.__dataclass_fields__
+                 if f not in ("bus", "sources")}
         return {"iface": iface, "worker": worker, "workers": self.workers,
-                "fanout_group": group, "section": self.section, "bus": self.bus_url,
-                "host": self.host, "site": self.site, "credentials": self.credentials,
-                "spool": str(self.spool_base / f"capture-{iface}-{worker}") if self.spool_base else None,
-                "spool_max_mb": self.spool_max_mb}
+                "fanout_group": group, "agent": agent,
+                "capture": {**self.cfg.section(), "iface": iface, "ifaces": [], "workers": 1},
+                "spool": str(self.agent.spool_path() / f"capture-{iface}-{worker}")}
 
     async def run(self, sink) -> None:
         sink.declare_loss("capture.worker_exits")
         drops = []
-        if self.opts["capture_only"]:
+        if self.cfg.capture_only:
             from .tcdrop import IngressDrop
 
             for iface in self.ifaces:
-                d = IngressDrop(iface, self.opts["netns"])
+                d = IngressDrop(iface, self.cfg.netns)
                 d.install()  # raises CapabilityError: then nothing else starts
                 drops.append(d)
         try:
@@ -107,13 +100,10 @@ class CaptureSupervisor:
         key = (cfg["iface"], cfg["worker"])
         delay = self.restart_delay
         while True:
-            # The bus URL may hold a password: it goes in the environment (readable by the
-            # same user only), not on the command line (readable by everyone in /proc).
-            argv_cfg = {k: v for k, v in cfg.items() if k != "bus"}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agents.capture.workers", json.dumps(argv_cfg),
+                sys.executable, "-m", "agents.capture.workers", json.dumps(cfg),
                 stderr=asyncio.subprocess.PIPE, cwd=_project_root(),
-                env={**os.environ, "NETEVENTS_BUS": cfg["bus"]})
+                env={**os.environ, "NETEVENTS_BUS": self.agent.bus or default_url()})
             self.procs[key] = proc
             last = ""
             try:
@@ -167,18 +157,30 @@ def _project_root() -> str:
 # ---------------------------------------------------------------------------------------------
 # The worker process
 
-async def worker_main(cfg: dict) -> int:
-    from agents.runner import AgentRunner, RunnerOptions
-    from netevents.bus import Credentials, connect
-    from netevents.errors import BusError
+class _EndsTheWorker:
+    """The worker's one collector: when it ends (it could not set its ring up, or failed),
+    the worker has nothing left to do and stops."""
 
-    from . import options_from_section, ring_capture
+    name = "capture"
+
+    def __init__(self, capture: Any, stop: asyncio.Event) -> None:
+        self.capture = capture
+        self.stop = stop
+
+    async def run(self, sink) -> None:
+        try:
+            await self.capture.run(sink)
+        finally:
+            self.stop.set()
+
+
+async def worker_main(spec: dict) -> int:
+    from ..compose import connect_agent, run_agent
     from .ring import preflight
 
-    section = {**cfg["section"], "iface": cfg["iface"]}
-    opts = options_from_section(section)[2]
-    cap = ring_capture(cfg["iface"], opts, worker=cfg["worker"],
-                       fanout_group=cfg["fanout_group"] if cfg["workers"] > 1 else None)
+    agent = section_to(AgentConfig, spec["agent"], "agent").validate()
+    cap = ring_capture(spec["iface"], capture_config(spec["capture"]), worker=spec["worker"],
+                       fanout_group=spec["fanout_group"] if spec["workers"] > 1 else None)
     try:
         preflight(cap.opts.ring)  # a capture that cannot run here must not wait for the bus
     except CapabilityError as exc:
@@ -189,41 +191,18 @@ async def worker_main(cfg: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with connect(cfg.get("bus"), name=f"netevents-capture-{cfg['iface']}-{cfg['worker']}",
-                           credentials=Credentials(**(cfg.get("credentials") or {}))) as bus:
-            publisher: Any = bus
-            if cfg.get("spool"):
-                from agents.spool import ReliablePublisher, Spool
-
-                publisher = ReliablePublisher(bus, Spool(
-                    cfg["spool"], max_bytes=int(cfg.get("spool_max_mb", 256.0) * (1 << 20))))
-            runner = AgentRunner(publisher, [cap], RunnerOptions(host=cfg["host"], site=cfg["site"]))
-
-            async def watch() -> None:
-                # A ring that cannot be set up ends the worker with EXIT_UNAVAILABLE.
-                while cap.ring is None and not stop.is_set():
-                    state = runner.sources.get("capture", {})
-                    if state.get("state") in ("unavailable", "failed"):
-                        stop.set()
-                        return
-                    await asyncio.sleep(0.05)
-
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(watch())
-                    await runner.run(stop)
-            finally:
-                if publisher is not bus:
-                    await publisher.close()
+        async with connect_agent(agent, f"netevents-capture-{spec['iface']}-{spec['worker']}") as bus:
+            runner = await run_agent(agent, [_EndsTheWorker(cap, stop)], bus, stop,
+                                     control=False, spool_dir=spec["spool"])
     except BusError as exc:
-        print(f"capture worker {cfg['worker']}: bus: {exc}", file=sys.stderr)
+        print(f"capture worker {spec['worker']}: bus: {exc}", file=sys.stderr)
         return 1
     state = runner.sources.get("capture", {})
     if state.get("state") in ("unavailable", "failed"):
         print(state.get("reason", "unavailable"), file=sys.stderr)
         return EXIT_UNAVAILABLE
     if cap.invariant_error:
-        print(f"capture worker {cfg['worker']}: {cap.invariant_error}", file=sys.stderr)
+        print(f"capture worker {spec['worker']}: {cap.invariant_error}", file=sys.stderr)
     return 0
 
 

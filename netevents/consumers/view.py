@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,9 @@ class FleetView:
         """host -> runs that ended without a final status (killed), seen when a new run began."""
         self.lag: dict[str, int] = {}
         """This viewer's own backlog (Subscription.lag()), refreshed by the feeding loop."""
+        self.on_status: Callable[[str, dict[str, Any]], None] | None = None
+        """Called with (host, status event) for every status fed: how a caller waits for an
+        agent's first or final status without polling the view."""
 
     def _bounded(self, counter: Counter, key: Any, n: int) -> None:
         if key not in counter and len(counter) >= self.max_keys:
@@ -89,6 +93,8 @@ class FleetView:
                                 and run not in self.unclean_ends.get(host, ()):
                             self.unclean_ends.setdefault(host, []).append(run)
                 self.agents[key] = AgentHealth(batch.run, time.monotonic(), e)
+                if self.on_status is not None:
+                    self.on_status(batch.host, e)
         elif batch.kind == "drop":
             for e in batch.events:
                 key = (batch.host, str(e.get("reason")), str(e.get("location") or "?"))

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from agents.capture import hwtstamp
+from agents.capture import capture_config, hwtstamp
 from agents.capture.workers import CaptureSupervisor
+from agents.config import AgentConfig
 from netevents.bus import connect
 from tests.capture.test_capture_filter import UDP_9999
 from tests.conftest import ROOT
@@ -20,7 +21,7 @@ SENDER = ("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "netevents.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "netevents.app", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -60,7 +61,7 @@ def test_agent_command_captures_with_two_workers(netns_pair, nats_url, tmp_path)
             sub = bus.subscribe(["frame", "status"], hosts=["clihost"])
             await sub.start()
             agent = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "netevents.cli", "agent", "--bus", nats_url, "--host",
+                sys.executable, "-m", "netevents.app", "agent", "--bus", nats_url, "--host",
                 "clihost", "--config", str(conf), "--capture", "veth-b", "--workers", "2",
                 "--filter", UDP_9999, "--duration", "60", cwd=ROOT,
                 stderr=asyncio.subprocess.PIPE)
@@ -101,7 +102,8 @@ def test_agent_command_captures_with_two_workers(netns_pair, nats_url, tmp_path)
 
 
 def test_supervisor_reports_a_worker_that_cannot_run():
-    sup = CaptureSupervisor(["nosuch-if8"], 2, {"hwtstamp": False}, bus_url="nats://127.0.0.1:1")
+    sup = CaptureSupervisor(capture_config({"iface": "nosuch-if8", "workers": 2, "hwtstamp": False}),
+                            AgentConfig(bus="nats://127.0.0.1:1"))
 
     class Sink:
         lost_counts: dict = {}

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from agents.capture import RingCapture, build, options_from_section, parse_workers
+from agents.capture import RingCapture, build, capture_config, parse_workers
 from agents.capture.workers import CaptureSupervisor
+from agents.config import AgentConfig
 from netevents.errors import ConfigError
 
 
@@ -26,10 +27,12 @@ def test_workers_auto_and_numbers():
     ({"iface": "eth0", "block_size": 1000}, "block_size 1000"),
     ({"iface": "eth0", "snaplen": 0}, "snaplen 0"),
     ({"iface": "eth0", "filter": "2\n6 0 0 0"}, "capture filter"),
+    ({"iface": "eth0", "snaplen": "abc"}, r"\[capture\] snaplen"),
+    ({"iface": "eth0", "hwtstamp": "false"}, r"\[capture\] hwtstamp"),
 ])
 def test_bad_sections_are_one_clear_error(section, message):
     with pytest.raises(ConfigError, match=message):
-        options_from_section(section)
+        capture_config(section)
 
 
 def test_build_picks_in_process_or_workers():
@@ -37,14 +40,14 @@ def test_build_picks_in_process_or_workers():
     assert isinstance(build({"iface": "eth0", "workers": 2}), CaptureSupervisor)
     assert isinstance(build({"ifaces": ["eth0", "eth1"]}), CaptureSupervisor)
     assert isinstance(build({"iface": "eth0", "capture_only": True}), CaptureSupervisor)
-    ifaces, workers, opts = options_from_section({"iface": "eth0", "ifaces": ["eth1"],
-                                                  "rollover": True, "fanout": "cpu"})
-    assert ifaces == ["eth0", "eth1"] and workers == 1
-    assert opts["fanout_rollover"] and opts["fanout_mode"] == "cpu" and opts["snaplen"] == 96
+    cfg = capture_config({"iface": "eth0", "ifaces": ["eth1"], "rollover": True, "fanout": "cpu"})
+    assert cfg.interfaces == ["eth0", "eth1"] and cfg.worker_count == 1
+    assert cfg.rollover and cfg.fanout == "cpu" and cfg.snaplen == 96
 
 
 def test_fanout_group_ids_differ_per_interface():
-    sup = CaptureSupervisor(["eth0", "eth1"], 2, {}, bus_url="nats://127.0.0.1:4222")
+    sup = CaptureSupervisor(capture_config({"ifaces": ["eth0", "eth1"], "workers": 2}),
+                            AgentConfig(bus="nats://127.0.0.1:4222"))
     g0 = sup.worker_config("eth0", 0, 0)["fanout_group"]
     assert g0 == sup.worker_config("eth0", 0, 1)["fanout_group"]
     assert g0 != sup.worker_config("eth1", 1, 0)["fanout_group"]

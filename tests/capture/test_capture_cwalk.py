@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.capture import cwalk, options_from_section
+from agents.capture import capture_config, cwalk
 from agents.capture.ring import (
     BLOCK_DESC,
     TP_STATUS_LOSING,
@@ -268,9 +268,9 @@ def test_forcing_python_by_option_or_environment(c_cache, monkeypatch):
 
 
 def test_walker_option_is_validated():
-    assert options_from_section({"iface": "eth0", "walker": "python"})[2]["walker"] == "python"
+    assert capture_config({"iface": "eth0", "walker": "python"}).walker == "python"
     with pytest.raises(ConfigError, match="capture walker 'fast'"):
-        options_from_section({"iface": "eth0", "walker": "fast"})
+        capture_config({"iface": "eth0", "walker": "fast"})
 
 
 def test_packed_columns_decode_to_the_batch_they_encode(c_cache):

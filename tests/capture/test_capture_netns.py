@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from agents.capture import options_from_section, ring_capture
+from agents.capture import capture_config, ring_capture
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
 from netevents.events import json_view
@@ -100,7 +100,7 @@ def counters(rows) -> list[int]:
 @pytest.mark.integration
 def test_frames_arrive_on_the_bus_with_their_keys(netns_pair, nats_url, walker):
     a, b, prefix = netns_pair
-    _i, _w, opts = options_from_section({"iface": "veth-b", "netns": b.name, "walker": walker})
+    opts = capture_config({"iface": "veth-b", "netns": b.name, "walker": walker})
     cap = ring_capture("veth-b", opts)
 
     def drive() -> None:
@@ -149,7 +149,7 @@ def test_overload_gaps_equal_tp_drops_exactly(netns_pair, nats_url, walker):
     The gap records on the bus sum to the kernel's tp_drops, summaries + gaps == tp_packets,
     and each gap sits exactly where the sender's sequence numbers jump."""
     a, b, prefix = netns_pair
-    _i, _w, opts = options_from_section({
+    opts = capture_config({
         "iface": "veth-b", "netns": b.name, "block_size": 4096, "block_nr": 2,
         "retire_tov_ms": 10, "block_delay": 0.002, "filter": UDP_9999, "walker": walker})
     cap = ring_capture("veth-b", opts)
@@ -205,8 +205,8 @@ def test_overload_gaps_equal_tp_drops_exactly(netns_pair, nats_url, walker):
 def test_unknown_interface_is_a_capability_error():
     from netevents.errors import CapabilityError
 
-    cap = ring_capture("no-such-if0", options_from_section({"iface": "no-such-if0",
-                                                             "hwtstamp": False})[2])
+    cap = ring_capture("no-such-if0", capture_config({"iface": "no-such-if0",
+                                                       "hwtstamp": False}))
 
     class Sink:
         def declare_loss(self, place):
@@ -227,9 +227,9 @@ def test_stopping_mid_traffic_keeps_the_accounting_exact_also_for_fanout_members
     group = 0x4E00 | (socket.inet_aton(f"{prefix}.1")[2] & 0xFF)
     caps = []
     for w in range(2):
-        _i, _wk, opts = options_from_section({"iface": "veth-b", "netns": b.name,
-                                              "filter": UDP_9999, "hwtstamp": False,
-                                              "block_size": 65536, "block_nr": 4})
+        opts = capture_config({"iface": "veth-b", "netns": b.name,
+                               "filter": UDP_9999, "hwtstamp": False,
+                               "block_size": 65536, "block_nr": 4})
         caps.append(ring_capture("veth-b", opts, worker=w, fanout_group=group))
     flood = a.name
 

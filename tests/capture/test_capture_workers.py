@@ -8,7 +8,9 @@ from collections import defaultdict
 
 import pytest
 
+from agents.capture import capture_config
 from agents.capture.workers import CaptureSupervisor
+from agents.config import AgentConfig
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
 from tests.capture.test_capture_filter import UDP_9999
@@ -27,7 +29,7 @@ for _ in range(per):
 
 async def run_supervised(nats_url: str, sup: CaptureSupervisor, drive, workers: int) -> dict:
     out: dict = {"frames": defaultdict(list), "gaps": [], "final": {}, "missed": 0, "sup_run": None}
-    async with connect(nats_url) as bus:
+    async with connect(nats_url, streams=True) as bus:  # workers publish with JetStream acks
         sub = bus.subscribe(["frame", "gap", "status"], hosts=["captest"])
         await sub.start()
         runner = AgentRunner(bus, [sup], RunnerOptions(host="captest", max_wait=0.05))
@@ -76,7 +78,8 @@ async def run_supervised(nats_url: str, sup: CaptureSupervisor, drive, workers: 
 def test_fanout_two_workers_split_the_frames_and_account_for_all(netns_pair, nats_url):
     a, b, prefix = netns_pair
     section = {"netns": b.name, "filter": UDP_9999, "fanout": "hash"}
-    sup = CaptureSupervisor(["veth-b"], 2, section, bus_url=nats_url, host="captest")
+    sup = CaptureSupervisor(capture_config({**section, "iface": "veth-b", "workers": 2}),
+                            AgentConfig(bus=nats_url, host="captest"))
     flows, per = 16, 125
 
     def drive() -> None:
@@ -145,7 +148,8 @@ def test_capture_only_frames_are_captured_and_not_delivered(netns_pair, nats_url
                 lis.kill()
 
     section = {"netns": b.name, "filter": UDP_9999, "capture_only": capture_only}
-    sup = CaptureSupervisor(["veth-b"], 1, section, bus_url=nats_url, host="captest")
+    sup = CaptureSupervisor(capture_config({**section, "iface": "veth-b"}),
+                            AgentConfig(bus=nats_url, host="captest"))
     out = asyncio.run(run_supervised(nats_url, sup, drive, workers=1))
     frames = out["frames"][0]
     assert len(frames) + sum(g["lost"] for g in out["gaps"]) == 200
@@ -161,8 +165,9 @@ def test_a_killed_worker_is_restarted_and_counted(netns_pair, nats_url):
     import time
 
     _a, b, _prefix = netns_pair
-    sup = CaptureSupervisor(["veth-b"], 2, {"netns": b.name, "hwtstamp": False},
-                            bus_url=nats_url, host="captest")
+    sup = CaptureSupervisor(capture_config({"iface": "veth-b", "workers": 2, "netns": b.name,
+                                            "hwtstamp": False}),
+                            AgentConfig(bus=nats_url, host="captest"))
     sup.restart_delay = 0.2
 
     def drive() -> None:
@@ -180,3 +185,75 @@ def test_a_killed_worker_is_restarted_and_counted(netns_pair, nats_url):
     assert sup.exits == 1
     assert out["final"][out["sup_run"]]["lost"]["capture.worker_exits"] == 1
     assert len(out["final"]) == 3  # supervisor + the restarted worker + the other worker
+
+
+FLOOD = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+         "for i in range(int(sys.argv[2])):\n    s.sendto(b'q'*40,(sys.argv[1],9999))\n")
+
+
+@pytest.mark.integration
+def test_capture_workers_honour_the_agent_section(netns_pair, nats_url, tmp_path):
+    """Workers are assembled by agents.compose like the agent: [agent] status_interval and
+    batch_max_events from the config file change what each worker publishes."""
+    import time
+
+    from tests.conftest import ROOT
+
+    a, b, prefix = netns_pair
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        f'[agent]\nhost = "honour"\nstatus_interval = 0.3\nbatch_max_events = 1\n'
+        f'spool_dir = "{tmp_path / "spool"}"\n\n'
+        f'[capture]\niface = "veth-b"\nnetns = "{b.name}"\nworkers = 2\nhwtstamp = false\n'
+        f'block_size = 4096\nblock_nr = 2\nretire_tov_ms = 10\nblock_delay = 0.002\n')
+
+    async def collect() -> tuple[dict[str, list[float]], dict[str, list[int]], set[str]]:
+        statuses: dict[str, list[float]] = {}
+        gap_sizes: dict[str, list[int]] = {}
+        workers: set[str] = set()
+        async with connect(nats_url) as bus:
+            sub = bus.subscribe(["status", "gap"], hosts=["honour"])
+            await sub.start()
+            agent = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "netevents.app", "agent", "--bus", nats_url,
+                "--config", str(conf), "--duration", "60", cwd=ROOT,
+                stderr=asyncio.subprocess.PIPE)
+            sender = None
+            t_end = time.monotonic() + 45
+            while time.monotonic() < t_end:
+                batch = await sub.next(timeout=1)
+                if batch is None:
+                    continue
+                if batch.kind == "gap":
+                    gap_sizes.setdefault(batch.run, []).append(len(batch))
+                    continue
+                st = batch.events[0]
+                statuses.setdefault(batch.run, []).append(time.monotonic())
+                if any(k.startswith("capture.ring.") for k in st["lost"]):
+                    workers.add(batch.run)
+                if len(workers) == 2 and sender is None:
+                    sender = await asyncio.create_subprocess_exec(
+                        "ip", "netns", "exec", a.name, sys.executable, "-c", FLOOD,
+                        f"{prefix}.2", "30000")
+                if sender is not None and sender.returncode is None:
+                    continue
+                if sender is not None and all(len(statuses[w]) >= 6 for w in workers) \
+                        and gap_sizes:
+                    break
+            if sender is not None:
+                await sender.wait()
+            agent.terminate()
+            err = await agent.stderr.read()
+            assert await agent.wait() == 0, err.decode()
+        return statuses, gap_sizes, workers
+
+    statuses, gap_sizes, workers = asyncio.run(collect())
+    assert len(workers) == 2, statuses
+    for w in workers:
+        times = statuses[w]
+        assert len(times) >= 6      # every 0.3 s (the default 5 s would give 1 or 2 here)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert sorted(gaps)[len(gaps) // 2] < 1.0
+    worker_gaps = [n for run, sizes in gap_sizes.items() if run in workers for n in sizes]
+    assert len(worker_gaps) >= 2, gap_sizes   # the flood overran the tiny rings
+    assert set(worker_gaps) == {1}            # batch_max_events = 1: one gap record a batch

@@ -69,7 +69,7 @@ def publish(url, batches, pace=0.0):
 def start_archiver(url: str, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "netevents.cli", "archive", "--out", str(out), "--bus", url,
+        [sys.executable, "-m", "netevents.app", "archive", "--out", str(out), "--bus", url,
          "--durable", "t-archive", "--gap-wait", "0.3", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -138,7 +138,7 @@ def test_archive_several_hosts_rotation_and_verify(nats_url, tmp_path):
     assert sum(d["dropcount"] for d in docs) == lost
     assert all(not d["missed_batches"] for d in docs)
     # the CLI's verify: exit 0 and a readable report
-    p = subprocess.run([sys.executable, "-m", "netevents.cli", "verify", *map(str, files)],
+    p = subprocess.run([sys.executable, "-m", "netevents.app", "verify", *map(str, files)],
                        cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "frame.drop_count total" in p.stdout and "FAIL" not in p.stdout
@@ -230,7 +230,7 @@ def test_two_archivers_share_the_fleet_by_host(nats_url, tmp_path):
     publish(nats_url, batches)
     outs = {"web": tmp_path / "web", "db": tmp_path / "db"}
     procs = {name: subprocess.Popen(
-        [sys.executable, "-m", "netevents.cli", "archive", "--out", str(out), "--bus", nats_url,
+        [sys.executable, "-m", "netevents.app", "archive", "--out", str(out), "--bus", nats_url,
          "--durable", f"arch-{name}", "--host", f"{name}-*", "--gap-wait", "0.3"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for name, out in outs.items()}

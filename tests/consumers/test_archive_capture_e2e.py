@@ -39,14 +39,14 @@ for i in range(n):
 
 def test_capture_gaps_land_in_the_archive_as_drop_counts(netns_pair, nats_url, tmp_path):
     a, b, prefix = netns_pair
-    _i, _w, opts = capture.options_from_section({
+    opts = capture.capture_config({
         "iface": "veth-b", "netns": b.name, "block_size": 4096, "block_nr": 2,
         "retire_tov_ms": 10, "block_delay": 0.002, "hwtstamp": False})
     cap = capture.ring_capture("veth-b", opts)
     out = tmp_path / "arch"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     archiver = subprocess.Popen(
-        [sys.executable, "-m", "netevents.cli", "archive", "--out", str(out), "--bus", nats_url,
+        [sys.executable, "-m", "netevents.app", "archive", "--out", str(out), "--bus", nats_url,
          "--durable", "t-e2e", "--gap-wait", "0.5"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

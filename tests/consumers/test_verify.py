@@ -36,7 +36,7 @@ def test_verify_passes_a_good_file(tmp_path):
     rep = verify_mod.verify(path)
     assert rep.ok, rep.text()
     assert rep.facts["tshark_frames"] == 23 and rep.facts["tshark_dropcount"] == 9
-    p = subprocess.run([sys.executable, "-m", "netevents.cli", "verify", str(path)], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "netevents.app", "verify", str(path)], cwd=ROOT,
                        capture_output=True, text=True)
     assert p.returncode == 0 and ": OK" in p.stdout
 
@@ -51,7 +51,7 @@ def test_verify_fails_when_counts_disagree(tmp_path):
     rep = verify_mod.verify(path)
     assert not rep.ok
     assert any(ln.startswith("FAIL") and "drop count: file 9, archive wrote 10" in ln for ln in rep.lines)
-    p = subprocess.run([sys.executable, "-m", "netevents.cli", "verify", str(path)], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "netevents.app", "verify", str(path)], cwd=ROOT,
                        capture_output=True, text=True)
     assert p.returncode == 1 and "FAILED" in p.stdout
 

@@ -31,7 +31,7 @@ from netevents.codec import decode_batch
 
 from .servers import NATS_CONFS, NatsProcess, PortMap, rewrite_conf
 
-NETEVENTS = [sys.executable, "-m", "netevents.cli"]
+NETEVENTS = [sys.executable, "-m", "netevents.app"]
 SITE = "clu"
 HOSTS = ("node-a", "node-b")
 AGENT_SECONDS = 14.0

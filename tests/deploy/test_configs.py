@@ -166,7 +166,7 @@ def test_tls_conf_admits_a_client_certificate_and_refuses_a_client_without(tmp_p
 
         asyncio.run(main())
         # The command line takes the same files.
-        out = subprocess.run([sys.executable, "-m", "netevents.cli", "tail", "--bus", url,
+        out = subprocess.run([sys.executable, "-m", "netevents.app", "tail", "--bus", url,
                               "--timeout", "0.5", "--tls-ca", str(pki / "ca.crt"), "--tls-cert",
                               str(pki / "client.crt"), "--tls-key", str(pki / "client.key")],
                              capture_output=True, text=True, timeout=60)

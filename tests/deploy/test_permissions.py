@@ -24,7 +24,7 @@ from netevents.errors import BusError
 
 from .servers import NATS_CONFS, NatsProcess, PortMap, rewrite_conf
 
-NETEVENTS = [sys.executable, "-m", "netevents.cli"]
+NETEVENTS = [sys.executable, "-m", "netevents.app"]
 
 
 def batch(host: str, seq: int = 1, kind: str = "drop", site: str = "dc1") -> Batch:

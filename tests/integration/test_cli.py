@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-NETEVENTS = [sys.executable, "-m", "netevents.cli"]
+NETEVENTS = [sys.executable, "-m", "netevents.app"]
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ def demo():
     if not Path("/sys/kernel/tracing/events/skb/kfree_skb").exists():
         pytest.skip("needs tracefs with the skb:kfree_skb tracepoint")
     before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
-    proc = subprocess.run([sys.executable, "-m", "netevents.cli", "demo", "--duration", "22", "--json",
+    proc = subprocess.run([sys.executable, "-m", "netevents.app", "demo", "--duration", "22", "--json",
                            "--loss", "5"],
                           cwd=ROOT, capture_output=True, text=True, timeout=150)
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

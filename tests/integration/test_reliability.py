@@ -15,7 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from netevents.bus import EmbeddedServer
 from netevents.codec import decode_batch
 
-NETEVENTS = [sys.executable, "-m", "netevents.cli"]
+NETEVENTS = [sys.executable, "-m", "netevents.app"]
 
 
 def free_port() -> int:

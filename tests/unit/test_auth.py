@@ -141,7 +141,7 @@ def test_auth_command_line(tmp_path):
     import subprocess
     import sys
 
-    cli = [sys.executable, "-m", "netevents.cli", "auth"]
+    cli = [sys.executable, "-m", "netevents.app", "auth"]
     fleet = ["--fleet", str(tmp_path / "f")]
     bad = subprocess.run([*cli, "add-host", "web-1.example.com", *fleet], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid host 'web-1.example.com'" in bad.stderr

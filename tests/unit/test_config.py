@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import build_collectors, load_file
+from agents.compose import build_collectors
+from agents.config import load_file
 from netevents.errors import ConfigError
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "agent.toml"

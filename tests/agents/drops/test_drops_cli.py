@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "netevents.cli", *args], cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "netevents.app", *args], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, **kw)
 
@@ -33,7 +33,7 @@ def test_import_publishes_the_capture(nats_url):
             sub = bus.subscribe(["drop"], hosts=["old-host"])
             await sub.start()
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "netevents.cli", "import", str(SAMPLE), "--bus", nats_url,
+                sys.executable, "-m", "netevents.app", "import", str(SAMPLE), "--bus", nats_url,
                 "--host", "old-host", "--site", "lab", cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "netevents.cli", *args], cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, "-m", "netevents.app", *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=timeout)
 
 
@@ -27,7 +27,7 @@ def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
 def agent(nats_url, tmp_path):
     host = f"ipst-cli-{uuid.uuid4().hex[:6]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "netevents.cli", "agent", "--bus", nats_url, "--host", host,
+        [sys.executable, "-m", "netevents.app", "agent", "--bus", nats_url, "--host", host,
          "--ipstats-level", "diagnostics", "--duration", "60", "--spool", str(tmp_path / "spool")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -17,7 +17,7 @@ mechanisms:
                     to host 3: its ring overflows, the gap record says so, and the frames
                     missing at host 3 in that time are *unknown*, not lost
 
-Where the agents run (the choice the brief asks to state): in the ROOT namespace, one agent
+Where the agents run: in the ROOT namespace, one agent
 process per host with per-namespace options -- ``[capture] netns``, ``[drops] netns`` (counter
 drops), ``[ipstats] netns`` -- publishing to the embedded server on 127.0.0.1. A process inside
 a namespace could not reach the root namespace's loopback, and giving the bridge an address
@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CapabilityError
+from ..errors import CapabilityError
+from .ui import draw
 
 log = logging.getLogger("netevents.demo")
 
@@ -59,7 +60,7 @@ def _run(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.
 
 
 @dataclass
-class Fleet:
+class DemoNetwork:
     """The namespaces and links of the demo; :meth:`build` makes them, :meth:`remove` undoes."""
 
     hosts: int = 3
@@ -127,7 +128,7 @@ class Fleet:
 
 
 def ebpf_available() -> bool:
-    """Does this tree's drops source accept the eBPF event source (agents/ebpf, issue 7)?"""
+    """Does the drops source accept the eBPF event source here (it needs BTF and root)?"""
     from agents.config import AgentConfig
     from agents.drops import build
 
@@ -138,7 +139,7 @@ def ebpf_available() -> bool:
     return True
 
 
-def agent_config(fleet: Fleet, host: str, url: str, spool: Path, kernel_wide: bool) -> str:
+def agent_toml(fleet: DemoNetwork, host: str, url: str, spool: Path, kernel_wide: bool) -> str:
     """The TOML of one host's agent (runs in the root namespace, reads the host's namespace)."""
     sources = ['"counter"']
     extra = ""
@@ -212,17 +213,17 @@ def descendants(pid: int, marker: str) -> list[int]:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    from .bus import EmbeddedServer, connect
-    from .consumers.correlate import Correlator, run_correlate
-    from .consumers.view import FleetView, feed_view
-    from .errors import ConfigError
-    from .events import to_wire
+    from ..bus import EmbeddedServer, connect
+    from ..consumers.correlate import Correlator, run_correlate
+    from ..consumers.view import FleetView, feed_view
+    from ..errors import ConfigError
+    from ..events import to_wire
 
     if args.hosts < 3:
         raise ConfigError("--hosts must be at least 3")
     if not 0 <= args.loss <= 100:
         raise ConfigError(f"--loss must be a percentage from 0 to 100, got {args.loss:g}")
-    fleet = Fleet(hosts=args.hosts)
+    fleet = DemoNetwork(hosts=args.hosts)
     procs = Processes()
     work = Path(tempfile.mkdtemp(prefix="netevents-demo-"))
     server = EmbeddedServer(work / "nats", port=0)
@@ -234,6 +235,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     corr = Correlator(window=10.0, grace=2.0, report_interval=3.0)
     view = FleetView()
     view.correlator = corr
+    all_up = asyncio.Event()
+    view.on_status = lambda host, st: (all_up.set() if set(fleet.names) <= seen_hosts(view)
+                                       else None)
     interactive = args.duration is None and sys.stdout.isatty()
     if interactive:  # the live view owns the terminal: incidents are in its [i] view
         logging.getLogger("netevents").setLevel(logging.WARNING)
@@ -246,8 +250,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         agents: dict[str, subprocess.Popen] = {}
         for i, host in enumerate(fleet.names):
             cfg_path = work / f"{host}.toml"
-            cfg_path.write_text(agent_config(fleet, host, url, work / f"spool-{host}", kernel_wide=(i == 0)))
-            agents[host] = procs.start(host, [sys.executable, "-m", "netevents.cli", "agent",
+            cfg_path.write_text(agent_toml(fleet, host, url, work / f"spool-{host}", kernel_wide=(i == 0)))
+            agents[host] = procs.start(host, [sys.executable, "-m", "netevents.app", "agent",
                                               "--config", str(cfg_path)], work / f"agent-{host}.log")
         async with connect(url, name="netevents-demo", streams=True) as bus:
             ready = asyncio.Event()
@@ -260,11 +264,9 @@ async def run_demo(args: argparse.Namespace) -> int:
             await ready.wait()
             await corr_ready.wait()
             # wait for every host's first status (its sources are running)
-            deadline = loop.time() + 20
-            while loop.time() < deadline and not stop.is_set():
-                if all(h in seen_hosts(view) for h in fleet.names):
-                    break
-                await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(20):
+                    await all_up.wait()
             for host, p in agents.items():
                 if p.poll() is not None or host not in seen_hosts(view):
                     tail = (work / f"agent-{host}.log").read_text(errors="replace").strip().splitlines()[-1:]
@@ -286,16 +288,14 @@ async def run_demo(args: argparse.Namespace) -> int:
             for host, spec in traffic.items():
                 spec.setdefault("rate", 50)
                 gens[host] = procs.start(f"traffic-{host}", ["ip", "netns", "exec", host, sys.executable,
-                                                           "-m", "netevents.demo_traffic", json.dumps(spec)],
+                                                           "-m", "netevents.app.demo_traffic", json.dumps(spec)],
                                          work / f"traffic-{host}.log")
             say("traffic and faults running: lossy link hub->" + h2 + ", firewall on " + h3
                 + ", full UDP buffer on " + h1)
             tasks.append(asyncio.create_task(_capture_gap(agents[h3], gens[h1], stop, say, events_log,
                                                           delay=6.0)))
             if interactive:
-                from .cli import _draw
-
-                await _draw(view, stop, "paths")
+                await draw(view, stop, "paths")
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(args.duration):

@@ -1,6 +1,6 @@
 """Traffic of one demo host (run inside its namespace by `netevents demo`; stops on SIGTERM).
 
-``python -m netevents.demo_traffic '{"udp_peers": [...], ...}'``:
+``python -m netevents.app.demo_traffic '{"udp_peers": [...], ...}'``:
 
     udp_peers   addresses sent a numbered UDP datagram (port 5000) ``rate`` times a second
     tcp_to      address a TCP stream is written to (port 5001), paced

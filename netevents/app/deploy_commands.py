@@ -1,0 +1,124 @@
+"""The commands that set a fleet up: `auth` (per-host NATS users, :mod:`netevents.auth`) and
+`streams` (create the JetStream streams once)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Any
+
+from ..auth import Fleet, host_token
+from ..bus import connect, default_url, redact_url
+from ..errors import BusError
+from ..subjects import check_token
+from .options import add_bus_options, credentials, positive
+
+
+async def cmd_auth(args: argparse.Namespace) -> int:
+    return _run_auth(args)
+
+
+async def cmd_streams(args: argparse.Namespace) -> int:
+    url = args.bus or default_url()
+    async with connect(url, name="netevents-streams", reconnect=False,
+                       credentials=credentials(args)) as bus:
+        try:
+            async with asyncio.timeout(args.timeout):
+                await bus.ensure_streams(replicas=args.replicas)
+        except TimeoutError:
+            raise BusError(f"streams not created within {args.timeout:g}s (may this user "
+                           "publish on $JS.API.STREAM.>? is JetStream enabled?)") from None
+    print(f"netevents streams: NETEVENTS_EVENTS, NETEVENTS_STATS, NETEVENTS_FRAMES present on {redact_url(url)}")
+    return 0
+
+
+def add_deploy_parsers(sub: Any) -> None:
+    """`auth` and `streams`."""
+    _add_auth_parser(sub, cmd_auth)
+    p = sub.add_parser("streams", help="create the JetStream streams (idempotent)",
+                       description="Create the netevents streams on a server, for deployments "
+                       "where agents may only publish their own subjects (deploy/README.md).")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="stream replicas: 3 on a 3-node cluster (default $NETEVENTS_REPLICAS or 1)")
+    p.add_argument("--timeout", type=positive, default=15.0, metavar="S", help=argparse.SUPPRESS)
+    add_bus_options(p)
+    p.set_defaults(func=cmd_streams)
+
+
+def _run_auth(args: argparse.Namespace) -> int:
+    """`netevents auth ...`. Raises ConfigError (exit 2) for bad names or an existing user."""
+    fleet = Fleet(args.fleet)
+    if args.auth_cmd == "render":
+        print(f"netevents auth: wrote {fleet.save()}")
+        return 0
+    if args.auth_cmd == "list":
+        for u in sorted(fleet.users.values(), key=lambda u: u.name):
+            print(f"{u.name}\t{u.role}\t{'bcrypt' if u.password.startswith('$2') else 'plain'}")
+        return 0
+    if args.auth_cmd == "remove":
+        fleet.remove(args.user)
+        print(f"netevents auth: removed {args.user}; reload the server (nats-server --signal reload)")
+        return 0
+    role = args.auth_cmd if args.auth_cmd != "add-host" else "agent"
+    host = getattr(args, "host", None)
+    if role == "agent":
+        host = args.name if not args.token else host_token(args.name)
+        check_token(host, "host")
+    roles = [role] + (["leaf"] if role == "agent" and args.leaf else [])
+    for r in roles:
+        user, env = fleet.add(r, args.name, args.bus, site=args.site, host=host,
+                              rotate=args.rotate, plain=args.plain)
+        kind = "bcrypt" if user.password.startswith("$2") else "plain (no bcrypt here)"
+        print(f"netevents auth: {user.name} ({r}, password {kind}); credentials in {env}; "
+              f"server include {fleet.root / 'auth.conf'} (reload the server to apply)")
+    return 0
+
+
+def _add_auth_parser(sub: Any, func: Any) -> None:
+    """The `netevents auth` subcommands."""
+    p = sub.add_parser("auth", help="per-host NATS users and the server's authorization block",
+                       description="Manage the fleet's NATS users in a directory: fleet.json, "
+                       "auth.conf (include it in the server config) and credentials/<user>.env "
+                       "(NETEVENTS_BUS with user and password; an EnvironmentFile). "
+                       "See deploy/README.md.")
+    asub = p.add_subparsers(dest="auth_cmd", metavar="ACTION", required=True)
+
+    def common(q: argparse.ArgumentParser, new_user: bool = True) -> None:
+        q.add_argument("--fleet", metavar="DIR", default=os.environ.get("NETEVENTS_FLEET", "fleet"),
+                       help="the fleet directory (default $NETEVENTS_FLEET or ./fleet)")
+        if new_user:
+            q.add_argument("--bus", metavar="URL", default="nats://127.0.0.1:4222",
+                           help="server URL the credentials file points at (default nats://127.0.0.1:4222)")
+            q.add_argument("--rotate", action="store_true", help="the user exists: give it a new password")
+            q.add_argument("--plain", action="store_true",
+                           help="store the plain password in auth.conf instead of a bcrypt hash")
+        q.set_defaults(func=func)
+
+    q = asub.add_parser("add-host", help="an agent user allowed only netevents.v1.*.<site>.<host>")
+    q.add_argument("name", metavar="HOST", help="the agent's --host token")
+    q.add_argument("--site", default="local", help="site token (default local)")
+    q.add_argument("--token", action="store_true",
+                   help="HOST is a host name: turn it into a token (dots and others become -)")
+    q.add_argument("--leaf", action="store_true",
+                   help="also a leaf.<site>.<host> user for this host's leaf node (deploy/nats/leaf.conf)")
+    common(q)
+    for role, text in (("consumer", "read-only: events and durable pull consumers"),
+                       ("operator", "read-only plus control requests (netevents ctl)"),
+                       ("admin", "creates the streams (netevents streams)")):
+        q = asub.add_parser(role, help=text)
+        q.add_argument("name", metavar="NAME", help="user name token (the user is <role>.NAME)")
+        common(q)
+        q.set_defaults(site=None, host=None)
+    q = asub.add_parser("correlator", help="read-only plus incidents as <site>.<host>")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--site", default="local")
+    q.add_argument("--host", required=True, help="host token its incidents carry")
+    common(q)
+    q = asub.add_parser("remove", help="remove a user")
+    q.add_argument("user", metavar="USER", help="full user name, e.g. agent.dc1.web-1")
+    common(q, new_user=False)
+    q = asub.add_parser("render", help="rewrite auth.conf from fleet.json")
+    common(q, new_user=False)
+    q = asub.add_parser("list", help="list the users")
+    common(q, new_user=False)
