@@ -28,12 +28,13 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
 
 from ..base import Sink
+from ..config import section_to
 from .aggregate import LEVELS, PeerAccountant, Window, residual
 from .mib import MibReader, mib_deltas
 from .sockdiag import DestroyListener, DiagSocket, NetlinkError, TcpSock
@@ -66,30 +67,24 @@ class IpstatsConfig:
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> IpstatsConfig:
-        """Raises: ConfigError naming the option that is unknown or wrong."""
-        known = {f.name for f in fields(cls)}
-        for key in section:
-            if key not in known:
-                raise ConfigError(f"ipstats: unknown option {key!r} (options: {', '.join(sorted(known))})")
-        cfg = cls(**{k: v for k, v in section.items() if k != "families"})
-        if "families" in section:
-            fam = section["families"]
-            if isinstance(fam, str):
-                fam = [fam]
-            cfg.families = tuple(fam)
-        if not isinstance(cfg.interval, (int, float)) or isinstance(cfg.interval, bool) or cfg.interval <= 0:
+        """Raises: ConfigError naming ``[ipstats] key`` for an unknown key, a wrong type or a
+        bad value."""
+        section = dict(section)
+        if isinstance(section.get("families"), str):
+            section["families"] = [section["families"]]
+        cfg = section_to(cls, section, "ipstats")
+        cfg.families = tuple(cfg.families)
+        if cfg.interval <= 0:
             raise ConfigError(f"ipstats.interval must be a positive number of seconds, not {cfg.interval!r}")
         if cfg.level not in LEVELS:
             raise ConfigError(f"ipstats.level must be one of {', '.join(LEVELS)}, not {cfg.level!r}")
-        if not isinstance(cfg.max_peers, int) or isinstance(cfg.max_peers, bool) or cfg.max_peers < 1:
+        if cfg.max_peers < 1:
             raise ConfigError(f"ipstats.max_peers must be a positive integer, not {cfg.max_peers!r}")
-        if not isinstance(cfg.resets, bool):
-            raise ConfigError(f"ipstats.resets must be true or false, not {cfg.resets!r}")
-        if not isinstance(cfg.grace, int) or cfg.grace < 0:
+        if cfg.grace < 0:
             raise ConfigError(f"ipstats.grace must be a non-negative integer, not {cfg.grace!r}")
         if not cfg.families or any(f not in _FAMILIES for f in cfg.families):
             raise ConfigError(f"ipstats.families must be a list of ipv4/ipv6, not {cfg.families!r}")
-        if cfg.netns is not None and (not isinstance(cfg.netns, str) or not cfg.netns):
+        if cfg.netns is not None and not cfg.netns:
             raise ConfigError(f"ipstats.netns must be a namespace name or path, not {cfg.netns!r}")
         return cfg
 
