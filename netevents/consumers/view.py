@@ -25,6 +25,11 @@ LOSS_COUNTERS = (
 )
 
 
+STATE_ABBREV = {"running": "ok", "unavailable": "n/a", "failed": "FAILED", "stopped": "stopped"}
+"""How the hosts view writes a source's state (the reason of one that is not running follows
+the table)."""
+
+
 @dataclass
 class AgentHealth:
     run: str = ""
@@ -213,15 +218,36 @@ class FleetView:
                 rin = self.peer_resets.get((host, peer, "received"), 0)
                 lines.append(f"{self.peers.get((host, peer), 0):>10} {out:>8} {rin:>8}  {host:<16} {peer}")
         else:
-            lines.append(f"{'host':<18} {'run':<17} {'sources':<34} {'capture gaps':>12}  own losses")
-            for (host, _run), health in sorted(self.agents.items()):
-                st = health.status
-                sources = ",".join(f"{k}:{(v or {}).get('state', '?')[:4]}"
-                                   for k, v in (st.get("sources") or {}).items())
-                lost = {k: v for k, v in (st.get("lost") or {}).items() if v}
-                lost_s = ", ".join(f"{k}={v}" for k, v in lost.items()) or "none"
-                lines.append(f"{host:<18} {health.run:<17} {sources:<34} {self.gaps[host]:>12}  {lost_s}")
+            lines.extend(self._hosts_table())
         return "\n".join(lines)
+
+    def _hosts_table(self) -> list[str]:
+        """One row per agent run (a host seen before its first status: one row saying so),
+        columns sized to their content; the reasons of sources that cannot run follow."""
+        rows: list[tuple[str, str, str, str, str]] = []
+        notes: list[str] = []
+        for (host, _run), health in sorted(self.agents.items()):
+            st = health.status
+            parts = []
+            for name, v in (st.get("sources") or {}).items():
+                state = str((v or {}).get("state", "?"))
+                parts.append(f"{name}:{STATE_ABBREV.get(state, state)}")
+                if (v or {}).get("reason") and state != "running":
+                    notes.append(f"  {host} {name}: {STATE_ABBREV.get(state, state)}: {v['reason']}")
+            lost = {k: v for k, v in (st.get("lost") or {}).items() if v}
+            rows.append((host, health.run, " ".join(parts) or "-", str(self.gaps[host]),
+                         ", ".join(f"{k}={v}" for k, v in lost.items()) or "none"))
+        with_status = {h for h, _r in self.agents}
+        for host, kinds in sorted(self.per_host.items()):
+            if host not in with_status and set(kinds) - {"incident"}:
+                rows.append((host, "-", "waiting for status", str(self.gaps[host]), "-"))
+        head = ("host", "run", "sources", "capture gaps", "own losses")
+        width = [max([len(head[i])] + [len(r[i]) for r in rows]) for i in range(4)]
+        fmt = (f"{{:<{width[0]}}}  {{:<{width[1]}}}  {{:<{width[2]}}}  {{:>{width[3]}}}  {{}}")
+        out = [fmt.format(*head)] + [fmt.format(*r) for r in rows]
+        if notes:
+            out += ["", "sources that are not running (ok = running, n/a = unavailable here):"] + notes
+        return out
 
     def summary(self) -> str:
         lines = ["events seen per kind:"]

@@ -47,3 +47,29 @@ def test_peers_view_shows_retransmits_and_resets_both_ways_worst_first():
     assert rows[0] == ["0", "7", "2", "a", "10.0.0.3"]   # 9 resets: the worst peer first
     assert rows[1] == ["3", "0", "0", "a", "10.0.0.2"]
     assert rows[2] == ["0", "0", "1", "a", "10.0.0.4"]
+
+
+def test_hosts_view_aligns_columns_abbreviates_states_and_shows_waiting_hosts():
+    v = FleetView()
+    v.feed(Batch(kind="netstat", site="s", host="early", run="r0", seq=1, t0=1, t1=2,
+                 events=[{"group": "Tcp", "scope": "", "deltas": {"RetransSegs": 1}}]))
+    text = v.render("hosts")
+    assert "1 host(s)" in text
+    row = next(line for line in text.splitlines() if line.startswith("early"))
+    assert "waiting for status" in row
+    v.feed(Batch(kind="status", site="s", host="a-much-longer-host-name", run="r1", seq=1, t0=1,
+                 t1=2, events=[{"version": "x", "lost": {}, "sources": {
+                     "netstat": {"state": "running"},
+                     "drops.netdm": {"state": "unavailable", "reason": "no NET_DM in this kernel"},
+                     "drops.ebpf": {"state": "running"}}}]))
+    lines = v.render("hosts").splitlines()
+    table = lines[lines.index(next(x for x in lines if x.startswith("host"))):]
+    head = table[0]
+    row = next(x for x in table if x.startswith("a-much-longer-host-name"))
+    assert "netstat:ok" in row and "drops.netdm:n/a" in row and "runn" not in row
+    # every column starts where its heading starts
+    for col in ("run", "sources"):
+        assert row[head.index(col) - 2:head.index(col)] == "  "
+    end = head.index("capture gaps") + len("capture gaps")
+    assert row[end - 1] == "0" and row[end:end + 2] == "  "   # right-aligned under its heading
+    assert any("drops.netdm: n/a: no NET_DM in this kernel" in x for x in lines)
