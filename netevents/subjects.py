@@ -34,6 +34,22 @@ def check_token(value: object, what: str) -> str:
     return value
 
 
+_PATTERN = re.compile(r"^[A-Za-z0-9_\-*?\[\]!]+$")
+
+
+def check_pattern(value: object, what: str) -> str:
+    """Return ``value`` if it is a token or a glob of tokens (``web-*``, ``db-[12]``).
+
+    Raises:
+        SubjectError: naming the characters a pattern may hold.
+    """
+    if not isinstance(value, str) or not _PATTERN.match(value) or len(value) > MAX_TOKEN:
+        raise SubjectError(
+            f"invalid {what} {value!r}: a {what} name or glob is 1-{MAX_TOKEN} characters of "
+            "[A-Za-z0-9_-] and the glob characters * ? [ ] ! (no dots or spaces)")
+    return value
+
+
 def event_subject(kind: str, site: str, host: str) -> str:
     return f"{PREFIX}.{check_token(kind, 'kind')}.{check_token(site, 'site')}.{check_token(host, 'host')}"
 
@@ -50,9 +66,10 @@ def filter_subject(kind: str | None = None, site: str | None = None, host: str |
     """
 
     def tok(value: str | None, what: str) -> str:
-        if value is None or any(c in value for c in "*?["):
+        if value is None:
             return "*"
-        return check_token(value, what)
+        check_pattern(value, what)
+        return "*" if any(c in value for c in "*?[") else value
 
     return f"{PREFIX}.{tok(kind, 'kind')}.{tok(site, 'site')}.{tok(host, 'host')}"
 

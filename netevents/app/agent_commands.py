@@ -29,7 +29,7 @@ from .options import (
     default_store,
     positive,
 )
-from .runtime import stop_after, stop_on_signals
+from .runtime import port_holder, stop_after, stop_on_signals
 from .ui import draw, progress
 
 log = logging.getLogger("netevents")
@@ -85,7 +85,14 @@ async def cmd_up(args: argparse.Namespace) -> int:
         cfg.spool_dir = str(store.parent / "spool" / f"{cfg.site}-{cfg.host}")
     server = EmbeddedServer(store, port=args.port)
     started = time.monotonic()
-    url = cfg.bus = await server.start()  # sources with processes of their own follow it
+    try:
+        url = cfg.bus = await server.start()  # sources with processes of their own follow it
+    except BusError as exc:
+        holder = port_holder(args.port) if "in use" in str(exc) else None
+        if holder is None:
+            raise
+        raise BusError(f"port {args.port} on 127.0.0.1 is taken by {holder}: stop it, or run "
+                       f"on another port: netevents up --port {args.port + 1}") from None
     interactive = args.duration is None and sys.stdout.isatty()
     print(f"netevents up: NATS at {url} (store {store}); agent host {cfg.host}, site {cfg.site}; "
           f"sources {', '.join(cfg.sources)}", file=sys.stderr, flush=True)

@@ -12,7 +12,8 @@ from typing import Any
 from .. import events as ev
 from ..bus import connect, default_url
 from ..errors import ConfigError
-from .options import add_bus_options, credentials, positive
+from ..subjects import check_pattern
+from .options import add_bus_options, count, credentials, positive
 from .runtime import stop_after, stop_on_signals
 from .ui import draw
 
@@ -22,6 +23,8 @@ log = logging.getLogger("netevents")
 async def cmd_tail(args: argparse.Namespace) -> int:
     from ..consumers.tail import tail
 
+    for pattern in args.host or ():
+        check_pattern(pattern, "host")
     return await tail(args.bus, args.kind or None, args.host or None, as_json=args.json,
                       count=args.count, timeout=args.timeout, credentials=credentials(args))
 
@@ -49,6 +52,8 @@ async def cmd_top(args: argparse.Namespace) -> int:
 async def cmd_archive(args: argparse.Namespace) -> int:
     from ..consumers.archive import run_archive
 
+    for pattern in args.host or ():
+        check_pattern(pattern, "host")
     stop = asyncio.Event()
     stop_on_signals(stop)
     rotate_bytes = int(args.rotate_mb * 1024 * 1024) if args.rotate_mb else None
@@ -82,10 +87,15 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     timer = asyncio.create_task(stop_after(stop, args.duration))
+
+    def show(incident: Any) -> None:  # one line per incident, as it is published
+        print(f"[{incident.type}] {incident.summary}", flush=True)
+
     try:
         corr = await run_correlate(args.bus, window=args.window, grace=args.grace,
                                    queue_group=args.queue_group, stop=stop, token=args.token,
-                                   credentials=credentials(args), partition=partition)
+                                   credentials=credentials(args), partition=partition,
+                                   on_incident=None if args.quiet else show)
     finally:
         timer.cancel()
     made = {k: v for k, v in corr.counts.items() if k.startswith("incident.")}
@@ -123,9 +133,10 @@ def add_reader_parsers(sub: Any) -> None:
                        "per event with --json). Batches missed and messages rejected are "
                        "reported on stderr.")
     p.add_argument("--kind", action="append", choices=ev.KINDS, help="kind to show (repeatable; default all)")
-    p.add_argument("--host", action="append", metavar="GLOB", help="host name or glob (repeatable)")
+    p.add_argument("--host", action="append", metavar="GLOB",
+                   help="host name or glob, e.g. web-* (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
-    p.add_argument("--count", type=int, metavar="N", help="exit after N events (exit 1 if --timeout hits first)")
+    p.add_argument("--count", type=count, metavar="N", help="exit after N events (exit 1 if --timeout hits first)")
     p.add_argument("--timeout", type=positive, metavar="S", help="exit after S seconds")
     add_bus_options(p)
     p.set_defaults(func=cmd_tail)
@@ -180,7 +191,8 @@ def add_fleet_parsers(sub: Any) -> None:
     p.add_argument("--grace", type=positive, default=3.0, metavar="S",
                    help="seconds a frame waits for its match before it is judged (default 3)")
     p.add_argument("--partition", metavar="K/N",
-                   help="be member K of N correlators that share the work by key: each reads the "
+                   help="be member K of N correlators (K counts from 0: 0/2 and 1/2 are the two "
+                   "members of a pair) that share the work by key: each reads the "
                    "whole stream and judges its share of the paths (by address pair), drop storms "
                    "(by reason and location) and peers; incidents come from "
                    "correlator-<hostname>-pKofN. The way to scale path loss out")
@@ -189,6 +201,8 @@ def add_fleet_parsers(sub: Any) -> None:
                    "message: fine for drop storms and peers, but a path's frames land on "
                    "different members and cannot be matched (use --partition for path loss)")
     p.add_argument("--token", metavar="HOST", help="host token of the incidents (default correlator-<hostname>)")
+    p.add_argument("--quiet", action="store_true",
+                   help="do not print each incident as it is published (the summary still ends the run)")
     p.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds")
     add_bus_options(p)
     p.set_defaults(func=cmd_correlate)
@@ -217,4 +231,7 @@ def add_fleet_parsers(sub: Any) -> None:
                    "That link is always rate-limited (tbf 2mbit, short queue: QDISC_DROP tail "
                    "drops). Default 0")
     p.add_argument("--json", action="store_true", help="with --duration: incidents as JSON lines")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep the demo's work directory (agent and traffic logs, configs) and say "
+                   "where it is; by default it is removed on exit")
     p.set_defaults(func=cmd_demo)

@@ -317,7 +317,9 @@ async def run_demo(args: argparse.Namespace) -> int:
         await asyncio.to_thread(procs.stop)
         await server.stop()
         await asyncio.to_thread(fleet.remove)
-        if not interactive and not getattr(args, "keep_logs", False):
+        if args.keep_logs:
+            print(f"demo: logs and configs kept in {work}", file=sys.stderr, flush=True)
+        else:
             shutil.rmtree(work, ignore_errors=True)
     final = corr.tick(time.time_ns() + 10**10, flush=True)
     incidents.extend(final)

@@ -53,11 +53,40 @@ def positive(value: str) -> float:
     return f
 
 
+def count(value: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {value}")
+    return n
+
+
 # -- the bus and its credentials ----------------------------------------------------------------
+
+BUS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def bus_url(value: str) -> str:
+    """argparse type: a NATS server URL (or a comma-separated list of them).
+
+    ``$NETEVENTS_BUS`` goes through here too (it is the option's default)."""
+    for part in value.split(","):
+        scheme, sep, rest = part.strip().partition("://")
+        if not sep or scheme.lower() not in BUS_SCHEMES or not rest:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a NATS URL: use {', '.join(s + '://' for s in BUS_SCHEMES)} "
+                "HOST:PORT (e.g. nats://127.0.0.1:4222)")
+    return value
+
 
 def add_bus_options(p: argparse.ArgumentParser) -> None:
     """--bus and the credential options, for every command that connects to the bus."""
-    p.add_argument("--bus", metavar="URL", help="NATS URL (default $NETEVENTS_BUS or nats://127.0.0.1:4222)")
+    p.add_argument("--bus", metavar="URL", type=bus_url, default=os.environ.get("NETEVENTS_BUS") or None,
+                   help="NATS URL: nats://, tls://, ws:// or wss:// HOST:PORT (default "
+                        "$NETEVENTS_BUS or nats://127.0.0.1:4222)")
     g = p.add_argument_group("bus credentials (user:password can also go in the URL)")
     for name, text, env in AUTH_OPTIONS:
         g.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="FILE",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 
 
@@ -22,3 +23,30 @@ async def stop_after(stop: asyncio.Event, seconds: float | None) -> None:
             async with asyncio.timeout(seconds):
                 await stop.wait()
         stop.set()
+
+
+def port_holder(port: int) -> str | None:
+    """``"name (pid N)"`` of the process listening on TCP ``port``, when /proc tells."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(cols[9])
+        except OSError:
+            continue
+    if not inodes:
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in fds):
+                with open(f"/proc/{pid}/comm") as f:
+                    return f"{f.read().strip()} (pid {pid})"
+        except OSError:
+            continue
+    return None
