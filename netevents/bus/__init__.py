@@ -11,20 +11,24 @@ Map of the package:
     client.py        connect(url) -> Bus, an async context manager (this is the consumer API);
                      Bus.publish sends one batch with ``Nats-Msg-Id`` so JetStream drops retried
                      duplicates; Bus.subscribe -> Subscription
-    subscription.py  Subscription, an async iterator of decoded, validated batches that counts
-                     what it rejected and what it missed (per host, run and kind)
+    intake.py        Intake, sans-IO: (subject, bytes) -> Batch or None; counts rejects by
+                     reason, tracks sequences, learns announced counts from status batches
+    subscription.py  Subscription, the asyncio shell around an Intake: an async iterator of
+                     decoded, validated batches that counts what it rejected and what it missed
+                     (per host, run and kind)
 
 nats-py and OS errors are translated into :class:`~netevents.errors.BusError`.
 """
 
 from .client import Bus, connect
+from .intake import Intake
 from .server import EmbeddedServer, find_nats_server, stop_process
 from .streams import stream_configs
 from .subscription import Subscription
 from .urls import DEFAULT_URL, Credentials, default_url, redact_url, split_url_credentials
 
 __all__ = [
-    "DEFAULT_URL", "Bus", "Credentials", "EmbeddedServer", "Subscription", "connect",
+    "DEFAULT_URL", "Bus", "Credentials", "EmbeddedServer", "Intake", "Subscription", "connect",
     "default_url", "find_nats_server", "redact_url", "split_url_credentials", "stop_process",
     "stream_configs",
 ]

@@ -1,4 +1,8 @@
-"""A subscription: decoded, validated batches from core NATS or a durable JetStream consumer."""
+"""A subscription: decoded, validated batches from core NATS or a durable JetStream consumer.
+
+The asyncio shell around :class:`~netevents.bus.intake.Intake`: it subscribes, pulls,
+queues, acknowledges and redelivers; what to accept and what was missed is the intake's.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,11 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .. import events as ev
-from ..codec import MAX_BATCH_BYTES, Batch, decode_batch
-from ..errors import BusError, CodecError, SubjectError
+from ..codec import Batch
+from ..errors import BusError
 from ..sequence import SequenceTracker
-from ..subjects import filter_subject, host_matches, parse_subject
+from ..subjects import filter_subject
+from .intake import Intake
 
 if TYPE_CHECKING:
     from .client import Bus
@@ -39,19 +44,13 @@ class Subscription:
                  queue: str | None = None):
         self.bus = bus
         self.queue = queue
-        self.shared_holes = 0
-        """Sequence holes of a queue-group member: batches that went to other members."""
-        self.kinds = tuple(kinds) if kinds else ev.KINDS
-        for k in self.kinds:
-            if k not in ev.KINDS:
-                raise SubjectError(f"unknown kind {k!r} (kinds: {', '.join(ev.KINDS)})")
-        self.hosts = tuple(hosts) if hosts else ()
+        self.intake = Intake(kinds, hosts, shared=bool(queue))
+        """What is accepted, rejected and missed (sans-IO; this class only feeds it)."""
+        self.kinds = self.intake.kinds
+        self.hosts = self.intake.hosts
         self.site = site
         self.durable = durable
-        self.rejected: Counter[str] = Counter()
         self.dropped = 0
-        self.last_error: str | None = None
-        self.tracker = SequenceTracker()
         self._queue: asyncio.Queue[tuple[Batch, Any]] = asyncio.Queue(maxsize=queue_size)
         self._subs: list[Any] = []
         self._tasks: list[asyncio.Task] = []
@@ -62,10 +61,36 @@ class Subscription:
         self._unacked: dict[int, tuple[Batch, Any]] = {}
 
     @property
+    def rejected(self) -> Counter[str]:
+        return self.intake.rejected
+
+    @property
+    def last_error(self) -> str | None:
+        return self.intake.last_error
+
+    @property
+    def tracker(self) -> SequenceTracker:
+        return self.intake.tracker
+
+    @property
+    def shared_holes(self) -> int:
+        """Sequence holes of a queue-group member: batches that went to other members."""
+        return self.intake.shared_holes
+
+    @property
     def missed(self) -> int:
-        # A queue-group member's holes are the other members' share (tracker.report() still
-        # shows them per host/kind; shared_holes is their total).
-        return self.tracker.missed() - self.shared_holes
+        return self.intake.missed
+
+    @property
+    def unreceived(self) -> int:
+        """Batches the agents' status said were published that this subscription has neither
+        received nor counted as missed (the tail after its last batch of a run). While agents
+        run, mostly batches still on the way; once the consumer has drained, lost."""
+        return self.intake.unreceived
+
+    def accept(self, subject: str, data: bytes) -> Batch | None:
+        """Decode one message; return None (and count why) when it is rejected or filtered."""
+        return self.intake.accept(subject, data)
 
     async def start(self) -> Subscription:
         if self._started:
@@ -142,52 +167,6 @@ class Subscription:
         return {"queued": self._queue.qsize(), "pending": pending,
                 "slow_consumer_drops": self.bus.errors["slow_consumer"],
                 "unreceived": self.unreceived}
-
-    def accept(self, subject: str, data: bytes) -> Batch | None:
-        """Decode one message; return None (and count why) when it is rejected or filtered."""
-        try:
-            batch = decode_batch(data, max_bytes=MAX_BATCH_BYTES)
-            kind, site, host = parse_subject(subject)
-            if (kind, site, host) != (batch.kind, batch.site, batch.host):
-                raise SubjectError(
-                    f"batch says {batch.kind}/{batch.site}/{batch.host} but arrived on {subject}")
-        except (CodecError, SubjectError) as exc:
-            reason = getattr(exc, "reason", "subject")
-            self.rejected[reason] += 1
-            self.last_error = f"rejected message on {subject}: {exc}"
-            n = self.rejected[reason]
-            if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th ... of each reason
-                log.warning("%s (%s rejected for %s so far)", self.last_error, n, reason)
-            return None
-        if not host_matches(batch.host, self.hosts):
-            return None
-        missed = self.tracker.observe(batch.host, batch.run, batch.kind, batch.seq)
-        if missed < 0:
-            return None  # duplicate of a batch already delivered
-        if self.queue and missed:
-            self.shared_holes += missed
-            missed = 0
-        batch.missed = missed
-        if batch.kind == "status" and not self.queue:
-            self._announce(batch)
-        return batch
-
-    def _announce(self, batch: Batch) -> None:
-        """A status says how many batches of each kind its run published: the tracker learns
-        what it should have received (:attr:`unreceived`)."""
-        for e in batch.events:
-            published = e.get("published") if isinstance(e, dict) else None
-            if isinstance(published, dict):
-                for kind, n in published.items():
-                    if kind in self.kinds and type(n) is int:
-                        self.tracker.announce(batch.host, batch.run, kind, n)
-
-    @property
-    def unreceived(self) -> int:
-        """Batches the agents' status said were published that this subscription has neither
-        received nor counted as missed (the tail after its last batch of a run). While agents
-        run, mostly batches still on the way; once the consumer has drained, lost."""
-        return self.tracker.unreceived()
 
     async def _on_msg(self, msg: Any) -> None:
         batch = self.accept(msg.subject, msg.data)
