@@ -1,0 +1,181 @@
+"""The connection: :func:`connect` -> :class:`Bus` (streams, publish, subscribe).
+
+nats-py and OS errors are translated into :class:`~netevents.errors.BusError` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import nats
+import nats.errors
+import nats.js.errors
+
+from ..codec import MAX_BATCH_BYTES, Batch, encode_batch
+from ..errors import BusError
+from ..subjects import event_subject
+from .streams import stream_configs
+from .subscription import Subscription
+from .urls import Credentials, default_url, redact_url, split_url_credentials
+
+log = logging.getLogger("netevents.bus")
+
+
+class Bus:
+    """A connection to the netevents bus. Create with :func:`connect`."""
+
+    def __init__(self, nc: nats.NATS, url: str) -> None:
+        self.nc = nc
+        self.url = url
+        self.js = nc.jetstream()
+        self.errors: Counter[str] = Counter()
+        """Counted asynchronous errors (``slow_consumer``, ``disconnected``, ...)."""
+
+    # -- streams -------------------------------------------------------------------------------
+    async def ensure_streams(self, frames_max_bytes: int = 1 << 30, replicas: int | None = None) -> None:
+        """Create the three streams if missing; idempotent when several processes race.
+
+        ``replicas`` defaults to ``$NETEVENTS_REPLICAS`` or 1 (use 3 on a 3-node cluster).
+        """
+        if replicas is None:
+            replicas = int(os.environ.get("NETEVENTS_REPLICAS", "1"))
+        for cfg in stream_configs(frames_max_bytes, replicas):
+            try:
+                await self.js.add_stream(cfg)
+            except nats.js.errors.BadRequestError as exc:
+                # 10058: stream name already in use (with a different config) -> keep it.
+                if getattr(exc, "err_code", None) != 10058:
+                    raise BusError(f"cannot create stream {cfg.name}: {exc}") from exc
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                raise BusError(f"cannot create stream {cfg.name}: {exc}") from exc
+
+    # -- publishing ----------------------------------------------------------------------------
+    async def publish(self, batch: Batch, *, ack: bool = False, timeout: float = 5.0) -> None:
+        """Publish one batch on ``netevents.v1.<kind>.<site>.<host>``.
+
+        With ``ack`` the call waits for JetStream to store it (and raises BusError if it
+        does not); otherwise it is a core publish that the streams capture.
+        """
+        data = encode_batch(batch, max_bytes=self.max_payload)
+        await self.publish_raw(event_subject(batch.kind, batch.site, batch.host), data,
+                               batch.msg_id, ack=ack, timeout=timeout)
+
+    async def publish_raw(self, subject: str, data: bytes, msg_id: str | None = None, *,
+                          ack: bool = False, timeout: float = 5.0) -> None:
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        try:
+            if ack:
+                await self.js.publish(subject, data, headers=headers, timeout=timeout)
+            else:
+                await self.nc.publish(subject, data, headers=headers)
+        except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            raise BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}") from exc
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    @property
+    def max_payload(self) -> int:
+        return min(self.nc.max_payload or MAX_BATCH_BYTES, MAX_BATCH_BYTES)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        try:
+            await self.nc.flush(timeout=timeout)
+        except (nats.errors.Error, OSError) as exc:
+            raise BusError(f"flush failed: {exc}") from exc
+
+    # -- subscribing ---------------------------------------------------------------------------
+    def subscribe(self, kinds: list[str] | tuple[str, ...] | None = None,
+                  hosts: list[str] | tuple[str, ...] | None = None, site: str | None = None,
+                  *, durable: str | None = None, queue_size: int = 10_000,
+                  pending_limit: int = 200_000, manual_ack: bool = False,
+                  queue: str | None = None) -> Subscription:
+        """An async iterator of decoded batches of the given kinds, hosts (globs) and site.
+
+        ``durable`` uses a durable JetStream consumer of that name (per kind), so a consumer
+        that restarts resumes where it stopped; each batch is acknowledged when the next one
+        is requested -- or, with ``manual_ack``, when the caller passes it to
+        :meth:`Subscription.ack` (a consumer that holds batches before it has really handled
+        them, like the archive's reorder window). Without ``durable``, a live core subscription.
+
+        ``queue`` joins a NATS queue group of that name (core subscriptions): each message goes
+        to one member, so several instances share a stream. A member then sees only part of
+        each (host, run, kind) sequence, so its holes are not losses: they are counted in
+        :attr:`Subscription.shared_holes`, not in ``missed`` (only the group's union can tell).
+        With ``durable``, members sharing one durable name share its messages the same way.
+
+        Raises:
+            SubjectError: for an unknown kind or an invalid site token.
+        """
+        return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size,
+                            pending_limit=pending_limit, manual_ack=manual_ack, queue=queue)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str | None = None, *, name: str = "netevents", connect_timeout: float = 5.0,
+                  reconnect: bool = True, streams: bool = False,
+                  credentials: Credentials | None = None) -> AsyncIterator[Bus]:
+    """Connect to the bus: ``async with netevents.connect(url) as bus: ...``.
+
+    ``url`` defaults to ``$NETEVENTS_BUS``, then ``nats://127.0.0.1:4222``. With ``streams`` the
+    JetStream streams are created if missing. ``credentials`` (default: from the environment,
+    see :class:`Credentials`) authenticate the connection.
+
+    Raises:
+        BusError: if no server answers at ``url``, or it refuses the credentials.
+        ConfigError: if a credentials or TLS file is missing.
+    """
+    url = url or default_url()
+    auth = (credentials or Credentials()).options()
+    server_url, url_auth = split_url_credentials(url)
+    auth.update(url_auth)
+    shown = redact_url(url)
+    holder: dict[str, Bus] = {}
+
+    async def error_cb(exc: Exception) -> None:
+        bus = holder.get("bus")
+        key = "slow_consumer" if isinstance(exc, nats.errors.SlowConsumerError) else type(exc).__name__
+        if bus is not None:
+            bus.errors[key] += 1
+        if key != "slow_consumer":
+            log.debug("nats error: %s", exc)
+
+    async def disconnected_cb() -> None:
+        if "bus" in holder:
+            holder["bus"].errors["disconnected"] += 1
+
+    try:
+        # nats-py retries an unreachable first server forever when reconnects are on; the
+        # first connection gets a deadline of its own so a wrong URL fails with one clear line.
+        async with asyncio.timeout(connect_timeout):
+            nc = await nats.connect(
+                servers=[server_url], name=name, connect_timeout=connect_timeout, error_cb=error_cb,
+                disconnected_cb=disconnected_cb, allow_reconnect=reconnect,
+                max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5, **auth)
+    except TimeoutError:
+        raise BusError(f"cannot connect to the bus at {shown}: no NATS server answered within "
+                       f"{connect_timeout:g}s (start one with 'netevents server' or "
+                       "'netevents up', or set --bus / $NETEVENTS_BUS)") from None
+    except (nats.errors.Error, OSError) as exc:
+        raise BusError(f"cannot connect to the bus at {shown}: {type(exc).__name__} {exc}".rstrip()
+                       + " (start one with 'netevents server', or set --bus / $NETEVENTS_BUS)") from None
+    bus = holder["bus"] = Bus(nc, url)
+    try:
+        if streams:
+            await bus.ensure_streams()
+        yield bus
+    finally:
+        await bus.close()
+

@@ -1,0 +1,112 @@
+"""Sans-IO intake: which messages a subscription accepts, and what it knows it did not get.
+
+:class:`Intake` takes one message as ``(subject, data)`` and returns the decoded
+:class:`~netevents.codec.Batch`, or None when the message is rejected, filtered out or a
+duplicate. It counts rejects by reason, tracks ``seq`` per (host, run, kind) with a
+:class:`~netevents.sequence.SequenceTracker`, and learns from ``status`` batches how many
+batches each run published. No sockets, no event loop: :class:`~netevents.bus.Subscription`
+feeds it from NATS, tests feed it encoded batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+
+from .. import events as ev
+from ..codec import MAX_BATCH_BYTES, Batch, decode_batch
+from ..errors import CodecError, SubjectError
+from ..sequence import SequenceTracker
+from ..subjects import host_matches, parse_subject
+
+log = logging.getLogger("netevents.bus")
+
+
+class Intake:
+    """Accept, reject and account for the messages of one subscription.
+
+    ``kinds`` (default: all) and ``hosts`` (globs; default: all) are what the subscriber asked
+    for. ``shared`` is for a queue-group member, which receives only part of each sequence.
+
+    Attributes:
+        rejected: ``Counter`` of rejected messages by reason (malformed, version, schema, ...).
+        last_error: the message of the most recent rejection.
+        tracker: the :class:`~netevents.sequence.SequenceTracker` (``tracker.report()``).
+        shared_holes: sequence holes of a queue-group member: batches that went to other members.
+
+    Raises (from the constructor):
+        SubjectError: for an unknown kind.
+    """
+
+    def __init__(self, kinds: Iterable[str] | None = None, hosts: Iterable[str] | None = None,
+                 *, shared: bool = False) -> None:
+        self.kinds = tuple(kinds) if kinds else ev.KINDS
+        for k in self.kinds:
+            if k not in ev.KINDS:
+                raise SubjectError(f"unknown kind {k!r} (kinds: {', '.join(ev.KINDS)})")
+        self.hosts = tuple(hosts) if hosts else ()
+        self.shared = shared
+        self.rejected: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self.tracker = SequenceTracker()
+        self.shared_holes = 0
+
+    def accept(self, subject: str, data: bytes) -> Batch | None:
+        """Decode one message; return None (and count why) when it is rejected or filtered.
+
+        The accepted batch's ``missed`` is the number of batches of its (host, run, kind) that
+        were not received just before it.
+        """
+        try:
+            batch = decode_batch(data, max_bytes=MAX_BATCH_BYTES)
+            kind, site, host = parse_subject(subject)
+            # The subject is what permissions are granted on; a batch must not speak for
+            # another host, site or kind than the one it was allowed to publish as.
+            if (kind, site, host) != (batch.kind, batch.site, batch.host):
+                raise SubjectError(
+                    f"batch says {batch.kind}/{batch.site}/{batch.host} but arrived on {subject}")
+        except (CodecError, SubjectError) as exc:
+            reason = getattr(exc, "reason", "subject")
+            self.rejected[reason] += 1
+            self.last_error = f"rejected message on {subject}: {exc}"
+            n = self.rejected[reason]
+            if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th ... of each reason
+                log.warning("%s (%s rejected for %s so far)", self.last_error, n, reason)
+            return None
+        if not host_matches(batch.host, self.hosts):
+            return None
+        missed = self.tracker.observe(batch.host, batch.run, batch.kind, batch.seq)
+        if missed < 0:
+            return None  # duplicate of a batch already delivered
+        if self.shared and missed:
+            self.shared_holes += missed
+            missed = 0
+        batch.missed = missed
+        # A member's tail is the other members' share, so it does not follow announcements.
+        if batch.kind == "status" and not self.shared:
+            self._announce(batch)
+        return batch
+
+    def _announce(self, batch: Batch) -> None:
+        """A status says how many batches of each kind its run published: the tracker learns
+        what it should have received (:attr:`unreceived`)."""
+        for e in batch.events:
+            published = e.get("published") if isinstance(e, dict) else None
+            if isinstance(published, dict):
+                for kind, n in published.items():
+                    if kind in self.kinds and type(n) is int:
+                        self.tracker.announce(batch.host, batch.run, kind, n)
+
+    @property
+    def missed(self) -> int:
+        """Batches lost in sequence holes (a queue-group member's holes are not counted: they
+        went to other members; ``tracker.report()`` still shows them per host and kind)."""
+        return self.tracker.missed() - self.shared_holes
+
+    @property
+    def unreceived(self) -> int:
+        """Batches the agents' status said were published that were neither received nor
+        counted as missed (the tail after the last batch of a run). While agents run, mostly
+        batches still on the way; once the consumer has drained, lost."""
+        return self.tracker.unreceived()
