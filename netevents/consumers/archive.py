@@ -47,7 +47,7 @@ import re
 import struct
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -63,6 +63,7 @@ from ..pcapng import (
     PcapngWriter,
     read_pcapng,
 )
+from .ringorder import RingOrderHold, gaps_owed
 
 log = logging.getLogger("netevents.archive")
 
@@ -773,9 +774,8 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
     if state:
         core.restore(state)
         core.advance(beyond)
-    held: deque[tuple[float, Batch]] = deque()
-    gaps_seen: Counter[tuple] = Counter()
-    """Gap records received per ring (host, run, iface, worker) in this run of the archive."""
+    # A batch of an agent that does not say what it owes waits the whole bound.
+    held = RingOrderHold(hold, max_held=max_held, unannounced_waits=True)
     async with connect(url, name=f"netevents-archive-{durable}", streams=True,
                        credentials=credentials) as bus:
         # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
@@ -798,25 +798,26 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
             try:
                 while not stop.is_set():
                     now = time.monotonic()
-                    wait = min(0.5, max(0.0, held[0][0] + hold - now)) if held else 0.5
+                    due = held.deadline()
+                    wait = 0.5 if due is None else min(0.5, max(0.0, due - now))
                     batch = await sub.next(timeout=wait or 0.001)
                     ready: list[Batch] = []
                     while batch is not None:
                         if batch.kind == "frame":
-                            held.append((time.monotonic(), batch))
+                            f = batch.fields
+                            held.hold(ring_key(batch.host, batch.run, f.get("iface"), f.get("worker")),
+                                      gaps_owed(f), time.monotonic(), batch)
                         else:
                             ready.append(batch)      # gaps first: frames due now may need them
                             if batch.kind == "gap":
                                 for e in batch.events:
-                                    gaps_seen[ring_key(batch.host, batch.run, e.get("iface"),
-                                                    e.get("worker"))] += 1
+                                    held.gap(ring_key(batch.host, batch.run, e.get("iface"),
+                                                      e.get("worker")))
                         if len(ready) + len(held) >= max_held + GROUP:
                             break
                         batch = await sub.next(timeout=0)   # what is already here joins the group
                     now = time.monotonic()
-                    while held and (now - held[0][0] >= hold or len(held) > max_held):
-                        ready.append(held.popleft()[1])
-                    held = _release_known(held, gaps_seen, ready)
+                    ready += [r.item for r in held.release(now)]
                     for i in range(0, len(ready), GROUP):
                         await commit(ready[i:i + GROUP])
                     if files.due():
@@ -825,31 +826,11 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
                         last_progress = now
                         _progress(files)
                 # stopping: what is held is written (its gaps already arrived or never will)
-                await commit([b for _t, b in held])
-                held.clear()
+                await commit([r.item for r in held.drain()])
             finally:
                 await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
                 _progress(files)
     return {**files.current(), "paths": [str(p) for p in files.files]}
-
-
-def _release_known(held: deque[tuple[float, Batch]], gaps_seen: Counter,
-                   ready: list[Batch]) -> deque[tuple[float, Batch]]:
-    """Move to ``ready`` the held frame batches whose ring's earlier gap records have all
-    arrived (``gaps_before``); a ring's batches leave in their order. Returns what stays."""
-    stay: deque[tuple[float, Batch]] = deque()
-    blocked: set[tuple] = set()
-    for item in held:
-        b = item[1]
-        ring = ring_key(b.host, b.run, b.fields.get("iface"), b.fields.get("worker"))
-        gb = b.fields.get("gaps_before")
-        owed = gb.get("records") if isinstance(gb, dict) else None
-        if ring not in blocked and type(owed) is int and gaps_seen[ring] >= owed:
-            ready.append(b)
-        else:
-            blocked.add(ring)
-            stay.append(item)
-    return stay
 
 
 def _progress(files: ArchiveFiles) -> None:

@@ -48,6 +48,7 @@ from typing import Any
 from ..codec import Batch
 from ..errors import ConfigError
 from ..events import IncidentEvent, ring_key
+from .ringorder import Released, RingOrderHold, gaps_owed
 
 log = logging.getLogger("netevents.correlate")
 
@@ -255,23 +256,6 @@ class Storm:
     """More hosts joined since the last report; re-reported after report_interval (tick)."""
 
 
-@dataclass(slots=True)
-class FrameStream:
-    """One capture ring's frame batches: (host, run, iface, worker).
-
-    Gap records travel in ``gap`` batches, apart from the frames (another batcher on the agent,
-    another stream on the bus), so frames captured after a gap can arrive before the record of
-    it. A frame batch says how many gap records its ring had made when it was made
-    (``gaps_before``); until that many have arrived, the batch does not move the ring's
-    ``progress`` (how far its frames -- and the gaps among them -- are known).
-    """
-
-    progress: int = 0
-    gaps_seen: int = 0
-    waiting: deque = field(default_factory=deque)
-    """(t0, t1, gap records needed) of frame batches that wait for gap records, in order."""
-
-
 def partition_of(key: bytes, n: int) -> int:
     """The member (0 .. n-1) of ``n`` partitioned correlators that owns ``key`` (stable across
     processes and machines: crc32, not Python's salted hash)."""
@@ -377,7 +361,12 @@ class Correlator:
         self.frame_progress: dict[str, int] = {}
         """Per host: the time up to which its captured frames and its capture gaps are known
         (the newest ring's progress, held back by any ring still waiting for gap records)."""
-        self.frame_streams: dict[str, OrderedDict[tuple, FrameStream]] = {}
+        self.ring_progress: dict[str, OrderedDict[tuple, int]] = {}
+        """Per host, per capture ring (host, run, iface, worker): the end of its latest frame
+        batch that is not waiting for gap records."""
+        self.gap_hold = RingOrderHold(self.max_wait_ns)
+        """Frame batches (host, t0, t1) that wait for the gap records they announce; stamped
+        with their end time and expired against the stream's clock."""
         # peer view: latest ipstat event per (host, peer address)
         self.ipstat: OrderedDict[tuple[str, str], tuple[int, dict]] = OrderedDict()
         self.peer_reported_at: dict[tuple[str, str], int] = {}
@@ -457,9 +446,10 @@ class Correlator:
                 after, before = e.get("after_ts"), e.get("before_ts")
                 start = after if after is not None else batch.t0
                 self.capture_gaps[batch.host].append((int(start), before, str(e.get("iface"))))
-                st = self._frame_stream(batch.host, ring_key(batch.host, batch.run, e.get("iface"), e.get("worker")))
-                st.gaps_seen += 1
-                self._release(st)
+                ring = ring_key(batch.host, batch.run, e.get("iface"), e.get("worker"))
+                self._follow(batch.host, ring)
+                self.gap_hold.gap(ring)
+            self._progress(self.gap_hold.release())
             if batch.events:
                 self._host_progress(batch.host)
             return []
@@ -591,15 +581,13 @@ class Correlator:
         if batch.missed:  # frame batches of this host we never saw: their time is a hole
             prev = self.frame_progress.get(host, batch.t0)
             self.capture_gaps[host].append((prev, batch.t0, "missed-batches"))
-        st = self._frame_stream(host, ring_key(host, batch.run, batch.fields.get("iface"),
-                                                batch.fields.get("worker")))
-        gb = batch.fields.get("gaps_before")
-        needed = gb.get("records") if isinstance(gb, dict) else None
-        if isinstance(needed, int) and (st.waiting or st.gaps_seen < needed):
-            st.waiting.append((batch.t0, batch.t1, needed))
+        ring = ring_key(host, batch.run, batch.fields.get("iface"), batch.fields.get("worker"))
+        self._follow(host, ring)
+        # an agent without gaps_before (older) is taken at its word: it owes nothing
+        self.gap_hold.hold(ring, gaps_owed(batch.fields), batch.t1, (host, batch.t0, batch.t1))
+        self._progress(self.gap_hold.release())
+        if self.gap_hold.waiting(ring):
             self.counts["frame_batches_held_for_gaps"] += 1
-        else:  # an agent without gaps_before (older) is taken at its word
-            st.progress = max(st.progress, batch.t1)
         self._host_progress(host)
         part_n, part_k = self.part_n, self.part_k
         for i in range(n):
@@ -642,48 +630,39 @@ class Correlator:
     MAX_RINGS_PER_HOST = 64
     """Capture rings (run, iface, worker) followed per host; the oldest is evicted past it."""
 
-    def _frame_stream(self, host: str, key: tuple) -> FrameStream:
-        rings = self.frame_streams.get(host)
+    def _follow(self, host: str, ring: tuple) -> None:
+        rings = self.ring_progress.get(host)
         if rings is None:
-            rings = self.frame_streams[host] = OrderedDict()
-        st = rings.get(key)
-        if st is None:
+            rings = self.ring_progress[host] = OrderedDict()
+        if ring not in rings:
             if len(rings) >= self.MAX_RINGS_PER_HOST:
-                rings.popitem(last=False)
+                self.gap_hold.forget(rings.popitem(last=False)[0])
                 self.evicted["capture_rings"] += 1
-            st = rings[key] = FrameStream()
-        return st
+            rings[ring] = 0
 
-    @staticmethod
-    def _release(st: FrameStream) -> None:
-        while st.waiting and st.waiting[0][2] <= st.gaps_seen:
-            st.progress = max(st.progress, st.waiting.popleft()[1])
+    def _progress(self, released: list[Released]) -> set[str]:
+        """Frame batches out of the gap hold move their ring's progress. One that waited
+        ``max_wait`` for gap records that never came (a gap batch lost on the way, or dropped
+        on the agent): the time it covers becomes a hole of the receiver's capture -- its frames
+        missing there are unknown. Returns the hosts whose rings moved."""
+        hosts = set()
+        for r in released:
+            host, t0, t1 = r.item
+            rings = self.ring_progress[host]
+            if r.expired:
+                self.counts["gap_records_never_seen"] += r.missing
+                self.capture_gaps[host].append((rings[r.ring] or t0, t1, "gap-records-missing"))
+            rings[r.ring] = max(rings[r.ring], t1)
+            hosts.add(host)
+        return hosts
 
     def _host_progress(self, host: str) -> None:
         best, cap = 0, None
-        for st in self.frame_streams.get(host, {}).values():
-            best = max(best, st.progress)
-            if st.waiting:
-                cap = st.progress if cap is None else min(cap, st.progress)
+        for ring, progress in self.ring_progress.get(host, {}).items():
+            best = max(best, progress)
+            if self.gap_hold.waiting(ring):
+                cap = progress if cap is None else min(cap, progress)
         self.frame_progress[host] = best if cap is None else min(best, cap)
-
-    def _expire_gap_waits(self, now: int) -> None:
-        """Frame batches that waited ``max_wait`` for gap records that never came (a gap batch
-        lost on the way, or dropped on the agent): the time they cover becomes a hole of the
-        receiver's capture -- its frames missing there are unknown -- and the ring goes on."""
-        for host, rings in self.frame_streams.items():
-            changed = False
-            for st in rings.values():
-                while st.waiting and now - st.waiting[0][1] >= self.max_wait_ns:
-                    t0, t1, needed = st.waiting.popleft()
-                    self.counts["gap_records_never_seen"] += max(0, needed - st.gaps_seen)
-                    self.capture_gaps[host].append((st.progress or t0, t1, "gap-records-missing"))
-                    st.gaps_seen = max(st.gaps_seen, needed)
-                    st.progress = max(st.progress, t1)
-                    self._release(st)
-                    changed = True
-            if changed:
-                self._host_progress(host)
 
     def _pair(self, a: str, b: str) -> PairStats:
         p = self.pairs.get((a, b))
@@ -836,7 +815,8 @@ class Correlator:
         now = time.time_ns() if now is None else now
         if not flush:
             now = min(now, self.stream_time)
-        self._expire_gap_waits(now)
+        for host in self._progress(self.gap_hold.release(now)):
+            self._host_progress(host)
         judged: set[tuple[str, str]] = set()
         waiting: list[bytes] = []
         for fp, dep in list(self.departures.items()):
