@@ -805,14 +805,14 @@ class Correlator:
                 for (r, loc, s, how), n in agg.most_common(8)]
 
     # -- the clock -----------------------------------------------------------------------------
-    def tick(self, now: int | None = None, *, flush: bool = False) -> list[IncidentEvent]:
-        """Judge departures older than ``grace``; emit path_loss incidents. ``now`` in ns.
+    def tick(self, now: int, *, flush: bool = False) -> list[IncidentEvent]:
+        """Judge departures older than ``grace``; emit path_loss incidents. ``now``: the
+        caller's wall clock in ns (time.time_ns() in the shell; the core reads no clock).
 
         Frames are judged against the stream's clock, ``min(now, stream_time)``: a consumer
         that runs behind must not call a frame lost whose arrival is still in its backlog.
         ``flush`` (at shutdown) judges against ``now`` alone.
         """
-        now = time.time_ns() if now is None else now
         if not flush:
             now = min(now, self.stream_time)
         for host in self._progress(self.gap_hold.release(now)):
@@ -1035,8 +1035,8 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                     await publish(made)
                 if loop.time() >= next_tick:
                     next_tick = loop.time() + tick_interval
-                    await publish(corr.tick())
-            await publish(corr.tick(flush=True))
+                    await publish(corr.tick(time.time_ns()))
+            await publish(corr.tick(time.time_ns(), flush=True))
             corr.counts["rejected"] = sum(sub.rejected.values())
             corr.counts["dropped_by_queue"] = sub.dropped
             corr.counts["unreceived"] = sub.unreceived  # announced by status, never received
