@@ -126,6 +126,45 @@ class IfaceStats:
     first_ts: int | None = None
     last_ts: int | None = None
 
+    def doc(self) -> dict[str, Any]:
+        """As the sidecar lists it (``interfaces``)."""
+        return {"id": self.if_id, "name": self.name, "host": self.host, "worker": self.worker,
+                "packets": self.packets, "dropcount": self.dropcount, "unplaced": self.unplaced,
+                "unseen_frames": self.unseen, "first_ts": self.first_ts, "last_ts": self.last_ts}
+
+    @classmethod
+    def from_doc(cls, d: dict[str, Any]) -> IfaceStats:
+        return cls(d["id"], d.get("host"), d.get("name"), d.get("worker"),
+                   packets=d.get("packets", 0), dropcount=d.get("dropcount", 0),
+                   unplaced=d.get("unplaced", 0), unseen=d.get("unseen_frames", 0),
+                   first_ts=d.get("first_ts"), last_ts=d.get("last_ts"))
+
+
+def interface_statistics(w: PcapngWriter, st: IfaceStats, ts_ns: int, comment: str) -> None:
+    """Buffer the ISB of one interface: the one rule for its counters, for a section the
+    archive closes and for one a later run seals.
+
+    A capture interface: isb_osdrop is what the kernel's capture ring/socket queue dropped (the
+    OS dropped them, spec meaning); isb_ifdrop gets the same number: it is the one Wireshark
+    shows as "dropped packets" and dumpcap puts libpcap's ps_drop (the ring's tp_drops) there;
+    NIC drops are not known here (netstat events have them). When the capture's own
+    PACKET_STATISTICS totals are known (``kernel``) they are the counters -- "since the
+    beginning of the capture" as the ISB means -- and the file's own share stays in the comment.
+    """
+    if st.worker is None:
+        w.statistics(st.if_id, ts_ns, ifrecv=st.packets, usrdeliv=st.packets,
+                     starttime=st.first_ts, endtime=st.last_ts, comment=comment)
+        return
+    captured = st.dropcount + st.unplaced
+    ifrecv, osdrop = st.packets + captured, captured
+    k = st.kernel
+    if (k and type(k.get("packets")) is int and type(k.get("drops")) is int
+            and 0 <= k["packets"] <= _U64 and 0 <= k["drops"] <= _U64):
+        ifrecv, osdrop = k["packets"], k["drops"]
+        comment += f"; ring totals since capture start: {k['packets']} packets, {k['drops']} drops"
+    w.statistics(st.if_id, ts_ns, ifrecv=ifrecv, ifdrop=osdrop, osdrop=osdrop,
+                 usrdeliv=st.packets, starttime=st.first_ts, endtime=st.last_ts, comment=comment)
+
 
 def _new_counts() -> dict[str, Any]:
     return {"frames": 0, "drops": 0, "dropcount": 0, "gaps": 0, "gaps_late": 0,
@@ -180,33 +219,15 @@ class PcapngArchive:
             self.pending_count = 0
         for st in self.ifaces.values():
             missed = self.counts["missed"].get(st.host, {})
-            captured = st.dropcount + st.unplaced
-            note = (f"{st.packets} packets written; capture lost {captured} "
-                    f"({st.dropcount} placed as epb_dropcount, {st.unplaced} unplaced); "
-                    f"{st.unseen} frames not received by the archive; {missed.get('frame', 0)} "
-                    f"frame and {missed.get('gap', 0)} gap batches of {st.host} missed")
             if st.worker is None:
-                w.statistics(st.if_id, ts_ns, ifrecv=st.packets, usrdeliv=st.packets,
-                             starttime=st.first_ts, endtime=st.last_ts,
-                             comment=f"{st.packets} dropped packets written; "
-                                     f"{missed.get('drop', 0)} drop batches of {st.host} missed")
+                note = (f"{st.packets} dropped packets written; "
+                        f"{missed.get('drop', 0)} drop batches of {st.host} missed")
             else:
-                # isb_osdrop: frames the kernel's capture ring/socket queue dropped (the OS
-                # dropped them, spec meaning). isb_ifdrop gets the same number: it is the one
-                # Wireshark shows as "dropped packets" and dumpcap puts libpcap's ps_drop (the
-                # ring's tp_drops) there; NIC drops are not known here (netstat events have them).
-                ifrecv, osdrop = st.packets + captured, captured
-                k = st.kernel
-                if (k and type(k.get("packets")) is int and type(k.get("drops")) is int
-                        and 0 <= k["packets"] <= _U64 and 0 <= k["drops"] <= _U64):
-                    # The kernel's own PACKET_STATISTICS totals since the ring started: what the
-                    # ISB counters mean ("since the beginning of the capture"); this file's own
-                    # share stays in the comment.
-                    ifrecv, osdrop = k["packets"], k["drops"]
-                    note += f"; ring totals since capture start: {k['packets']} packets, {k['drops']} drops"
-                w.statistics(st.if_id, ts_ns, ifrecv=ifrecv, ifdrop=osdrop, osdrop=osdrop,
-                             usrdeliv=st.packets, starttime=st.first_ts, endtime=st.last_ts,
-                             comment=note)
+                note = (f"{st.packets} packets written; capture lost {st.dropcount + st.unplaced} "
+                        f"({st.dropcount} placed as epb_dropcount, {st.unplaced} unplaced); "
+                        f"{st.unseen} frames not received by the archive; {missed.get('frame', 0)} "
+                        f"frame and {missed.get('gap', 0)} gap batches of {st.host} missed")
+            interface_statistics(w, st, ts_ns, note)
         return w.take()
 
     def _w(self) -> PcapngWriter:
@@ -491,11 +512,7 @@ class PcapngArchive:
             "alert_drops_not_archived": c["alert_drops"], "bad_events": c["bad_events"],
             "bad_batches": c["bad_batches"],
             "batches": dict(c["batches"]), "missed_batches": c["missed"],
-            "interfaces": [{"id": s.if_id, "name": s.name, "host": s.host, "worker": s.worker,
-                            "packets": s.packets, "dropcount": s.dropcount,
-                            "unplaced": s.unplaced, "unseen_frames": s.unseen,
-                            "first_ts": s.first_ts, "last_ts": s.last_ts}
-                           for s in self.ifaces.values()],
+            "interfaces": [s.doc() for s in self.ifaces.values()],
         }
 
 
@@ -597,40 +614,34 @@ class ArchiveFiles:
         ``tail`` is the parse of the bytes from ``offset`` (the checkpoint's file size) on.
         """
         end = offset + tail.end
-        ifaces = {i["id"]: dict(i) for i in doc.get("interfaces") or []}
+        ifaces = {d["id"]: IfaceStats.from_doc(d) for d in doc.get("interfaces") or []}
         frames = drops = dropcount = 0
         for b in tail.blocks:
             if isinstance(b, InterfaceDescription):
                 new_id = max(ifaces, default=-1) + 1
-                ifaces[new_id] = {"id": new_id, "name": b.name, "host": b.description,
-                                  "worker": None if (b.name or "").startswith("drops@") else 0,
-                                  "packets": 0, "dropcount": 0, "unplaced": 0}
+                ifaces[new_id] = IfaceStats(new_id, b.description, b.name,
+                                            None if (b.name or "").startswith("drops@") else 0)
             elif isinstance(b, EnhancedPacket):
                 st = ifaces.get(b.interface_id)
                 if st is None:
                     raise PcapngFormatError(f"EPB for unknown interface {b.interface_id}")
-                st["packets"] += 1
-                st["dropcount"] += b.dropcount or 0
+                st.packets += 1
+                st.dropcount += b.dropcount or 0
                 dropcount += b.dropcount or 0
                 if b.packetid is None:
                     drops += 1
                 else:
                     frames += 1
-                st["first_ts"] = st.get("first_ts") or b.timestamp
-                st["last_ts"] = b.timestamp if st.get("last_ts") is None else max(st["last_ts"], b.timestamp)
+                st.first_ts = st.first_ts or b.timestamp
+                st.last_ts = b.timestamp if st.last_ts is None else max(st.last_ts, b.timestamp)
         order = sorted(ifaces)
-        w = PcapngWriter.continuing([InterfaceInfo(ifaces[i]["name"] or "?") for i in order])
+        w = PcapngWriter.continuing([InterfaceInfo(ifaces[i].name or "?") for i in order])
         now = time.time_ns()
         for i in order:
             st = ifaces[i]
-            lost = st["dropcount"] + st.get("unplaced", 0)
-            w.statistics(i, now, ifrecv=st["packets"] + (lost if st["worker"] is not None else 0),
-                         osdrop=lost if st["worker"] is not None else None,
-                         ifdrop=lost if st["worker"] is not None else None,
-                         usrdeliv=st["packets"], starttime=st.get("first_ts"),
-                         endtime=st.get("last_ts"),
-                         comment=f"{st['packets']} packets written; sealed by the next archiver "
-                                 "run (this file's archiver stopped without closing it)")
+            interface_statistics(w, st, now, f"{st.packets} packets written; sealed by the next "
+                                             "archiver run (this file's archiver stopped without "
+                                             "closing it)")
         with open(path, "r+b") as fh:
             fh.truncate(end)
             fh.seek(end)
@@ -642,7 +653,7 @@ class ArchiveFiles:
                    frames=doc.get("frames", 0) + frames, drop_packets=doc.get("drop_packets", 0) + drops,
                    packets=doc.get("packets", 0) + frames + drops,
                    dropcount=doc.get("dropcount", 0) + dropcount,
-                   interfaces=[ifaces[i] for i in order], torn_bytes_cut=tail.trailing)
+                   interfaces=[ifaces[i].doc() for i in order], torn_bytes_cut=tail.trailing)
         _atomic_json(path.with_name(path.name + ".json"), doc)
         log.info("%s: closed after an unclean stop (%d packets past its last checkpoint%s)",
                  path.name, frames + drops,
