@@ -1,10 +1,4 @@
-"""`netevents archive`: frame, gap and drop batches from the bus into rotating PcapNG files.
-
-    PcapngArchive   sans-IO core: batches in, PcapNG bytes out; places every capture gap as
-                    ``epb_dropcount`` on the first frame after it, keeps per-file accounting
-                    and a checkpoint of its state (no files, sockets or loop)
-    ArchiveFiles    the file side: one open file, rotation, the ``<file>.json`` sidecar
-    run_archive     the asyncio shell: durable JetStream subscription -> core -> files
+"""The archive's sans-IO core: batches in, PcapNG bytes out (no files, sockets or loop).
 
 What a file holds: one IDB per (host, interface, capture worker), ``if_description`` = host;
 EPBs with nanosecond timestamps, direction and reception type from ``sll_pkttype``, the rx
@@ -13,69 +7,32 @@ pseudo-interface ``drops@<host>`` per host, each with a comment naming reason an
 at close one cumulative ISB per interface.
 
 Where a gap goes: a gap record says "``lost`` frames between frame k (after_frame) and k+1
-(before_frame) of ring (host, run, iface, worker)". Gaps and frames travel in different streams,
-so either may arrive first: a frame batch says how many gap records its ring had made when it
-was made (``gaps_before``), and the shell holds it until that many have arrived -- at most
-``--gap-wait`` seconds (1 s; batches of agents that do not say are held that long), so the gap
-records about it are there. A gap that arrives first waits (bounded,
-counted) for frame k+1; a gap whose frame k+1 was already written ("late") goes on the next
+(before_frame) of ring (host, run, iface, worker)". A gap that arrives before frame k+1 waits
+(bounded, counted) for it; a gap whose frame k+1 was already written ("late") goes on the next
 frame written on that ring, with a comment saying so -- the total per ring stays exact, the
 position is off by the frames in between. Gaps that never find a frame are counted as
 ``unplaced`` in the sidecar and the ISB. Frames the archive never received (missed batches: a
 jump in ``first_frame``) are not capture loss: they are counted as ``unseen_frames`` and noted in
 a comment, never as a dropcount.
-
-Durability: batches are written in groups (one flush and one sidecar rewrite per group; a group
-is one batch unless more are already waiting) and acknowledged to JetStream only after that, so
-the checkpoint in the sidecar covers every acknowledged batch. The sidecar ``<file>.json``
-(``complete`` once the file is closed) says what the file holds (frames, drop packets, total
-dropcount) and what the archive knows it did not see (batches missed per host and kind, unseen
-frames, rejected messages), and carries that checkpoint. After a kill -9 the file is readable up
-to the last flushed group; the next run resumes from the checkpoint (the durable consumer
-redelivers what was not acknowledged), skips frames the file already holds past the checkpoint
-(found by packet id), and closes the old file: torn last block cut, ISBs added, sidecar complete.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import logging
 import os
-import re
 import struct
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from .. import __version__
-from ..codec import Batch
-from ..events import ring_key
-from ..pcapng import (
-    EnhancedPacket,
-    InterfaceDescription,
-    InterfaceInfo,
-    PcapngFormatError,
-    PcapngWriter,
-    read_pcapng,
-)
-from .ringorder import RingOrderHold, gaps_owed
+from ... import __version__
+from ...codec import Batch
+from ...pcapng import PcapngWriter
 
 log = logging.getLogger("netevents.archive")
 
-KINDS = ("frame", "gap", "drop")
 DEFAULT_SNAPLEN = 96
-DEFAULT_HOLD = 1.0
-"""Seconds a frame batch waits for the gap records about it (they travel in another stream)."""
-MAX_HELD = 512
-"""Frame batches held at most; beyond, the oldest is written early (JetStream's default
-max_ack_pending of 1000 per consumer bounds what can be outstanding anyway)."""
-GROUP = 64
-"""Batches written per group commit (one flush and one sidecar rewrite, then their acks)."""
 MAX_PENDING_GAPS = 100_000
 """Gaps waiting for their frame, over all rings; beyond this the oldest are given up (counted)."""
 
@@ -536,316 +493,3 @@ def _as_ethernet(payload: bytes, proto: int | None) -> bytes:
     if len(payload) >= 14 and int.from_bytes(payload[12:14], "big") in (proto, 0x8100, 0x88A8):
         return payload
     return b"\0" * 12 + proto.to_bytes(2, "big") + payload
-
-
-# =============================================================================================
-# Files
-
-_NAME = re.compile(r"^netevents-(\d{8}T\d{6}Z)-(\d{6})\.pcapng$")
-
-
-def _atomic_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, separators=(",", ":"))
-    os.replace(tmp, path)
-
-
-class ArchiveFiles:
-    """The current PcapNG file of an archive directory, its rotation and its sidecar.
-
-    Raises:
-        OSError: when the directory or a file cannot be written (the CLI reports it, exit 1).
-    """
-
-    def __init__(self, out_dir: str | os.PathLike, core: PcapngArchive, *,
-                 rotate_bytes: int | None = None, rotate_seconds: float | None = None) -> None:
-        self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.core = core
-        self.rotate_bytes = rotate_bytes
-        self.rotate_seconds = rotate_seconds
-        self.fh: BinaryIO | None = None
-        self.path: Path | None = None
-        self.opened_at = 0.0
-        self.size = 0
-        self.files: list[Path] = []
-        self.totals: Counter[str] = Counter()
-        existing = sorted(p for p in self.dir.glob("netevents-*.pcapng") if _NAME.match(p.name))
-        self.index = max((int(_NAME.match(p.name).group(2)) for p in existing), default=0)
-        self.previous = existing[-1] if existing else None
-
-    def resume_state(self) -> tuple[dict[str, Any] | None, list[int]]:
-        """The checkpoint in the newest sidecar of the directory (None for a fresh archive), and
-        the packet ids the file holds beyond it.
-
-        The sidecar is rewritten after each flushed batch, so a kill between the flush and the
-        rewrite leaves one batch in the file that the checkpoint does not know; its frames are
-        found by their ``epb_packetid`` in the bytes after the checkpoint's offset (a few KiB,
-        never the whole file) so that :meth:`PcapngArchive.advance` does not write them twice.
-        """
-        if self.previous is None:
-            return None, []
-        side = self.previous.with_name(self.previous.name + ".json")
-        try:
-            doc = json.loads(side.read_text())
-        except (OSError, ValueError):
-            log.warning("cannot read %s: starting without a checkpoint (redelivered batches may "
-                        "be written twice)", side)
-            return None, []
-        ids: list[int] = []
-        if not doc.get("complete"):
-            offset = int(doc.get("bytes") or 0)
-            try:
-                with open(self.previous, "rb") as fh:
-                    fh.seek(offset)
-                    tail = read_pcapng(fh.read(), fragment=True)
-                ids = [b.packetid for b in tail.of(EnhancedPacket) if b.packetid is not None]
-                self.seal(self.previous, doc, offset, tail)
-            except (OSError, PcapngFormatError) as exc:
-                log.warning("cannot read the tail of %s (%s): a batch may be written twice, "
-                            "and the file stays unclosed", self.previous, exc)
-        return doc.get("checkpoint"), ids
-
-    def seal(self, path: Path, doc: dict[str, Any], offset: int, tail: Any) -> None:
-        """Close a file its archiver left open (kill -9): cut a torn last block, append the
-        ISBs, and rewrite the sidecar as complete with the blocks found past its checkpoint.
-
-        ``tail`` is the parse of the bytes from ``offset`` (the checkpoint's file size) on.
-        """
-        end = offset + tail.end
-        ifaces = {d["id"]: IfaceStats.from_doc(d) for d in doc.get("interfaces") or []}
-        frames = drops = dropcount = 0
-        for b in tail.blocks:
-            if isinstance(b, InterfaceDescription):
-                new_id = max(ifaces, default=-1) + 1
-                ifaces[new_id] = IfaceStats(new_id, b.description, b.name,
-                                            None if (b.name or "").startswith("drops@") else 0)
-            elif isinstance(b, EnhancedPacket):
-                st = ifaces.get(b.interface_id)
-                if st is None:
-                    raise PcapngFormatError(f"EPB for unknown interface {b.interface_id}")
-                st.packets += 1
-                st.dropcount += b.dropcount or 0
-                dropcount += b.dropcount or 0
-                if b.packetid is None:
-                    drops += 1
-                else:
-                    frames += 1
-                st.first_ts = st.first_ts or b.timestamp
-                st.last_ts = b.timestamp if st.last_ts is None else max(st.last_ts, b.timestamp)
-        order = sorted(ifaces)
-        w = PcapngWriter.continuing([InterfaceInfo(ifaces[i].name or "?") for i in order])
-        now = time.time_ns()
-        for i in order:
-            st = ifaces[i]
-            interface_statistics(w, st, now, f"{st.packets} packets written; sealed by the next "
-                                             "archiver run (this file's archiver stopped without "
-                                             "closing it)")
-        with open(path, "r+b") as fh:
-            fh.truncate(end)
-            fh.seek(end)
-            data = w.take()
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        doc.update(complete=True, sealed=True, bytes=end + len(data),
-                   frames=doc.get("frames", 0) + frames, drop_packets=doc.get("drop_packets", 0) + drops,
-                   packets=doc.get("packets", 0) + frames + drops,
-                   dropcount=doc.get("dropcount", 0) + dropcount,
-                   interfaces=[ifaces[i].doc() for i in order], torn_bytes_cut=tail.trailing)
-        _atomic_json(path.with_name(path.name + ".json"), doc)
-        log.info("%s: closed after an unclean stop (%d packets past its last checkpoint%s)",
-                 path.name, frames + drops,
-                 f", {tail.trailing} torn bytes cut" if tail.trailing else "")
-
-    def open(self) -> None:
-        self.index += 1
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        self.path = self.dir / f"netevents-{stamp}-{self.index:06d}.pcapng"
-        self.fh = open(self.path, "xb")
-        self.opened_at = time.monotonic()
-        self.size = 0
-        self.files.append(self.path)
-        self._write(self.core.open_section(comment=f"netevents archive file {self.index}"))
-        self.sidecar(complete=False)
-
-    def _write(self, data: bytes) -> None:
-        assert self.fh is not None
-        if data:
-            self.fh.write(data)
-            self.fh.flush()   # a kill -9 leaves the file readable up to here
-            self.size += len(data)
-
-    def write_batch(self, batch: Batch, sub_report: dict[str, Any] | None = None) -> None:
-        """Append one batch, flush, rewrite the sidecar; rotate when due."""
-        self.write_batches([batch], sub_report)
-
-    def write_batches(self, batches: list[Batch], sub_report: dict[str, Any] | None = None) -> None:
-        """Append batches, flush, rewrite the sidecar once (a group commit); rotate when due.
-
-        The caller acknowledges the batches only after this returns, so the checkpoint in the
-        newest sidecar covers every acknowledged batch. Grouping matters under load: the
-        sidecar rewrite (a few ms on slow filesystems) is paid once per group, not per batch.
-        """
-        if self.fh is None:
-            self.open()
-        for batch in batches:
-            data = self.core.add(batch)
-            if data:
-                assert self.fh is not None
-                self.fh.write(data)
-                self.size += len(data)
-            if self.due():
-                self.close(sub_report=sub_report)
-                self.open()
-        assert self.fh is not None
-        self.fh.flush()   # a kill -9 leaves the file readable up to here
-        self.sidecar(complete=False, sub_report=sub_report)
-
-    def due(self) -> bool:
-        if self.fh is None:
-            return False
-        if self.rotate_bytes and self.size >= self.rotate_bytes:
-            return True
-        return bool(self.rotate_seconds and time.monotonic() - self.opened_at >= self.rotate_seconds)
-
-    def maybe_rotate(self, sub_report: dict[str, Any] | None = None) -> None:
-        if self.due():
-            self.close(sub_report=sub_report)
-            self.open()
-
-    def close(self, *, final: bool = False, sub_report: dict[str, Any] | None = None) -> None:
-        if self.fh is None:
-            return
-        self._write(self.core.close_section(time.time_ns(), final=final))
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        self.fh = None
-        self.sidecar(complete=True, sub_report=sub_report)
-        s = self.core.summary()
-        self.totals["files"] += 1
-        for k in ("frames", "drop_packets", "dropcount"):
-            self.totals[k] += s[k]
-
-    def sidecar(self, *, complete: bool, sub_report: dict[str, Any] | None = None) -> None:
-        assert self.path is not None
-        doc = {"file": self.path.name, "complete": complete, "bytes": self.size,
-               "writer": self.core.userappl, **self.core.summary()}
-        if sub_report is not None:
-            doc["subscription"] = sub_report
-        doc["checkpoint"] = self.core.checkpoint()
-        _atomic_json(self.path.with_name(self.path.name + ".json"), doc)
-
-    def current(self) -> dict[str, Any]:
-        s = self.core.summary() if self.fh is not None else {"frames": 0, "drop_packets": 0, "dropcount": 0}
-        return {"files": self.totals["files"] + (1 if self.fh is not None else 0),
-                "frames": self.totals["frames"] + s["frames"],
-                "drop_packets": self.totals["drop_packets"] + s["drop_packets"],
-                "dropcount": self.totals["dropcount"] + s["dropcount"]}
-
-
-# =============================================================================================
-# The asyncio shell
-
-def _sub_report(sub: Any) -> dict[str, Any]:
-    return {"sequence": sub.tracker.report(), "rejected": dict(sub.rejected),
-            "queue_dropped": sub.dropped}
-
-
-async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: str = "archive",
-                      rotate_bytes: int | None = None, rotate_seconds: float | None = None,
-                      stop: asyncio.Event | None = None, progress_every: float = 5.0,
-                      hosts: list[str] | None = None, hold: float = DEFAULT_HOLD,
-                      max_held: int = MAX_HELD, credentials: Any = None) -> dict[str, Any]:
-    """Archive frame/gap/drop batches until ``stop`` is set; returns the totals.
-
-    ``credentials`` (a :class:`~netevents.bus.Credentials`) authenticate to the bus.
-
-    One archiver per ``durable`` name: the durable JetStream consumers (``<durable>-frame``, ...)
-    remember what was acknowledged, and a batch is acknowledged only after it was written,
-    flushed and checkpointed, so a restart (also after kill -9) resumes without a hole.
-
-    Frames and gaps come through different streams, in no particular order between them: a
-    frame batch is held until the gap records its ring had made before it (``gaps_before``) have
-    arrived, at most ``hold`` seconds (at most ``max_held`` batches), so that their dropcount
-    lands on exactly the right frame. Batches of one ring leave in their order. Held batches are
-    not acknowledged yet.
-
-    Raises:
-        BusError: if the bus cannot be reached.
-        OSError: if the output directory cannot be written.
-    """
-    from ..bus import connect
-
-    stop = stop or asyncio.Event()
-    core = PcapngArchive()
-    files = ArchiveFiles(out_dir, core, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds)
-    state, beyond = files.resume_state()
-    if state:
-        core.restore(state)
-        core.advance(beyond)
-    # A batch of an agent that does not say what it owes waits the whole bound.
-    held = RingOrderHold(hold, max_held=max_held, unannounced_waits=True)
-    async with connect(url, name=f"netevents-archive-{durable}", streams=True,
-                       credentials=credentials) as bus:
-        # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
-        # short keeps them far from JetStream's ack wait (no redelivery while we work).
-        sub = bus.subscribe(kinds=list(KINDS), hosts=hosts, durable=durable, queue_size=256,
-                            manual_ack=True)
-        for key, seq in core.written.items():
-            host, run, kind = key.rsplit("|", 2)
-            sub.tracker.seed(host, run, kind, seq)
-
-        async def commit(batches: list[Batch]) -> None:
-            if batches:
-                await asyncio.to_thread(files.write_batches, batches, _sub_report(sub))
-                for b in batches:
-                    await sub.ack(b)
-
-        files.open()
-        last_progress = time.monotonic()
-        async with sub:
-            try:
-                while not stop.is_set():
-                    now = time.monotonic()
-                    due = held.deadline()
-                    wait = 0.5 if due is None else min(0.5, max(0.0, due - now))
-                    batch = await sub.next(timeout=wait or 0.001)
-                    ready: list[Batch] = []
-                    while batch is not None:
-                        if batch.kind == "frame":
-                            f = batch.fields
-                            held.hold(ring_key(batch.host, batch.run, f.get("iface"), f.get("worker")),
-                                      gaps_owed(f), time.monotonic(), batch)
-                        else:
-                            ready.append(batch)      # gaps first: frames due now may need them
-                            if batch.kind == "gap":
-                                for e in batch.events:
-                                    held.gap(ring_key(batch.host, batch.run, e.get("iface"),
-                                                      e.get("worker")))
-                        if len(ready) + len(held) >= max_held + GROUP:
-                            break
-                        batch = await sub.next(timeout=0)   # what is already here joins the group
-                    now = time.monotonic()
-                    ready += [r.item for r in held.release(now)]
-                    for i in range(0, len(ready), GROUP):
-                        await commit(ready[i:i + GROUP])
-                    if files.due():
-                        await asyncio.to_thread(files.maybe_rotate, _sub_report(sub))
-                    if now - last_progress >= progress_every:
-                        last_progress = now
-                        _progress(files)
-                # stopping: what is held is written (its gaps already arrived or never will)
-                await commit([r.item for r in held.drain()])
-            finally:
-                await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
-                _progress(files)
-    return {**files.current(), "paths": [str(p) for p in files.files]}
-
-
-def _progress(files: ArchiveFiles) -> None:
-    c = files.current()
-    print(f"netevents archive: {c['files']} files, {c['frames']} frames, "
-          f"{c['drop_packets']} dropped packets, dropcount {c['dropcount']} "
-          f"-> {files.path.name if files.path else '-'}", file=sys.stderr, flush=True)
