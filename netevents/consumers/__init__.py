@@ -2,6 +2,8 @@
 
     view.py    FleetView: tallies and the text of `netevents top` / `netevents up`
     tail.py    `netevents tail`: events as lines or JSON
-    archive.py `netevents archive`: frames, capture gaps and dropped packets into rotating PcapNG
+    archive/   `netevents archive`: frames, capture gaps and dropped packets into rotating PcapNG
+    correlate/ `netevents correlate`: drop storms, path loss and peer incidents across hosts
+    ringorder.py  RingOrderHold: a ring's frame batches wait for the gap records they announce
     verify.py  `netevents verify`: an archive file checked with tshark and capinfos
 """

@@ -1,5 +1,5 @@
-"""Durable subscriptions resume at the first unacknowledged batch, in order (bus.py fix for the
-archive): without the rewind, unacknowledged batches come back only after JetStream's ack wait,
+"""Durable subscriptions resume at the first unacknowledged batch, in order (the archive relies
+on it): without the rewind, unacknowledged batches come back only after JetStream's ack wait,
 behind newer ones, and a sequence tracker drops them as duplicates."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 from netevents.codec import Batch, decode_batch, encode_batch
-from netevents.consumers.correlate import Correlator, fingerprint
+from netevents.consumers.correlate import STORM_LISTED, Correlator, fingerprint
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS
@@ -24,7 +24,7 @@ def advance(c: Correlator, t: int, receivers: tuple[str, ...] = ("a", "b", "c"))
     frame batch ending at ``t`` with one frame that matches nothing)."""
     c.feed(batch("status", "clock", int(t // NS), [{"version": "t"}], t0=t - NS, t1=t))
     for h in receivers:
-        if h in c.frame_progress or h in c.addr_host.values():
+        if h in c.coverage.frame_progress or h in c.directory.addr_host.values():
             c.feed(frames(h, 10_000 + int(t // NS) + len(c.counts), [(t, 0, "c", h, 65000)]))
 
 
@@ -275,7 +275,7 @@ def test_bounded_state_counts_evictions():
     c, seq = Correlator(grace=1, max_frames=10, max_keys=5), Seq()
     _learn(c, seq)
     c.feed(frames("a", seq("a", "frame"), [(T0 + NS + i, 4, "a", "b", 1000 + i) for i in range(25)]))
-    assert len(c.departures) == 10
+    assert len(c.paths.departures) == 10
     assert c.evicted["frames"] == 17  # 27 departures (2 from _learn) into 10 places
     for i in range(8):
         c.feed(drop("a", seq("a", "drop"), f"R{i}", "loc", 1, T0, source="counter"))
@@ -309,7 +309,7 @@ def test_a_consumer_running_behind_does_not_judge_frames_still_in_its_backlog():
     _learn(c, seq)
     c.feed(frames("a", seq("a", "frame"), [(T0 + NS, 4, "a", "b", 42)]))
     # wall clock a minute later, but the stream has only reached T0 + 1 s: nothing judged
-    assert c.tick(T0 + 60 * NS) == [] and len(c.departures) == 1
+    assert c.tick(T0 + 60 * NS) == [] and len(c.paths.departures) == 1
     c.feed(frames("b", seq("b", "frame"), [(T0 + NS + 5000, 0, "a", "b", 42)]))
     assert c.pairs[("a", "b")].delivered == 1 and c.pairs[("a", "b")].lost == 0
     # at shutdown, flush judges against the wall clock
@@ -325,7 +325,7 @@ def test_frames_wait_for_a_receiver_whose_capture_is_behind():
     c.feed(frames("b", seq("b", "frame"), [(T0 + NS, 0, "c", "b", 1)]))
     c.feed(frames("a", seq("a", "frame"), [(T0 + 2 * NS, 4, "a", "b", 44)]))
     advance(c, T0 + 5 * NS, receivers=("a",))  # the stream moves on; b's capture does not
-    assert c.tick(T0 + 5 * NS) == [] and len(c.departures) == 1
+    assert c.tick(T0 + 5 * NS) == [] and len(c.paths.departures) == 1
     # b comes back with the gap record of its stall: the frame is unknown, not lost
     c.feed(batch("gap", "b", seq("b", "gap"), [{"iface": "eth0", "lost": 9, "cause": "ring_full",
                                                 "after_ts": T0 + NS, "before_ts": T0 + 6 * NS}]))
@@ -361,14 +361,14 @@ def test_frames_that_overtake_their_gap_record_wait_for_it():
     # the frames after a gap can come first. Judging then would call the gap's frames lost.
     c, seq = Correlator(grace=1, report_interval=0, gap_slack=0.001), Seq()
     base, _ids, gap_lo, gap_hi = _gap_scene(c, seq)
-    assert c.frame_progress["b"] < base  # b's progress held back: a gap record is owed
+    assert c.coverage.frame_progress["b"] < base  # b's progress held back: a gap record is owed
     c.feed(batch("status", "clock", 1, [{"version": "t"}], t0=base, t1=base + 4 * NS))
-    assert c.tick(base + 4 * NS) == [] and len(c.departures) == 5  # the five wait
+    assert c.tick(base + 4 * NS) == [] and len(c.paths.departures) == 5  # the five wait
     assert c.counts["frame_batches_held_for_gaps"] == 2
     c.feed(batch("gap", "b", seq("b", "gap"), [{"iface": "eth0", "worker": 0, "lost": 5,
                                                 "cause": "ring_full", "after_ts": gap_lo,
                                                 "before_ts": gap_hi}]))
-    assert c.frame_progress["b"] == base + 4 * NS
+    assert c.coverage.frame_progress["b"] == base + 4 * NS
     incs = c.tick(base + 4 * NS)
     d = incs[0].details
     assert (d["delivered"], d["lost"], d["unknown"]) == (25, 0, 5)
@@ -383,10 +383,10 @@ def test_a_gap_record_that_never_comes_makes_its_span_unknown_and_is_counted():
     d = incs[0].details
     assert (d["delivered"], d["lost"], d["unknown"]) == (25, 0, 5)
     assert c.counts["gap_records_never_seen"] == 1
-    assert c.frame_progress["b"] == base + 4 * NS
+    assert c.coverage.frame_progress["b"] == base + 4 * NS
     # and the ring goes on: a later batch (no new gap) moves b's progress at once
     c.feed(frames("b", seq("b", "frame"), [(base + 21 * NS, 0, "c", "b", 10)], gaps_before=1))
-    assert c.frame_progress["b"] == base + 21 * NS
+    assert c.coverage.frame_progress["b"] == base + 21 * NS
 
 
 def test_one_ring_waiting_for_a_gap_record_holds_back_its_hosts_other_rings():
@@ -397,11 +397,11 @@ def test_one_ring_waiting_for_a_gap_record_holds_back_its_hosts_other_rings():
         c.feed(batch("frame", "b", seq("b", "frame"), frames("b", 1, [(t, 0, "c", "b", 2)]).events,
                      t0=t, t1=t, worker=1, gaps_before={"records": owed, "lost": 3 * owed}))
     c.feed(frames("b", seq("b", "frame"), [(T0 + 9 * NS, 0, "c", "b", 3)], gaps_before=0))
-    assert c.frame_progress["b"] == T0 + NS  # worker 1 owes a record; its ring had reached T0+1s
+    assert c.coverage.frame_progress["b"] == T0 + NS  # worker 1 owes a record; its ring had reached T0+1s
     c.feed(batch("gap", "b", seq("b", "gap"), [{"iface": "eth0", "worker": 1, "lost": 3,
                                                 "cause": "ring_full", "after_ts": T0 + 3 * NS,
                                                 "before_ts": T0 + 4 * NS}]))
-    assert c.frame_progress["b"] == T0 + 9 * NS
+    assert c.coverage.frame_progress["b"] == T0 + 9 * NS
 
 
 def test_storm_updates_are_rate_limited_and_listed_hosts_capped():
@@ -414,7 +414,7 @@ def test_storm_updates_are_rate_limited_and_listed_hosts_capped():
     later = tick(c, T0 + 6 * NS)  # one update for all hosts that joined since
     storms = [i for i in later if i.type == "drop_storm"]
     assert len(storms) == 1 and storms[0].details["hosts_total"] == 300
-    assert len(storms[0].details["per_host"]) == Correlator.STORM_LISTED
+    assert len(storms[0].details["per_host"]) == STORM_LISTED
     assert storms[0].details["episode"] == made[0].details["episode"]
 
 

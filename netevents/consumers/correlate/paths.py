@@ -1,0 +1,286 @@
+"""Path loss: frames seen leaving host A (``dir`` 4, outgoing) matched with the same frames
+arriving at host B, by a fingerprint of fields no hop changes (:mod:`.fingerprint`).
+
+After ``grace`` an unmatched departure is judged: *unknown* when B's capture was blind then
+(:class:`~.coverage.CaptureCoverage`), *lost* otherwise; a loss is put down to a drop reason
+when a drop on B's machine can explain it (:meth:`.ledger.DropLedger.explain_loss`). A departure
+is judged only once B's capture is known a grace period past it (or it waited ``max_wait``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...codec import Batch
+from ...events import IncidentEvent
+from .coverage import CaptureCoverage
+from .directory import HostDirectory
+from .fingerprint import ARRIVING, IPPROTO_TCP, MAX_FRAME, PACKET_OUTGOING, addr_text, fingerprint
+from .ledger import DropLedger
+from .partition import Partition, partition_of
+
+NS = 1_000_000_000
+
+SOURCE_NAMES = {0: "fallback", 1: "software", 2: "hardware"}
+
+
+def _quantile(values: list[int], q: float) -> int | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+@dataclass(slots=True)
+class Departure:
+    host: str
+    ts: int
+    ts_src: int
+    dst: str | None
+    src: str | None = None
+    offload: bool = False
+    """A TCP frame longer than any Ethernet frame: a segmentation-offload (GSO/TSO) super-packet
+    as the sender's tap saw it, which a qdisc, a device or the NIC may cut into segments on
+    the way: its absence at the receiver proves nothing."""
+
+
+@dataclass(slots=True)
+class Arrival:
+    host: str
+    ts: int
+    ts_src: int
+
+
+@dataclass
+class PairStats:
+    """Path A -> B: cumulative counts, the reasons losses coincided with, recent delays."""
+
+    delivered: int = 0
+    lost: int = 0
+    unknown: int = 0
+    unknown_offload: int = 0
+    """Of ``unknown``: offload super-packets that did not arrive whole (see Departure.offload)."""
+    delays_ns: deque = field(default_factory=lambda: deque(maxlen=2048))
+    ts_sources: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    named_by_packet: int = 0
+    """Losses whose reason is the drop event of that very packet (a sampled drop), not a vote."""
+    first_ts: int | None = None
+    last_ts: int | None = None
+    reported_lost: int = 0
+    reported_unknown: int = 0
+
+    def seen(self, ts: int) -> None:
+        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+        self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+
+
+class PathLoss:
+    """Departures and arrivals waiting for their match, per pair of hosts the verdicts.
+
+    Args:
+        grace_ns: how long a departure waits for its arrival before it is judged.
+        max_wait_ns: how long it waits at most for the receiver's capture to get past it.
+        max_frames: departures and arrivals kept each; the oldest is evicted past that and
+            counted in ``evicted["frames"]`` -- it is never judged.
+        max_keys: pairs kept.
+        report_ns: time between two path_loss incidents of one pair.
+        partition: only the pairs of addresses this member owns are matched (both directions
+            of a path go together).
+    """
+
+    def __init__(self, directory: HostDirectory, drops: DropLedger, coverage: CaptureCoverage,
+                 partition: Partition, *, grace_ns: int, max_wait_ns: int, max_frames: int,
+                 max_keys: int, report_ns: int, counts: Counter[str],
+                 evicted: Counter[str]) -> None:
+        self.directory = directory
+        self.drops = drops
+        self.coverage = coverage
+        self.partition = partition
+        self.grace_ns = grace_ns
+        self.max_wait_ns = max_wait_ns
+        self.max_frames = max_frames
+        self.max_keys = max_keys
+        self.report_ns = report_ns
+        self.counts = counts
+        self.evicted = evicted
+        self.departures: OrderedDict[bytes, Departure] = OrderedDict()
+        self.arrivals: OrderedDict[bytes, Arrival] = OrderedDict()
+        self.pairs: dict[tuple[str, str], PairStats] = {}
+        self.reported_at: dict[tuple[str, str], int] = {}
+
+    def frames(self, batch: Batch) -> None:
+        """Match the frames of a ``frame`` batch (columns) with those seen elsewhere."""
+        cols = batch.events
+        n = len(batch)
+        get = cols.get
+        ts_c, src_c, dst_c, l4_c = get("ts") or [], get("src") or [None] * n, get("dst") or [None] * n, get("l4") or [None] * n
+        sp_c, dp_c = get("sport") or [None] * n, get("dport") or [None] * n
+        id_c, seq_c = get("ip_id") or [None] * n, get("tcp_seq") or [None] * n
+        head_c, dir_c = get("head") or [None] * n, get("dir") or [0] * n
+        tss_c = get("ts_src") or [0] * n
+        len_c = get("len") or [0] * n
+        host = batch.host
+        learn = self.directory.learn_addr
+        part_n, part_k = self.partition.n, self.partition.k
+        for i in range(n):
+            if part_n > 1:
+                a, b = src_c[i], dst_c[i]
+                if not a or not b or partition_of(a + b if a < b else b + a, part_n) != part_k:
+                    continue  # another member's path (both directions of a pair go together)
+            fp = fingerprint(src_c[i], dst_c[i], l4_c[i], sp_c[i], dp_c[i], id_c[i], seq_c[i], head_c[i])
+            if fp is None:
+                continue
+            ts, tss, d = int(ts_c[i]), int(tss_c[i] or 0), dir_c[i]
+            if d == PACKET_OUTGOING:
+                src_t = addr_text(src_c[i])
+                learn(src_t, host)
+                arr = self.arrivals.pop(fp, None)
+                if arr is not None:
+                    self._delivered(host, arr.host, ts, tss, arr.ts, arr.ts_src)
+                    continue
+                if fp in self.departures:
+                    self.counts["duplicate_fingerprints"] += 1
+                    continue
+                if len(self.departures) >= self.max_frames:
+                    self.departures.popitem(last=False)
+                    self.evicted["frames"] += 1
+                self.departures[fp] = Departure(host, ts, tss, addr_text(dst_c[i]), src_t,
+                                                l4_c[i] == IPPROTO_TCP and (len_c[i] or 0) > MAX_FRAME)
+            elif d in ARRIVING:
+                if d == 0:
+                    learn(addr_text(dst_c[i]), host)
+                dep = self.departures.get(fp)
+                if dep is not None and dep.host != host:
+                    del self.departures[fp]
+                    self._delivered(dep.host, host, dep.ts, dep.ts_src, ts, tss)
+                    continue
+                if len(self.arrivals) >= self.max_frames:
+                    self.arrivals.popitem(last=False)
+                    self.evicted["frames"] += 1
+                self.arrivals[fp] = Arrival(host, ts, tss)
+
+    def _pair(self, a: str, b: str) -> PairStats:
+        p = self.pairs.get((a, b))
+        if p is None:
+            if len(self.pairs) >= self.max_keys:
+                self.pairs.pop(next(iter(self.pairs)))
+                self.evicted["pairs"] += 1
+            p = self.pairs[(a, b)] = PairStats()
+        return p
+
+    def _delivered(self, a: str, b: str, ts_a: int, src_a: int, ts_b: int, src_b: int) -> None:
+        p = self._pair(a, b)
+        p.delivered += 1
+        p.delays_ns.append(ts_b - ts_a)
+        p.ts_sources[f"{SOURCE_NAMES.get(src_a, src_a)}->{SOURCE_NAMES.get(src_b, src_b)}"] += 1
+        p.seen(ts_a)
+
+    def judge(self, now: int, *, flush: bool = False) -> None:
+        """Judge departures older than ``grace`` at ``now``; with ``flush`` (shutdown), without
+        waiting for receivers whose capture is behind."""
+        coverage = self.coverage
+        waiting: list[bytes] = []
+        for fp, dep in list(self.departures.items()):
+            if now - dep.ts < self.grace_ns:
+                break
+            b = self.directory.host_at(dep.dst)
+            if b is not None and b != dep.host and not flush:
+                # B's capture has not yet published frames a grace period past this one (it
+                # is behind, or stalled): its frames -- or the gap record saying it was blind
+                # -- may still come. Wait, up to max_wait.
+                if (coverage.known_until(b) < dep.ts + self.grace_ns
+                        and now - dep.ts < self.max_wait_ns):
+                    waiting.append(fp)
+                    continue
+            del self.departures[fp]
+            if b is None or b == dep.host:
+                self.counts["departures_unjudged"] += 1  # not addressed to a host we capture
+                continue
+            p = self._pair(dep.host, b)
+            p.seen(dep.ts)
+            delays = p.delays_ns
+            expected = dep.ts + (sorted(delays)[len(delays) // 2] if delays else 0)
+            if coverage.blind_at(b, expected):
+                p.unknown += 1
+            elif dep.offload:
+                p.unknown += 1  # cut into segments on the way, most likely: not a loss
+                p.unknown_offload += 1
+            elif coverage.known_until(b) < dep.ts:
+                p.unknown += 1  # B's capture never got past this time: it cannot tell
+                self.counts["unknown_receiver_silent"] += 1
+            else:
+                p.lost += 1
+                reason, by_packet = self.drops.explain_loss(fp, b, dep.ts, (dep.src, dep.dst))
+                if reason is not None:
+                    p.reasons[reason] += 1
+                    p.named_by_packet += by_packet
+        for fp in reversed(waiting):  # back to the front, in their order
+            self.departures.move_to_end(fp, last=False)
+        # arrivals without a departure after 2 x grace: sender not captured or departure evicted
+        while self.arrivals:
+            fp, arr = next(iter(self.arrivals.items()))
+            if now - arr.ts < 2 * self.grace_ns:
+                break
+            del self.arrivals[fp]
+            self.counts["arrivals_unmatched"] += 1
+
+    def report(self, now: int) -> list[IncidentEvent]:
+        """A path_loss incident for each pair with new verdicts (one per report interval)."""
+        out = []
+        for key, p in list(self.pairs.items()):
+            if p.lost == p.reported_lost and p.unknown == p.reported_unknown:
+                continue
+            last = self.reported_at.get(key)
+            if last is not None and now - last < self.report_ns:
+                continue
+            out.append(self._incident(key, p, now))
+        return out
+
+    def _incident(self, key: tuple[str, str], p: PairStats, now: int) -> IncidentEvent:
+        a, b = key
+        self.reported_at[key] = now
+        new_lost, new_unknown = p.lost - p.reported_lost, p.unknown - p.reported_unknown
+        p.reported_lost, p.reported_unknown = p.lost, p.unknown
+        judged = p.delivered + p.lost
+        pct = 100.0 * p.lost / judged if judged else 0.0
+        delays = list(p.delays_ns)
+        p50, p99 = _quantile(delays, 0.5), _quantile(delays, 0.99)
+        reason = p.reasons.most_common(1)[0][0] if p.reasons else None
+        summary = f"path {a} -> {b}: {p.lost} lost of {judged} ({pct:.1f}%)"
+        if p.unknown - p.unknown_offload:
+            summary += f", {p.unknown - p.unknown_offload} unknown (capture gap on {b})"
+        if p.unknown_offload:
+            summary += f", {p.unknown_offload} unknown (offload super-packets, cut up on the way)"
+        if reason:
+            summary += f"; coincides with drops on {b}: {reason}"
+        if p50 is not None:
+            summary += f"; one-way delay p50 {p50 / 1e6:.3f} ms p99 {p99 / 1e6:.3f} ms"
+        inputs = ["frame", "gap"] + (["drop"] if p.reasons else [])
+        return IncidentEvent(
+            type="path_loss", summary=summary, hosts=[a, b], first_ts=p.first_ts, last_ts=p.last_ts,
+            details={"from": a, "to": b, "delivered": p.delivered, "lost": p.lost,
+                     "unknown": p.unknown, "new_lost": new_lost, "new_unknown": new_unknown,
+                     "loss_pct": round(pct, 3), "reasons": dict(p.reasons),
+                     "reasons_by_packet": p.named_by_packet,
+                     "unknown_offload": p.unknown_offload,
+                     "delay_ns": {"p50": p50, "p99": p99, "samples": len(delays),
+                                  "min": min(delays) if delays else None},
+                     "ts_src": dict(p.ts_sources),
+                     "ts_note": "one-way delay = arrival stamp on B - departure stamp on A; "
+                                "clocks of different machines add their offset",
+                     "grace_s": self.grace_ns / NS, "frames_evicted": self.evicted["frames"]},
+            inputs=inputs, missing_input=self.directory.missing_for({a, b}, ["frame", "gap"]))
+
+    def table(self) -> list[dict[str, Any]]:
+        """Per pair: delivered, lost, unknown, p50/p99 delay (for views and metrics)."""
+        rows = []
+        for (a, b), p in self.pairs.items():
+            delays = list(p.delays_ns)
+            rows.append({"from": a, "to": b, "delivered": p.delivered, "lost": p.lost,
+                         "unknown": p.unknown, "p50_ns": _quantile(delays, 0.5),
+                         "p99_ns": _quantile(delays, 0.99),
+                         "reason": p.reasons.most_common(1)[0][0] if p.reasons else None})
+        return sorted(rows, key=lambda r: (-r["lost"], -r["unknown"], r["from"], r["to"]))
