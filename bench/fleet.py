@@ -203,9 +203,9 @@ def consumer(name: str, url: str, duration: float, out: mp.Queue,
                         stats["max_queued"] = max(stats["max_queued"], lag["queued"])
                         stats["max_pending"] = max(stats["max_pending"], lag["pending"])
                         if corr is not None:
-                            stats["incidents"] += len(corr.tick())
+                            stats["incidents"] += len(corr.tick(time.time_ns()))
                 if corr is not None:
-                    stats["incidents"] += len(corr.tick(flush=True))
+                    stats["incidents"] += len(corr.tick(time.time_ns(), flush=True))
                 lag = await sub.lag()
                 stats.update(bus_errors=dict(bus.errors), missed=sub.missed,
                              unreceived=sub.unreceived, rejected=sum(sub.rejected.values()),

@@ -1,19 +1,23 @@
 """netevents: fleet-wide network loss observability for Linux.
 
-Map of the package (what agents and subscribers both import):
+Map of the package (the library: what agents and subscribers both import):
 
     errors.py      the exception tree (ConfigError, CodecError, BusError, CapabilityError, ...)
     events.py      the v1 event kinds as typed records; the JSON Schemas are generated from it
     codec.py       sans-IO msgpack batch envelope: encode_batch, decode_batch, Batch
     subjects.py    subject names and the token rule for kind/site/host
     sequence.py    sans-IO sequence accounting: batches missed per (host, run, kind)
-    bus.py         NATS: connect(), EmbeddedServer, streams, publish, Subscription
+    bus/           NATS: connect(), EmbeddedServer, streams, publish, Subscription (its sans-IO
+                   Intake: accept, sequences, announced counts)
+    pcapng.py      sans-IO PcapNG block writer and reader
+    auth.py        per-host NATS users and the server's authorization block
     memory.py      an in-memory bus with the same interface, for unit tests and notebooks
     trio.py        the consumer API for trio programs (through trio-asyncio)
-    consumers/     subscribers we ship (tail, top view, ...)
-    cli.py         the `netevents` command
+    consumers/     subscribers we ship: tail, view (top), metrics, verify, correlate/, archive/
+    app/           the application layer: the `netevents` command, its terminal UI, the demo.
+                   Nothing else in this package imports it (tests/test_layout.py)
 
-Host-side collectors live in the sibling package ``agents``.
+Host-side collectors live in the sibling package ``agents`` (which the library never imports).
 
 The consumer API for your own programs:
 

@@ -24,7 +24,7 @@ def parse_partition(text: str) -> tuple[int, int]:
     except ValueError:
         raise ConfigError(f"--partition must look like K/N (e.g. 0/2), got {text!r}") from None
     if not 0 <= k < n:
-        raise ConfigError(f"--partition {text}: K must be 0 .. N-1")
+        raise ConfigError(f"--partition {text}: K counts from 0 and must be below N (0 .. N-1, e.g. 0/2 and 1/2)")
     return k, n
 
 
