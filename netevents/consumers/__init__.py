@@ -6,4 +6,5 @@
     correlate/ `netevents correlate`: drop storms, path loss and peer incidents across hosts
     ringorder.py  RingOrderHold: a ring's frame batches wait for the gap records they announce
     verify.py  `netevents verify`: an archive file checked with tshark and capinfos
+    metrics.py `netevents metrics`: the Prometheus exporter of the fleet view
 """
