@@ -9,6 +9,7 @@
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
     ipstats/       per-peer TCP counter deltas (raw sock_diag + destroy multicast), residual
     control.py     the agent's control server (requests on netevents.v1.control.<site>.<host>)
+    kernel/        plumbing the sources share (namespaces, ...); it imports no source
 
 Each source folder holds its collector, its sans-IO parser, a sample config and a README;
 ``SOURCES`` below is the registry the command line and config file use.

@@ -320,7 +320,7 @@ async def bench_sources(flood: Path, seconds: float, rounds: int) -> None:
     flood with ``kernel.bpf_stats_enabled=1`` gives the program's run time per drop (stats
     cost time themselves, so they are off in the timed rounds)."""
     from agents.ebpf import EbpfDrops, parse_filter
-    from agents.ebpf.netns import resolve
+    from agents.kernel.netns import resolve
 
     def ebpf(ns: Namespace, every: int = 0) -> EbpfDrops:
         src = EbpfDrops(interval=1.0, filter=parse_filter(f"netns={ns.name}"), sample_every=every)

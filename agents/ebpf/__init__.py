@@ -7,7 +7,6 @@
     build.py         vmlinux.h from BTF + clang -> cached object; reason names from vmlinux.h
     libbpf.py        ctypes binding to libbpf.so.1 (object, maps, batch drain, ring buffer)
     filter.py        the ``filter`` attribute expressions: parse, compile for the kernel, match
-    netns.py         netns inode -> name (/run/netns, /proc/*/ns/net hints)
     collector.py     EbpfDrops: the collector (window flip + drain, records, losses)
 
 Used as a source of ``agents.drops`` (``source = "ebpf"`` or ``"auto"``), not on its own.

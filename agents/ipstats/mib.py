@@ -15,7 +15,7 @@ import os
 
 from netevents.errors import CapabilityError
 
-from ..netns import in_netns
+from ..kernel.netns import in_netns
 from ..netstat.parse import parse_snmp
 
 # /proc/net is /proc/self/net, and "self" is the thread group leader: a thread that entered

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from netevents.errors import CapabilityError
 
-from ..netns import in_netns
+from ..kernel.netns import in_netns
 
 SEND, RECEIVE = "sent", "received"
 EVENTS = ("events/tcp/tcp_send_reset", "events/tcp/tcp_receive_reset")

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from netevents.errors import CapabilityError
 
-from ..netns import in_netns
+from ..kernel.netns import in_netns
 
 # include/uapi/linux/netlink.h
 NETLINK_SOCK_DIAG = 4

@@ -22,7 +22,7 @@ import pytest
 
 from agents.drops import build as build_drops
 from agents.ebpf import EbpfDrops, parse_filter
-from agents.ebpf.netns import resolve
+from agents.kernel.netns import resolve
 from agents.netstat.parse import parse_snmp
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect

@@ -1,0 +1,7 @@
+"""Kernel plumbing shared by the agent sources; nothing here imports a source.
+
+    netns.py      network namespaces: enter one (a thread, a block, a call), and name them
+                  (inode -> /run/netns name or a process hint)
+
+Kernel constants sit next to the code that uses them, each with the header it comes from.
+"""
