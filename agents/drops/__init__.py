@@ -8,7 +8,6 @@
     netdm.py        NET_DM generic netlink (dropwatch's interface): decoder + collector
     dwdump.py       dropwatch's dwdump pcap captures -> drop events (``netevents import``)
     counters.py     counter-derived drops (link, qdisc, softnet, UDP buffer errors)
-    kallsyms.py     PC -> symbol+offset where only a PC is known
 
 :func:`build` returns :class:`DropsCollector`: with ``source = "auto"`` NET_DM if the kernel has
 it, else the eBPF program, else the tracepoint; the counter source alongside any of them (it is the only one on hosts where neither runs).

@@ -26,9 +26,8 @@ from typing import Any
 
 from netevents.errors import CapabilityError, CodecError, ConfigError
 
+from ..kernel.kallsyms import Kallsyms, normalize_location
 from .aggregate import DropAggregator, DropSample
-from .kallsyms import Kallsyms
-from .tracepoint import normalize_location
 
 log = logging.getLogger("netevents.agent.drops")
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
 
+from ..kernel.kallsyms import Kallsyms, normalize_location
 from .aggregate import DropAggregator
 
 log = logging.getLogger("netevents.agent.drops")
@@ -48,25 +49,6 @@ _MARK = ": kfree_skb: "
 _PROTO = "protocol="
 _LOC = " location="
 _REASON = " reason: "
-_SIZE_RE = re.compile(r"^(\S+?\+0x[0-9a-f]+)/0x[0-9a-f]+")
-
-
-def normalize_location(text: str) -> tuple[str, int | None]:
-    """``%pS`` text -> (``symbol+0xoff[ [module]]``, pc if the kernel printed a bare address).
-
-    The ``/0xsize`` part is dropped so the same call site reads the same from every source.
-    """
-    text = text.strip()
-    if text.startswith("0x"):
-        try:
-            return text, int(text, 16)
-        except ValueError:
-            return text, None
-    m = _SIZE_RE.match(text)
-    if m:
-        rest = text[m.end():].strip()
-        return (f"{m.group(1)} {rest}" if rest else m.group(1)), None
-    return text, None
 
 
 class KfreeSkbParser:
@@ -542,7 +524,6 @@ class TracepointDrops:
 
     def _open_raw(self) -> bool:
         """Set up the raw reader; False (with one log line) if it cannot work here."""
-        from .kallsyms import Kallsyms
         from .rawtrace import KfreeSkbLayout, RawPageParser
 
         assert self.instance is not None

@@ -27,8 +27,8 @@ from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
 
-from ..drops.kallsyms import Kallsyms
 from ..drops.tracepoint import boottime_offset_ns
+from ..kernel.kallsyms import Kallsyms
 from ..kernel.netns import NetnsNames, resolve, scan
 from . import layout as L
 from . import libbpf

@@ -1,5 +1,7 @@
 """Kernel plumbing shared by the agent sources; nothing here imports a source.
 
+    kallsyms.py   code locations as ``symbol+0xoff [module]``: PC -> symbol from /proc/kallsyms,
+                  and the kernel's ``%pS`` text in the same form
     netns.py      network namespaces: enter one (a thread, a block, a call), and name them
                   (inode -> /run/netns name or a process hint)
 

@@ -118,7 +118,7 @@ def test_truncated_and_lying_messages_raise_codec_error():
 
 
 def test_samples_resolve_summary_pcs_with_kallsyms():
-    from agents.drops.kallsyms import Kallsyms
+    from agents.kernel.kallsyms import Kallsyms
     ks = Kallsyms.from_lines(["ffffffff81a2b000 T __udp4_lib_rcv", "ffffffffa0123000 t nft_do_chain"])
     (m,) = _frames_decoded()[5]
     samples = netdm.samples_of(m, ks)
