@@ -37,6 +37,7 @@ from typing import NamedTuple
 from netevents.errors import CapabilityError
 
 from ..kernel.netns import in_netns
+from ..kernel.tracefs import TraceInstance
 
 SEND, RECEIVE = "sent", "received"
 EVENTS = ("events/tcp/tcp_send_reset", "events/tcp/tcp_receive_reset")
@@ -181,8 +182,6 @@ class ResetTracer:
     """
 
     def __init__(self, netns: str | None = None, buffer_kb: int = 512) -> None:
-        from agents.drops.tracepoint import TraceInstance
-
         def open_files() -> list[int]:
             fds = []
             try:
@@ -201,7 +200,7 @@ class ResetTracer:
         self._fds = in_netns(netns, open_files)
         self.counter = ResetCounter()
         try:
-            self.instance = TraceInstance.create(buffer_kb=buffer_kb, events=EVENTS)
+            self.instance = TraceInstance.create(events=EVENTS, buffer_kb=buffer_kb)
             self.fd = self.instance.open_pipe()
         except BaseException:
             self._close_files()

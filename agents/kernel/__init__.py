@@ -4,6 +4,8 @@
                   and the kernel's ``%pS`` text in the same form
     netns.py      network namespaces: enter one (a thread, a block, a call), and name them
                   (inode -> /run/netns name or a process hint)
+    tracefs.py    private tracefs instances (TraceInstance: events, ring, pipes, overruns,
+                  removal also at exit and on SIGTERM) and the boot-clock offset
 
 Kernel constants sit next to the code that uses them, each with the header it comes from.
 """
