@@ -4,6 +4,8 @@
                   and the kernel's ``%pS`` text in the same form
     netns.py      network namespaces: enter one (a thread, a block, a call), and name them
                   (inode -> /run/netns name or a process hint)
+    procnet.py    /proc/net files opened once inside a namespace and re-read (ProcNetFiles), and
+                  the formats several readers share: snmp/netstat pairs, fib_trie, if_inet6
     tracefs.py    private tracefs instances (TraceInstance: events, ring, pipes, overruns,
                   removal also at exit and on SIGTERM) and the boot-clock offset
 
