@@ -2,6 +2,8 @@
 
     kallsyms.py   code locations as ``symbol+0xoff [module]``: PC -> symbol from /proc/kallsyms,
                   and the kernel's ``%pS`` text in the same form
+    netlink.py    sans-IO netlink messages: nlmsghdr and nlattr packing and walking, requests,
+                  NLMSG_ERROR/NLMSG_DONE, generic netlink and nlctrl; errors are NetlinkError
     netns.py      network namespaces: enter one (a thread, a block, a call), and name them
                   (inode -> /run/netns name or a process hint)
     procnet.py    /proc/net files opened once inside a namespace and re-read (ProcNetFiles), and
