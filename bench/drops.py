@@ -319,7 +319,7 @@ async def bench_sources(flood: Path, seconds: float, rounds: int) -> None:
     drift (other work on it) spreads over all of them; medians are printed. One extra eBPF
     flood with ``kernel.bpf_stats_enabled=1`` gives the program's run time per drop (stats
     cost time themselves, so they are off in the timed rounds)."""
-    from agents.ebpf import EbpfDrops, parse_filter
+    from agents.drops.ebpf import EbpfDrops, parse_filter
     from agents.kernel.netns import resolve
 
     def ebpf(ns: Namespace, every: int = 0) -> EbpfDrops:

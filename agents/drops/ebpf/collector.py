@@ -27,9 +27,9 @@ from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
 
-from ..kernel.kallsyms import Kallsyms
-from ..kernel.netns import NetnsNames, resolve, scan
-from ..kernel.tracefs import boottime_offset_ns
+from ...kernel.kallsyms import Kallsyms
+from ...kernel.netns import NetnsNames, resolve, scan
+from ...kernel.tracefs import boottime_offset_ns
 from . import layout as L
 from . import libbpf
 from .build import BuildError, build

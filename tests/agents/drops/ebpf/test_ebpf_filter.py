@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from agents.ebpf import layout as L
-from agents.ebpf.filter import parse_filter
+from agents.drops.ebpf import layout as L
+from agents.drops.ebpf.filter import parse_filter
 from agents.kernel.netns import NetnsNames
 from netevents.errors import ConfigError
 

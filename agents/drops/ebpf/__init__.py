@@ -20,7 +20,7 @@ __all__ = ["DropFilter", "EbpfDrops", "parse_filter"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `python -m agents.ebpf.build` (install time) does not import itself twice.
+    # Lazy, so `python -m agents.drops.ebpf.build` (install time) does not import itself twice.
     if name == "EbpfDrops":
         from .collector import EbpfDrops
         return EbpfDrops
