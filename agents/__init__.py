@@ -3,12 +3,14 @@
     base.py        the collector interface (Collector, Sink)
     runner.py      AgentRunner: collectors in a TaskGroup, batching, bounded queues, status
     config.py      typed agent configuration (TOML file + command line), validated once
-    drops/         drop events: NET_DM, kfree_skb tracepoint, dwdump captures, counters
-    ebpf/          the eBPF drop source of drops/ (flow + netns, aggregated in the kernel)
+    drops/         drop events: NET_DM, kfree_skb tracepoint, eBPF (flow + netns), dwdump
+                   captures, counters
     capture/       AF_PACKET TPACKET_V3 rings: frame summaries and gap records (fanout workers)
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
     ipstats/       per-peer TCP counter deltas (raw sock_diag + destroy multicast), residual
     control.py     the agent's control server (requests on netevents.v1.control.<site>.<host>)
+    kernel/        plumbing the sources share (netlink, tracefs, namespaces, /proc/net,
+                   kallsyms); it imports no source
 
 Each source folder holds its collector, its sans-IO parser, a sample config and a README;
 ``SOURCES`` below is the registry the command line and config file use.

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.drops import DropsCollector  # noqa: E402
-from agents.drops.tracepoint import TraceInstance, TracepointDrops  # noqa: E402
+from agents.drops.tracepoint import KfreeSkbInstance, TracepointDrops  # noqa: E402
 from agents.runner import AgentRunner, RunnerOptions  # noqa: E402
 from netevents.bus import EmbeddedServer, connect  # noqa: E402
 
@@ -81,7 +81,7 @@ class Namespace:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
 
-def fill(inst: TraceInstance, ns: Namespace, flood: Path, seconds: float) -> int:
+def fill(inst: KfreeSkbInstance, ns: Namespace, flood: Path, seconds: float) -> int:
     """Enable the event, run the flood, disable: the ring holds the burst."""
     (inst.path / "events/skb/kfree_skb/enable").write_text("1")
     out = sh("ip", "netns", "exec", ns.name, str(flood), "127.0.0.1", "5555", str(seconds)).stdout
@@ -97,7 +97,7 @@ def _drain_with_dd(paths: list[Path]) -> float:
     return time.perf_counter() - t
 
 
-def _drain_agent(inst: TraceInstance, reader: str) -> tuple[float, int, int]:
+def _drain_agent(inst: KfreeSkbInstance, reader: str) -> tuple[float, int, int]:
     """The collector's own read path on a filled instance: (seconds, drops, events)."""
     tp = TracepointDrops(reader=reader)
     tp.instance = inst
@@ -120,7 +120,7 @@ def bench_throughput(flood: Path, seconds: float) -> None:
     """The same burst size drained four ways from one instance."""
     rows = []
     with Namespace() as ns:
-        inst = TraceInstance.create(buffer_kb=32768)
+        inst = KfreeSkbInstance.create(buffer_kb=32768)
         try:
             inst.disable()
             inst.overrun_delta()
@@ -319,8 +319,8 @@ async def bench_sources(flood: Path, seconds: float, rounds: int) -> None:
     drift (other work on it) spreads over all of them; medians are printed. One extra eBPF
     flood with ``kernel.bpf_stats_enabled=1`` gives the program's run time per drop (stats
     cost time themselves, so they are off in the timed rounds)."""
-    from agents.ebpf import EbpfDrops, parse_filter
-    from agents.ebpf.netns import resolve
+    from agents.drops.ebpf import EbpfDrops, parse_filter
+    from agents.kernel.netns import resolve
 
     def ebpf(ns: Namespace, every: int = 0) -> EbpfDrops:
         src = EbpfDrops(interval=1.0, filter=parse_filter(f"netns={ns.name}"), sample_every=every)

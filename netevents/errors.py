@@ -9,6 +9,8 @@
     │   ├── OversizeError    larger than the batch size limit
     │   └── SchemaError      a field missing or of the wrong type
     ├── BusError             the NATS side: cannot connect, cannot start the embedded server
+    ├── NetlinkError         a netlink message from the kernel that is truncated or malformed,
+    │                        or an NLMSG_ERROR answer (``errno`` set)
     └── CapabilityError      a missing privilege or kernel feature; names what is missing
 
 Lower-layer exceptions (nats-py, msgpack, OSError from the kernel) are translated into these at
@@ -16,6 +18,9 @@ the module that talks to that layer, so callers catch one family.
 """
 
 from __future__ import annotations
+
+import errno as _errno
+import os
 
 
 class NeteventsError(Exception):
@@ -54,6 +59,24 @@ class SchemaError(CodecError):
 
 class BusError(NeteventsError):
     """The bus could not be reached, or the embedded server could not be started."""
+
+
+class NetlinkError(NeteventsError):
+    """A netlink message that cannot be decoded, or the kernel's NLMSG_ERROR answer.
+
+    ``errno`` is the positive error number of an NLMSG_ERROR (named in the message), None for a
+    truncated or malformed message (the message names the offset).
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    @classmethod
+    def from_errno(cls, err: int, what: str = "netlink") -> NetlinkError:
+        """The error for an NLMSG_ERROR carrying ``err`` (positive), e.g. ``EBUSY``."""
+        name = _errno.errorcode.get(err, f"errno {err}")
+        return cls(f"{what}: the kernel answered {name} ({os.strerror(err)})", err)
 
 
 class CapabilityError(NeteventsError):

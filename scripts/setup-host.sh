@@ -6,7 +6,7 @@
 #   tcpdump    BPF filter compilation (tcpdump -ddd) and the capture benchmark's anchor
 #   tcpreplay  replays traffic into a veth for bench/capture.py
 #   gcc        builds the drop-storm sender (tests/agents/drops/tools/flood.c)
-#   clang, bpftool, libbpf1, libbpf-dev   build and load the eBPF drop source (agents/ebpf)
+#   clang, bpftool, libbpf1, libbpf-dev   build and load the eBPF drop source (agents/drops/ebpf)
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
   echo "setup-host.sh: run as root (it installs Debian packages and mounts tracefs)" >&2

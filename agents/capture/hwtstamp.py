@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from netevents.errors import CapabilityError
 
-from ..netns import entered
+from ..kernel.netns import entered
 
 # include/uapi/linux/sockios.h
 SIOCETHTOOL = 0x8946

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from netevents.errors import CapabilityError, ConfigError
 
-from ..netns import entered
+from ..kernel.netns import entered
 from .summary import columns, parse_l3l4
 
 # --- include/uapi/linux/if_ether.h, linux/socket.h, asm-generic/socket.h -------------------

@@ -3,12 +3,11 @@
     aggregate.py    sans-IO DropAggregator: per window, one event per drop signature; packets
                     (payload + orig_len) kept up to a cap in packet mode, the overflow counted
     tracepoint.py   skb:kfree_skb through a private tracefs instance
-    (../ebpf/)      skb:kfree_skb through a BPF program: flow + netns, aggregated in the kernel
+    ebpf/           skb:kfree_skb through a BPF program: flow + netns, aggregated in the kernel
     rawtrace.py     sans-IO walk of the instance's binary ring pages (the default reader)
     netdm.py        NET_DM generic netlink (dropwatch's interface): decoder + collector
     dwdump.py       dropwatch's dwdump pcap captures -> drop events (``netevents import``)
     counters.py     counter-derived drops (link, qdisc, softnet, UDP buffer errors)
-    kallsyms.py     PC -> symbol+offset where only a PC is known
 
 :func:`build` returns :class:`DropsCollector`: with ``source = "auto"`` NET_DM if the kernel has
 it, else the eBPF program, else the tracepoint; the counter source alongside any of them (it is the only one on hosts where neither runs).
@@ -165,9 +164,9 @@ def _kernel_reasons() -> set[str]:
 
 
 def _ebpf(section: dict[str, Any], interval: float, exclude: frozenset[str]) -> Any:
-    """The eBPF source from its options (agents/ebpf); the filter is parsed here, so a bad
+    """The eBPF source from its options (ebpf/); the filter is parsed here, so a bad
     expression fails at start with the term named."""
-    from agents.ebpf import EbpfDrops, parse_filter
+    from .ebpf import EbpfDrops, parse_filter
 
     def count(key: str, default: int, lo: int) -> int:
         value = section.get(key, default)

@@ -26,7 +26,7 @@ from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
 
-from ..netns import enter as enter_netns
+from ..kernel.netns import enter as enter_netns
 from ..netstat import read_proc, read_rtnl
 from ..netstat.parse import CounterDeltas, Sample
 

@@ -9,9 +9,10 @@ id NET_DM had on the recording host.
     decode_capture(data)     pcap bytes -> (DropSample list, tail drops, errors)
     import_capture(...)      publish a file's drops as batches (source ``dwdump``)
 
-Bad input (not a pcap, wrong link type, truncated records, bad netlink) raises one
-:class:`~netevents.errors.CodecError` naming the problem, or, for a bad record inside an
-otherwise good file, is counted in ``errors`` and the other records still count.
+Bad input (not a pcap, wrong link type, truncated records) raises one
+:class:`~netevents.errors.CodecError` naming the problem; a bad record inside an otherwise good
+file (its netlink does not decode: :class:`~netevents.errors.NetlinkError`) is counted in
+``errors`` and the other records still count.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from netevents.codec import Batch
-from netevents.errors import CodecError, ConfigError
+from netevents.errors import CodecError, ConfigError, NetlinkError
 
+from ..kernel.netlink import CTRL_CMD_NEWFAMILY, GENL_ID_CTRL, NETLINK_GENERIC
 from .aggregate import DropAggregator, DropSample
 from .netdm import (
-    CTRL_CMD_NEWFAMILY,
-    GENL_ID_CTRL,
     NET_DM_CMD_STATS_NEW,
     NET_DM_FAMILY,
     decode_messages,
@@ -45,7 +45,6 @@ DLT_NETLINK = 253
 # address length, 8 address bytes, protocol — 16 bytes, network byte order.
 COOKED = struct.Struct("!HHH8sH")
 ARPHRD_NETLINK = 824
-NETLINK_GENERIC = 16
 
 
 @dataclass(slots=True)
@@ -130,7 +129,7 @@ def decode_capture(data: bytes) -> CaptureDrops:
             continue  # other netlink traffic in the capture: not ours
         try:
             msgs = decode_messages(r.data[COOKED.size:], family)
-        except CodecError as exc:
+        except NetlinkError as exc:
             out.errors.append(f"record {n}: {exc}")
             continue
         for m in msgs:

@@ -1,14 +1,15 @@
 """NET_DM (the kernel's drop monitor, what dropwatch uses) over generic netlink.
 
     decode_messages(data)     sans-IO: netlink bytes -> NetDmMessage (alert, packet alert, stats,
-                              nlctrl family announcements); malformed input -> CodecError
+                              nlctrl family announcements); malformed input -> NetlinkError
     samples_of(msg, ...)      NetDmMessage -> DropSample list for the aggregator
     NetDmDrops                the collector: resolve the family, configure (alert or packet mode,
                               trunc len, queue len), start, read alerts with loop.add_reader, poll
                               NET_DM_CMD_STATS_GET and report the kernel's tail drops as own loss
 
 Only one program can own NET_DM on a host (its configuration is global and CONFIG/START answer
-EBUSY while monitoring runs): the agent is meant to be that program.
+EBUSY while monitoring runs): the agent is meant to be that program. Netlink framing (headers,
+attributes, NLMSG_ERROR, generic netlink and nlctrl) is agents/kernel/netlink.py's.
 """
 
 from __future__ import annotations
@@ -24,36 +25,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from netevents.errors import CapabilityError, CodecError, ConfigError
+from netevents.errors import CapabilityError, ConfigError, NetlinkError
 
+from ..kernel import netlink as nl
+from ..kernel.kallsyms import Kallsyms, normalize_location
 from .aggregate import DropAggregator, DropSample
-from .kallsyms import Kallsyms
-from .tracepoint import normalize_location
 
 log = logging.getLogger("netevents.agent.drops")
-
-# include/uapi/linux/netlink.h, genetlink.h
-NETLINK_GENERIC = 16
-NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-GENL_HDR = struct.Struct("=BBH")     # cmd, version, reserved
-NLA_HDR = struct.Struct("=HH")       # len, type
-NLA_F_NESTED = 0x8000
-NLA_F_NET_BYTEORDER = 0x4000
-NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
-NLM_F_REQUEST = 0x01
-NLM_F_ACK = 0x04
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-GENL_ID_CTRL = 0x10
-CTRL_CMD_NEWFAMILY = 1
-CTRL_CMD_GETFAMILY = 3
-CTRL_ATTR_FAMILY_ID = 1
-CTRL_ATTR_FAMILY_NAME = 2
-CTRL_ATTR_MCAST_GROUPS = 7
-CTRL_ATTR_MCAST_GRP_NAME = 1
-CTRL_ATTR_MCAST_GRP_ID = 2
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
 
 # include/uapi/linux/net_dropmon.h
 NET_DM_FAMILY = "NET_DM"
@@ -139,37 +117,6 @@ class NetDmMessage:
     error: int | None = None
 
 
-def _attrs(data: bytes | memoryview, where: str):
-    """Yield (type, payload) of a netlink attribute stream; CodecError on a bad length."""
-    mv = memoryview(data)
-    off = 0
-    end = len(mv)
-    while off + 4 <= end:
-        nla_len, nla_type = NLA_HDR.unpack_from(mv, off)
-        if nla_len < 4 or off + nla_len > end:
-            raise CodecError(f"{where}: attribute type {nla_type & NLA_TYPE_MASK} at offset {off} "
-                             f"has length {nla_len} (only {end - off} bytes left)")
-        yield nla_type & NLA_TYPE_MASK, mv[off + 4:off + nla_len]
-        off += (nla_len + 3) & ~3
-
-
-def _str(v: memoryview) -> str:
-    return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-def _uint(v: memoryview, what: str) -> int:
-    n = len(v)
-    if n == 1:
-        return v[0]
-    if n == 2:
-        return struct.unpack_from("=H", v)[0]
-    if n == 4:
-        return struct.unpack_from("=I", v)[0]
-    if n == 8:
-        return struct.unpack_from("=Q", v)[0]
-    raise CodecError(f"NET_DM attribute {what}: integer of {n} bytes")
-
-
 def decode_genl(msg_type: int, body: memoryview, net_dm_family: int | None) -> NetDmMessage | None:
     """Decode the payload (after the nlmsghdr) of one generic-netlink message.
 
@@ -177,65 +124,57 @@ def decode_genl(msg_type: int, body: memoryview, net_dm_family: int | None) -> N
     non-nlctrl family id as NET_DM (a capture without its nlctrl announcement).
 
     Raises:
-        CodecError: truncated header or attributes.
+        NetlinkError: truncated header or attributes.
     """
-    if len(body) < GENL_HDR.size:
-        raise CodecError(f"generic netlink message of {len(body)} bytes has no genl header")
-    cmd, _version, _ = GENL_HDR.unpack_from(body)
-    attrs = body[GENL_HDR.size:]
-    if msg_type == GENL_ID_CTRL:
-        m = NetDmMessage(family=msg_type, cmd=cmd)
-        for t, v in _attrs(attrs, "nlctrl"):
-            if t == CTRL_ATTR_FAMILY_ID:
-                m.family_id = _uint(v, "CTRL_ATTR_FAMILY_ID")
-            elif t == CTRL_ATTR_FAMILY_NAME:
-                m.family_name = _str(v)
-        return m
+    cmd, _version, attrs = nl.genl_header(body)
+    if msg_type == nl.GENL_ID_CTRL:
+        fam = nl.nlctrl_family(attrs)
+        return NetDmMessage(family=msg_type, cmd=cmd, family_id=fam.id, family_name=fam.name)
     if net_dm_family is not None and msg_type != net_dm_family:
         return None
     m = NetDmMessage(family=msg_type, cmd=cmd)
-    for t, v in _attrs(attrs, "NET_DM"):
+    for t, v in nl.attrs(attrs, "NET_DM"):
         if t == 0 and cmd == NET_DM_CMD_ALERT:
             m.points = decode_alert_msg(v)
         elif t == NET_DM_ATTR_PC:
-            m.pc = _uint(v, "PC")
+            m.pc = nl.attr_uint(v, "NET_DM PC")
         elif t == NET_DM_ATTR_SYMBOL:
-            m.symbol = _str(v)
+            m.symbol = nl.attr_str(v)
         elif t == NET_DM_ATTR_IN_PORT:
-            for pt, pv in _attrs(v, "NET_DM IN_PORT"):
+            for pt, pv in nl.attrs(v, "NET_DM IN_PORT"):
                 if pt == NET_DM_ATTR_PORT_NETDEV_IFINDEX:
-                    m.ifindex = _uint(pv, "PORT_NETDEV_IFINDEX")
+                    m.ifindex = nl.attr_uint(pv, "NET_DM PORT_NETDEV_IFINDEX")
                 elif pt == NET_DM_ATTR_PORT_NETDEV_NAME:
-                    m.iface = _str(pv)
+                    m.iface = nl.attr_str(pv)
         elif t == NET_DM_ATTR_TIMESTAMP:
-            m.timestamp = _uint(v, "TIMESTAMP")
+            m.timestamp = nl.attr_uint(v, "NET_DM TIMESTAMP")
         elif t == NET_DM_ATTR_PROTO:
-            m.proto = _uint(v, "PROTO")
+            m.proto = nl.attr_uint(v, "NET_DM PROTO")
         elif t == NET_DM_ATTR_PAYLOAD:
             m.payload = bytes(v)
         elif t == NET_DM_ATTR_ORIG_LEN:
-            m.orig_len = _uint(v, "ORIG_LEN")
+            m.orig_len = nl.attr_uint(v, "NET_DM ORIG_LEN")
         elif t == NET_DM_ATTR_ORIGIN:
-            m.origin = "hw" if _uint(v, "ORIGIN") == NET_DM_ORIGIN_HW else "sw"
+            m.origin = "hw" if nl.attr_uint(v, "NET_DM ORIGIN") == NET_DM_ORIGIN_HW else "sw"
         elif t == NET_DM_ATTR_HW_TRAP_GROUP_NAME:
-            m.hw_group = _str(v)
+            m.hw_group = nl.attr_str(v)
         elif t == NET_DM_ATTR_HW_TRAP_NAME:
-            m.hw_trap = _str(v)
+            m.hw_trap = nl.attr_str(v)
         elif t == NET_DM_ATTR_REASON:
-            m.reason = _str(v)
+            m.reason = nl.attr_str(v)
         elif t == NET_DM_ATTR_ALERT_MODE:
-            m.alert_mode = _uint(v, "ALERT_MODE")
+            m.alert_mode = nl.attr_uint(v, "NET_DM ALERT_MODE")
         elif t == NET_DM_ATTR_TRUNC_LEN:
-            m.trunc_len = _uint(v, "TRUNC_LEN")
+            m.trunc_len = nl.attr_uint(v, "NET_DM TRUNC_LEN")
         elif t == NET_DM_ATTR_QUEUE_LEN:
-            m.queue_len = _uint(v, "QUEUE_LEN")
+            m.queue_len = nl.attr_uint(v, "NET_DM QUEUE_LEN")
         elif t in (NET_DM_ATTR_STATS, NET_DM_ATTR_HW_STATS):
-            for st, sv in _attrs(v, "NET_DM STATS"):
+            for st, sv in nl.attrs(v, "NET_DM STATS"):
                 if st == NET_DM_ATTR_STATS_DROPPED:
                     if t == NET_DM_ATTR_STATS:
-                        m.dropped = _uint(sv, "STATS_DROPPED")
+                        m.dropped = nl.attr_uint(sv, "NET_DM STATS_DROPPED")
                     else:
-                        m.hw_dropped = _uint(sv, "HW_STATS_DROPPED")
+                        m.hw_dropped = nl.attr_uint(sv, "NET_DM HW_STATS_DROPPED")
     return m
 
 
@@ -243,14 +182,14 @@ def decode_alert_msg(v: memoryview) -> list[DropPoint]:
     """``struct net_dm_alert_msg`` (summary mode) -> drop points.
 
     Raises:
-        CodecError: the entry count claims more points than the attribute holds.
+        NetlinkError: the entry count claims more points than the attribute holds.
     """
     if len(v) < ALERT_ENTRIES.size:
-        raise CodecError("NET_DM alert: net_dm_alert_msg shorter than its entry count")
+        raise NetlinkError("NET_DM alert: net_dm_alert_msg shorter than its entry count")
     (entries,) = ALERT_ENTRIES.unpack_from(v)
     need = ALERT_ENTRIES.size + entries * DROP_POINT.size
     if need > len(v):
-        raise CodecError(f"NET_DM alert: {entries} drop points need {need} bytes, have {len(v)}")
+        raise NetlinkError(f"NET_DM alert: {entries} drop points need {need} bytes, have {len(v)}")
     return [DropPoint(*DROP_POINT.unpack_from(v, ALERT_ENTRIES.size + i * DROP_POINT.size))
             for i in range(entries)]
 
@@ -261,27 +200,16 @@ def decode_messages(data: bytes, net_dm_family: int | None = None) -> list[NetDm
     Error messages (NLMSG_ERROR) come back as a message with ``error`` set (negative errno).
 
     Raises:
-        CodecError: a message whose length does not fit the buffer, or bad attributes.
+        NetlinkError: a message whose length does not fit the buffer, or bad attributes.
     """
-    mv = memoryview(data)
     out: list[NetDmMessage] = []
-    off = 0
-    while off + NLMSG_HDR.size <= len(mv):
-        length, mtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(mv, off)
-        if length < NLMSG_HDR.size or off + length > len(mv):
-            raise CodecError(f"netlink message at offset {off} claims {length} bytes, "
-                             f"{len(mv) - off} available")
-        body = mv[off + NLMSG_HDR.size:off + length]
-        if mtype == NLMSG_ERROR:
-            err = struct.unpack_from("=i", body)[0] if len(body) >= 4 else -errno.EIO
-            out.append(NetDmMessage(family=mtype, cmd=0, error=err))
-        elif mtype != NLMSG_DONE and mtype >= GENL_ID_CTRL:
-            m = decode_genl(mtype, body, net_dm_family)
+    for msg in nl.messages(data):
+        if msg.type == nl.NLMSG_ERROR:
+            out.append(NetDmMessage(family=msg.type, cmd=0, error=-nl.error_of(msg.body)))
+        elif msg.type != nl.NLMSG_DONE and msg.type >= nl.GENL_ID_CTRL:
+            m = decode_genl(msg.type, msg.body, net_dm_family)
             if m is not None:
                 out.append(m)
-        off += (length + 3) & ~3
-    if off < len(mv):
-        raise CodecError(f"{len(mv) - off} trailing bytes after the last netlink message")
     return out
 
 
@@ -306,23 +234,17 @@ def samples_of(msg: NetDmMessage, kallsyms: Kallsyms | None = None) -> list[Drop
 # ---------------------------------------------------------------------------------------------
 # Requests (sans-IO encoders) and the collector.
 
-def _nla(attr_type: int, payload: bytes) -> bytes:
-    n = NLA_HDR.size + len(payload)
-    return NLA_HDR.pack(n, attr_type) + payload + b"\0" * ((-n) % 4)
-
-
 def encode_request(family: int, cmd: int, attrs: bytes = b"", *, seq: int = 1,
-                   flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
-    body = GENL_HDR.pack(cmd, 2, 0) + attrs
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), family, flags, seq, 0) + body
+                   flags: int = nl.NLM_F_REQUEST | nl.NLM_F_ACK) -> bytes:
+    return nl.genl_request(family, cmd, attrs, seq=seq, version=2, flags=flags)
 
 
 def encode_config(*, packet_mode: bool, trunc_len: int, queue_len: int) -> bytes:
     mode = NET_DM_ALERT_MODE_PACKET if packet_mode else NET_DM_ALERT_MODE_SUMMARY
-    attrs = _nla(NET_DM_ATTR_ALERT_MODE, struct.pack("=B", mode))
+    attrs = nl.pack_attr(NET_DM_ATTR_ALERT_MODE, struct.pack("=B", mode))
     if packet_mode:
-        attrs += _nla(NET_DM_ATTR_TRUNC_LEN, struct.pack("=I", trunc_len))
-        attrs += _nla(NET_DM_ATTR_QUEUE_LEN, struct.pack("=I", queue_len))
+        attrs += nl.pack_attr(NET_DM_ATTR_TRUNC_LEN, struct.pack("=I", trunc_len))
+        attrs += nl.pack_attr(NET_DM_ATTR_QUEUE_LEN, struct.pack("=I", queue_len))
     return attrs
 
 
@@ -375,7 +297,7 @@ class NetDmDrops:
             for m in decode_messages(data, self.family):
                 if m.error is not None:
                     if m.error != 0:
-                        raise OSError(-m.error, os.strerror(-m.error))
+                        raise NetlinkError.from_errno(-m.error, "NET_DM")
                     return out
                 out.append(m)
 
@@ -385,35 +307,24 @@ class NetDmDrops:
         Raises:
             CapabilityError: the family does not exist (no CONFIG_NET_DROP_MONITOR).
         """
-        attrs = _nla(CTRL_ATTR_FAMILY_NAME, NET_DM_FAMILY.encode() + b"\0")
+        attrs = nl.pack_attr(nl.CTRL_ATTR_FAMILY_NAME, NET_DM_FAMILY.encode() + b"\0")
         self._seq += 1
-        sock.send(encode_request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, attrs, seq=self._seq,
-                                 flags=NLM_F_REQUEST))
-        data = sock.recv(65536)
-        mv = memoryview(data)
-        length, mtype, _f, _s, _p = NLMSG_HDR.unpack_from(mv, 0)
-        if mtype == NLMSG_ERROR:
-            err = -struct.unpack_from("=i", mv, NLMSG_HDR.size)[0]
+        sock.send(encode_request(nl.GENL_ID_CTRL, nl.CTRL_CMD_GETFAMILY, attrs, seq=self._seq,
+                                 flags=nl.NLM_F_REQUEST))
+        msg = next(nl.messages(sock.recv(65536)), None)
+        if msg is None:
+            raise CapabilityError("NET_DM", "resolving the NET_DM family failed: no answer")
+        if msg.type == nl.NLMSG_ERROR:
+            err = nl.error_of(msg.body)
             if err in (errno.ENOENT, errno.EOPNOTSUPP):
                 raise CapabilityError(
                     "CONFIG_NET_DROP_MONITOR",
                     "the kernel has no NET_DM generic netlink family (CONFIG_NET_DROP_MONITOR "
                     "is off or the drop_monitor module is not loaded)")
             raise CapabilityError("NET_DM", f"resolving the NET_DM family failed: {os.strerror(err)}")
-        body = mv[NLMSG_HDR.size:length]
-        for t, v in _attrs(body[GENL_HDR.size:], "nlctrl"):
-            if t == CTRL_ATTR_FAMILY_ID:
-                self.family = _uint(v, "CTRL_ATTR_FAMILY_ID")
-            elif t == CTRL_ATTR_MCAST_GROUPS:
-                for _i, grp in _attrs(v, "nlctrl groups"):
-                    name, gid = None, None
-                    for gt, gv in _attrs(grp, "nlctrl group"):
-                        if gt == CTRL_ATTR_MCAST_GRP_NAME:
-                            name = _str(gv)
-                        elif gt == CTRL_ATTR_MCAST_GRP_ID:
-                            gid = _uint(gv, "CTRL_ATTR_MCAST_GRP_ID")
-                    if name == NET_DM_GRP_ALERT:
-                        self.group = gid
+        fam = nl.nlctrl_family(nl.genl_header(msg.body, "nlctrl")[2])
+        self.family = fam.id
+        self.group = fam.groups.get(NET_DM_GRP_ALERT)
         if self.family is None:
             raise CapabilityError("CONFIG_NET_DROP_MONITOR", "nlctrl answered without a NET_DM id")
 
@@ -424,8 +335,8 @@ class NetDmDrops:
                           encode_config(packet_mode=self.packet_mode, trunc_len=self.trunc_len,
                                         queue_len=self.queue_len))
             self._request(sock, self.family, NET_DM_CMD_START,
-                          _nla(NET_DM_ATTR_SW_DROPS, b"") + _nla(NET_DM_ATTR_HW_DROPS, b""))
-        except OSError as exc:
+                          nl.pack_attr(NET_DM_ATTR_SW_DROPS, b"") + nl.pack_attr(NET_DM_ATTR_HW_DROPS, b""))
+        except (OSError, NetlinkError) as exc:
             if exc.errno == errno.EBUSY:
                 raise CapabilityError(
                     "NET_DM", "NET_DM is busy: another tool (dropwatch, perf, another agent) "
@@ -436,16 +347,16 @@ class NetDmDrops:
             raise CapabilityError("NET_DM", f"starting NET_DM failed: {exc}") from exc
 
     def _stop(self, sock: socket.socket) -> None:
-        with contextlib.suppress(OSError, CodecError):
+        with contextlib.suppress(OSError, NetlinkError):
             if self.family is not None:
                 self._request(sock, self.family, NET_DM_CMD_STOP,
-                              _nla(NET_DM_ATTR_SW_DROPS, b"") + _nla(NET_DM_ATTR_HW_DROPS, b""))
+                              nl.pack_attr(NET_DM_ATTR_SW_DROPS, b"") + nl.pack_attr(NET_DM_ATTR_HW_DROPS, b""))
 
     def handle(self, data: bytes, sink: Any) -> None:
         """Feed one received buffer (sans-IO apart from the sink)."""
         try:
             msgs = decode_messages(data, self.family)
-        except CodecError as exc:
+        except NetlinkError as exc:
             self.decode_errors += 1
             sink.lost("netdm.decode_error", 1)
             log.warning("NET_DM: undecodable message: %s", exc)
@@ -474,7 +385,7 @@ class NetDmDrops:
         # so this counts overflow occurrences; the socket buffer is made large to avoid them).
         sink.declare_loss("netdm.socket_overflow")
         try:
-            ctl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+            ctl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_GENERIC)
         except OSError as exc:
             raise CapabilityError("NETLINK_GENERIC", f"cannot open generic netlink: {exc}") from exc
         ctl.settimeout(2.0)
@@ -483,13 +394,13 @@ class NetDmDrops:
             await asyncio.to_thread(self.resolve_family, ctl)
             if not self.packet_mode:
                 self.kallsyms = Kallsyms.load()
-            ev_sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+            ev_sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_GENERIC)
             with ev_sock:
                 ev_sock.bind((0, 0))
                 with contextlib.suppress(OSError):
                     ev_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
                 if self.group is not None:
-                    ev_sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, self.group)
+                    ev_sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_ADD_MEMBERSHIP, self.group)
                 ev_sock.setblocking(False)
                 await asyncio.to_thread(self._configure_and_start, ctl)
                 loop = asyncio.get_running_loop()
@@ -512,7 +423,7 @@ class NetDmDrops:
                 try:
                     while True:
                         await asyncio.sleep(min(self.interval, self.stats_interval))
-                        with contextlib.suppress(OSError, CodecError):
+                        with contextlib.suppress(OSError, NetlinkError):
                             for m in await asyncio.to_thread(self._request, ctl, self.family,
                                                              NET_DM_CMD_STATS_GET):
                                 if m.dropped is not None:

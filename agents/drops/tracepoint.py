@@ -2,8 +2,8 @@
 
     KfreeSkbParser     sans-IO: trace_pipe bytes -> aggregator keys (keeps the partial tail)
     reason_table()     reason number -> name, from the event's own ``format`` file
-    TraceInstance      one private instance ``instances/netevents-<pid>-<random>``: create,
-                       filter, enable, read overruns, remove (also at exit and on SIGTERM)
+    KfreeSkbInstance   a private tracefs instance (agents/kernel/tracefs.py) with kfree_skb
+                       enabled and the excluded reasons filtered in the kernel
     TracepointDrops    the collector: ``loop.add_reader`` on the instance's per-CPU
                        trace_pipe_raw (rawtrace.py, the default) or its text trace_pipe; one
                        aggregated window per ``interval``; ring overruns -> own loss
@@ -17,27 +17,22 @@ per-CPU ``stats`` files count them (``overrun:``) and we report the increase as
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import errno
 import logging
 import os
 import re
-import secrets
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from netevents.errors import CapabilityError, ConfigError
+from netevents.errors import ConfigError
 
+from ..kernel.kallsyms import Kallsyms, normalize_location
+from ..kernel.tracefs import TraceInstance, boottime_offset_ns
 from .aggregate import DropAggregator
 
 log = logging.getLogger("netevents.agent.drops")
 
-TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-INSTANCE_PREFIX = "netevents-"
 EVENT = "events/skb/kfree_skb"
 
 # The text trace_pipe line (include/trace/events/skb.h, TRACE_EVENT(kfree_skb)):
@@ -48,25 +43,6 @@ _MARK = ": kfree_skb: "
 _PROTO = "protocol="
 _LOC = " location="
 _REASON = " reason: "
-_SIZE_RE = re.compile(r"^(\S+?\+0x[0-9a-f]+)/0x[0-9a-f]+")
-
-
-def normalize_location(text: str) -> tuple[str, int | None]:
-    """``%pS`` text -> (``symbol+0xoff[ [module]]``, pc if the kernel printed a bare address).
-
-    The ``/0xsize`` part is dropped so the same call site reads the same from every source.
-    """
-    text = text.strip()
-    if text.startswith("0x"):
-        try:
-            return text, int(text, 16)
-        except ValueError:
-            return text, None
-    m = _SIZE_RE.match(text)
-    if m:
-        rest = text[m.end():].strip()
-        return (f"{m.group(1)} {rest}" if rest else m.group(1)), None
-    return text, None
 
 
 class KfreeSkbParser:
@@ -197,254 +173,41 @@ def reason_table(format_text: str) -> dict[int, str]:
     return {int(n): name for n, name in re.findall(r'\{\s*(\d+),\s*"(\w+)"\s*\}', format_text)}
 
 
-def find_tracefs() -> Path:
-    """The tracefs mount.
-
-    Raises:
-        CapabilityError: tracefs is not mounted or not accessible (needs root / CAP_SYS_ADMIN).
-    """
-    for cand in TRACEFS_CANDIDATES:
-        p = Path(cand)
-        try:
-            if not (p / "instances").is_dir():
-                continue
-            writable = os.access(p / "instances", os.W_OK)
-        except PermissionError:
-            writable = False
-        if not writable:
-            raise CapabilityError(
-                "CAP_SYS_ADMIN",
-                f"tracefs at {p} is not accessible: the kfree_skb tracepoint needs root "
-                "(CAP_SYS_ADMIN, or CAP_PERFMON with write access to tracefs)")
-        return p
-    raise CapabilityError(
-        "tracefs", "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); "
-        "the kfree_skb tracepoint source cannot run")
-
-
-# Live instances of this process, removed at exit and on SIGTERM even if nobody cancels us.
-_LIVE: set[TraceInstance] = set()
-_LIVE_LOCK = threading.Lock()
-_SIGTERM_CHAINED = False
-
-
-def _remove_all_live() -> None:
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for inst in live:
-        inst.remove()
-
-
-atexit.register(_remove_all_live)
-
-
-def _sigterm_safety(signum: int, frame: Any) -> None:
-    # Nobody else handles SIGTERM in this process: clean up, then die the default way.
-    _remove_all_live()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _install_sigterm_safety() -> None:
-    """If SIGTERM would kill us without running ``finally`` blocks, remove instances first.
-
-    A program that handles SIGTERM itself (the agent CLI turns it into a clean shutdown) keeps
-    its handler; the collector's ``finally`` then removes the instance.
-    """
-    global _SIGTERM_CHAINED
-    if _SIGTERM_CHAINED or threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _sigterm_safety)
-        _SIGTERM_CHAINED = True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_stale(tracefs: Path) -> list[str]:
-    """Remove ``netevents-<pid>-*`` instances whose process is gone (an agent killed by SIGKILL)."""
-    removed = []
-    for d in (tracefs / "instances").glob(f"{INSTANCE_PREFIX}*"):
-        parts = d.name.split("-")
-        if len(parts) >= 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-            with contextlib.suppress(OSError):
-                (d / EVENT / "enable").write_text("0")
-            with contextlib.suppress(OSError):
-                d.rmdir()
-                removed.append(d.name)
-    return removed
-
-
-class TraceInstance:
-    """A private tracefs instance with ``skb:kfree_skb`` (or the ``events`` given) enabled;
-    remove() is idempotent.
+class KfreeSkbInstance(TraceInstance):
+    """The private instance with ``skb:kfree_skb``: the event's reason table, and
+    ``exclude_reasons`` written as the event's filter so the kernel discards them.
 
     Raises (from :meth:`create`):
-        CapabilityError: no tracefs, no permission, or no such event.
+        CapabilityError: as :class:`TraceInstance`.
+        ConfigError: an excluded reason this kernel does not know.
     """
 
-    def __init__(self, path: Path, events: tuple[str, ...] = (EVENT,)) -> None:
-        self.path = path
-        self.events = events
-        self.pipe_fd: int | None = None
-        self.raw_fds: dict[int, int] = {}
+    EVENTS = (EVENT,)
+
+    def __init__(self, path: Path, events: tuple[str, ...],
+                 exclude_reasons: frozenset[str] = frozenset()) -> None:
+        super().__init__(path, events)
+        self.exclude_reasons = exclude_reasons
         self.reasons: dict[int, str] = {}
         self.filter: str | None = None
-        self._overrun_base: dict[int, int] = {}
-        self._removed = False
 
-    @classmethod
-    def create(cls, *, buffer_kb: int = 4096, exclude_reasons: frozenset[str] = frozenset(),
-               tracefs: Path | None = None, events: tuple[str, ...] = (EVENT,)) -> TraceInstance:
-        """``events``: paths under the tracefs root (``events/<system>/<name>``) to enable."""
-        root = tracefs or find_tracefs()
-        for event in events:
-            if not (root / event).is_dir():
-                name = ":".join(event.split("/")[1:3])
-                raise CapabilityError(name, f"tracefs at {root} has no {name} event (kernel too old?)")
-        sweep_stale(root)
-        name = f"{INSTANCE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        path = root / "instances" / name
-        try:
-            path.mkdir()
-        except PermissionError as exc:
-            raise CapabilityError("CAP_SYS_ADMIN",
-                                  f"cannot create tracefs instance {path}: {exc.strerror}") from exc
-        except OSError as exc:
-            raise CapabilityError("tracefs", f"cannot create tracefs instance {path}: {exc}") from exc
-        inst = cls(path, events)
-        with _LIVE_LOCK:
-            _LIVE.add(inst)
-        _install_sigterm_safety()
-        try:
-            inst._configure(buffer_kb, exclude_reasons)
-        except BaseException:
-            inst.remove()
-            raise
-        return inst
-
-    def _write(self, rel: str, value: str) -> None:
-        with open(self.path / rel, "w") as f:
-            f.write(value)
-
-    def _configure(self, buffer_kb: int, exclude: frozenset[str]) -> None:
-        self._write("buffer_size_kb", str(buffer_kb))
-        # CLOCK_BOOTTIME: converted to epoch time with one offset taken at start.
-        with contextlib.suppress(OSError):
-            self._write("trace_clock", "boot")
-        # Wake the reader on any event, not when the ring is half full (the default 50).
-        with contextlib.suppress(OSError):
-            self._write("buffer_percent", "0")
-        if EVENT in self.events:
-            self.reasons = reason_table((self.path / EVENT / "format").read_text())
-        if exclude and self.reasons:
-            by_name = {v: k for k, v in self.reasons.items()}
-            unknown = sorted(r for r in exclude if r not in by_name)
-            if unknown:
-                raise ConfigError(f"drops.exclude_reasons: unknown drop reason(s) {unknown}; "
-                                  f"this kernel knows e.g. {sorted(by_name)[:5]}")
-            # The kernel discards excluded records before they reach the ring: no parse cost.
-            expr = " && ".join(f"reason != {by_name[r]}" for r in sorted(exclude))
-            try:
-                self._write(f"{EVENT}/filter", expr)
-                self.filter = expr
-            except OSError as exc:
-                log.warning("tracepoint filter %r refused (%s); filtering in the agent", expr, exc)
-        self._overrun_base = self.overruns()
-        for event in self.events:
-            self._write(f"{event}/enable", "1")
-
-    def open_pipe(self) -> int:
-        """The instance's trace_pipe, non-blocking (poll says readable when data waits)."""
-        self.pipe_fd = os.open(self.path / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
-        return self.pipe_fd
-
-    def open_raw_pipes(self) -> dict[int, int]:
-        """cpu -> non-blocking fd of ``per_cpu/cpuN/trace_pipe_raw`` (closed by remove())."""
-        for cpu_dir in sorted((self.path / "per_cpu").glob("cpu*")):
-            fd = os.open(cpu_dir / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
-            self.raw_fds[int(cpu_dir.name[3:])] = fd
-        return self.raw_fds
-
-    def read(self, size: int = 1 << 20) -> bytes | None:
-        """Whatever the pipe holds (up to ``size``), or None when it is empty."""
-        assert self.pipe_fd is not None
-        try:
-            return os.read(self.pipe_fd, size)
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return None
-            raise
-
-    def overruns(self) -> dict[int, int]:
-        """Per-CPU ``overrun`` + ``dropped events`` of this instance's ring (cumulative)."""
-        out: dict[int, int] = {}
-        for cpu_dir in (self.path / "per_cpu").glob("cpu*"):
-            try:
-                text = (cpu_dir / "stats").read_text()
-            except OSError:
-                continue
-            n = 0
-            for line in text.splitlines():
-                name, _, value = line.partition(":")
-                if name.strip() in ("overrun", "dropped events"):
-                    with contextlib.suppress(ValueError):
-                        n += int(value.strip())
-            out[int(cpu_dir.name[3:])] = n
-        return out
-
-    def overrun_delta(self) -> int:
-        """Events the ring lost since the last call."""
-        now = self.overruns()
-        delta = sum(max(0, v - self._overrun_base.get(cpu, 0)) for cpu, v in now.items())
-        self._overrun_base = now
-        return delta
-
-    def disable(self) -> None:
-        for event in self.events:
-            with contextlib.suppress(OSError):
-                self._write(f"{event}/enable", "0")
-
-    def remove(self) -> None:
-        """Disable the event, close the pipe and remove the instance. Never raises."""
-        if self._removed:
+    def prepare(self) -> None:
+        self.reasons = reason_table((self.path / EVENT / "format").read_text())
+        exclude = self.exclude_reasons
+        if not (exclude and self.reasons):
             return
-        self._removed = True
-        self.disable()
-        for fd in [self.pipe_fd, *self.raw_fds.values()]:
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.pipe_fd = None
-        self.raw_fds = {}
-        for _ in range(50):
-            try:
-                self.path.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    log.warning("cannot remove tracefs instance %s: %s", self.path, exc)
-                    break
-                time.sleep(0.01)  # a reader still has a file open; it is closing
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
-
-
-def boottime_offset_ns() -> int:
-    """Add to a CLOCK_BOOTTIME reading to get epoch ns."""
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        by_name = {v: k for k, v in self.reasons.items()}
+        unknown = sorted(r for r in exclude if r not in by_name)
+        if unknown:
+            raise ConfigError(f"drops.exclude_reasons: unknown drop reason(s) {unknown}; "
+                              f"this kernel knows e.g. {sorted(by_name)[:5]}")
+        # The kernel discards excluded records before they reach the ring: no parse cost.
+        expr = " && ".join(f"reason != {by_name[r]}" for r in sorted(exclude))
+        try:
+            self.write(f"{EVENT}/filter", expr)
+            self.filter = expr
+        except OSError as exc:
+            log.warning("tracepoint filter %r refused (%s); filtering in the agent", expr, exc)
 
 
 class TracepointDrops:
@@ -480,7 +243,7 @@ class TracepointDrops:
         self.parser = KfreeSkbParser(self.agg, clock_offset_ns=boottime_offset_ns())
         self.raw: Any = None
         """The RawPageParser when reading raw pages."""
-        self.instance: TraceInstance | None = None
+        self.instance: KfreeSkbInstance | None = None
         self.ready = asyncio.Event()
         """Set once the event is enabled and read (tests and benchmarks wait on it)."""
         self.bytes_read = 0
@@ -542,7 +305,6 @@ class TracepointDrops:
 
     def _open_raw(self) -> bool:
         """Set up the raw reader; False (with one log line) if it cannot work here."""
-        from .kallsyms import Kallsyms
         from .rawtrace import KfreeSkbLayout, RawPageParser
 
         assert self.instance is not None
@@ -594,9 +356,9 @@ class TracepointDrops:
         sink.declare_loss("tracepoint.ring_overrun")
         sink.declare_loss("tracepoint.parse_error")
         loop = asyncio.get_running_loop()
-        self.instance = TraceInstance.create(buffer_kb=self.buffer_kb,
-                                             exclude_reasons=self.exclude_reasons,
-                                             tracefs=self.tracefs)
+        self.instance = KfreeSkbInstance.create(buffer_kb=self.buffer_kb,
+                                                exclude_reasons=self.exclude_reasons,
+                                                tracefs=self.tracefs)
         if self.exclude_reasons and self.instance.filter is None:
             self.parser.exclude = self.exclude_reasons  # the kernel would not filter for us
         readers: list[int] = []

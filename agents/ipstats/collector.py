@@ -31,13 +31,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from netevents.errors import CapabilityError, ConfigError
+from netevents.errors import CapabilityError, ConfigError, NetlinkError
 
 from ..base import Sink
 from ..config import section_to
 from .aggregate import LEVELS, PeerAccountant, Window, residual
 from .mib import MibReader, mib_deltas
-from .sockdiag import DestroyListener, DiagSocket, NetlinkError, TcpSock
+from .sockdiag import DestroyListener, DiagSocket, TcpSock
 
 log = logging.getLogger("netevents.agent.ipstats")
 
@@ -141,7 +141,7 @@ class IpstatsCollector:
             return
         try:
             overruns = d.read(self._pending)
-        except ValueError as exc:
+        except NetlinkError as exc:
             if self._sink is not None:
                 self._sink.lost("ipstats.bad_message", 1)
             log.warning("ipstats: bad destroy message: %s", exc)

@@ -1,38 +1,24 @@
 """The namespace's host-wide TCP MIB: /proc/net/snmp and /proc/net/netstat, for the residual.
 
-Parsing is the netstat source's (``agents/netstat/parse.py``: pairs of ``Group:`` header and
-value lines); this module only adds the namespace-bound descriptors and the deltas the
-residual needs.
-
-The files are opened once, inside the collector's network namespace: a /proc/net seq file
-stays bound to the namespace it was opened in, so re-reading the same descriptor keeps
-reading that namespace's counters whatever the reading thread's namespace is.
+Reading and parsing are the kernel plumbing's (``agents/kernel/procnet.py``: descriptors opened
+once inside the collector's network namespace, pairs of ``Group:`` header and value lines);
+this module only adds the deltas the residual needs.
 """
 
 from __future__ import annotations
 
-import os
+from ..kernel.procnet import ProcNetFiles, parse_snmp_pairs
 
-from netevents.errors import CapabilityError
-
-from ..netns import in_netns
-from ..netstat.parse import parse_snmp
-
-# /proc/net is /proc/self/net, and "self" is the thread group leader: a thread that entered
-# another namespace must open /proc/thread-self/net to see that namespace's counters.
-MIB_FILES = ("/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat")
+MIB_FILES = ("snmp", "netstat")
 
 
 def parse_mib(text: str) -> dict[str, dict[str, int]]:
     """/proc/net/snmp or /proc/net/netstat text -> {group: {counter: value}} (gauges included).
 
     Raises:
-        ValueError: if a header and its value line do not pair up (from the netstat parser).
+        ValueError: if a header and its value line do not pair up.
     """
-    out: dict[str, dict[str, int]] = {}
-    for sample in parse_snmp(text):
-        out[sample.group] = {**sample.counters, **sample.gauges}
-    return out
+    return dict(parse_snmp_pairs(text))
 
 
 def mib_deltas(old: dict[str, dict[str, int]], new: dict[str, dict[str, int]],
@@ -53,18 +39,7 @@ class MibReader:
     """
 
     def __init__(self, netns: str | None = None) -> None:
-        def open_all() -> list[int]:
-            fds = []
-            try:
-                for path in MIB_FILES:
-                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-            except OSError as exc:
-                for fd in fds:
-                    os.close(fd)
-                raise CapabilityError("procfs", f"cannot open {exc.filename}: {exc.strerror}") from exc
-            return fds
-
-        self._fds = in_netns(netns, open_all)
+        self._files = ProcNetFiles(MIB_FILES, netns)
 
     def read(self) -> dict[str, dict[str, int]]:
         """Current counters of both files merged.
@@ -73,15 +48,9 @@ class MibReader:
             ValueError: if a file does not parse.
         """
         out: dict[str, dict[str, int]] = {}
-        for fd in self._fds:
-            os.lseek(fd, 0, os.SEEK_SET)
-            chunks = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-            out.update(parse_mib(b"".join(chunks).decode("ascii", "replace")))
+        for text in self._files.read():
+            out.update(parse_mib(text))
         return out
 
     def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
+        self._files.close()

@@ -29,14 +29,12 @@ addresses are in every namespace: a loopback reset without a known cookie is not
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections import Counter
 from collections.abc import Container
 from typing import NamedTuple
 
-from netevents.errors import CapabilityError
-
-from ..netns import in_netns
+from ..kernel.procnet import ProcNetFiles, fib_trie_local, if_inet6_addresses
+from ..kernel.tracefs import TraceInstance
 
 SEND, RECEIVE = "sent", "received"
 EVENTS = ("events/tcp/tcp_send_reset", "events/tcp/tcp_receive_reset")
@@ -107,21 +105,10 @@ def local_addresses(fib_trie: str, if_inet6: str) -> set[str]:
     """This namespace's own addresses: the ``/32 host LOCAL`` leaves of /proc/net/fib_trie
     (IPv4) and every address of /proc/net/if_inet6 (IPv6)."""
     out: set[str] = set()
-    last: str | None = None
-    for line in fib_trie.splitlines():
-        s = line.strip()
-        if s.startswith("|--") or s.startswith("+--"):
-            last = s[3:].split()[0] if len(s) > 3 else None
-        elif "host LOCAL" in s and last:
-            a = _addr(last)
-            if a:
-                out.add(a)
-    for line in if_inet6.splitlines():
-        hexaddr = line.split()[0] if line.split() else ""
-        if len(hexaddr) == 32:
-            a = _addr(":".join(hexaddr[i:i + 4] for i in range(0, 32, 4)))
-            if a:
-                out.add(a)
+    for a in (*fib_trie_local(fib_trie), *if_inet6_addresses(if_inet6)):
+        text = _addr(str(a))
+        if text:
+            out.add(text)
     return out
 
 
@@ -181,45 +168,20 @@ class ResetTracer:
     """
 
     def __init__(self, netns: str | None = None, buffer_kb: int = 512) -> None:
-        from agents.drops.tracepoint import TraceInstance
-
-        def open_files() -> list[int]:
-            fds = []
-            try:
-                for path in ("/proc/thread-self/net/fib_trie", "/proc/thread-self/net/if_inet6"):
-                    try:
-                        fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-                    except FileNotFoundError:
-                        fds.append(-1)  # no IPv6 in this kernel: no IPv6 addresses
-            except OSError as exc:
-                for fd in fds:
-                    if fd >= 0:
-                        os.close(fd)
-                raise CapabilityError("procfs", f"cannot open {exc.filename}: {exc.strerror}") from exc
-            return fds
-
-        self._fds = in_netns(netns, open_files)
+        # No IPv6 in this kernel: no if_inet6, no IPv6 addresses.
+        self._files = ProcNetFiles(("fib_trie", "if_inet6"), netns, optional=("if_inet6",))
         self.counter = ResetCounter()
         try:
-            self.instance = TraceInstance.create(buffer_kb=buffer_kb, events=EVENTS)
+            self.instance = TraceInstance.create(events=EVENTS, buffer_kb=buffer_kb)
             self.fd = self.instance.open_pipe()
         except BaseException:
-            self._close_files()
+            self._files.close()
             raise
         self.refresh_addresses()
 
-    def _read_file(self, fd: int) -> str:
-        if fd < 0:
-            return ""
-        os.lseek(fd, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
-
     def refresh_addresses(self) -> None:
         """Re-read the namespace's addresses (they change: DHCP, containers, failover)."""
-        fib, inet6 = (self._read_file(fd) for fd in self._fds)
+        fib, inet6 = self._files.read()
         self.counter.addresses = local_addresses(fib, inet6)
 
     def drain(self) -> None:
@@ -231,12 +193,6 @@ class ResetTracer:
         """Reset records the instance's ring lost since the last call."""
         return self.instance.overrun_delta()
 
-    def _close_files(self) -> None:
-        for fd in self._fds:
-            if fd >= 0:
-                os.close(fd)
-        self._fds = []
-
     def close(self) -> None:
         self.instance.remove()
-        self._close_files()
+        self._files.close()

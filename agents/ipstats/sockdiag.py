@@ -11,7 +11,8 @@
 The parser is the hot loop (100k sockets per sample): precompiled ``struct.Struct`` objects,
 ``unpack_from`` on one memoryview, only the fields we use unpacked, one plain tuple per socket.
 
-Layouts come from include/uapi/linux/netlink.h, include/uapi/linux/sock_diag.h,
+Netlink framing (header, NLMSG_ERROR, request building) is agents/kernel/netlink.py's; the
+layouts here come from include/uapi/linux/sock_diag.h,
 include/uapi/linux/inet_diag.h and include/uapi/linux/tcp.h (struct tcp_info, read by length:
 older kernels hand in a shorter struct and the missing tail reads as absent).
 """
@@ -19,26 +20,26 @@ older kernels hand in a shorter struct and the missing tail reads as absent).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from typing import NamedTuple
 
-from netevents.errors import CapabilityError
+from netevents.errors import CapabilityError, NetlinkError
 
-from ..netns import in_netns
-
-# include/uapi/linux/netlink.h
-NETLINK_SOCK_DIAG = 4
-NLM_F_REQUEST = 0x01
-NLM_F_ROOT = 0x100
-NLM_F_MATCH = 0x200
-NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-NLMSG_HDR = struct.Struct("=IHHII")  # nlmsg_len, nlmsg_type, nlmsg_flags, nlmsg_seq, nlmsg_pid
+from ..kernel.netlink import (
+    NETLINK_ADD_MEMBERSHIP,
+    NETLINK_SOCK_DIAG,
+    NLA_HDR,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_HDR,
+    SOL_NETLINK,
+    check_error,
+    pack_message,
+)
+from ..kernel.netns import in_netns
 
 # include/uapi/linux/sock_diag.h
 SOCK_DIAG_BY_FAMILY = 20
@@ -59,7 +60,6 @@ INET_DIAG_MSG_LEN = 72
 _HDR_MSG = struct.Struct("=IH10x" + INET_DIAG_MSG.format[1:])
 _HDR_MSG_LEN = 16 + INET_DIAG_MSG_LEN
 assert _HDR_MSG.size == _HDR_MSG_LEN
-RTATTR = struct.Struct("=HH")
 
 # include/net/tcp_states.h
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_FIN_WAIT1, TCP_FIN_WAIT2 = 1, 2, 3, 4, 5
@@ -134,16 +134,7 @@ assert TcpSock._fields[9:] == tuple(n.replace("snd_", "") for n, _f in _TCP_INFO
 def build_dump_request(family: int, seq: int, states: int = DUMP_STATES) -> bytes:
     """A SOCK_DIAG_BY_FAMILY dump request for TCP sockets of ``family`` with tcp_info."""
     body = INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), states)
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), SOCK_DIAG_BY_FAMILY,
-                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
-
-
-class NetlinkError(Exception):
-    """An NLMSG_ERROR in a dump; ``errno`` is the positive error number."""
-
-    def __init__(self, err: int) -> None:
-        super().__init__(err, f"netlink error: {os.strerror(err)}")
-        self.errno = err
+    return pack_message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
 def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
@@ -157,18 +148,20 @@ def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
     Hot loop (~100k messages per sample), written for speed: one memoryview, one
     ``unpack_from`` for the netlink header and inet_diag_msg together, and the position of
     INET_DIAG_INFO remembered from the previous message (a dump's messages share one attribute
-    layout), so the attribute walk only runs when the (length, type) found there differs.
+    layout), so the attribute walk only runs when the (length, type) found there differs. That
+    is why it walks messages and attributes inline rather than with kernel/netlink.py's
+    generators (one generator step per message and attribute would cost more than the parse).
 
     Raises:
-        NetlinkError: for an NLMSG_ERROR message with a non-zero error.
-        ValueError: for a truncated or malformed message (names the offset).
+        NetlinkError: for an NLMSG_ERROR message with a non-zero error (``errno`` set), or a
+            truncated or malformed message (names the offset).
     """
     mv = memoryview(buf)
     end = len(mv)
     off = 0
     hdr_msg_unpack = _HDR_MSG.unpack_from
     hdr_unpack = NLMSG_HDR.unpack_from
-    attr_unpack = RTATTR.unpack_from
+    attr_unpack = NLA_HDR.unpack_from  # struct rtattr: the same layout
     info_unpack = TCP_INFO.unpack_from
     append = out.append
     new = _new_sock
@@ -183,10 +176,10 @@ def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
         else:
             nl_len, nl_type = hdr_unpack(mv, off)[:2]
         if nl_len < 16 or off + nl_len > end:
-            raise ValueError(f"truncated netlink message at offset {off}: length {nl_len}")
+            raise NetlinkError(f"truncated netlink message at offset {off}: length {nl_len}")
         if nl_type == SOCK_DIAG_BY_FAMILY:
             if nl_len < _HDR_MSG_LEN:
-                raise ValueError(f"short inet_diag_msg at offset {off}: length {nl_len}")
+                raise NetlinkError(f"short inet_diag_msg at offset {off}: length {nl_len}")
             msg_end = off + nl_len
             a = off + info_at
             if a + 4 > msg_end or attr_unpack(mv, a) != info_attr:
@@ -194,7 +187,7 @@ def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
                 while a + 4 <= msg_end:
                     a_len, a_type = attr_unpack(mv, a)
                     if a_len < 4 or a + a_len > msg_end:
-                        raise ValueError(f"bad attribute at offset {a}: length {a_len}")
+                        raise NetlinkError(f"bad attribute at offset {a}: length {a_len}")
                     if a_type == INET_DIAG_INFO:
                         break
                     a += (a_len + 3) & ~3
@@ -214,9 +207,7 @@ def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
         elif nl_type == NLMSG_DONE:
             done = True
         elif nl_type == NLMSG_ERROR:
-            (err,) = struct.unpack_from("=i", mv, off + 16)
-            if err:
-                raise NetlinkError(-err)
+            check_error(mv[off + 16:off + nl_len], "sock_diag")
         off += (nl_len + 3) & ~3
     return done
 
@@ -319,7 +310,7 @@ class DestroyListener:
         receive buffer was full: the count is of overruns, not of messages.
 
         Raises:
-            ValueError: for a malformed message (the rest of that datagram is lost).
+            NetlinkError: for a malformed message (the rest of that datagram is lost).
         """
         overruns = 0
         mv = memoryview(self._buf)

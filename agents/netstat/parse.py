@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..kernel.procnet import parse_snmp_pairs
+
 # Values that are states or levels, not event counts: reported as they are, never delta'd.
 GAUGES: dict[str, frozenset[str]] = {
     "Ip": frozenset({"Forwarding", "DefaultTTL"}),
@@ -50,18 +52,10 @@ def parse_snmp(text: str) -> list[Sample]:
     Raises:
         ValueError: if a header and its value line do not match (a truncated or foreign file).
     """
-    lines = [ln for ln in text.splitlines() if ln.strip()]
     out: list[Sample] = []
-    for i in range(0, len(lines) - 1, 2):
-        hname, _, hrest = lines[i].partition(":")
-        vname, _, vrest = lines[i + 1].partition(":")
-        if hname != vname:
-            raise ValueError(f"header {hname!r} is followed by values of {vname!r}")
-        names, values = hrest.split(), vrest.split()
-        if len(names) != len(values):
-            raise ValueError(f"{hname}: {len(names)} names but {len(values)} values")
-        counters, gauges = _split_gauges(hname, dict(zip(names, map(int, values), strict=True)))
-        out.append(Sample(hname, "", counters, gauges))
+    for group, values in parse_snmp_pairs(text):
+        counters, gauges = _split_gauges(group, values)
+        out.append(Sample(group, "", counters, gauges))
     return out
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agents.drops import dwdump, netdm
-from netevents.errors import CapabilityError, CodecError, ConfigError
+from agents.kernel.netlink import NETLINK_GENERIC
+from netevents.errors import CapabilityError, CodecError, ConfigError, NetlinkError
 from netevents.memory import MemoryBus
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
@@ -103,22 +104,22 @@ def test_nlctrl_announcement_names_the_family():
     assert (m.family_name, m.family_id) == ("NET_DM", 0x1D)
 
 
-def test_truncated_and_lying_messages_raise_codec_error():
+def test_truncated_and_lying_messages_raise_netlink_error():
     _, records = dwdump.read_pcap(SAMPLE.read_bytes())
     msg = records[1].data[dwdump.COOKED.size:]
     for cut in (10, 20, 30, 60, len(msg) - 1):
-        with pytest.raises(CodecError):
+        with pytest.raises(NetlinkError):
             bad = bytearray(msg[:cut])
             struct.pack_into("=I", bad, 0, len(msg))  # claims more than it has
             netdm.decode_messages(bytes(bad))
     lying = bytearray(records[4].data[dwdump.COOKED.size:])
     struct.pack_into("=I", lying, 24, 1000)  # net_dm_alert_msg entries
-    with pytest.raises(CodecError, match="drop points"):
+    with pytest.raises(NetlinkError, match="drop points"):
         netdm.decode_messages(bytes(lying))
 
 
 def test_samples_resolve_summary_pcs_with_kallsyms():
-    from agents.drops.kallsyms import Kallsyms
+    from agents.kernel.kallsyms import Kallsyms
     ks = Kallsyms.from_lines(["ffffffff81a2b000 T __udp4_lib_rcv", "ffffffffa0123000 t nft_do_chain"])
     (m,) = _frames_decoded()[5]
     samples = netdm.samples_of(m, ks)
@@ -130,7 +131,7 @@ def test_netdm_collector_reports_missing_drop_monitor():
     """This kernel has no CONFIG_NET_DROP_MONITOR: one clear CapabilityError, nothing else."""
     import socket
     try:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netdm.NETLINK_GENERIC)
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
     except OSError:
         pytest.skip("no generic netlink")
     c = netdm.NetDmDrops()

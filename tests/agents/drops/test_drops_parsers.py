@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agents.drops.aggregate import DropAggregator, DropSample, flow_of
-from agents.drops.kallsyms import Kallsyms
-from agents.drops.tracepoint import KfreeSkbParser, normalize_location, reason_table
+from agents.drops.tracepoint import KfreeSkbParser, reason_table
+from agents.kernel.kallsyms import Kallsyms, normalize_location
 
 DATA = Path(__file__).parent / "testdata"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from agents.drops.aggregate import DropAggregator
-from agents.drops.kallsyms import Kallsyms
 from agents.drops.rawtrace import KfreeSkbLayout, RawPageParser
 from agents.drops.tracepoint import KfreeSkbParser, reason_table
+from agents.kernel.kallsyms import Kallsyms
 
 DATA = Path(__file__).parent / "testdata"
 PAGE = 4096

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.drops.tracepoint import TraceInstance, sweep_stale
+from agents.drops.tracepoint import KfreeSkbInstance
+from agents.kernel.tracefs import sweep_stale
 from netevents.errors import CapabilityError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -77,7 +78,7 @@ def test_sigterm_removes_the_instance(mode):
 @needs_tracefs
 def test_instance_is_private_and_filter_runs_in_the_kernel():
     global_enable = (TRACEFS / "events/skb/kfree_skb/enable").read_text()
-    inst = TraceInstance.create(buffer_kb=64, exclude_reasons=frozenset({"NOT_SPECIFIED"}))
+    inst = KfreeSkbInstance.create(buffer_kb=64, exclude_reasons=frozenset({"NOT_SPECIFIED"}))
     try:
         assert inst.path.parent == TRACEFS / "instances"
         assert inst.filter == "reason != 2"
@@ -92,7 +93,7 @@ def test_instance_is_private_and_filter_runs_in_the_kernel():
 @needs_tracefs
 def test_unknown_exclude_reason_is_a_config_error():
     with pytest.raises(ConfigError, match="NO_SUCH_REASON"):
-        TraceInstance.create(buffer_kb=64, exclude_reasons=frozenset({"NO_SUCH_REASON"}))
+        KfreeSkbInstance.create(buffer_kb=64, exclude_reasons=frozenset({"NO_SUCH_REASON"}))
     left = [p for p in (TRACEFS / "instances").glob(f"netevents-{os.getpid()}-*")]
     assert left == []
 
@@ -113,7 +114,7 @@ def test_stale_instances_of_dead_agents_are_swept():
 
 def test_missing_tracefs_is_one_clear_capability_error(tmp_path):
     with pytest.raises(CapabilityError) as info:
-        TraceInstance.create(tracefs=tmp_path)
+        KfreeSkbInstance.create(tracefs=tmp_path)
     assert "kfree_skb" in str(info.value)
 
 
@@ -125,12 +126,12 @@ def test_without_root_the_error_names_the_capability(tmp_path):
         os.chmod(tmp_path / "instances", 0o500)
         code = textwrap.dedent(f"""
             import os
-            import agents.drops.tracepoint as tp
+            import agents.kernel.tracefs as tracefs
             from netevents.errors import CapabilityError
             os.setgid(65534); os.setuid(65534)   # imports first: pyenv is root-only here
-            tp.TRACEFS_CANDIDATES = ({str(tmp_path)!r},)
+            tracefs.TRACEFS_CANDIDATES = ({str(tmp_path)!r},)
             try:
-                tp.find_tracefs()
+                tracefs.find_tracefs()
             except CapabilityError as e:
                 print(e.capability, "|", e)
         """)

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from agents.ipstats.sockdiag import DestroyListener, DiagSocket  # noqa: E402
-from agents.netns import in_netns  # noqa: E402
+from agents.kernel.netns import in_netns  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "testdata"
 A, B = "ipst-rec-a", "ipst-rec-b"

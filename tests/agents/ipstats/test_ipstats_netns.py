@@ -28,7 +28,7 @@ from agents.control import ControlServer, control_request
 from agents.ipstats import IpstatsCollector, IpstatsConfig
 from agents.ipstats.mib import MibReader
 from agents.ipstats.sockdiag import DestroyListener
-from agents.netns import in_netns
+from agents.kernel.netns import in_netns
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
 from netevents.subjects import control_subject

@@ -26,7 +26,7 @@ from agents.ipstats.resets import (
     local_addresses,
     parse_line,
 )
-from agents.netns import in_netns
+from agents.kernel.netns import in_netns
 
 SEND_V4 = ("         python3-24819   [001] ..s1. 11588.977789: tcp_send_reset: skbaddr=000000005f898fa6 "
            "skaddr=0000000000000000 src=10.77.0.2:5999 dest=10.77.0.1:48552 state=UNKNOWN reason=NO_SOCKET")

@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import cache_dir
+from ...base import cache_dir
 
 SOURCE = Path(__file__).with_name("kfree_skb.bpf.c")
 BTF = Path("/sys/kernel/btf/vmlinux")
@@ -125,12 +125,12 @@ def _build(cache: Path | None = None) -> Built:
     return Built(obj, reasons)
 
 
-if __name__ == "__main__":  # install time: python -m agents.ebpf.build
+if __name__ == "__main__":  # install time: python -m agents.drops.ebpf.build
     import sys
 
     try:
         built = build()
     except BuildError as exc:
-        print(f"agents.ebpf.build: {exc}", file=sys.stderr)
+        print(f"agents.drops.ebpf.build: {exc}", file=sys.stderr)
         sys.exit(1)
     print(f"{built.obj} ({len(built.reasons)} drop reasons)")

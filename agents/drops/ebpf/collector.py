@@ -27,13 +27,13 @@ from typing import Any
 
 from netevents.errors import CapabilityError, ConfigError
 
-from ..drops.kallsyms import Kallsyms
-from ..drops.tracepoint import boottime_offset_ns
+from ...kernel.kallsyms import Kallsyms
+from ...kernel.netns import NetnsNames, resolve, scan
+from ...kernel.tracefs import boottime_offset_ns
 from . import layout as L
 from . import libbpf
 from .build import BuildError, build
 from .filter import DropFilter
-from .netns import NetnsNames, resolve, scan
 
 log = logging.getLogger("netevents.agent.drops.ebpf")
 

@@ -1,4 +1,10 @@
-"""PC -> ``symbol+0xoff`` from /proc/kallsyms, for sources that only know a program counter.
+"""Kernel code locations as ``symbol+0xoff [module]``, the one form every drop source reports.
+
+    Kallsyms               PC -> ``symbol+0xoff`` from /proc/kallsyms, for sources that only
+                           know a program counter (NET_DM summary mode, raw trace pages, eBPF)
+    normalize_location()   the kernel's ``%pS`` text (``symbol+0xoff/0xsize [module]``) -> the
+                           same form, for sources the kernel symbolises for (tracepoint text,
+                           NET_DM packet mode)
 
 NET_DM summary mode reports bare PCs; the tracepoint prints ``0xffff...`` for an address it
 cannot symbolise. /proc/kallsyms is not sorted (modules follow the core image, in load order),
@@ -10,10 +16,30 @@ table and lookups give the bare hex PC.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable
 
 # Symbol types that are code (nm(1) letters): only these can be a drop location.
 _TEXT_TYPES = frozenset("tTwW")
+_SIZE_RE = re.compile(r"^(\S+?\+0x[0-9a-f]+)/0x[0-9a-f]+")
+
+
+def normalize_location(text: str) -> tuple[str, int | None]:
+    """``%pS`` text -> (``symbol+0xoff[ [module]]``, pc if the kernel printed a bare address).
+
+    The ``/0xsize`` part is dropped so the same call site reads the same from every source.
+    """
+    text = text.strip()
+    if text.startswith("0x"):
+        try:
+            return text, int(text, 16)
+        except ValueError:
+            return text, None
+    m = _SIZE_RE.match(text)
+    if m:
+        rest = text[m.end():].strip()
+        return (f"{m.group(1)} {rest}" if rest else m.group(1)), None
+    return text, None
 
 
 class Kallsyms:

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from agents.ebpf import layout as L
-from agents.ebpf.filter import parse_filter
-from agents.ebpf.netns import NetnsNames
+from agents.drops.ebpf import layout as L
+from agents.drops.ebpf.filter import parse_filter
+from agents.kernel.netns import NetnsNames
 from netevents.errors import ConfigError
 
 REASONS = {"NOT_SPECIFIED": 2, "NO_SOCKET": 3, "NETFILTER_DROP": 8, "HUGE": 300}

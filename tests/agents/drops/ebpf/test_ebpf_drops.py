@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from agents.drops import build as build_drops
-from agents.ebpf import EbpfDrops, parse_filter
-from agents.ebpf.netns import resolve
+from agents.drops.ebpf import EbpfDrops, parse_filter
+from agents.kernel.netns import resolve
 from agents.netstat.parse import parse_snmp
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
@@ -285,7 +285,7 @@ def test_auto_order_prefers_netdm_then_ebpf_then_tracepoint():
 def test_sample_config_builds_the_ebpf_source():
     import tomllib
 
-    section = tomllib.loads((Path(__file__).parents[3] / "agents/ebpf/sample.toml").read_text())
+    section = tomllib.loads((Path(__file__).parents[4] / "agents/drops/ebpf/sample.toml").read_text())
     c = build_drops(section["drops"])
     [src] = c.event_sources
     assert isinstance(src, EbpfDrops) and src.sample_every == 0 and src.ring_kb == 256
@@ -293,7 +293,7 @@ def test_sample_config_builds_the_ebpf_source():
 
 @needs_ebpf
 def test_fresh_build_into_an_empty_cache(tmp_path, monkeypatch):
-    from agents.ebpf.build import build
+    from agents.drops.ebpf.build import build
 
     monkeypatch.setenv("NETEVENTS_CACHE", str(tmp_path))
     built = build()

@@ -7,7 +7,6 @@
     build.py         vmlinux.h from BTF + clang -> cached object; reason names from vmlinux.h
     libbpf.py        ctypes binding to libbpf.so.1 (object, maps, batch drain, ring buffer)
     filter.py        the ``filter`` attribute expressions: parse, compile for the kernel, match
-    netns.py         netns inode -> name (/run/netns, /proc/*/ns/net hints)
     collector.py     EbpfDrops: the collector (window flip + drain, records, losses)
 
 Used as a source of ``agents.drops`` (``source = "ebpf"`` or ``"auto"``), not on its own.
@@ -21,7 +20,7 @@ __all__ = ["DropFilter", "EbpfDrops", "parse_filter"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `python -m agents.ebpf.build` (install time) does not import itself twice.
+    # Lazy, so `python -m agents.drops.ebpf.build` (install time) does not import itself twice.
     if name == "EbpfDrops":
         from .collector import EbpfDrops
         return EbpfDrops
