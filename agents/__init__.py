@@ -3,6 +3,9 @@
     base.py        the collector interface (Collector, Sink)
     runner.py      AgentRunner: collectors in a TaskGroup, batching, bounded queues, status
     config.py      typed agent configuration (TOML file + command line), validated once
+    compose.py     the composition root: an AgentConfig -> collectors, publisher, runner and
+                   control server; used by the command line and by every capture worker
+    spool.py       the bounded on-disk spool and the publisher that replays it
     drops/         drop events: NET_DM, kfree_skb tracepoint, eBPF (flow + netns), dwdump
                    captures, counters
     capture/       AF_PACKET TPACKET_V3 rings: frame summaries and gap records (fanout workers)

@@ -96,3 +96,15 @@ def netns_pair():
     finally:
         for name in made:
             subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+INTEGRATION_FIXTURES = {"nats_server", "nats_url", "netns_pair"}
+"""A test that uses a real nats-server or namespace hosts is an integration test: the marker
+comes from the fixture, so no file can forget it (``pytest -m "not integration"`` runs the
+rest in seconds)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

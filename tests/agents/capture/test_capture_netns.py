@@ -15,7 +15,7 @@ from agents.capture import capture_config, ring_capture
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
 from netevents.events import json_view
-from tests.capture.test_capture_filter import UDP_9999
+from tests.agents.capture.test_capture_filter import UDP_9999
 from tests.conftest import ROOT
 
 SENDER = """

@@ -13,7 +13,7 @@ from agents.capture import capture_config, hwtstamp
 from agents.capture.workers import CaptureSupervisor
 from agents.config import AgentConfig
 from netevents.bus import connect
-from tests.capture.test_capture_filter import UDP_9999
+from tests.agents.capture.test_capture_filter import UDP_9999
 from tests.conftest import ROOT
 
 SENDER = ("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"

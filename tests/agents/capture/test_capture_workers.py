@@ -13,7 +13,7 @@ from agents.capture.workers import CaptureSupervisor
 from agents.config import AgentConfig
 from agents.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
-from tests.capture.test_capture_filter import UDP_9999
+from tests.agents.capture.test_capture_filter import UDP_9999
 
 MANY_FLOWS = """
 import socket, sys, struct

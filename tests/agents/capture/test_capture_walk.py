@@ -14,7 +14,7 @@ from agents.capture.ring import (
     walk_block,
 )
 from agents.capture.summary import parse_l3l4
-from tests.capture.test_capture_summary import TCP, UDP, eth, ipv4
+from tests.agents.capture.test_capture_summary import TCP, UDP, eth, ipv4
 
 HDR = struct.Struct("=IIIIIIHHIIHH8x")  # tpacket3_hdr, 48 bytes
 SLL = struct.Struct("=HHiHBB8s")          # sockaddr_ll, 20 bytes

@@ -22,8 +22,8 @@ from agents.capture.ring import (
 )
 from netevents.codec import Batch, PackedColumns, decode_batch, encode_batch
 from netevents.errors import CapabilityError, ConfigError
-from tests.capture.test_capture_summary import TCP, UDP, eth, ipv4, ipv6
-from tests.capture.test_capture_walk import block, frame_record
+from tests.agents.capture.test_capture_summary import TCP, UDP, eth, ipv4, ipv6
+from tests.agents.capture.test_capture_walk import block, frame_record
 
 
 @pytest.fixture(scope="module")
