@@ -13,7 +13,7 @@ writes them in one system call per batch (the archive consumer flushes once per 
 All blocks are little-endian (the section's byte order is whatever the SHB says; readers swap).
 
 Not used on purpose: ``epb_verdict`` (editcap 4.0 corrupts it when rewriting files) and Custom
-Blocks between packets (tshark counts them as frames), see issue 4.
+Blocks between packets (tshark counts them as frames).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from ..bus import connect, default_url
 from ..errors import ConfigError
 from ..subjects import check_pattern
 from .options import add_bus_options, count, credentials, positive
-from .runtime import stop_after, stop_on_signals
+from .runtime import stop_after, stop_on_signals, stopping
 from .ui import draw
 
 log = logging.getLogger("netevents")
@@ -54,19 +54,12 @@ async def cmd_archive(args: argparse.Namespace) -> int:
 
     for pattern in args.host or ():
         check_pattern(pattern, "host")
-    stop = asyncio.Event()
-    stop_on_signals(stop)
     rotate_bytes = int(args.rotate_mb * 1024 * 1024) if args.rotate_mb else None
-    timer = asyncio.create_task(stop_after(stop, args.duration))
-    try:
-        # Not in a TaskGroup: a BusError/OSError must reach main() as itself (one clear line),
-        # not wrapped in an ExceptionGroup.
+    async with stopping(args.duration) as stop:
         totals = await run_archive(args.out, args.bus or default_url(), durable=args.durable,
                                    rotate_bytes=rotate_bytes, rotate_seconds=args.rotate_seconds,
                                    stop=stop, hosts=args.host, hold=args.gap_wait,
                                    credentials=credentials(args))
-    finally:
-        timer.cancel()
     log.info("stopped: %s files, %s frames, %s dropped packets, dropcount %s", totals["files"],
              totals["frames"], totals["drop_packets"], totals["dropcount"])
     return 0
@@ -84,20 +77,15 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
     partition = parse_partition(args.partition) if args.partition else (0, 1)
     if args.queue_group and partition[1] > 1:
         raise ConfigError("--partition and --queue-group split the work two ways: use one")
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    timer = asyncio.create_task(stop_after(stop, args.duration))
 
     def show(incident: Any) -> None:  # one line per incident, as it is published
         print(f"[{incident.type}] {incident.summary}", flush=True)
 
-    try:
+    async with stopping(args.duration) as stop:
         corr = await run_correlate(args.bus, window=args.window, grace=args.grace,
                                    queue_group=args.queue_group, stop=stop, token=args.token,
                                    credentials=credentials(args), partition=partition,
                                    on_incident=None if args.quiet else show)
-    finally:
-        timer.cancel()
     made = {k: v for k, v in corr.counts.items() if k.startswith("incident.")}
     log.info("stopped: incidents %s; evicted %s; input batches missed %d (sequence holes) + %d "
              "(announced by status, never received)", made or "none",
@@ -108,13 +96,8 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
 async def cmd_metrics(args: argparse.Namespace) -> int:
     from ..consumers.metrics import run_metrics
 
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    timer = asyncio.create_task(stop_after(stop, args.duration))
-    try:
+    async with stopping(args.duration) as stop:
         await run_metrics(args.bus, args.listen, stop=stop, credentials=credentials(args))
-    finally:
-        timer.cancel()
     return 0
 
 

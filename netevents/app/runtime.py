@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -23,6 +24,21 @@ async def stop_after(stop: asyncio.Event, seconds: float | None) -> None:
             async with asyncio.timeout(seconds):
                 await stop.wait()
         stop.set()
+
+
+@contextlib.asynccontextmanager
+async def stopping(duration: float | None) -> AsyncIterator[asyncio.Event]:
+    """An event set by SIGINT/SIGTERM or after ``duration`` seconds, for a command's main task.
+
+    The command's work runs in the caller's task, not in a TaskGroup: a BusError or OSError must
+    reach main() as itself (one clear line), not wrapped in an ExceptionGroup."""
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    timer = asyncio.create_task(stop_after(stop, duration))
+    try:
+        yield stop
+    finally:
+        timer.cancel()
 
 
 def port_holder(port: int) -> str | None:

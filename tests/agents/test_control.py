@@ -81,7 +81,7 @@ def test_oversized_request_is_refused():
 
 
 @pytest.mark.parametrize("section, fragment", [
-    ({"intervall": 5}, "unknown option 'intervall'"),
+    ({"intervall": 5}, r"\[ipstats\] intervall: unknown option"),
     ({"interval": 0}, "ipstats.interval"),
     ({"level": "loud"}, "ipstats.level"),
     ({"max_peers": 0}, "ipstats.max_peers"),
