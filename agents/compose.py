@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -33,9 +34,6 @@ from .runner import AgentRunner, RunnerOptions
 from .spool import ReliablePublisher, Spool
 
 log = logging.getLogger("netevents.agent")
-
-CREDENTIAL_FIELDS = ("creds", "nkey_seed", "tls_ca", "tls_cert", "tls_key")
-
 
 def build_collectors(cfg: AgentConfig) -> list[Collector]:
     """Instantiate the enabled sources through the ``agents.SOURCES`` registry.
@@ -60,7 +58,7 @@ def runner_options(cfg: AgentConfig) -> RunnerOptions:
 
 def credentials(cfg: AgentConfig) -> Credentials:
     """The agent's bus credentials (files named in ``[agent]`` or by the command line)."""
-    return Credentials(**{k: getattr(cfg, k) for k in CREDENTIAL_FIELDS})
+    return Credentials(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(Credentials)})
 
 
 @contextlib.asynccontextmanager

@@ -78,8 +78,12 @@ class CaptureConfig:
         return self
 
     def section(self) -> dict[str, Any]:
-        """The section again (what a worker process is handed)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        """The section again (what a worker process is handed), with the filter as the
+        program it compiled to (``tcpdump -ddd`` text): workers need no tcpdump."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        if self.bpf is not None:
+            out["filter"] = "\n".join([str(len(self.bpf))] + [" ".join(map(str, i)) for i in self.bpf])
+        return out
 
     def ring_config(self, iface: str, fanout_group: int | None = None) -> RingConfig:
         return RingConfig(iface=iface, snaplen=self.snaplen, block_size=self.block_size,

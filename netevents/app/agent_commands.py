@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.compose import build_collectors, run_agent
+from agents.compose import build_collectors, connect_agent, run_agent
 
 from ..bus import EmbeddedServer, connect, default_url
 from ..consumers.view import FleetView, feed_view
@@ -60,8 +60,7 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     collectors = build_collectors(cfg)  # validates every source's options before connecting
     stop = asyncio.Event()
     stop_on_signals(stop)
-    async with connect(cfg.bus, name=f"netevents-agent-{cfg.host}",
-                       credentials=credentials(args, cfg)) as bus:
+    async with connect_agent(cfg, f"netevents-agent-{cfg.host}") as bus:
         try:
             async with asyncio.timeout(3):
                 await bus.ensure_streams()

@@ -5,10 +5,8 @@ credentials, the agent's options (into an :class:`~agents.config.AgentConfig`), 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from pathlib import Path
-from typing import Any
 
 from agents import SOURCES
 from agents.config import AgentConfig, load_file
@@ -93,16 +91,11 @@ def add_bus_options(p: argparse.ArgumentParser) -> None:
                        help=f"{text} (default ${env})")
 
 
-def credentials(args: argparse.Namespace, cfg: Any = None) -> Credentials:
-    """Credentials from the options, then the [agent] section of the config file; each falls
-    back to its environment variable (:class:`~netevents.bus.Credentials`)."""
-    creds = Credentials(**{name: getattr(args, name, None) or getattr(cfg, name, None)
-                           for name, _text, _env in AUTH_OPTIONS})
-    seed = creds.nkey_seed or os.environ.get("NETEVENTS_NKEY_SEED")
-    if seed and Path(seed).is_file():  # (a missing file is reported by Credentials.options)
-        if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it at connect time
-            raise ConfigError("--nkey-seed needs the 'nkeys' package (pip install nkeys)")
-    return creds
+def credentials(args: argparse.Namespace) -> Credentials:
+    """Credentials from the options; each falls back to its environment variable
+    (:class:`~netevents.bus.Credentials`). The agent's come from its config
+    (:func:`agents.compose.credentials`), where these options are merged in."""
+    return Credentials(**{name: getattr(args, name, None) for name, _text, _env in AUTH_OPTIONS})
 
 
 # -- the agent ------------------------------------------------------------------------------------

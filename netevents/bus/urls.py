@@ -83,6 +83,10 @@ class Credentials:
         if creds:
             out["user_credentials"] = creds
         if seed:
+            import importlib.util
+
+            if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it at connect time
+                raise ConfigError("--nkey-seed needs the 'nkeys' package (pip install nkeys)")
             out["nkeys_seed"] = seed
         if ca or cert:
             import ssl

@@ -51,3 +51,14 @@ def test_fanout_group_ids_differ_per_interface():
     g0 = sup.worker_config("eth0", 0, 0)["fanout_group"]
     assert g0 == sup.worker_config("eth0", 0, 1)["fanout_group"]
     assert g0 != sup.worker_config("eth1", 1, 0)["fanout_group"]
+
+
+def test_workers_are_handed_the_compiled_filter(monkeypatch):
+    import shutil
+
+    if shutil.which("tcpdump") is None:
+        pytest.skip("needs tcpdump to compile the expression once")
+    cfg = capture_config({"iface": "eth0", "filter": "udp dst port 9999"})
+    monkeypatch.setenv("PATH", "/nonexistent")  # the worker's copy must not need tcpdump
+    again = capture_config(cfg.section())
+    assert again.bpf == cfg.bpf and len(again.bpf) > 4
