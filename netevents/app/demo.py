@@ -232,7 +232,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     incidents: list[Any] = []
-    corr = Correlator(window=10.0, grace=2.0, report_interval=3.0)
+    # Host 1's kernel-wide drop source sees every namespace of this machine: the correlator
+    # names only the demo's hosts and its hub, and counts the rest as foreign.
+    corr = Correlator(window=10.0, grace=2.0, report_interval=3.0, namespaces={fleet.hub})
     view = FleetView()
     view.correlator = corr
     all_up = asyncio.Event()
@@ -329,6 +331,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                    "kernel_wide_source": "ebpf" if ebpf_available() else "tracepoint",
                    "events": dict(view.events), "missed_batches": sum(view.missed.values()),
                    "agent_losses": view.agent_losses(), "evicted": dict(corr.evicted),
+                   "foreign_namespace_drops": dict(corr.directory.foreign),
                    "correlator": dict(corr.counts),
                    "faults": {"lossy_link": f"{fleet.hub} -> {fleet.names[1]} (tbf)"
                               + (f" + {args.loss:g}% random (nftables bridge)" if args.loss else ""),
@@ -352,6 +355,9 @@ async def run_demo(args: argparse.Namespace) -> int:
             print("drops by where they were attributed:")
             for d in corr.drop_table():
                 print(f"  {d['entity']:<24} {d['reason']:<22} {d['count']:>7}  ({d['how']})")
+            if corr.directory.foreign:
+                print("drops in namespaces outside the demo, set aside: " + ", ".join(
+                    f"{ns} {n}" for ns, n in corr.directory.foreign.most_common()))
     return 0
 
 

@@ -17,6 +17,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+STRANGER_NOISE = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                  "end = time.time() + 60\n"
+                  "while time.time() < end:\n    s.sendto(b'x', ('127.0.0.1', 9)); time.sleep(0.01)\n")
+
+
 @pytest.fixture(scope="module")
 def demo():
     if os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "tc", "nft")):
@@ -24,15 +29,28 @@ def demo():
     if not Path("/sys/kernel/tracing/events/skb/kfree_skb").exists():
         pytest.skip("needs tracefs with the skb:kfree_skb tracepoint")
     before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
-    proc = subprocess.run([sys.executable, "-m", "netevents.app", "demo", "--duration", "22", "--json",
-                           "--loss", "5"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=150)
+    # A namespace that is not the demo's, dropping packets all along (UDP to a closed port on
+    # its loopback): the demo must not name it among its hosts.
+    stranger = f"ne-stranger-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", stranger], check=True)
+    noise = None
+    try:
+        subprocess.run(["ip", "-n", stranger, "link", "set", "lo", "up"], check=True)
+        noise = subprocess.Popen(["ip", "netns", "exec", stranger, sys.executable, "-c", STRANGER_NOISE])
+        proc = subprocess.run([sys.executable, "-m", "netevents.app", "demo", "--duration", "22",
+                               "--json", "--loss", "5"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=150)
+    finally:
+        if noise is not None:
+            noise.kill()
+            noise.wait()
+        subprocess.run(["ip", "netns", "del", stranger], check=False)
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     incidents = [ln["incident"] for ln in lines if "incident" in ln]
     summary = next(ln["summary"] for ln in lines if "summary" in ln)
-    return {"incidents": incidents, "summary": summary, "stderr": proc.stderr,
+    return {"incidents": incidents, "summary": summary, "stderr": proc.stderr, "stranger": stranger,
             "leftover": [n for n in after.split() if n.startswith("ne-") and n not in before
                          and any(n.endswith(h[-5:]) for h in summary["hosts"])]}
 
@@ -118,3 +136,14 @@ def test_firewall_drop_is_attributed_to_its_host_with_netfilter_drop(demo):
 
 def test_everything_removed(demo):
     assert demo["leftover"] == []
+
+
+def test_the_demo_names_only_its_own_hosts(demo):
+    summary = demo["summary"]
+    mine = set(summary["hosts"]) | {f"netns:{summary['hub']}"}
+    entities = {d["entity"] for d in summary["drops"]}
+    entities |= {h for i in demo["incidents"] for h in i["hosts"]}
+    strangers = {e for e in entities if e not in mine and not e.startswith("machine:")}
+    assert not strangers, strangers
+    if summary["kernel_wide_source"] == "ebpf":  # it names namespaces: the stranger's were seen
+        assert summary["foreign_namespace_drops"].get(demo["stranger"], 0) > 0, summary

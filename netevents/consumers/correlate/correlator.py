@@ -7,6 +7,7 @@ incidents the pieces make; the pieces hold the state.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Collection
 from typing import Any
 
 from ...codec import Batch
@@ -45,6 +46,9 @@ class Correlator:
             (reason, location), peer incidents by (host, peer). Every member keeps what it
             needs to explain its own incidents (addresses, capture progress and gaps, recent
             drops, the peer views). ``(0, 1)``: one correlator does everything.
+        namespaces: the namespaces besides the fleet's hosts whose drops a kernel-wide source
+            may name (routers, bridges on the path); drops in any other namespace of a host's
+            machine are set aside and counted (``directory.foreign``). None: all of them.
 
     Raises:
         ConfigError: for a partition that is not ``0 <= k < n``.
@@ -54,7 +58,8 @@ class Correlator:
     def __init__(self, *, window: float = 10.0, storm_hosts: int = 2, grace: float = 3.0,
                  max_frames: int = 200_000, max_keys: int = 10_000, report_interval: float = 5.0,
                  peer_min_retrans: int = 1, gap_slack: float = 0.2,
-                 partition: tuple[int, int] = (0, 1)) -> None:
+                 partition: tuple[int, int] = (0, 1),
+                 namespaces: Collection[str] | None = None) -> None:
         self.partition = Partition(*partition)
         window_ns, report_ns = int(window * NS), int(report_interval * NS)
         grace_ns, max_wait_ns = int(grace * NS), int(max(10.0, 5 * grace) * NS)
@@ -66,7 +71,8 @@ class Correlator:
         """The latest batch end time fed (ns): the correlator's clock (see :meth:`tick`)."""
         self.incidents: deque[IncidentEvent] = deque(maxlen=1000)
         """The latest incidents made (for views)."""
-        self.directory = HostDirectory(max_keys=max_keys, evicted=self.evicted)
+        self.directory = HostDirectory(max_keys=max_keys, evicted=self.evicted,
+                                       namespaces=namespaces)
         self.drops = DropLedger(self.directory, max_keys=max_keys, max_packets=max_frames,
                                 evicted=self.evicted)
         self.coverage = CaptureCoverage(max_wait_ns=max_wait_ns, gap_slack_ns=int(gap_slack * NS),
@@ -92,8 +98,9 @@ class Correlator:
         """Batches missed per (host, kind), from the subscription's sequence tracker."""
         return self.directory.missed
 
-    def attribute(self, batch: Batch, event: dict) -> tuple[str, str]:
-        """(entity, how) a drop event belongs to: a host token, or ``machine:<boot>``."""
+    def attribute(self, batch: Batch, event: dict) -> tuple[str | None, str]:
+        """(entity, how) a drop event belongs to: a host token, ``machine:<boot>``,
+        ``netns:<name>``, or None outside ``namespaces``."""
         return self.directory.attribute(batch, event)
 
     def feed(self, batch: Batch) -> list[IncidentEvent]:

@@ -13,6 +13,7 @@ same drop: they are not added up).
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Collection
 
 from ...codec import Batch
 
@@ -26,9 +27,15 @@ class HostDirectory:
     pieces of a :class:`~.correlator.Correlator`).
     """
 
-    def __init__(self, *, max_keys: int, evicted: Counter[str]) -> None:
+    def __init__(self, *, max_keys: int, evicted: Counter[str],
+                 namespaces: Collection[str] | None = None) -> None:
         self.max_keys = max_keys
         self.evicted = evicted
+        self.namespaces = frozenset(namespaces) if namespaces is not None else None
+        """Namespaces besides the fleet's hosts whose drops count (a router or bridge on the
+        path); None: every namespace a kernel-wide source names."""
+        self.foreign: Counter[str] = Counter()
+        """Drops set aside per namespace that is neither a host nor in ``namespaces``."""
         self.addr_host: OrderedDict[str, str] = OrderedDict()
         self.host_boot: dict[str, str] = {}
         self.boot_hosts: dict[str, set[str]] = {}
@@ -81,9 +88,10 @@ class HostDirectory:
         """``{"host/kind": batches missed}`` for every host and kind an incident used."""
         return {f"{h}/{k}": self.missed[(h, k)] for h in sorted(hosts) for k in kinds}
 
-    def attribute(self, batch: Batch, event: dict) -> tuple[str, str]:
+    def attribute(self, batch: Batch, event: dict) -> tuple[str | None, str]:
         """(entity, how) a drop event belongs to: a host token, ``machine:<boot>``, or
-        ``netns:<name>`` for a namespace that is no host of the fleet."""
+        ``netns:<name>`` for a namespace that is no host of the fleet; entity None for a
+        namespace outside ``namespaces`` (its drops are counted in :attr:`foreign`)."""
         source = event.get("source")
         if source not in KERNEL_WIDE:
             netns = event.get("netns")
@@ -100,6 +108,10 @@ class HostDirectory:
         if isinstance(netns, int) and netns in self.netns_host:
             return self.netns_host[netns], f"{source}: netns inode {netns}"
         if isinstance(name, str) and name and name != "root":
+            if self.namespaces is not None and name not in self.namespaces:
+                if name in self.foreign or len(self.foreign) < self.max_keys:
+                    self.foreign[name] += int(event.get("count") or 0)
+                return None, f"{source}: netns_name {name} (outside this correlator's scope)"
             # a namespace that is no host of the fleet (a router or bridge on the path)
             return f"netns:{name}", f"{source}: netns_name {name} (not a fleet host)"
         boot = self.machine_key(batch.host)

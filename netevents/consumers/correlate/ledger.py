@@ -85,6 +85,8 @@ class DropLedger:
             return None
         d = self.directory
         entity, how = d.attribute(batch, e)
+        if entity is None:  # a namespace outside the correlator's scope (counted there)
+            return None
         reason = str(e.get("reason") or "NOT_SPECIFIED")
         location = str(e.get("location") or "?")
         first = int(e.get("first_ts") or batch.t0)

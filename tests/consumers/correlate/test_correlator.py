@@ -142,6 +142,23 @@ def test_kernel_wide_drops_are_machine_wide_unless_the_event_names_the_namespace
     assert out[0].details["machine_wide"] == ["machine:boot-111"]
 
 
+def test_namespaces_outside_the_scope_are_set_aside_and_counted():
+    # what the demo needs: its kernel-wide source sees every namespace of the machine, but only
+    # its hosts and its hub belong in its incidents
+    for scope, storm_entities in ((None, ["a", "netns:hub", "netns:stranger"]), ({"hub"}, ["a", "netns:hub"])):
+        c, seq = Correlator(storm_hosts=2, report_interval=0, namespaces=scope), Seq()
+        c.feed(batch("status", "a", seq("a", "status"), [{"version": "1"}], boot="boot-1"))
+        out = []
+        for ns, n in (("stranger", 9), ("hub", 4), (None, 2)):
+            extra = {"netns_name": ns} if ns else {}
+            out += c.feed(drop("a", seq("a", "drop"), "NETFILTER_DROP", "nf_hook_slow+0x9", n,
+                               T0, source="ebpf", boot="boot-1", **extra))
+        assert out and out[-1].hosts == storm_entities
+        entities = {d["entity"] for d in c.drop_table()}
+        assert ("netns:stranger" in entities) == (scope is None)
+        assert c.directory.foreign == ({} if scope is None else {"stranger": 9})
+
+
 def _learn(c: Correlator, seq: Seq) -> None:
     """a and b announce their addresses (an outgoing frame each to c)."""
     c.feed(frames("a", seq("a", "frame"), [(T0, 4, "a", "c", 1)]))
