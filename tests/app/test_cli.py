@@ -133,3 +133,48 @@ def test_server_runs_with_streams_and_stops_by_itself(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "NATS with JetStream at nats://127.0.0.1:" in r.stdout
     assert (tmp_path / "s" / "jetstream").is_dir()
+
+
+def test_correlate_prints_each_incident_as_it_is_published(nats_url):
+    import asyncio
+
+    from netevents import connect
+    from netevents.codec import Batch
+
+    def storm_batch(host: str, seq: int) -> Batch:
+        now = time.time_ns()
+        return Batch(kind="drop", site="local", host=host, run=f"run-{host}", seq=seq, t0=now,
+                     t1=now, events=[{"count": 3, "source": "counter", "reason": "TCP_CSUM",
+                                      "location": "tcp_v4_rcv+0x1", "first_ts": now,
+                                      "last_ts": now}])
+
+    async def scene(quiet: bool) -> tuple[str | None, str]:
+        corr = await asyncio.create_subprocess_exec(
+            *NETEVENTS, "correlate", "--bus", nats_url, "--duration", "20",
+            *(["--quiet"] if quiet else []), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        first = None
+        async with connect(nats_url, streams=True) as bus:
+            seq = 0
+            deadline = time.monotonic() + (6 if quiet else 15)
+            while time.monotonic() < deadline:
+                seq += 1
+                for host in ("sa", "sb"):
+                    await bus.publish(storm_batch(host, seq))
+                try:
+                    line = await asyncio.wait_for(corr.stdout.readline(), 0.5)
+                except TimeoutError:
+                    continue
+                if line:
+                    first = line.decode().strip()
+                    break
+        corr.send_signal(signal.SIGTERM)
+        _out, err = await corr.communicate()
+        assert corr.returncode == 0, err.decode()
+        return first, err.decode()
+
+    first, err = asyncio.run(scene(quiet=False))
+    assert first is not None and first.startswith("[drop_storm]") and "TCP_CSUM" in first, first
+    assert "stopped: incidents" in err            # and the summary at the end
+    first, err = asyncio.run(scene(quiet=True))
+    assert first is None and "incident.drop_storm" in err   # made, not printed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def demo():
         subprocess.run(["ip", "-n", stranger, "link", "set", "lo", "up"], check=True)
         noise = subprocess.Popen(["ip", "netns", "exec", stranger, sys.executable, "-c", STRANGER_NOISE])
         proc = subprocess.run([sys.executable, "-m", "netevents.app", "demo", "--duration", "22",
-                               "--json", "--loss", "5"],
+                               "--json", "--loss", "5", "--keep-logs"],
                               cwd=ROOT, capture_output=True, text=True, timeout=150)
     finally:
         if noise is not None:
@@ -50,7 +51,12 @@ def demo():
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     incidents = [ln["incident"] for ln in lines if "incident" in ln]
     summary = next(ln["summary"] for ln in lines if "summary" in ln)
+    kept = re.search(r"demo: logs and configs kept in (\S+)", proc.stderr)
+    logs = sorted(p.name for p in Path(kept.group(1)).glob("agent-*.log")) if kept else []
+    if kept:
+        shutil.rmtree(kept.group(1), ignore_errors=True)
     return {"incidents": incidents, "summary": summary, "stderr": proc.stderr, "stranger": stranger,
+            "kept_logs": logs,
             "leftover": [n for n in after.split() if n.startswith("ne-") and n not in before
                          and any(n.endswith(h[-5:]) for h in summary["hosts"])]}
 
@@ -147,3 +153,7 @@ def test_the_demo_names_only_its_own_hosts(demo):
     assert not strangers, strangers
     if summary["kernel_wide_source"] == "ebpf":  # it names namespaces: the stranger's were seen
         assert summary["foreign_namespace_drops"].get(demo["stranger"], 0) > 0, summary
+
+
+def test_keep_logs_keeps_the_work_directory_and_says_where(demo):
+    assert demo["kept_logs"] == sorted(f"agent-{h}.log" for h in demo["summary"]["hosts"])
