@@ -7,19 +7,24 @@
 #   tcpreplay  replays traffic into a veth for bench/capture.py
 #   gcc        builds the drop-storm sender (tests/agents/drops/tools/flood.c)
 #   clang, bpftool, libbpf1, libbpf-dev   build and load the eBPF drop source (agents/drops/ebpf)
+#   prometheus scrapes `netevents metrics` in the Grafana dashboard's test (deploy/grafana)
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
   echo "setup-host.sh: run as root (it installs Debian packages and mounts tracefs)" >&2
   exit 2
 fi
 need=()
-for pkg in iproute2 nftables tshark tcpdump tcpreplay gcc libc6-dev clang bpftool libbpf1 libbpf-dev; do
+for pkg in iproute2 nftables tshark tcpdump tcpreplay gcc libc6-dev clang bpftool libbpf1 libbpf-dev prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${need[@]}"
+  # The tests start their own Prometheus on a loopback port; no resident service is wanted.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 # The skb:kfree_skb tracepoint is read through tracefs (a private instance per agent).
 if [ -d /sys/kernel/tracing ] && ! mountpoint -q /sys/kernel/tracing; then
