@@ -185,6 +185,7 @@ class RingCapture:
         acc = self.accountant
         sink.emit_batch("frame", cols, t0=t0, t1=t1, iface=self.opts.ring.iface,
                         worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp,
+                        snaplen=self.opts.ring.snaplen,
                         ring={"packets": acc.packets, "drops": acc.drops,
                               "freezes": acc.freezes},
                         gaps_before={"records": acc.records_reported, "lost": acc.lost_reported})
