@@ -73,6 +73,11 @@ async def cmd_agent(args: argparse.Namespace) -> int:
             runner = await run_agent(cfg, collectors, bus, stop)
     lost = {k: v for k, v in runner.losses.items() if v}
     log.info("agent stopped: published %s; lost %s", dict(runner.published), lost or "nothing")
+    for c in collectors:
+        if hasattr(c, "worker_totals"):  # capture workers publish under run ids of their own
+            t = c.worker_totals()
+            log.info("capture workers (%d runs: %s): published %s; lost %s", len(t["runs"]),
+                     ", ".join(t["runs"]) or "-", t["events"] or "nothing", t["lost"] or "nothing")
     return 0
 
 
