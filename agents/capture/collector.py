@@ -62,7 +62,7 @@ class RingCapture:
         self._released_any = False
         self.stop_seconds = 0.0
         # Frames per batch: max_batch, and few enough that a batch stays far below the bus's
-        # 8 MiB message limit whatever the snap length (the runner cannot split columns).
+        # 8 MiB message limit whatever the snap length (the runner splits one that is not).
         self.batch_frames = max(1, min(opts.max_batch, (4 << 20) // (opts.ring.snaplen + 96)))
         self.walker: FrameWalker | None = None
 
