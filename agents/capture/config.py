@@ -106,6 +106,22 @@ class CaptureConfig:
                           fanout_rollover=self.rollover, bpf=self.bpf, netns=self.netns)
 
 
+def missing_interfaces(cfg: CaptureConfig) -> list[str]:
+    """The configured interfaces that do not exist (in the capture's namespace)."""
+    import socket
+
+    from ..kernel.netns import entered
+
+    missing = []
+    with entered(cfg.netns):
+        for iface in cfg.interfaces:
+            try:
+                socket.if_nametoindex(iface)
+            except OSError:
+                missing.append(iface)
+    return missing
+
+
 def capture_config(section: dict[str, Any]) -> CaptureConfig:
     """A validated :class:`CaptureConfig` from a ``[capture]`` section.
 
