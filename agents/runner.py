@@ -191,12 +191,11 @@ class AgentRunner:
             async with self._publish_lock:
                 await self.publisher.publish(batch)
         except OversizeError:
-            if isinstance(events, list) and len(events) > 1:
+            if n > 1:
                 # Give the sequence number back and publish two halves instead.
                 self.seq[kind] -= 1
-                half = len(events) // 2
-                await self._publish(kind, events[:half], t0, t1, fields)
-                await self._publish(kind, events[half:], t0, t1, fields)
+                for part in _halves(events, t0, t1, fields):
+                    await self._publish(kind, *part)
                 return
             self._count_publish_loss(kind, n, "batch too large even alone")
             return
@@ -294,3 +293,26 @@ class AgentRunner:
             await self._publish_status(final=True)
             with contextlib.suppress(BusError):
                 await self.publisher.flush()
+
+
+def _halves(events: Any, t0, t1, fields: dict | None) -> list[tuple]:
+    """Two halves of a batch too large for the bus, each ``(events, t0, t1, fields)``.
+
+    Row batches split their list. Column batches (``frame``) split every column by rows; a
+    half's window is the span of its ``ts`` column and its ``first_frame`` moves with its first
+    row, so the halves read exactly as two batches the collector could have made."""
+    if isinstance(events, list):
+        half = len(events) // 2
+        return [(events[:half], t0, t1, fields), (events[half:], t0, t1, fields)]
+    cols = {k: list(v) for k, v in events.items()}
+    n = len(next(iter(cols.values())))
+    half = n // 2
+    out = []
+    for lo, hi in ((0, half), (half, n)):
+        part = {k: v[lo:hi] for k, v in cols.items()}
+        ts = [x for x in part.get("ts", ()) if isinstance(x, int)]
+        f = dict(fields or {})
+        if isinstance(f.get("first_frame"), int):
+            f["first_frame"] += lo
+        out.append((part, min(ts) if ts else t0, max(ts) if ts else t1, f))
+    return out

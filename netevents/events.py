@@ -235,6 +235,7 @@ BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "worker": ("integer", "capture worker"),
         "first_frame": ("integer", "ring sequence number of the first frame in the batch"),
         "hwtstamp": ("object", "applied hardware timestamping: filter, phc_index"),
+        "snaplen": ("integer", "the ring's snap length: no head is longer"),
         "ring": ("object", "the ring's kernel PACKET_STATISTICS running totals when the batch was "
                            "made: packets (tp_packets, which includes drops), drops, freezes"),
         "gaps_before": ("object", "gap records this ring (run, iface, worker) had emitted when the "

@@ -11,6 +11,7 @@
     collector.py   RingCapture: one ring as a collector (add_reader on the ring's fd)
     workers.py     CaptureSupervisor: N worker processes in one PACKET_FANOUT group
     tcdrop.py      capture-only mode: a tc ingress drop installed for the run and removed after
+    bpf.py         the socket's classic BPF program: snap length cut, bus traffic left out
     config.py      CaptureConfig: the [capture] section, typed and validated once
     sample.toml    the config section, every option with its default
 
@@ -20,6 +21,8 @@
 from __future__ import annotations
 
 from typing import Any
+
+from netevents.bus import default_url
 
 from .collector import CaptureOptions, RingCapture
 from .config import CaptureConfig, capture_config, parse_workers, ring_capture
@@ -38,6 +41,8 @@ def build(section: dict, agent_cfg: Any = None):
     from .workers import CaptureSupervisor
 
     cfg = capture_config(section)
+    bus = getattr(agent_cfg, "bus", None)
+    cfg.exclude_bus(bus or default_url())
     if len(cfg.interfaces) == 1 and cfg.worker_count == 1 and not cfg.capture_only:
         return ring_capture(cfg.interfaces[0], cfg)
     return CaptureSupervisor(cfg, agent_cfg)

@@ -62,7 +62,7 @@ class RingCapture:
         self._released_any = False
         self.stop_seconds = 0.0
         # Frames per batch: max_batch, and few enough that a batch stays far below the bus's
-        # 8 MiB message limit whatever the snap length (the runner cannot split columns).
+        # 8 MiB message limit whatever the snap length (the runner splits one that is not).
         self.batch_frames = max(1, min(opts.max_batch, (4 << 20) // (opts.ring.snaplen + 96)))
         self.walker: FrameWalker | None = None
 
@@ -185,6 +185,7 @@ class RingCapture:
         acc = self.accountant
         sink.emit_batch("frame", cols, t0=t0, t1=t1, iface=self.opts.ring.iface,
                         worker=self.opts.worker, first_frame=first_frame, hwtstamp=self.hwtstamp,
+                        snaplen=self.opts.ring.snaplen,
                         ring={"packets": acc.packets, "drops": acc.drops,
                               "freezes": acc.freezes},
                         gaps_before={"records": acc.records_reported, "lost": acc.lost_reported})

@@ -12,6 +12,7 @@ from typing import Any
 from netevents.errors import ConfigError
 
 from ..config import section_to
+from .bpf import RET_K, bus_endpoints, exclude_tcp
 from .collector import CaptureOptions, RingCapture
 from .cwalk import WALKERS
 from .ring import FANOUT_MODES, RingConfig, compile_filter
@@ -53,6 +54,9 @@ class CaptureConfig:
     block_delay: float = 0.0
     fanout_group: int | None = None
     walker: str = "auto"
+    bus_traffic: bool = False
+    """Capture the bus's own traffic too (by default the agent's bus server endpoints are left
+    out in the kernel filter, so a capture on the bus host cannot feed on its own publishes)."""
     bpf: list[tuple[int, int, int, int]] | None = field(default=None, init=False)
     """The compiled filter (set by validate)."""
 
@@ -77,6 +81,16 @@ class CaptureConfig:
         self.bpf = compile_filter(self.filter) if self.filter else None
         return self
 
+    def exclude_bus(self, urls: str) -> None:
+        """Leave the bus servers of ``urls`` out of the capture (bpf.bus_exclusion), unless
+        ``bus_traffic`` asks for them. Done once, where the agent is built: workers get the
+        resulting program."""
+        if self.bus_traffic:
+            return
+        prefix = exclude_tcp(bus_endpoints(urls))
+        if prefix:
+            self.bpf = prefix + (self.bpf or [(RET_K, 0, 0, 0xFFFFFFFF)])
+
     def section(self) -> dict[str, Any]:
         """The section again (what a worker process is handed), with the filter as the
         program it compiled to (``tcpdump -ddd`` text): workers need no tcpdump."""
@@ -90,6 +104,22 @@ class CaptureConfig:
                           block_nr=self.block_nr, retire_tov_ms=self.retire_tov_ms,
                           fanout_group=fanout_group, fanout_mode=self.fanout,
                           fanout_rollover=self.rollover, bpf=self.bpf, netns=self.netns)
+
+
+def missing_interfaces(cfg: CaptureConfig) -> list[str]:
+    """The configured interfaces that do not exist (in the capture's namespace)."""
+    import socket
+
+    from ..kernel.netns import entered
+
+    missing = []
+    with entered(cfg.netns):
+        for iface in cfg.interfaces:
+            try:
+                socket.if_nametoindex(iface)
+            except OSError:
+                missing.append(iface)
+    return missing
 
 
 def capture_config(section: dict[str, Any]) -> CaptureConfig:

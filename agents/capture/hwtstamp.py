@@ -154,7 +154,8 @@ def enable_for_capture(iface: str, netns: str | None = None) -> tuple[dict, str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``netevents hwtstamp IFACE on|off|show``: 0 ok, 1 the interface can't, 2 usage."""
+    """``netevents hwtstamp IFACE on|off|show``: 0 ok (``show`` of an interface without hardware
+    stamps says so and is ok), 1 the interface can't (on/off) or does not exist, 2 usage."""
     ap = argparse.ArgumentParser(prog="netevents hwtstamp",
                                  description="show or set hardware timestamping of an interface")
     ap.add_argument("iface")
@@ -172,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = set_config(args.iface, args.action == "on", args.netns)
     except CapabilityError as exc:
+        if args.action == "show":
+            # Showing worked: what there is to show is that the driver has no hardware stamps.
+            print(f"{args.iface}: no hardware timestamping ({str(exc).split(': ', 1)[-1]}); "
+                  f"phc_index {info.phc_index}")
+            print(f"  capabilities: {', '.join(info.so_timestamping) or 'none'}")
+            return 0
         print(f"netevents hwtstamp: {exc}", file=sys.stderr)
         print(f"  {args.iface}: timestamping {', '.join(info.so_timestamping) or 'none'}; "
               f"phc_index {info.phc_index}", file=sys.stderr)

@@ -10,8 +10,8 @@ Set-up order matters for "nothing lost while it is set up" and for fanout:
 3. ``PACKET_VERSION`` = TPACKET_V3, ``PACKET_TIMESTAMP``, ``PACKET_RX_RING``, ``mmap``.
 4. ``bind(ETH_P_ALL, ifindex)``: from here the ring exists, so every frame is either written to
    it or counted in ``tp_drops``.
-5. ``PACKET_FANOUT`` (needs a bound socket), then the user's filter (or none) replaces the
-   drop-all program.
+5. ``PACKET_FANOUT`` (needs a bound socket), then the user's filter (or accept-all), every
+   accepting return cut to the snap length (bpf.py), replaces the drop-all program.
 
 Stopping is the mirror: :meth:`CaptureRing.detach` puts the drop-all filter back, so after the
 block timer retires the last partial block and the walker drains it, the final
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from netevents.errors import CapabilityError, ConfigError
 
 from ..kernel.netns import entered
+from .bpf import snap_program
 from .summary import columns, parse_l3l4
 
 # --- include/uapi/linux/if_ether.h, linux/socket.h, asm-generic/socket.h -------------------
@@ -280,10 +281,9 @@ class CaptureRing:
                 if cfg.fanout_rollover:
                     mode |= PACKET_FANOUT_FLAG_ROLLOVER
                 sock.setsockopt(SOL_PACKET, PACKET_FANOUT, (cfg.fanout_group & 0xFFFF) | (mode << 16))
-            if cfg.bpf:
-                attach_filter(sock, cfg.bpf)
-            else:
-                sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            # Always a program: the kernel cuts a frame to what the filter returns, and only
+            # then (bpf.py); it also leaves out the bus's own traffic when asked to.
+            attach_filter(sock, snap_program(cfg.bpf, cfg.snaplen))
             sock.setblocking(False)
         except OSError as exc:
             self.close()

@@ -59,6 +59,36 @@ class CaptureSupervisor:
         self.exits = 0
         self.unavailable: dict[tuple[str, int], str] = {}
         self.started = asyncio.Event()
+        self.reports: dict[tuple[str, int], list[dict]] = {}
+        """What each worker process said it published and lost when it ended (one per run)."""
+
+    def worker_totals(self) -> dict[str, Any]:
+        """The workers' runs, the events they published per kind and what they lost (nonzero
+        places, summed): for the agent's exit line and its status."""
+        runs: list[str] = []
+        published: dict[str, int] = {}
+        lost: dict[str, int] = {}
+        for reports in self.reports.values():
+            for r in reports:
+                runs.append(r.get("run", "?"))
+                for k, v in (r.get("events") or {}).items():
+                    published[k] = published.get(k, 0) + v
+                for k, v in (r.get("lost") or {}).items():
+                    if v:
+                        lost[k] = lost.get(k, 0) + v
+        return {"runs": runs, "events": published, "lost": lost}
+
+    def _report(self, sink, key: tuple[str, int], line: str) -> None:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(doc, dict) and "run" in doc:
+            self.reports.setdefault(key, []).append(doc)
+            t = self.worker_totals()
+            sink.state("capture.workers", "running",
+                       f"{len(t['runs'])} worker runs ended: published {t['events']}, "
+                       f"lost {t['lost'] or 'nothing'}")
 
     def worker_config(self, iface: str, index: int, worker: int) -> dict:
         """What one worker process is handed: its ring, the capture section and every
@@ -68,7 +98,7 @@ class CaptureSupervisor:
         group = (group + index) & 0xFFFF if group is not None else fanout_group_for(index)
         agent = {f: getattr(self.agent, f) for f in self.agent.__dataclass_fields__
                  if f not in ("bus", "sources")}
-        return {"iface": iface, "worker": worker, "workers": self.workers,
+        return {"iface": iface, "worker": worker, "workers": self.workers, "parent": os.getpid(),
                 "fanout_group": group, "agent": agent,
                 "capture": {**self.cfg.section(), "iface": iface, "ifaces": [], "workers": 1},
                 "spool": str(self.agent.spool_path() / f"capture-{iface}-{worker}")}
@@ -102,11 +132,19 @@ class CaptureSupervisor:
         while True:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "agents.capture.workers", json.dumps(cfg),
-                stderr=asyncio.subprocess.PIPE, cwd=_project_root(),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=_project_root(),
                 env={**os.environ, "NETEVENTS_BUS": self.agent.bus or default_url()})
             self.procs[key] = proc
             last = ""
+
+            async def report(p: asyncio.subprocess.Process = proc) -> None:
+                # The worker's last stdout line: what it published and lost (JSON).
+                assert p.stdout is not None
+                async for raw in p.stdout:
+                    self._report(sink, key, raw.decode(errors="replace").strip())
+
             try:
+                reader = asyncio.create_task(report())
                 # The worker's stderr lines are passed on; the last one says why it ended.
                 assert proc.stderr is not None
                 async for raw in proc.stderr:
@@ -115,8 +153,12 @@ class CaptureSupervisor:
                         last = line
                         log.warning("capture %s worker %d: %s", key[0], key[1], line)
                 code = await proc.wait()
+                await reader
             except asyncio.CancelledError:
                 await _stop(proc)
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    async with asyncio.timeout(2):
+                        await reader   # its report, once it has exited
                 raise
             text = last
             if code == EXIT_UNAVAILABLE:
@@ -174,9 +216,28 @@ class _EndsTheWorker:
             self.stop.set()
 
 
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def die_with_parent(parent: int | None) -> bool:
+    """Ask the kernel for SIGTERM when the agent that started us dies (so an agent killed with
+    SIGKILL leaves no worker capturing and publishing as its host); False if it is already
+    gone (we were re-parented before the request took effect)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return parent is None or os.getppid() == parent
+
+
 async def worker_main(spec: dict) -> int:
     from ..compose import connect_agent, run_agent
     from .ring import preflight
+
+    if not die_with_parent(spec.get("parent")):
+        print("the agent that started this worker is gone", file=sys.stderr)
+        return 1
 
     agent = section_to(AgentConfig, spec["agent"], "agent").validate()
     cap = ring_capture(spec["iface"], capture_config(spec["capture"]), worker=spec["worker"],
@@ -197,6 +258,10 @@ async def worker_main(spec: dict) -> int:
     except BusError as exc:
         print(f"capture worker {spec['worker']}: bus: {exc}", file=sys.stderr)
         return 1
+    print(json.dumps({"run": runner.run_id, "events": dict(runner.published_events),
+                      "batches": dict(runner.published),
+                      "lost": {k: v for k, v in runner.status_event().lost.items() if v}}),
+          flush=True)
     state = runner.sources.get("capture", {})
     if state.get("state") in ("unavailable", "failed"):
         print(state.get("reason", "unavailable"), file=sys.stderr)

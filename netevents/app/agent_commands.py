@@ -18,7 +18,7 @@ from agents.compose import build_collectors, connect_agent, run_agent
 
 from ..bus import EmbeddedServer, connect, default_url
 from ..consumers.view import FleetView, feed_view
-from ..errors import BusError
+from ..errors import BusError, ConfigError
 from ..subjects import check_token, default_host
 from .options import (
     DEFAULT_SOURCES,
@@ -58,6 +58,7 @@ async def cmd_agent(args: argparse.Namespace) -> int:
     cfg = agent_config(args)
     cfg.bus = cfg.bus or default_url()  # capture workers connect on their own, to the same bus
     collectors = build_collectors(cfg)  # validates every source's options before connecting
+    _check_capture_alone(cfg)
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with connect_agent(cfg, f"netevents-agent-{cfg.host}") as bus:
@@ -73,7 +74,28 @@ async def cmd_agent(args: argparse.Namespace) -> int:
             runner = await run_agent(cfg, collectors, bus, stop)
     lost = {k: v for k, v in runner.losses.items() if v}
     log.info("agent stopped: published %s; lost %s", dict(runner.published), lost or "nothing")
+    for c in collectors:
+        if hasattr(c, "worker_totals"):  # capture workers publish under run ids of their own
+            t = c.worker_totals()
+            log.info("capture workers (%d runs: %s): published %s; lost %s", len(t["runs"]),
+                     ", ".join(t["runs"]) or "-", t["events"] or "nothing", t["lost"] or "nothing")
     return 0
+
+
+def _check_capture_alone(cfg: Any) -> None:
+    """A capture whose interfaces do not exist is a usage error when it is the only source
+    asked for (with other sources the agent reports it as unavailable and carries on)."""
+    if list(cfg.sources) != ["capture"]:
+        return
+    from agents.capture.config import CaptureConfig, missing_interfaces
+    from agents.config import section_to
+
+    c = section_to(CaptureConfig, dict(cfg.sources["capture"]), "capture")  # validated already
+    missing = missing_interfaces(c)
+    if missing and len(missing) == len(c.interfaces):
+        where = f" in network namespace {c.netns}" if c.netns else ""
+        raise ConfigError(f"--capture {', '.join(missing)}: no such interface{where} "
+                          f"(and no other source asked for)")
 
 
 async def cmd_up(args: argparse.Namespace) -> int:

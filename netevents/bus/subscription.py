@@ -55,6 +55,7 @@ class Subscription:
         self._subs: list[Any] = []
         self._tasks: list[asyncio.Task] = []
         self._started = False
+        self._closing = False
         self._pending_ack: Any = None
         self.pending_limit = pending_limit
         self.manual_ack = manual_ack
@@ -178,12 +179,18 @@ class Subscription:
             self.dropped += 1
 
     async def _pull(self, psub: Any) -> None:
-        while True:
+        # The loop ends on ``_closing`` too, not only by cancellation: nats-py turns a
+        # cancellation into ConnectionClosedError once the connection is closed, and
+        # ``asyncio.wait_for`` (Python 3.11) loses one that races a message, so a cancel alone
+        # could leave this loop running and close() waiting for it forever.
+        while not self._closing:
             try:
                 msgs = await psub.fetch(64, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
             except (nats.errors.Error, nats.js.errors.Error) as exc:
+                if self._closing:
+                    return
                 log.debug("pull failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
@@ -240,11 +247,13 @@ class Subscription:
             return None
 
     async def close(self) -> None:
+        self._closing = True
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        if self._tasks:
+            # waited on from the outside: a fetch that swallowed its cancellation ends at its
+            # next turn of the loop (``_closing``), within the fetch timeout
+            await asyncio.wait(self._tasks, timeout=2.0)
         if self._pending_ack is not None:
             with contextlib.suppress(Exception):
                 await self._pending_ack.ack()

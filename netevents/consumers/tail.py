@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import sys
 import time
@@ -30,6 +31,46 @@ def _clock(ns: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ns / 1e9)) + f".{ns // 1_000_000 % 1000:03d}"
 
 
+_L4 = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
+_ETHERTYPE = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp"}
+_TS_SRC = {0: "fallback ts", 1: "software ts", 2: "hardware ts"}
+_DIR = {0: "in", 1: "broadcast", 2: "multicast", 3: "other-host", 4: "out"}
+
+
+def _endpoint(addr: Any, port: Any) -> str:
+    if isinstance(addr, (bytes, bytearray)) and len(addr) in (4, 16):
+        text = str(ipaddress.ip_address(bytes(addr)))
+        text = f"[{text}]" if len(addr) == 16 and port is not None else text
+    else:
+        text = "?"
+    return text if port is None else f"{text}:{port}"
+
+
+def frame_text(e: dict[str, Any]) -> str:
+    """A frame summary in words: ``446B udp 10.0.0.1:40001 -> 10.0.0.2:9999 in, software ts``
+    (what the head did not reach is left out, never printed as None)."""
+    size = f"{e.get('len')}B" if e.get("len") is not None else "?B"
+    if e.get("caplen") is not None and e.get("len") is not None and e["caplen"] < e["len"]:
+        size += f" (head {e['caplen']}B)"
+    l4 = e.get("l4")
+    proto = _L4.get(l4, f"proto {l4}") if l4 is not None else None
+    et = e.get("ethertype")
+    parts = [size]
+    if e.get("src") is not None or e.get("dst") is not None:
+        parts += [proto or _ETHERTYPE.get(et, "ip"),
+                  f"{_endpoint(e.get('src'), e.get('sport'))} -> {_endpoint(e.get('dst'), e.get('dport'))}"]
+    elif et is not None:
+        parts.append(_ETHERTYPE.get(et, f"ethertype {et:#06x}"))
+    else:
+        parts.append("not ethernet")
+    tail = [_DIR.get(e.get("dir"), f"dir {e.get('dir')}") if e.get("dir") is not None else None,
+            _TS_SRC.get(e.get("ts_src"), f"ts source {e.get('ts_src')}") if e.get("ts_src") is not None else None]
+    if e.get("vlan") is not None:
+        tail.append(f"vlan {e['vlan'] & 0xFFF}")
+    extra = ", ".join(t for t in tail if t)
+    return " ".join(parts) + (f" {extra}" if extra else "")
+
+
 def event_line(batch: Batch, e: dict[str, Any]) -> str:
     """One event as one line a person reads."""
     k = batch.kind
@@ -54,7 +95,7 @@ def event_line(batch: Batch, e: dict[str, Any]) -> str:
                 + ",".join(f"{n}:{(s or {}).get('state')}" for n, s in (e.get("sources") or {}).items())
                 + f" lost {lost or 'nothing'}{' FINAL' if e.get('final') else ''}")
     elif k == "frame":
-        what = f"{e.get('len')}B l4={e.get('l4')} {e.get('sport')}->{e.get('dport')} ts_src={e.get('ts_src')}"
+        what = frame_text(e)
     elif k == "incident":
         what = f"[{e.get('type')}] {e.get('summary')}"
     else:

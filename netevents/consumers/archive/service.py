@@ -21,6 +21,8 @@ DEFAULT_HOLD = 1.0
 MAX_HELD = 512
 """Frame batches held at most; beyond, the oldest is written early (JetStream's default
 max_ack_pending of 1000 per consumer bounds what can be outstanding anyway)."""
+CLOSE_BOUND = 2.0
+"""Seconds each closing step that waits on the server (subscription, connection) may take."""
 GROUP = 64
 """Batches written per group commit (one flush and one sidecar rewrite, then their acks)."""
 
@@ -64,8 +66,15 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
         core.advance(beyond)
     # A batch of an agent that does not say what it owes waits the whole bound.
     held = RingOrderHold(hold, max_held=max_held, unannounced_waits=True)
-    async with connect(url, name=f"netevents-archive-{durable}", streams=True,
-                       credentials=credentials) as bus:
+    # Stopping is unconditional: every step that waits on the server (subscribing, closing the
+    # subscription, draining the connection) runs with a bound, so --duration, SIGTERM and
+    # SIGINT end the archive within a few seconds whatever the server does (a full stream,
+    # nothing matching the host filters, gone): the file is sealed and only written batches
+    # were acknowledged, so the durable resumes exactly there.
+    conn = connect(url, name=f"netevents-archive-{durable}", streams=True, credentials=credentials)
+    bus = await conn.__aenter__()
+    sub = None
+    try:
         # A small queue: every batch in it is delivered but not yet acknowledged; keeping it
         # short keeps them far from JetStream's ack wait (no redelivery while we work).
         sub = bus.subscribe(kinds=list(KINDS), hosts=hosts, durable=durable, queue_size=256,
@@ -82,43 +91,80 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
 
         files.open()
         last_progress = time.monotonic()
-        async with sub:
-            try:
-                while not stop.is_set():
-                    now = time.monotonic()
-                    due = held.deadline()
-                    wait = 0.5 if due is None else min(0.5, max(0.0, due - now))
-                    batch = await sub.next(timeout=wait or 0.001)
-                    ready: list[Batch] = []
-                    while batch is not None:
-                        if batch.kind == "frame":
-                            f = batch.fields
-                            held.hold(ring_key(batch.host, batch.run, f.get("iface"), f.get("worker")),
-                                      gaps_owed(f), time.monotonic(), batch)
-                        else:
-                            ready.append(batch)      # gaps first: frames due now may need them
-                            if batch.kind == "gap":
-                                for e in batch.events:
-                                    held.gap(ring_key(batch.host, batch.run, e.get("iface"),
-                                                      e.get("worker")))
-                        if len(ready) + len(held) >= max_held + GROUP:
-                            break
-                        batch = await sub.next(timeout=0)   # what is already here joins the group
-                    now = time.monotonic()
-                    ready += [r.item for r in held.release(now)]
-                    for i in range(0, len(ready), GROUP):
-                        await commit(ready[i:i + GROUP])
-                    if files.due():
-                        await asyncio.to_thread(files.maybe_rotate, _sub_report(sub))
-                    if now - last_progress >= progress_every:
-                        last_progress = now
-                        _progress(files)
-                # stopping: what is held is written (its gaps already arrived or never will)
-                await commit([r.item for r in held.drain()])
-            finally:
-                await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
-                _progress(files)
+        try:
+            if not await _unless_stopped(sub.start(), stop):
+                return {**files.current(), "paths": [str(p) for p in files.files]}
+            while not stop.is_set():
+                now = time.monotonic()
+                due = held.deadline()
+                wait = 0.5 if due is None else min(0.5, max(0.0, due - now))
+                batch = await sub.next(timeout=wait or 0.001)
+                ready: list[Batch] = []
+                while batch is not None:
+                    if batch.kind == "frame":
+                        f = batch.fields
+                        held.hold(ring_key(batch.host, batch.run, f.get("iface"), f.get("worker")),
+                                  gaps_owed(f), time.monotonic(), batch)
+                    else:
+                        ready.append(batch)      # gaps first: frames due now may need them
+                        if batch.kind == "gap":
+                            for e in batch.events:
+                                held.gap(ring_key(batch.host, batch.run, e.get("iface"),
+                                                  e.get("worker")))
+                    if len(ready) + len(held) >= max_held + GROUP or stop.is_set():
+                        break
+                    batch = await sub.next(timeout=0)   # what is already here joins the group
+                now = time.monotonic()
+                ready += [r.item for r in held.release(now)]
+                for i in range(0, len(ready), GROUP):
+                    await commit(ready[i:i + GROUP])
+                if files.due():
+                    await asyncio.to_thread(files.maybe_rotate, _sub_report(sub))
+                if now - last_progress >= progress_every:
+                    last_progress = now
+                    _progress(files)
+            # stopping: what is held is written (its gaps already arrived or never will)
+            await commit([r.item for r in held.drain()])
+        finally:
+            await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
+            _progress(files)
+    finally:
+        if sub is not None:
+            await _bounded(sub.close(), CLOSE_BOUND)
+        await _bounded(conn.__aexit__(None, None, None), CLOSE_BOUND)
     return {**files.current(), "paths": [str(p) for p in files.files]}
+
+
+async def _unless_stopped(coro: Any, stop: asyncio.Event) -> bool:
+    """Run ``coro`` unless ``stop`` is set first (then it is cancelled); True if it finished."""
+    task = asyncio.ensure_future(coro)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        task.result()
+        return True
+    await _bounded(task, CLOSE_BOUND)
+    return False
+
+
+async def _bounded(aw: Any, seconds: float) -> None:
+    """Await ``aw`` for at most ``seconds``, then leave it cancelled behind.
+
+    Waited on from the outside (``asyncio.wait``), not by cancelling the waiter: a step that
+    swallows its cancellation (nats-py turns one into ConnectionClosedError when the
+    connection is closed; ``wait_for`` in Python 3.11 loses one that races a result) cannot
+    hold the archive. Its errors are the server's, and stopping goes on without it.
+    """
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        return
+    if not task.cancelled() and task.exception() is not None:
+        pass  # closing a connection to a server that is gone: nothing left to do
 
 
 def _progress(files: ArchiveFiles) -> None:

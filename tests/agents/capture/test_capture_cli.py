@@ -28,11 +28,15 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 @pytest.mark.integration
 def test_hwtstamp_on_veth_fails_clearly_and_capture_falls_back(netns_pair):
     _a, b, _prefix = netns_pair
-    for action in ("on", "show"):
-        r = cli("hwtstamp", "veth-b", action, "--netns", b.name)
-        assert r.returncode == 1
-        line = r.stderr.splitlines()[0]
-        assert line.startswith("netevents hwtstamp: veth-b: SIOC") and "no hardware timestamping" in line
+    r = cli("hwtstamp", "veth-b", "on", "--netns", b.name)
+    assert r.returncode == 1
+    line = r.stderr.splitlines()[0]
+    assert line.startswith("netevents hwtstamp: veth-b: SIOC") and "no hardware timestamping" in line
+    # show: showing worked, and what it shows is that there are no hardware stamps (exit 0)
+    r = cli("hwtstamp", "veth-b", "show", "--netns", b.name)
+    assert r.returncode == 0 and r.stderr == ""
+    line = r.stdout.splitlines()[0]
+    assert line.startswith("veth-b: no hardware timestamping (SIOC") and "phc_index -1" in line
     info = hwtstamp.ts_info("veth-b", b.name)
     assert info.phc_index == -1 and not info.hardware and "software" in info.so_timestamping
     field, message = hwtstamp.enable_for_capture("veth-b", b.name)
@@ -46,6 +50,16 @@ def test_hwtstamp_unknown_interface_and_usage():
     assert cli("hwtstamp", "lo", "sideways").returncode == 2
     r = cli("agent", "--workers", "2")
     assert r.returncode == 2 and "need --capture IF" in r.stderr
+    r = cli("hwtstamp", "lo", "show")
+    assert r.returncode == 0 and r.stdout.startswith("lo: ")
+
+
+def test_capture_of_a_missing_interface_alone_is_a_usage_error():
+    r = cli("agent", "--capture", "nope0", "--bus", "nats://127.0.0.1:1", "--duration", "1")
+    assert r.returncode == 2 and "nope0" in r.stderr and "no such interface" in r.stderr, r.stderr
+    r = cli("agent", "--capture", "nope0", "--capture", "nope1", "--workers", "2",
+            "--bus", "nats://127.0.0.1:1")
+    assert r.returncode == 2 and "nope0, nope1" in r.stderr, r.stderr
 
 
 @pytest.mark.integration
