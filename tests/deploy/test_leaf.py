@@ -23,9 +23,13 @@ def batch(host: str, seq: int) -> Batch:
                  events=[{"count": seq, "source": "counter", "reason": "QDISC_DROP"}])
 
 
+def _env(env_file, name: str) -> str:
+    line = next(ln for ln in env_file.read_text().splitlines() if ln.startswith(f"{name}="))
+    return line.split("=", 1)[1]
+
+
 def _bus(env_file, port: int) -> str:
-    line = next(ln for ln in env_file.read_text().splitlines() if ln.startswith("NETEVENTS_BUS="))
-    return line.split("=", 1)[1].replace("127.0.0.1:4222", f"127.0.0.1:{port}")
+    return _env(env_file, "NETEVENTS_BUS").replace("127.0.0.1:4222", f"127.0.0.1:{port}")
 
 
 def test_leaf_forwards_its_hosts_events_and_the_hub_refuses_the_rest(tmp_path):
@@ -58,8 +62,9 @@ def test_leaf_forwards_its_hosts_events_and_the_hub_refuses_the_rest(tmp_path):
             async with connect(_bus(reader, hub.port), reconnect=False) as hub_reader, \
                     connect(_bus(ops, hub.port), reconnect=False) as operator, \
                     connect(local, reconnect=False) as agent:
+                trusted = str(tmp_path / "fleet" / "operators.pub")
                 async with hub_reader.subscribe(kinds=["drop"]) as sub, \
-                        ControlServer(agent, "local", "web-1"):
+                        ControlServer(agent, "local", "web-1", trusted_keys=trusted):
                     # wait until the leaf connection carries the hub's interest
                     deadline = time.monotonic() + 10
                     first = None
@@ -77,7 +82,8 @@ def test_leaf_forwards_its_hosts_events_and_the_hub_refuses_the_rest(tmp_path):
                     assert {b.host for b in got} == {"web-1"}
                     assert got[-1].seq == seq + 1
                     # the operator on the hub reaches the agent behind the leaf
-                    reply = await control_request(operator, "web-1", "commands", site="local", timeout=5)
+                    reply = await control_request(operator, "web-1", "commands", site="local",
+                                                  timeout=5, key=_env(ops, "NETEVENTS_OPERATOR_KEY"))
                     assert reply["ok"] and reply["host"] == "web-1"
 
         asyncio.run(main())
