@@ -93,3 +93,14 @@ class NatsProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def env_value(env_file: Path, name: str) -> str:
+    """One ``NAME=value`` of a credentials file that `netevents auth` wrote."""
+    line = next(ln for ln in env_file.read_text().splitlines() if ln.startswith(f"{name}="))
+    return line.split("=", 1)[1]
+
+
+def creds_url(env_file: Path, port: int) -> str:
+    """The NETEVENTS_BUS of a generated credentials file, pointed at the test server."""
+    return env_value(env_file, "NETEVENTS_BUS").replace("127.0.0.1:4222", f"127.0.0.1:{port}")

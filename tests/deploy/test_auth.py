@@ -210,3 +210,24 @@ def test_url_credentials_become_connect_options_for_every_server():
     assert url == "nats://nats-1:4222"
     assert opts == {"user": "agent.dc1.web-1", "password": "p@ss"}
     assert split_url_credentials("nats://nats:4222") == ("nats://nats:4222", {})
+
+
+def test_sourcing_a_hosts_credentials_file_is_enough_to_start_its_agent(tmp_path, monkeypatch):
+    from netevents.app.cli import build_parser
+    from netevents.app.options import agent_config
+
+    fleet = Fleet(tmp_path / "f")
+    ops_env = fleet.add("operator", "ops", "nats://n:4222")[1]
+    env = fleet.add("agent", "web-1", "nats://n:4222", site="dc1", host="web-1")[1]
+    values = dict(ln.split("=", 1) for ln in env.read_text().splitlines())
+    assert set(values) == {"NETEVENTS_BUS", "NETEVENTS_SITE", "NETEVENTS_HOST", "NETEVENTS_OPERATOR_KEYS"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    cfg = agent_config(build_parser().parse_args(["agent"]))
+    assert (cfg.host, cfg.site, cfg.bus) == ("web-1", "dc1", values["NETEVENTS_BUS"])
+    assert cfg.operator_keys == values["NETEVENTS_OPERATOR_KEYS"]
+    assert fleet.users["operator.ops"].key in cfg.operator_keys
+    assert "NETEVENTS_OPERATOR_KEY=ed25519:" in ops_env.read_text()
+    # the command line still wins
+    cfg = agent_config(build_parser().parse_args(["agent", "--host", "web-9", "--site", "dc2"]))
+    assert (cfg.host, cfg.site) == ("web-9", "dc2")
