@@ -59,6 +59,11 @@ def _run_auth(args: argparse.Namespace) -> int:
         for u in sorted(fleet.users.values(), key=lambda u: u.name):
             print(f"{u.name}\t{u.role}\t{'bcrypt' if u.password.startswith('$2') else 'plain'}")
         return 0
+    if args.auth_cmd == "routes":
+        conf = fleet.set_routes(args.nodes, rotate=args.rotate)
+        print(f"netevents auth: wrote {conf}: copy it next to every node's cluster-N.conf "
+              "(it is included inside cluster { }) and restart the nodes")
+        return 0
     if args.auth_cmd == "remove":
         fleet.remove(args.user)
         print(f"netevents auth: removed {args.user}; reload the server (nats-server --signal reload)")
@@ -134,6 +139,11 @@ def _add_auth_parser(sub: Any, func: Any) -> None:
     q.add_argument("--host", required=True, help="host token its incidents carry")
     durable_option(q)
     common(q)
+    q = asub.add_parser("routes", help="the cluster's route user and routes (routes.conf)")
+    q.add_argument("nodes", nargs="+", metavar="HOST:PORT",
+                   help="every node's cluster listener, e.g. nats-1:6222 nats-2:6222 nats-3:6222")
+    q.add_argument("--rotate", action="store_true", help="a new route password")
+    common(q, new_user=False)
     q = asub.add_parser("remove", help="remove a user")
     q.add_argument("user", metavar="USER", help="full user name, e.g. agent.dc1.web-1")
     common(q, new_user=False)
