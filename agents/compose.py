@@ -70,7 +70,7 @@ async def connect_agent(cfg: AgentConfig, name: str) -> AsyncIterator[Bus]:
 
 def control_server(cfg: AgentConfig, bus: Bus, collectors: list[Collector]) -> ControlServer:
     """The agent's control server, with the commands its sources offer (``control_commands``)."""
-    control = ControlServer(bus, cfg.site, cfg.host)
+    control = ControlServer(bus, cfg.site, cfg.host, trusted_keys=cfg.operator_keys)
     for c in collectors:
         control.register_source(c)
     return control

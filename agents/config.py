@@ -4,10 +4,11 @@ A config file is TOML:
 
     [agent]
     bus = "nats://127.0.0.1:4222"
-    host = "web-1"          # default: the short hostname
-    site = "dc1"
+    host = "web-1"          # default: $NETEVENTS_HOST, else the short hostname
+    site = "dc1"            # default: $NETEVENTS_SITE, else local
     status_interval = 5.0
     # creds / nkey_seed / tls_ca / tls_cert / tls_key = "FILE"   (bus credentials)
+    # operator_keys = "/etc/netevents/operators.pub"              (who may send control requests)
 
     [netstat]               # a section per source; its presence enables the source
     interval = 1.0
@@ -53,6 +54,10 @@ class AgentConfig:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    operator_keys: str | None = None
+    """Operator public keys the control server trusts: ``ed25519:...`` (comma separated) or a
+    file of them (the fleet's ``operators.pub``); default ``$NETEVENTS_OPERATOR_KEYS``. On an
+    authenticated bus an agent with none refuses every control request."""
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Enabled sources: name -> its (unvalidated) section; validated by the source's build()."""
 

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import struct
 import zlib
 from collections import Counter, deque
@@ -32,6 +33,7 @@ from typing import Any
 
 import msgpack
 
+from netevents.bus.client import keyed_msg_id
 from netevents.codec import Batch, encode_batch
 from netevents.errors import BusError, ConfigError
 from netevents.subjects import event_subject
@@ -241,6 +243,8 @@ class ReliablePublisher:
         self.replayed = 0
         self._task: asyncio.Task | None = None
         self._warned = False
+        self._msg_key = secrets.token_bytes(32)
+        """The per-run secret of the batches' ``Nats-Msg-Id``s; never leaves this process."""
 
     @property
     def degraded(self) -> bool:
@@ -260,7 +264,10 @@ class ReliablePublisher:
 
     async def publish(self, batch: Batch) -> None:
         data = encode_batch(batch, max_bytes=self.bus.max_payload)
-        item = (event_subject(batch.kind, batch.site, batch.host), batch.msg_id, len(batch), data)
+        # The keyed id: only this run can make it (so no other host can have JetStream drop
+        # it as a duplicate), and the spooled record keeps it for every retry and replay.
+        item = (event_subject(batch.kind, batch.site, batch.host), keyed_msg_id(self._msg_key, batch),
+                len(batch), data)
         self.start()
         if self.degraded or len(self._queue) >= self.max_inflight:
             self._to_spool(item)

@@ -37,6 +37,7 @@ from netevents.codec import PackedColumns
 from netevents.errors import CapabilityError
 
 from ..base import cache_dir
+from ..loadcheck import hash_matches, record_hash, untrusted
 from .ring import BlockInfo, PythonWalker
 from .summary import COLUMNS
 
@@ -95,11 +96,20 @@ def _build(cache: Path | None) -> Path:
     out = (cache or cache_root())
     lib = out / f"walker-{machine}-{tag}.so"
     if lib.exists():
-        return lib
+        # What root loads is what we built (agents/loadcheck.py): a cache someone else can
+        # write is not used; a library whose hash is not the recorded one is rebuilt.
+        why = untrusted(lib)
+        if why:
+            raise BuildError(f"not loading {lib}: {why}")
+        if hash_matches(lib):
+            return lib
     cc = next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
     if cc is None:
         raise BuildError("no C compiler (cc/gcc; Debian packages gcc libc6-dev)")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o755)
+    why = untrusted(out)
+    if why:
+        raise BuildError(f"not building into {out}: {why}")
     # A per-process (and per-thread) name renamed into place: workers building at once never
     # load a half-written file.
     tmp = out / f"walker.tmp.{os.getpid()}.{threading.get_native_id()}.so"
@@ -114,6 +124,7 @@ def _build(cache: Path | None) -> Path:
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
         raise BuildError(f"building {SOURCE.name}: {cc} did not finish in 120 s") from None
+    record_hash(tmp, lib)
     tmp.replace(lib)
     return lib
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Any
 
 from agents.compose import build_collectors, connect_agent, run_agent
 
-from ..bus import EmbeddedServer, connect, default_url
+from ..auth import bus_url_with_user
+from ..bus import Credentials, EmbeddedServer, connect, default_url
 from ..consumers.view import FleetView, feed_view
 from ..errors import BusError, ConfigError
 from ..subjects import check_token, default_host
+from .deploy_commands import add_server_security_options, server_security
 from .options import (
     DEFAULT_SOURCES,
     add_agent_options,
@@ -36,13 +39,19 @@ log = logging.getLogger("netevents")
 
 
 async def cmd_server(args: argparse.Namespace) -> int:
-    server = EmbeddedServer(args.store, host=args.listen, port=args.port)
+    extra, login, tls = server_security(args)
+    server = EmbeddedServer(args.store, host=args.listen, port=args.port, extra_conf=extra)
     url = await server.start()
     try:
-        async with connect(url, streams=True):
+        own = f"{'tls' if tls else 'nats'}://127.0.0.1:{url.rsplit(':', 1)[1]}"
+        if login:
+            own = bus_url_with_user(own, login["user"], login["password"])
+        async with connect(own, streams=True, credentials=Credentials(), tls=tls):
             pass
+        who = f"users of {args.auth}" if args.auth else "anyone (no authorization)"
         print(f"netevents server: NATS with JetStream at {url}, store {server.store_dir} "
-              f"(pid {server.proc.pid if server.proc else '?'}); Ctrl-C stops", flush=True)
+              f"(pid {server.proc.pid if server.proc else '?'}), serving {who}"
+              f"{', TLS' if tls else ''}; Ctrl-C stops", flush=True)
         stop = asyncio.Event()
         stop_on_signals(stop)
         if args.duration is not None:
@@ -183,7 +192,8 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
                        credentials=credentials(args)) as bus:
         try:
             reply = await control_request(bus, args.target, args.cmd, args.value,
-                                          site=args.site or "local", timeout=args.timeout)
+                                          site=args.site or "local", timeout=args.timeout,
+                                          key=args.operator_key)
         except TimeoutError as exc:
             print(f"netevents ctl: error: {exc} (is the agent running with --site "
                   f"{args.site or 'local'} --host {args.target}?)", file=sys.stderr)
@@ -216,6 +226,7 @@ def add_host_parsers(sub: Any) -> None:
     p.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=4222, help="port (default 4222; 0 picks a free one)")
     p.add_argument("--duration", type=positive, metavar="S", help=argparse.SUPPRESS)
+    add_server_security_options(p)
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("agent", help="the host agent: read the kernel, publish on the bus",
@@ -259,8 +270,14 @@ def add_tool_parsers(sub: Any) -> None:
                    help="level: show or switch the ipstats level; commands: list the agent's commands")
     p.add_argument("value", nargs="?", metavar="VALUE",
                    help="for level: default or diagnostics (none: show the current level)")
-    p.add_argument("--site", help="site token (default: local)")
+    p.add_argument("--site", default=os.environ.get("NETEVENTS_SITE") or None,
+                   help="site token (default $NETEVENTS_SITE, else local)")
     p.add_argument("--timeout", type=positive, default=5.0, metavar="S",
                    help="seconds to wait for the reply (default 5)")
+    p.add_argument("--operator-key", metavar="KEY|FILE",
+                   default=os.environ.get("NETEVENTS_OPERATOR_KEY") or None,
+                   help="the operator's private key that signs the request (ed25519:..., or a "
+                        "file holding it; default $NETEVENTS_OPERATOR_KEY, which the credentials "
+                        "file of `netevents auth operator` sets)")
     add_bus_options(p)
     p.set_defaults(func=cmd_ctl)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import json
 import os
+import secrets
 from typing import Any
 
-from ..auth import Fleet, host_token
+from ..auth import Fleet, FleetUser, hash_password, host_token, render_authorization
 from ..bus import connect, default_url, redact_url
-from ..errors import BusError
+from ..errors import BusError, ConfigError
 from ..subjects import check_token
 from .options import add_bus_options, credentials, positive
 
@@ -56,6 +59,11 @@ def _run_auth(args: argparse.Namespace) -> int:
         for u in sorted(fleet.users.values(), key=lambda u: u.name):
             print(f"{u.name}\t{u.role}\t{'bcrypt' if u.password.startswith('$2') else 'plain'}")
         return 0
+    if args.auth_cmd == "routes":
+        conf = fleet.set_routes(args.nodes, rotate=args.rotate)
+        print(f"netevents auth: wrote {conf}: copy it next to every node's cluster-N.conf "
+              "(it is included inside cluster { }) and restart the nodes")
+        return 0
     if args.auth_cmd == "remove":
         fleet.remove(args.user)
         print(f"netevents auth: removed {args.user}; reload the server (nats-server --signal reload)")
@@ -68,11 +76,23 @@ def _run_auth(args: argparse.Namespace) -> int:
     roles = [role] + (["leaf"] if role == "agent" and args.leaf else [])
     for r in roles:
         user, env = fleet.add(r, args.name, args.bus, site=args.site, host=host,
-                              rotate=args.rotate, plain=args.plain)
+                              rotate=args.rotate, plain=args.plain,
+                              durables=getattr(args, "durable", None))
         kind = "bcrypt" if user.password.startswith("$2") else "plain (no bcrypt here)"
-        print(f"netevents auth: {user.name} ({r}, password {kind}); credentials in {env}; "
-              f"server include {fleet.root / 'auth.conf'} (reload the server to apply)")
+        owns = f", owns durables {', '.join(user.durables or [args.name])}" \
+            if r in ("consumer", "operator", "correlator") else ""
+        key = (f"; its control key is in the credentials file, agents trust "
+               f"{fleet.root / 'operators.pub'}") if r == "operator" else ""
+        print(f"netevents auth: {user.name} ({r}, password {kind}{owns}); credentials in {env}; "
+              f"server include {fleet.root / 'auth.conf'} (reload the server to apply){key}")
     return 0
+
+
+def durable_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--durable", action="append", metavar="NAME",
+                   help="a durable consumer name this user owns (`netevents archive --durable "
+                        "NAME`; repeatable; default: NAME of the user). No user can read, pull, "
+                        "acknowledge or delete another's durables")
 
 
 def _add_auth_parser(sub: Any, func: Any) -> None:
@@ -103,18 +123,27 @@ def _add_auth_parser(sub: Any, func: Any) -> None:
     q.add_argument("--leaf", action="store_true",
                    help="also a leaf.<site>.<host> user for this host's leaf node (deploy/nats/leaf.conf)")
     common(q)
-    for role, text in (("consumer", "read-only: events and durable pull consumers"),
-                       ("operator", "read-only plus control requests (netevents ctl)"),
+    for role, text in (("consumer", "read-only: events and its own durable pull consumers"),
+                       ("operator", "read-only plus signed control requests (netevents ctl): "
+                        "its key goes into its credentials file, agents trust operators.pub"),
                        ("admin", "creates the streams (netevents streams)")):
         q = asub.add_parser(role, help=text)
         q.add_argument("name", metavar="NAME", help="user name token (the user is <role>.NAME)")
+        if role != "admin":
+            durable_option(q)
         common(q)
         q.set_defaults(site=None, host=None)
     q = asub.add_parser("correlator", help="read-only plus incidents as <site>.<host>")
     q.add_argument("name", metavar="NAME")
     q.add_argument("--site", default="local")
     q.add_argument("--host", required=True, help="host token its incidents carry")
+    durable_option(q)
     common(q)
+    q = asub.add_parser("routes", help="the cluster's route user and routes (routes.conf)")
+    q.add_argument("nodes", nargs="+", metavar="HOST:PORT",
+                   help="every node's cluster listener, e.g. nats-1:6222 nats-2:6222 nats-3:6222")
+    q.add_argument("--rotate", action="store_true", help="a new route password")
+    common(q, new_user=False)
     q = asub.add_parser("remove", help="remove a user")
     q.add_argument("user", metavar="USER", help="full user name, e.g. agent.dc1.web-1")
     common(q, new_user=False)
@@ -122,3 +151,81 @@ def _add_auth_parser(sub: Any, func: Any) -> None:
     common(q, new_user=False)
     q = asub.add_parser("list", help="list the users")
     common(q, new_user=False)
+
+
+# -- `netevents server`: who may connect ------------------------------------------------------
+
+def is_loopback(address: str) -> bool:
+    if address in ("localhost", ""):
+        return address == "localhost"
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def server_security(args: argparse.Namespace) -> tuple[str, dict[str, str], Any]:
+    """The embedded server's authorization and TLS config from `netevents server` options:
+    (config text, ``user``/``password`` for the server's own stream set-up, a TLS context for
+    it or None).
+
+    ``--auth DIR`` serves the fleet's users (``netevents auth``) plus a one-off admin user that
+    exists only in this run's config; ``--listen`` on a non-loopback address without
+    ``--auth`` needs an explicit ``--insecure``.
+
+    Raises:
+        ConfigError: for an exposed server without either, a fleet directory without users,
+            or TLS options that do not go together.
+    """
+    conf, login, ctx = "", {}, None
+    if args.auth:
+        fleet = Fleet(args.auth)
+        if not fleet.users:
+            raise ConfigError(f"--auth {args.auth}: no users in {fleet.root / 'fleet.json'} "
+                              "(create them with `netevents auth add-host/consumer/admin ...`)")
+        password = secrets.token_urlsafe(24)
+        me = FleetUser(f"admin.server-{secrets.token_hex(4)}", "admin", hash_password(password))
+        conf += render_authorization([*fleet.users.values(), me])
+        login = {"user": me.name, "password": password}
+    elif not is_loopback(args.listen) and not args.insecure:
+        raise ConfigError(f"--listen {args.listen}: refusing to serve a non-loopback address "
+                          "without authorization: anyone who reaches the port could publish as "
+                          "any host. Pass --auth DIR (the fleet directory of `netevents auth`), "
+                          "or --insecure if that is really meant")
+    if args.tls_cert or args.tls_key or args.tls_ca or args.tls_verify:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together (--tls-ca, --tls-verify need them)")
+        if args.tls_verify and not args.tls_ca:
+            raise ConfigError("--tls-verify needs --tls-ca (the CA client certificates are signed by)")
+        for opt in ("tls_cert", "tls_key", "tls_ca"):
+            value = getattr(args, opt)
+            if value and not os.path.isfile(value):
+                raise ConfigError(f"--{opt.replace('_', '-')}: no such file: {value}")
+        block = {"cert_file": os.path.abspath(args.tls_cert), "key_file": os.path.abspath(args.tls_key)}
+        if args.tls_ca:
+            block["ca_file"] = os.path.abspath(args.tls_ca)
+        body = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in block.items())
+        conf += "tls {\n" + body + ("  verify: true\n" if args.tls_verify else "") + "  timeout: 2\n}\n"
+        import ssl
+
+        # Our own child on loopback: the certificate names the public host, not 127.0.0.1.
+        ctx = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else ssl.create_default_context()
+        ctx.check_hostname = False
+        if not args.tls_ca:
+            ctx.verify_mode = ssl.CERT_NONE
+        if args.tls_verify:
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    return conf, login, ctx
+
+
+def add_server_security_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("who may connect (a non-loopback --listen needs --auth or --insecure)")
+    g.add_argument("--auth", metavar="DIR", default=os.environ.get("NETEVENTS_FLEET") or None,
+                   help="serve the users of this fleet directory (`netevents auth`; default "
+                        "$NETEVENTS_FLEET)")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --listen without --auth: anyone who reaches it is any host")
+    g.add_argument("--tls-cert", metavar="FILE", help="server certificate (clients use tls:// URLs)")
+    g.add_argument("--tls-key", metavar="FILE", help="key of the server certificate")
+    g.add_argument("--tls-ca", metavar="FILE", help="CA that signed client certificates (with --tls-verify)")
+    g.add_argument("--tls-verify", action="store_true", help="require client certificates signed by --tls-ca")

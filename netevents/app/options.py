@@ -101,8 +101,15 @@ def credentials(args: argparse.Namespace) -> Credentials:
 # -- the agent ------------------------------------------------------------------------------------
 
 def add_agent_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", help="host token in subjects (default: the short hostname)")
-    p.add_argument("--site", help="site token in subjects (default: local)")
+    p.add_argument("--host", default=os.environ.get("NETEVENTS_HOST") or None,
+                   help="host token in subjects (default $NETEVENTS_HOST, else the short hostname)")
+    p.add_argument("--site", default=os.environ.get("NETEVENTS_SITE") or None,
+                   help="site token in subjects (default $NETEVENTS_SITE, else local)")
+    p.add_argument("--operator-keys", metavar="KEYS|FILE",
+                   default=os.environ.get("NETEVENTS_OPERATOR_KEYS") or None,
+                   help="operator public keys whose signed control requests the agent serves "
+                        "(ed25519:..., or a file such as the fleet's operators.pub; default "
+                        "$NETEVENTS_OPERATOR_KEYS)")
     p.add_argument("--config", metavar="FILE", help="agent config file (TOML; see deploy/agent.toml)")
     p.add_argument("--status-interval", type=positive, metavar="S",
                    help="seconds between status heartbeats (default 5)")
@@ -169,6 +176,8 @@ def agent_config(args: argparse.Namespace,
         cfg.spool_dir = args.spool
     if getattr(args, "bus", None):
         cfg.bus = args.bus
+    if getattr(args, "operator_keys", None):
+        cfg.operator_keys = args.operator_keys
     for name, _text, _env in AUTH_OPTIONS:
         if getattr(args, name, None):
             setattr(cfg, name, getattr(args, name))

@@ -1,16 +1,22 @@
 """The connection: :func:`connect` -> :class:`Bus` (streams, publish, subscribe).
 
-nats-py and OS errors are translated into :class:`~netevents.errors.BusError` here.
+nats-py and OS errors are translated into :class:`~netevents.errors.BusError` here, saying
+what happened: a refused login names the user, a permissions violation the user and subject.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
+import re
+import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import nats.errors
@@ -25,16 +31,61 @@ from .urls import Credentials, default_url, redact_url, split_url_credentials
 
 log = logging.getLogger("netevents.bus")
 
+_SUBJECT_USER = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"', re.I)
+
+
+def keyed_msg_id(key: bytes, batch: Batch) -> str:
+    """A ``Nats-Msg-Id`` only the holder of ``key`` can make: the readable
+    ``host:run:kind:seq`` plus an HMAC of it. JetStream's duplicate window is per stream, so
+    with plain ids any host that learnt another's run id could publish that host's future ids
+    first and have its real batches dropped as duplicates; with a per-run secret it cannot,
+    and a retry of the same batch (same key) still gets the same id."""
+    plain = batch.msg_id
+    return f"{plain}:{hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()[:32]}"
+
 
 class Bus:
     """A connection to the netevents bus. Create with :func:`connect`."""
 
-    def __init__(self, nc: nats.NATS, url: str) -> None:
+    def __init__(self, nc: nats.NATS, url: str, user: str | None = None) -> None:
         self.nc = nc
         self.url = url
+        self.user = user
+        """Who the bus knows us as (the URL's user, ``creds``/``nkey``), None when anonymous."""
         self.js = nc.jetstream()
         self.errors: Counter[str] = Counter()
-        """Counted asynchronous errors (``slow_consumer``, ``disconnected``, ...)."""
+        """Counted asynchronous errors (``slow_consumer``, ``disconnected``,
+        ``permissions_violation``, ...)."""
+        self.violations: dict[str, str] = {}
+        """Subject (lower case, as nats-py reports it) -> the refused verb (``publish``,
+        ``subscribe``)."""
+        self._msg_key = secrets.token_bytes(32)
+
+    def violation(self, subject: str) -> str | None:
+        """A sentence naming the user and subject if the server refused ``subject`` to us."""
+        verb = self.violations.get(subject.lower())
+        if verb is None:
+            return None
+        return f"permissions violation: user {self.user or '(anonymous)'} may not {verb} " \
+               f"{'on' if verb == 'publish' else 'to'} {subject}"
+
+    def note_error(self, exc: Exception) -> str:
+        """Count an asynchronous error; remember and log a permissions violation once."""
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            self.errors["slow_consumer"] += 1
+            return "slow_consumer"
+        m = _VIOLATION.search(str(exc))
+        if m is None:
+            self.errors[type(exc).__name__] += 1
+            log.debug("nats error: %s", exc)
+            return type(exc).__name__
+        self.errors["permissions_violation"] += 1
+        verb, subject = m.group(1).lower(), m.group(2).lower()
+        if subject not in self.violations:
+            self.violations[subject] = "publish" if verb == "publish" else "subscribe"
+            log.warning("%s", self.violation(subject))
+        return "permissions_violation"
 
     # -- streams -------------------------------------------------------------------------------
     async def ensure_streams(self, frames_max_bytes: int = 1 << 30, replicas: int | None = None) -> None:
@@ -55,18 +106,25 @@ class Bus:
                 raise BusError(f"cannot create stream {cfg.name}: {exc}") from exc
 
     # -- publishing ----------------------------------------------------------------------------
-    async def publish(self, batch: Batch, *, ack: bool = False, timeout: float = 5.0) -> None:
+    def msg_id(self, batch: Batch) -> str:
+        """This connection's keyed ``Nats-Msg-Id`` of ``batch`` (:func:`keyed_msg_id`)."""
+        return keyed_msg_id(self._msg_key, batch)
+
+    async def publish(self, batch: Batch, *, ack: bool = False, timeout: float = 5.0,
+                      msg_id: str | None = None) -> None:
         """Publish one batch on ``netevents.v1.<kind>.<site>.<host>``.
 
         With ``ack`` the call waits for JetStream to store it (and raises BusError if it
-        does not); otherwise it is a core publish that the streams capture.
+        does not); otherwise it is a core publish that the streams capture. ``msg_id``
+        defaults to :meth:`msg_id` (the same for a retry of the batch on this connection).
         """
         data = encode_batch(batch, max_bytes=self.max_payload)
         await self.publish_raw(event_subject(batch.kind, batch.site, batch.host), data,
-                               batch.msg_id, ack=ack, timeout=timeout)
+                               msg_id or self.msg_id(batch), ack=ack, timeout=timeout)
 
     async def publish_raw(self, subject: str, data: bytes, msg_id: str | None = None, *,
                           ack: bool = False, timeout: float = 5.0) -> None:
+        """Raises BusError; for a subject the server refused us, naming user and subject."""
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         try:
             if ack:
@@ -74,6 +132,9 @@ class Bus:
             else:
                 await self.nc.publish(subject, data, headers=headers)
         except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            refused = self.violation(subject)
+            if refused:
+                raise BusError(f"publish to {subject} refused: {refused}") from exc
             raise BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}") from exc
 
     @property
@@ -126,12 +187,13 @@ class Bus:
 @contextlib.asynccontextmanager
 async def connect(url: str | None = None, *, name: str = "netevents", connect_timeout: float = 5.0,
                   reconnect: bool = True, streams: bool = False,
-                  credentials: Credentials | None = None) -> AsyncIterator[Bus]:
+                  credentials: Credentials | None = None, tls: Any = None) -> AsyncIterator[Bus]:
     """Connect to the bus: ``async with netevents.connect(url) as bus: ...``.
 
     ``url`` defaults to ``$NETEVENTS_BUS``, then ``nats://127.0.0.1:4222``. With ``streams`` the
     JetStream streams are created if missing. ``credentials`` (default: from the environment,
-    see :class:`Credentials`) authenticate the connection.
+    see :class:`Credentials`) authenticate the connection; ``tls``, an ``ssl.SSLContext``,
+    overrides theirs.
 
     Raises:
         BusError: if no server answers at ``url``, or it refuses the credentials.
@@ -141,16 +203,25 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
     auth = (credentials or Credentials()).options()
     server_url, url_auth = split_url_credentials(url)
     auth.update(url_auth)
+    if tls is not None:
+        auth["tls"] = tls
+    user = url_auth.get("user") or ("(creds)" if "user_credentials" in auth else None) \
+        or ("(nkey)" if "nkeys_seed" in auth else None)
+    if url_auth.get("user") and _SUBJECT_USER.match(url_auth["user"]):
+        # Each user reads only its own inboxes (netevents.auth.inbox_prefix): replies, acks
+        # and pulled messages of one user are invisible to every other.
+        auth.setdefault("inbox_prefix", f"_INBOX.{url_auth['user']}")
     shown = redact_url(url)
     holder: dict[str, Bus] = {}
+    early: list[Exception] = []
 
     async def error_cb(exc: Exception) -> None:
         bus = holder.get("bus")
-        key = "slow_consumer" if isinstance(exc, nats.errors.SlowConsumerError) else type(exc).__name__
         if bus is not None:
-            bus.errors[key] += 1
-        if key != "slow_consumer":
-            log.debug("nats error: %s", exc)
+            bus.note_error(exc)
+        else:
+            early.append(exc)
+            log.debug("nats error while connecting: %s", exc)
 
     async def disconnected_cb() -> None:
         if "bus" in holder:
@@ -165,13 +236,19 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
                 disconnected_cb=disconnected_cb, allow_reconnect=reconnect,
                 max_reconnect_attempts=-1 if reconnect else 0, reconnect_time_wait=0.5, **auth)
     except TimeoutError:
+        refused = _refusal(early, user)
+        if refused:
+            raise BusError(f"cannot connect to the bus at {shown}: {refused}") from None
         raise BusError(f"cannot connect to the bus at {shown}: no NATS server answered within "
                        f"{connect_timeout:g}s (start one with 'netevents server' or "
                        "'netevents up', or set --bus / $NETEVENTS_BUS)") from None
     except (nats.errors.Error, OSError) as exc:
+        refused = _refusal([*early, exc], user)
+        if refused:
+            raise BusError(f"cannot connect to the bus at {shown}: {refused}") from None
         raise BusError(f"cannot connect to the bus at {shown}: {type(exc).__name__} {exc}".rstrip()
                        + " (start one with 'netevents server', or set --bus / $NETEVENTS_BUS)") from None
-    bus = holder["bus"] = Bus(nc, url)
+    bus = holder["bus"] = Bus(nc, url, user)
     try:
         if streams:
             await bus.ensure_streams()
@@ -179,3 +256,18 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
     finally:
         await bus.close()
 
+
+
+def _refusal(errors: list[Exception], user: str | None) -> str | None:
+    """The server's refusal of our login, as a sentence naming the user, if it refused."""
+    for exc in errors:
+        text = str(exc).lower()
+        who = f"user {user}" if user else "a client without credentials"
+        if "authorization violation" in text or isinstance(exc, nats.errors.AuthorizationError):
+            return (f"the server refused {who}: authorization violation (wrong user or password, "
+                    "or a credential the server does not know: see `netevents auth`)")
+        if "expired" in text:
+            return f"the server refused {who}: the credential has expired ({exc})"
+        if "authentication" in text or "tls" in text and "required" in text:
+            return f"the server refused {who}: {exc}"
+    return None

@@ -73,7 +73,7 @@ class EmbeddedServer:
     """
 
     def __init__(self, store_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1",
-                 port: int = 4222, max_payload: int = MAX_BATCH_BYTES) -> None:
+                 port: int = 4222, max_payload: int = MAX_BATCH_BYTES, extra_conf: str = "") -> None:
         self._tmp: tempfile.TemporaryDirectory | None = None
         if store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="netevents-nats-")
@@ -82,6 +82,8 @@ class EmbeddedServer:
         self.host = host
         self.port = port
         self.max_payload = max_payload
+        self.extra_conf = extra_conf
+        """Appended to the generated config (authorization, TLS: `netevents server --auth`)."""
         self.proc: subprocess.Popen | None = None
         self._run_dir: Path | None = None
         self.url: str | None = None
@@ -97,7 +99,8 @@ class EmbeddedServer:
             f"listen: \"{self.host}:{self.port if self.port else -1}\"\n"
             f"max_payload: {self.max_payload}\n"
             f"ports_file_dir: \"{run_dir}\"\n"
-            f"jetstream {{\n  store_dir: \"{self.store_dir / 'jetstream'}\"\n}}\n")
+            f"jetstream {{\n  store_dir: \"{self.store_dir / 'jetstream'}\"\n}}\n" + self.extra_conf)
+        conf.chmod(0o600)  # it may hold a password
         with open(run_dir / "nats.log", "wb") as logf:
             # Own session: a Ctrl-C in the terminal reaches us, and we stop the server after
             # draining. PDEATHSIG: if we are killed outright, the server goes with us.

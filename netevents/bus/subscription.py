@@ -112,7 +112,11 @@ class Subscription:
                         await self.bus.ensure_streams()
                 name, stream = f"{self.durable}-{kind}", ev.STREAM_OF[kind]
                 await self._rewind_unacked(stream, name)
-                psub = await self.bus.js.pull_subscribe(subject, durable=name, stream=stream)
+                try:
+                    psub = await self.bus.js.pull_subscribe(subject, durable=name, stream=stream)
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    raise BusError(f"cannot create consumer {stream}/{name}: "
+                                   f"{self._refused(stream, name) or exc}") from exc
                 self._subs.append(psub)
                 self._tasks.append(asyncio.create_task(self._pull(psub)))
         return self
@@ -133,7 +137,8 @@ class Subscription:
         except nats.js.errors.NotFoundError:
             return
         except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise BusError(f"cannot read consumer {stream}/{name}: {exc}") from exc
+            raise BusError(f"cannot read consumer {stream}/{name}: "
+                           f"{self._refused(stream, name) or exc}") from exc
         if not info.num_ack_pending:
             return
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
@@ -148,6 +153,15 @@ class Subscription:
             raise BusError(f"cannot rewind consumer {stream}/{name}: {exc}") from exc
         log.info("consumer %s/%s: %d unacknowledged messages are delivered again from stream "
                  "sequence %d", stream, name, info.num_ack_pending, floor + 1)
+
+    def _refused(self, stream: str, name: str) -> str | None:
+        """The server's permissions violation on this consumer's API, naming user and subject
+        (a durable name the user does not own: `netevents auth consumer NAME --durable D`)."""
+        needle = f".{stream}.{name}".lower()
+        for subject in getattr(self.bus, "violations", {}):
+            if subject.startswith("$js.api.consumer.") and needle in subject:
+                return f"{self.bus.violation(subject)} (a durable this user does not own?)"
+        return None
 
     async def lag(self) -> dict[str, int]:
         """How far behind this consumer is.

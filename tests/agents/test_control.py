@@ -90,3 +90,77 @@ def test_oversized_request_is_refused():
 def test_config_errors_name_the_option(section, fragment):
     with pytest.raises(ConfigError, match=fragment):
         build(section)
+
+
+# -- only an operator commands an agent ------------------------------------------------------
+
+def signed_server():
+    from netevents.auth import new_operator_key
+
+    private, public = new_operator_key()
+    server = ControlServer(bus=None, site="dc1", host="web-2", trusted_keys=public)
+    collector = build({"level": "default"})
+    server.register_source(collector)
+    return server, collector, private
+
+
+def request(private, host="web-2", site="dc1", value="diagnostics", now=None, **change):
+    from agents.control import signed_request
+    from netevents.auth import load_signing_key
+
+    req = signed_request(load_signing_key(private), site, host, "level", value, now=now)
+    req.update(change)
+    return json.dumps(req).encode()
+
+
+def test_a_signed_request_is_served_once():
+    server, collector, private = signed_server()
+    payload = request(private)
+    assert json.loads(serve(server, payload))["ok"] and collector.level == "diagnostics"
+    collector.set_level("default")
+    again = json.loads(serve(server, payload))  # a replay (a stream redelivery, a reader's copy)
+    assert not again["ok"] and "served already" in again["error"]
+    assert collector.level == "default" and server.refused["replay"] == 1
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("unsigned", "unsigned"), ("other-key", "signature"), ("other-host", "target"),
+    ("old", "stale"), ("tampered", "signature"),
+])
+def test_requests_not_from_an_operator_now_for_this_host_change_nothing(how, reason):
+    import time
+
+    from netevents.auth import new_operator_key
+
+    server, collector, private = signed_server()
+    payload = {
+        "unsigned": lambda: b'{"cmd": "level", "value": "diagnostics"}',
+        "other-key": lambda: request(new_operator_key()[0]),
+        "other-host": lambda: request(private, host="web-1"),
+        "old": lambda: request(private, now=time.time() - 3600),
+        "tampered": lambda: request(private, value="default", cmd="level", host="web-2", nonce="f" * 24),
+    }[how]()
+    reply = json.loads(serve(server, payload))
+    assert not reply["ok"] and reply["error"].startswith("refused")
+    assert server.refused[reason] == 1 and collector.level == "default"
+
+
+def test_an_authenticated_agent_without_keys_refuses_and_never_answers_a_jetstream_subject():
+    class FakeBus:
+        user = "agent.dc1.web-2"
+
+    server = ControlServer(bus=FakeBus(), site="dc1", host="web-2")
+    reply = json.loads(serve(server, b'{"cmd": "commands"}'))
+    assert not reply["ok"] and "trusts no operator key" in reply["error"]
+
+    class Msg:
+        data = b'{"cmd": "commands"}'
+        reply = "$JS.ACK.NETEVENTS_EVENTS.archive-drop.1.2.3.4.5"
+        answered = []
+
+        async def respond(self, payload):
+            self.answered.append(payload)
+
+    msg = Msg()
+    asyncio.run(server._on_msg(msg))
+    assert msg.answered == [] and server.refused["reply"] == 1

@@ -44,6 +44,17 @@ def rewrite_conf(src: Path, dest_dir: Path, ports: PortMap, auth_conf: Path | No
     dest_dir.mkdir(parents=True, exist_ok=True)
     if auth_conf is not None:
         (dest_dir / "auth.conf").write_text(auth_conf.read_text())
+    for inc in re.findall(r'^\s*include "([^"/]+)"', text, re.M):
+        # other includes (routes.conf): the fleet's generated one next to auth.conf, else the
+        # shipped sample; on the same free ports
+        if inc == "auth.conf" or (dest_dir / inc).exists() and inc != "routes.conf":
+            continue
+        generated = auth_conf.parent / inc if auth_conf is not None else None
+        source = generated if generated is not None and generated.exists() else NATS_CONFS / inc
+        if source.exists():
+            (dest_dir / inc).write_text(re.sub(r"(?:0\.0\.0\.0|127\.0\.0\.1):(\d+)",
+                                               lambda m: f"127.0.0.1:{ports[m.group(1)]}",
+                                               source.read_text()))
     dest = dest_dir / src.name
     dest.write_text(text)
     return dest
@@ -93,3 +104,14 @@ class NatsProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def env_value(env_file: Path, name: str) -> str:
+    """One ``NAME=value`` of a credentials file that `netevents auth` wrote."""
+    line = next(ln for ln in env_file.read_text().splitlines() if ln.startswith(f"{name}="))
+    return line.split("=", 1)[1]
+
+
+def creds_url(env_file: Path, port: int) -> str:
+    """The NETEVENTS_BUS of a generated credentials file, pointed at the test server."""
+    return env_value(env_file, "NETEVENTS_BUS").replace("127.0.0.1:4222", f"127.0.0.1:{port}")

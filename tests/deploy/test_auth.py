@@ -46,19 +46,39 @@ def test_agent_may_publish_only_its_own_event_subjects():
                     "netevents.v1.incident.dc1.web-1", "$JS.API.STREAM.CREATE.NETEVENTS_EVENTS",
                     "netevents.v1.drop.dc1.web-1.extra"):
         assert not may_publish(perm, subject), subject
-    assert perm.subscribe_allow == ["netevents.v1.control.dc1.web-1", "_INBOX.>"]
+    # its own control subject and its own inbox only (was "_INBOX.>": every user's replies)
+    assert perm.subscribe_allow == ["netevents.v1.control.dc1.web-1", "_INBOX.agent.dc1.web-1.>"]
     assert perm.allow_responses
+    for subject in ("$JS.ACK.NETEVENTS_EVENTS.archive-drop.1.2.3.4.5", "_INBOX.consumer.archive.x",
+                    "$JS.API.CONSUMER.DELETE.NETEVENTS_EVENTS.archive-drop"):
+        assert not may_publish(perm, subject), subject
 
 
-def test_consumer_publishes_no_event_and_only_pull_consumer_api():
-    perm = consumer_permissions()
+def test_consumer_publishes_no_event_and_only_its_own_durables_api():
+    perm = consumer_permissions("archive")
     assert not may_publish(perm, "netevents.v1.drop.dc1.web-1")
     assert not may_publish(perm, "netevents.v1.control.dc1.web-1")
     assert may_publish(perm, "$JS.API.CONSUMER.MSG.NEXT.NETEVENTS_EVENTS.archive-drop")
     assert may_publish(perm, "$JS.ACK.NETEVENTS_STATS.archive-netstat.1.2.3.4.5")
+    assert may_publish(perm, "$JS.API.CONSUMER.CREATE.NETEVENTS_EVENTS.archive-drop.netevents.v1.drop.>")
     assert not may_publish(perm, "$JS.API.STREAM.DELETE.NETEVENTS_EVENTS")
     assert not may_publish(perm, "$JS.API.STREAM.UPDATE.NETEVENTS_EVENTS")
     assert not may_publish(perm, "$JS.API.STREAM.CREATE.OTHER")
+    # another's durables, unnamed consumers and consumer listing are not its own
+    for subject in ("$JS.API.CONSUMER.DELETE.NETEVENTS_EVENTS.other-drop",
+                    "$JS.API.CONSUMER.CREATE.NETEVENTS_EVENTS.other-drop",
+                    "$JS.API.CONSUMER.CREATE.NETEVENTS_EVENTS",
+                    "$JS.API.CONSUMER.DURABLE.CREATE.NETEVENTS_EVENTS.other-drop",
+                    "$JS.API.CONSUMER.MSG.NEXT.NETEVENTS_EVENTS.other-drop",
+                    "$JS.API.CONSUMER.LIST.NETEVENTS_EVENTS",
+                    "$JS.ACK.NETEVENTS_EVENTS.other-drop.1.2.3.4.5"):
+        assert not may_publish(perm, subject), subject
+    assert perm.subscribe_allow == ["netevents.v1.>", "_INBOX.consumer.archive.>"]
+    two = consumer_permissions("archive", ["arch-a", "arch-b"])
+    assert may_publish(two, "$JS.API.CONSUMER.INFO.NETEVENTS_FRAMES.arch-b-frame")
+    assert not may_publish(two, "$JS.API.CONSUMER.INFO.NETEVENTS_FRAMES.archive-frame")
+    with pytest.raises(SubjectError):
+        consumer_permissions("archive", ["a.b"])
 
 
 def test_names_cannot_inject_subject_tokens():
@@ -91,9 +111,38 @@ def test_rendered_block_holds_every_user_with_its_permissions():
         render_authorization([FleetUser("x.y", "root", "pw")])
 
 
-def test_password_hash_is_bcrypt_or_plain():
+def _bcrypt_here() -> bool:
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+        return crypt.crypt("x", "$2b$04$abcdefghijklmnopqrstuu").startswith("$2b$")
+    except (ImportError, OSError, ValueError, AttributeError):
+        return False
+
+
+def test_password_hash_is_bcrypt_where_the_library_has_it():
     h = hash_password("secret")
-    assert h == "secret" or re.match(r"\$2[aby]\$\d\d\$", h)
+    if _bcrypt_here():  # no plaintext fallback where bcrypt works
+        assert re.match(r"\$2[aby]\$\d\d\$", h), h
+    else:
+        assert h == "secret"
+
+
+def test_password_hash_falls_back_to_plain_only_without_bcrypt(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_crypt(name, *args, **kwargs):
+        if name == "crypt":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_crypt)
+    assert hash_password("secret") == "secret"
 
 
 def test_bus_url_with_user():
@@ -124,7 +173,9 @@ def test_leaf_user_may_carry_replies_but_still_no_other_hosts_events():
     from netevents.auth import leaf_permissions
 
     perm = leaf_permissions("dc1", "web-1")
-    assert may_publish(perm, "_INBOX.abc.def")
+    assert may_publish(perm, "_INBOX.operator.ops.abc.def")  # control replies to operators
+    assert not may_publish(perm, "_INBOX.consumer.archive.abc")
+    assert not may_publish(perm, "$JS.ACK.NETEVENTS_EVENTS.archive-drop.1.2.3.4.5")
     assert may_publish(perm, "netevents.v1.drop.dc1.web-1")
     assert not may_publish(perm, "netevents.v1.drop.dc1.web-2")
     assert not may_publish(perm, "netevents.v1.control.dc1.web-2")
@@ -159,3 +210,24 @@ def test_url_credentials_become_connect_options_for_every_server():
     assert url == "nats://nats-1:4222"
     assert opts == {"user": "agent.dc1.web-1", "password": "p@ss"}
     assert split_url_credentials("nats://nats:4222") == ("nats://nats:4222", {})
+
+
+def test_sourcing_a_hosts_credentials_file_is_enough_to_start_its_agent(tmp_path, monkeypatch):
+    from netevents.app.cli import build_parser
+    from netevents.app.options import agent_config
+
+    fleet = Fleet(tmp_path / "f")
+    ops_env = fleet.add("operator", "ops", "nats://n:4222")[1]
+    env = fleet.add("agent", "web-1", "nats://n:4222", site="dc1", host="web-1")[1]
+    values = dict(ln.split("=", 1) for ln in env.read_text().splitlines())
+    assert set(values) == {"NETEVENTS_BUS", "NETEVENTS_SITE", "NETEVENTS_HOST", "NETEVENTS_OPERATOR_KEYS"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    cfg = agent_config(build_parser().parse_args(["agent"]))
+    assert (cfg.host, cfg.site, cfg.bus) == ("web-1", "dc1", values["NETEVENTS_BUS"])
+    assert cfg.operator_keys == values["NETEVENTS_OPERATOR_KEYS"]
+    assert fleet.users["operator.ops"].key in cfg.operator_keys
+    assert "NETEVENTS_OPERATOR_KEY=ed25519:" in ops_env.read_text()
+    # the command line still wins
+    cfg = agent_config(build_parser().parse_args(["agent", "--host", "web-9", "--site", "dc2"]))
+    assert (cfg.host, cfg.site) == ("web-9", "dc2")

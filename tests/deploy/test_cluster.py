@@ -145,6 +145,7 @@ def test_cluster_loses_a_node_mid_run_and_no_batch_is_lost(tmp_path, victim):
     fleet = Fleet(tmp_path / "fleet")
     creds = {h: fleet.add("agent", h, "nats://127.0.0.1:4222", site=SITE, host=h)[1] for h in HOSTS}
     creds["admin"] = fleet.add("admin", "ops", "nats://127.0.0.1:4222")[1]
+    fleet.set_routes(["127.0.0.1:6222", "127.0.0.1:6223", "127.0.0.1:6224"])  # as shipped
     ports = PortMap()
     nodes = [NatsProcess(rewrite_conf(NATS_CONFS / f"cluster-{n}.conf", tmp_path / "cluster", ports,
                                       tmp_path / "fleet" / "auth.conf")) for n in (1, 2, 3)]

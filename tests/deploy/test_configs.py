@@ -173,3 +173,46 @@ def test_tls_conf_admits_a_client_certificate_and_refuses_a_client_without(tmp_p
         assert out.returncode == 0, out.stderr
     finally:
         server.stop()
+
+
+def _route_login(port: int, user: str | None, password: str | None) -> str:
+    """Speak the route protocol to a node's cluster port as another server would."""
+    import json
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.recv(65536)  # the server's INFO
+        connect = {"verbose": False, "pedantic": False, "name": "intruder", "tls_required": False,
+                   "cluster": "netevents"}
+        if user:
+            connect.update(user=user, **{"pass": password})
+        s.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        got, deadline = b"", time.monotonic() + 3
+        while time.monotonic() < deadline and b"Authorization" not in got and b"PONG" not in got:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, OSError):
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got.decode(errors="replace")
+
+
+def test_cluster_routes_refuse_a_server_without_the_route_password(tmp_path):
+    fleet = Fleet(tmp_path / "fleet")
+    fleet.add("admin", "ops", "nats://127.0.0.1:4222")
+    fleet.set_routes(["127.0.0.1:6222", "127.0.0.1:6223", "127.0.0.1:6224"])
+    ports = PortMap()
+    node = NatsProcess(rewrite_conf(NATS_CONFS / "cluster-1.conf", tmp_path / "c", ports,
+                                    tmp_path / "fleet" / "auth.conf")).start()
+    try:
+        route_port = ports["6222"]
+        for user, password in ((None, None), ("route", "guess"), ("admin.ops", "x")):
+            assert "Authorization Violation" in _route_login(route_port, user, password), user
+        ok = _route_login(route_port, "route", fleet.routes["password"])
+        assert "PONG" in ok and "Authorization Violation" not in ok, ok
+    finally:
+        node.stop()
+    assert "routes.conf" in (NATS_CONFS / "cluster-1.conf").read_text()

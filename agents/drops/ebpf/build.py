@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...base import cache_dir
+from ...loadcheck import hash_matches, record_hash, untrusted
 
 SOURCE = Path(__file__).with_name("kfree_skb.bpf.c")
 BTF = Path("/sys/kernel/btf/vmlinux")
@@ -88,14 +89,23 @@ def _build(cache: Path | None = None) -> Built:
     out = (cache or cache_root()) / f"{platform.release()}-{tag}"
     obj, reasons_file = out / "kfree_skb.bpf.o", out / "reasons.json"
     if obj.exists() and reasons_file.exists():
+        # What root loads is what we built (agents/loadcheck.py): a cache someone else can
+        # write is not used; an object whose hash is not the recorded one is rebuilt.
+        why = untrusted(obj) or untrusted(reasons_file)
+        if why:
+            raise BuildError(f"not loading {obj}: {why}")
         try:
             reasons = {int(k): v for k, v in json.loads(reasons_file.read_text()).items()}
-            return Built(obj, reasons)
+            if hash_matches(obj):
+                return Built(obj, reasons)
         except (OSError, ValueError):
             pass  # a damaged cache entry is rebuilt
     clang = _tool("clang")
     bpftool = _tool("bpftool")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o755)
+    why = untrusted(out)
+    if why:
+        raise BuildError(f"not building into {out}: {why}")
     # Per-process file names, renamed into place: agents (or tests) building at the same time
     # never read each other's half-written files.
     work = out / f"tmp.{os.getpid()}"
@@ -120,6 +130,7 @@ def _build(cache: Path | None = None) -> Built:
     tmp_reasons = work / "reasons.json"
     tmp_reasons.write_text(json.dumps(reasons))
     tmp_reasons.replace(reasons_file)
+    record_hash(tmp, obj)
     tmp.replace(obj)  # last: its presence says the entry is complete
     shutil.rmtree(work, ignore_errors=True)
     return Built(obj, reasons)
