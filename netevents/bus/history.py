@@ -84,6 +84,20 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     return int(when.timestamp()) * NS + when.microsecond * 1000
 
 
+def format_duration(seconds: float) -> str:
+    """``1209600`` -> ``14d``, ``5400`` -> ``1h30m``, ``0.5`` -> ``500ms`` (what a person typed)."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    out, rest = "", int(round(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out += f"{rest // size}{unit}"
+            rest %= size
+    return out
+
+
 def format_ns(ns: int) -> str:
     """A timestamp as local ISO time to the second (what messages show)."""
     return dt.datetime.fromtimestamp(ns / NS).astimezone().isoformat(timespec="seconds")

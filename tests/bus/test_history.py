@@ -50,6 +50,12 @@ def test_times():
         parse_time("yesterday", NOW)
 
 
+def test_durations_shown_as_typed():
+    from netevents.bus.history import format_duration
+    assert [format_duration(s) for s in (14 * 86400, 5400, 0.5, 0, 61)] == \
+        ["14d", "1h30m", "500ms", "0s", "1m1s"]
+
+
 def test_window_rules():
     assert Window.parse(None, None, NOW) is None
     w = Window.parse("1h", "30m", NOW)
