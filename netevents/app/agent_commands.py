@@ -20,6 +20,7 @@ from ..bus import EmbeddedServer, connect, default_url
 from ..consumers.view import FleetView, feed_view
 from ..errors import BusError
 from ..subjects import check_token, default_host
+from .deploy_commands import add_retention_options, apply_retention
 from .options import (
     DEFAULT_SOURCES,
     add_agent_options,
@@ -39,8 +40,9 @@ async def cmd_server(args: argparse.Namespace) -> int:
     server = EmbeddedServer(args.store, host=args.listen, port=args.port)
     url = await server.start()
     try:
-        async with connect(url, streams=True):
-            pass
+        async with connect(url, streams=True) as bus:
+            for line in await apply_retention(bus, args):
+                log.info("retention: %s", line)
         print(f"netevents server: NATS with JetStream at {url}, store {server.store_dir} "
               f"(pid {server.proc.pid if server.proc else '?'}); Ctrl-C stops", flush=True)
         stop = asyncio.Event()
@@ -102,6 +104,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
     stop_on_signals(agent_stop)
     try:
         async with connect(url, name="netevents-up", streams=True) as bus:
+            for line in await apply_retention(bus, args):
+                log.info("retention: %s", line)
             async with asyncio.TaskGroup() as tg:
                 ready = asyncio.Event()
                 feeder = tg.create_task(feed_view(bus, view, view_stop, ready=ready))
@@ -185,6 +189,7 @@ def add_host_parsers(sub: Any) -> None:
     p.add_argument("--port", type=int, default=4222, help="NATS port on 127.0.0.1 (default 4222)")
     p.add_argument("--store", metavar="DIR", help=f"JetStream store (default {default_store()})")
     add_agent_options(p)
+    add_retention_options(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("server", help="the embedded NATS server (JetStream) alone",
@@ -194,6 +199,7 @@ def add_host_parsers(sub: Any) -> None:
     p.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=4222, help="port (default 4222; 0 picks a free one)")
     p.add_argument("--duration", type=positive, metavar="S", help=argparse.SUPPRESS)
+    add_retention_options(p)
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("agent", help="the host agent: read the kernel, publish on the bus",
