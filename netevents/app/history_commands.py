@@ -35,8 +35,9 @@ FILTERS = {
 def add_history_options(p: argparse.ArgumentParser, *, until_help: str | None = None) -> None:
     g = p.add_argument_group("history (replayed from the JetStream streams)")
     g.add_argument("--since", metavar="WHEN",
-                   help="start at WHEN: a duration ago (15m, 2h, 1h30m, 7d) or an ISO time "
-                        "(2024-05-01T14:00, ...Z for UTC); without --until, go on live afterwards")
+                   help="start at WHEN: a duration ago (15m, 2h, 1h30m, 7d), a time of day "
+                        "(14:00, local) or an ISO time (2024-05-01T14:00, ...Z for UTC); without "
+                        "--until, go on live afterwards")
     g.add_argument("--until", metavar="WHEN", help=until_help or
                    "stop at WHEN (same forms as --since; may be in the future)")
 

@@ -58,9 +58,9 @@ def parse_duration(text: str) -> float:
 def parse_time(text: str, now_ns: int | None = None) -> int:
     """A point in time as nanoseconds since the epoch.
 
-    ``now``; a duration meaning that long ago (``15m``, ``2h``); or an ISO 8601 timestamp
-    (``2024-05-01T14:00``, ``2024-05-01 14:00:05Z``, ``...+02:00``; without a zone it is local
-    time).
+    ``now``; a duration meaning that long ago (``15m``, ``2h``); a time of day today
+    (``14:00``, ``9:30:05``, local time); or an ISO 8601 timestamp (``2024-05-01T14:00``,
+    ``2024-05-01 14:00:05Z``, ``...+02:00``; without a zone it is local time).
 
     Raises:
         ValueError: when it is none of these.
@@ -74,10 +74,15 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
             return now_ns - int(parse_duration(s) * NS)
         except ValueError:
             pass   # 2024-05-01 starts like a number too
+    if re.fullmatch(r"\d{1,2}:\d\d(:\d\d(\.\d+)?)?", s):   # a time of day: today, local time
+        today = dt.datetime.fromtimestamp(now_ns / NS).date().isoformat()
+        hour, rest = s.split(":", 1)
+        s = f"{today}T{int(hour):02d}:{rest}"
     try:
         when = dt.datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"not a time: {text!r} (a duration ago such as 15m or 2h, an ISO "
+        raise ValueError(f"not a time: {text!r} (a duration ago such as 15m or 2h, a time of "
+                         "day such as 14:00, an ISO "
                          "timestamp such as 2024-05-01T14:00 or 2024-05-01T12:00Z, or now)") from None
     if when.tzinfo is None:
         when = when.astimezone()   # local time

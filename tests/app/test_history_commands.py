@@ -256,3 +256,17 @@ def test_streams_retention_set_and_shown(nats_url, capsys):
     assert "holds 1 messages" in out
     code, _out, err = run_cli(capsys, "streams", "--bus", nats_url, "--max-age", "logs=1d")
     assert code == 2 and "STREAM one of events, stats, frames" in err
+
+
+def test_correlate_a_past_window_prints_its_incidents_without_republishing(history, capsys):
+    url, until = history   # NETFILTER_DROP at nf_hook_slow+0x8e on web-1 and db-1: a storm
+    code, out, err = run_cli(capsys, "correlate", "--bus", url, "--since", "5m", "--until",
+                             _iso(until), "--token", "corr-test")
+    assert code == 0, err
+    assert "[drop_storm]" in out and "NETFILTER_DROP" in out
+
+    async def incidents():
+        async with connect(url) as bus:
+            return (await bus.js.stream_info("NETEVENTS_EVENTS", subjects_filter="netevents.v1.incident.>")).state.subjects
+    assert not asyncio.run(incidents())
+    assert asyncio.run(consumer_counts(url))["NETEVENTS_EVENTS"] == 0

@@ -46,6 +46,10 @@ def test_times():
     local = dt.datetime(2024, 5, 1, 14, 0).astimezone()
     assert parse_time("2024-05-01T14:00", NOW) == int(local.timestamp()) * NS
     assert parse_time("2024-05-01 14:00:00.5Z", NOW) % NS == NS // 2
+    today = dt.datetime.fromtimestamp(NOW / NS).date()
+    nine = dt.datetime.combine(today, dt.time(9, 30, 5)).astimezone()
+    assert parse_time("9:30:05", NOW) == int(nine.timestamp()) * NS
+    assert parse_time("09:30", NOW) == int(nine.timestamp() - 5) * NS
     with pytest.raises(ValueError, match="not a time"):
         parse_time("yesterday", NOW)
 

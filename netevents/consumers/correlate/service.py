@@ -1,7 +1,7 @@
 """``netevents correlate``: the asyncio shell around the :class:`~.correlator.Correlator`.
 
-It subscribes to the inputs, feeds the correlator, ticks it with the wall clock and publishes
-what it makes as ``incident`` batches.
+It subscribes to the inputs, feeds the correlator, ticks it with the wall clock (a replay: the
+time of what it has read) and publishes what it makes as ``incident`` batches.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
     from ...subjects import default_host
 
     stop = stop or asyncio.Event()
+    publishing = publish   # the flag; publish() below sends
     corr = correlator or Correlator(window=window, grace=grace, partition=partition)
     if token is None:
         token = f"correlator-{default_host()}"
@@ -84,7 +85,7 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                     log.info("%s", inc.summary)
                     if on_incident is not None:
                         on_incident(inc)
-                if publish:
+                if publishing:
                     await bus.publish(batch)
 
             while not stop.is_set() and not sub.finished:
