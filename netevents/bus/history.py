@@ -184,8 +184,9 @@ class ReplayCursor:
 
     ``message(meta, now)`` for every message: False (and :attr:`done`) for the first one stored
     after ``until``, which is not delivered; a message with nothing pending behind it, once the
-    clock has passed ``until``, is delivered and ends the replay. ``idle(now)`` after a fetch
-    that found nothing: done once the clock has passed ``until``. Without ``until`` it never
+    clock has passed ``until``, is delivered and ends the replay. ``idle(now, pending)`` after a
+    fetch that found nothing: done once the clock has passed ``until`` and the server has
+    nothing pending for the consumer. Without ``until`` it never
     ends (the replay goes on live).
     """
 
@@ -210,8 +211,8 @@ class ReplayCursor:
             self.done = True
         return True
 
-    def idle(self, now_ns: int) -> None:
-        if self.until_ns is not None and now_ns >= self.until_ns:
+    def idle(self, now_ns: int, pending: int = 0) -> None:
+        if self.until_ns is not None and now_ns >= self.until_ns and not pending:
             self.done = True
 
 

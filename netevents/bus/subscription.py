@@ -73,6 +73,7 @@ class Subscription:
         """Per kind, the stop rule of its replay consumer (with ``since``)."""
         self.finished = False
         """True once a replay with ``until`` has delivered everything up to it."""
+        self.replay_error: str | None = None
 
     @property
     def rejected(self) -> Counter[str]:
@@ -222,24 +223,37 @@ class Subscription:
 
     async def _replay(self, psub: Any, cursor: history.ReplayCursor) -> None:
         """Pull a replay consumer until its cursor is done; the last one done ends the stream
-        of batches (a ``None`` in the queue)."""
-        while not cursor.done:
-            try:
-                msgs = await psub.fetch(64, timeout=0.5)
-            except nats.errors.TimeoutError:
-                cursor.idle(time.time_ns())
-                continue
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.debug("replay pull failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                if not cursor.message(history.parse_ack_subject(msg.reply), time.time_ns()):
-                    break
-                batch = self.accept(msg.subject, msg.data)
-                if batch is not None:
-                    await self._queue.put((batch, None))
-        if all(c.done for c in self.cursors.values()):
+        of batches (a ``None`` in the queue). A replay that fails ends it too, and the failure
+        is raised to the reader (:meth:`__anext__`): a window is never cut short silently."""
+        try:
+            while not cursor.done:
+                try:
+                    msgs = await psub.fetch(64, timeout=0.5)
+                except TimeoutError:   # nats' and asyncio's
+                    # Nothing came in time: done only if the server says nothing is pending
+                    # (a loaded machine may just be slow to deliver).
+                    try:
+                        info = await psub.consumer_info()
+                    except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                        continue
+                    cursor.idle(time.time_ns(), pending=info.num_pending)
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    log.debug("replay pull failed: %s", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    if not cursor.message(history.parse_ack_subject(msg.reply), time.time_ns()):
+                        break
+                    batch = self.accept(msg.subject, msg.data)
+                    if batch is not None:
+                        await self._queue.put((batch, None))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the reader, not swallowed
+            self.replay_error = f"{type(exc).__name__}: {exc}"
+            cursor.done = True
+        if len(self.cursors) == len(self.kinds) and all(c.done for c in self.cursors.values()):
             await self._queue.put((None, None))  # type: ignore[arg-type]
 
     def __aiter__(self) -> Subscription:
@@ -258,6 +272,8 @@ class Subscription:
         if batch is None:
             self.finished = True
             await self.close()   # the replay consumers go at once, also for a bare async for
+            if self.replay_error:
+                raise BusError(f"replay failed: {self.replay_error}")
             raise StopAsyncIteration
         if self.manual_ack:
             if msg is not None:

@@ -93,6 +93,8 @@ def test_stop_rule():
     assert c.message(AckMeta("S", 1, 50, 0), now_ns=200) and not c.done
     c.idle(now_ns=250)
     assert not c.done
+    c.idle(now_ns=301, pending=4)     # slow delivery, not the end
+    assert not c.done
     c.idle(now_ns=301)
     assert c.done
     live = ReplayCursor(None)
