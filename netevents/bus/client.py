@@ -156,7 +156,8 @@ class Bus:
                   hosts: list[str] | tuple[str, ...] | None = None, site: str | None = None,
                   *, durable: str | None = None, queue_size: int = 10_000,
                   pending_limit: int = 200_000, manual_ack: bool = False,
-                  queue: str | None = None) -> Subscription:
+                  queue: str | None = None, since: int | str | None = None,
+                  until: int | str | None = None) -> Subscription:
         """An async iterator of decoded batches of the given kinds, hosts (globs) and site.
 
         ``durable`` uses a durable JetStream consumer of that name (per kind), so a consumer
@@ -171,11 +172,17 @@ class Bus:
         :attr:`Subscription.shared_holes`, not in ``missed`` (only the group's union can tell).
         With ``durable``, members sharing one durable name share its messages the same way.
 
+        ``since`` (ns since the epoch, or text: ``15m``, ``2h``, an ISO time) replays what the
+        streams hold from then on through an ephemeral consumer per kind, then goes on live;
+        with ``until`` it stops there (the iteration ends, :attr:`Subscription.finished`).
+        See :mod:`netevents.bus.history`.
+
         Raises:
             SubjectError: for an unknown kind or an invalid site token.
         """
         return Subscription(self, kinds, hosts, site, durable=durable, queue_size=queue_size,
-                            pending_limit=pending_limit, manual_ack=manual_ack, queue=queue)
+                            pending_limit=pending_limit, manual_ack=manual_ack, queue=queue,
+                            since=since, until=until)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from ..codec import Batch
 from ..errors import BusError
 from ..sequence import SequenceTracker
 from ..subjects import filter_subject
+from . import history
 from .intake import Intake
 
 if TYPE_CHECKING:
@@ -41,7 +43,8 @@ class Subscription:
 
     def __init__(self, bus: Bus, kinds, hosts, site, *, durable: str | None, queue_size: int,
                  pending_limit: int = 200_000, manual_ack: bool = False,
-                 queue: str | None = None):
+                 queue: str | None = None, since: int | str | None = None,
+                 until: int | str | None = None):
         self.bus = bus
         self.queue = queue
         self.intake = Intake(kinds, hosts, shared=bool(queue))
@@ -60,6 +63,18 @@ class Subscription:
         self.pending_limit = pending_limit
         self.manual_ack = manual_ack
         self._unacked: dict[int, tuple[Batch, Any]] = {}
+        now = time.time_ns()
+        self.since = history.parse_time(since, now) if isinstance(since, str) else since
+        self.until = history.parse_time(until, now) if isinstance(until, str) else until
+        if self.until is not None and self.since is None:
+            raise ValueError("until needs since")
+        if self.since is not None and (durable or queue):
+            raise ValueError("since (a replay) is for plain subscriptions, not durable or queue ones")
+        self.cursors: dict[str, history.ReplayCursor] = {}
+        """Per kind, the stop rule of its replay consumer (with ``since``)."""
+        self.finished = False
+        """True once a replay with ``until`` has delivered everything up to it."""
+        self.replay_error: str | None = None
 
     @property
     def rejected(self) -> Counter[str]:
@@ -100,7 +115,12 @@ class Subscription:
         single_host = self.hosts[0] if len(self.hosts) == 1 else None
         for kind in self.kinds:
             subject = filter_subject(kind, self.site, single_host)
-            if self.durable is None:
+            if self.since is not None:
+                psub = await history.open_replay(self.bus.js, ev.STREAM_OF[kind], subject, self.since)
+                self._subs.append(psub)
+                self.cursors[kind] = cursor = history.ReplayCursor(self.until)
+                self._tasks.append(asyncio.create_task(self._replay(psub, cursor)))
+            elif self.durable is None:
                 sub = await self.bus.nc.subscribe(subject, queue=self.queue or "", cb=self._on_msg,
                                                   pending_msgs_limit=self.pending_limit,
                                                   pending_bytes_limit=512 * 1024 * 1024)
@@ -173,7 +193,7 @@ class Subscription:
         """
         pending = 0
         for s in self._subs:
-            if self.durable is None:
+            if self.durable is None and self.since is None:
                 pending += getattr(s, "pending_msgs", 0)
             else:
                 with contextlib.suppress(Exception):
@@ -222,6 +242,41 @@ class Subscription:
                             await undelivered.nak()
                     raise
 
+    async def _replay(self, psub: Any, cursor: history.ReplayCursor) -> None:
+        """Pull a replay consumer until its cursor is done; the last one done ends the stream
+        of batches (a ``None`` in the queue). A replay that fails ends it too, and the failure
+        is raised to the reader (:meth:`__anext__`): a window is never cut short silently."""
+        try:
+            while not cursor.done:
+                try:
+                    msgs = await psub.fetch(64, timeout=0.5)
+                except TimeoutError:   # nats' and asyncio's
+                    # Nothing came in time: done only if the server says nothing is pending
+                    # (a loaded machine may just be slow to deliver).
+                    try:
+                        info = await psub.consumer_info()
+                    except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                        continue
+                    cursor.idle(time.time_ns(), pending=info.num_pending)
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    log.debug("replay pull failed: %s", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    if not cursor.message(history.parse_ack_subject(msg.reply), time.time_ns()):
+                        break
+                    batch = self.accept(msg.subject, msg.data)
+                    if batch is not None:
+                        await self._queue.put((batch, None))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the reader, not swallowed
+            self.replay_error = f"{type(exc).__name__}: {exc}"
+            cursor.done = True
+        if len(self.cursors) == len(self.kinds) and all(c.done for c in self.cursors.values()):
+            await self._queue.put((None, None))  # type: ignore[arg-type]
+
     def __aiter__(self) -> Subscription:
         return self
 
@@ -232,7 +287,15 @@ class Subscription:
             msg, self._pending_ack = self._pending_ack, None
             with contextlib.suppress(Exception):
                 await msg.ack()
+        if self.finished:
+            raise StopAsyncIteration
         batch, msg = await self._queue.get()
+        if batch is None:
+            self.finished = True
+            await self.close()   # the replay consumers go at once, also for a bare async for
+            if self.replay_error:
+                raise BusError(f"replay failed: {self.replay_error}")
+            raise StopAsyncIteration
         if self.manual_ack:
             if msg is not None:
                 self._unacked[id(batch)] = (batch, msg)
@@ -253,11 +316,12 @@ class Subscription:
         return len(self._unacked)
 
     async def next(self, timeout: float | None = None) -> Batch | None:
-        """The next batch, or None after ``timeout`` seconds without one."""
+        """The next batch, or None after ``timeout`` seconds without one (or, for a replay
+        with ``until``, once it is over: :attr:`finished`)."""
         try:
             async with asyncio.timeout(timeout):
                 return await self.__anext__()
-        except TimeoutError:
+        except (TimeoutError, StopAsyncIteration):
             return None
 
     async def close(self) -> None:
@@ -278,6 +342,9 @@ class Subscription:
                 with contextlib.suppress(Exception):
                     await msg.nak()
         for s in self._subs:
+            if self.since is not None:
+                await history.close_replay(self.bus.js, s)   # no consumer left behind
+                continue
             with contextlib.suppress(Exception):
                 await s.unsubscribe()
         self._subs.clear()

@@ -107,30 +107,39 @@ def event_line(batch: Batch, e: dict[str, Any]) -> str:
 async def tail(url: str | None, kinds: list[str] | None, hosts: list[str] | None, *,
                as_json: bool, count: int | None, timeout: float | None,
                out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-               credentials: Credentials | None = None) -> int:
+               credentials: Credentials | None = None, since: int | None = None,
+               until: int | None = None, event_filter: Any = None) -> int:
     """Print events until ``count`` events, ``timeout`` seconds, or Ctrl-C.
+
+    ``since``/``until`` (ns) replay the streams first (:mod:`netevents.bus.history`); the end of
+    a window with ``until`` ends the command. ``event_filter`` (an
+    :class:`~netevents.consumers.filters.EventFilter`) keeps only the events that pass.
 
     Returns the exit code: 0, or 1 when ``count`` was asked for and not reached in time.
     """
     printed = 0
     async with connect(url, name="netevents-tail", credentials=credentials) as bus:
-        sub = bus.subscribe(kinds=kinds, hosts=hosts)
+        sub = bus.subscribe(kinds=kinds, hosts=hosts, since=since, until=until)
         async with sub:
             try:
                 async with asyncio.timeout(timeout):
                     while count is None or printed < count:
                         batch = await sub.__anext__()
-                        for e in batch.rows():
+                        rows = batch.rows() if event_filter is None else event_filter.rows(batch)
+                        for e in rows:
                             out.write((event_json(batch, e) if as_json else event_line(batch, e)) + "\n")
                             printed += 1
                             if count is not None and printed >= count:
                                 break
                         out.flush()
-            except TimeoutError:
+            except (TimeoutError, StopAsyncIteration):
                 pass
         if sub.rejected or sub.missed or sub.dropped:
             err.write(f"netevents tail: rejected {dict(sub.rejected)}, missed {sub.missed} batches, "
                       f"dropped {sub.dropped} (slow terminal)\n")
+    if count is not None and printed < count and sub.finished:
+        err.write(f"netevents tail: the window held {printed} of {count} events\n")
+        return 1
     if count is not None and printed < count:
         err.write(f"netevents tail: timed out after {timeout}s with {printed} of {count} events\n")
         return 1

@@ -1,7 +1,7 @@
 """``netevents correlate``: the asyncio shell around the :class:`~.correlator.Correlator`.
 
-It subscribes to the inputs, feeds the correlator, ticks it with the wall clock and publishes
-what it makes as ``incident`` batches.
+It subscribes to the inputs, feeds the correlator, ticks it with the wall clock (a replay: the
+time of what it has read) and publishes what it makes as ``incident`` batches.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                         token: str | None = None, correlator: Correlator | None = None,
                         tick_interval: float = 0.5, on_incident: Any = None,
                         ready: Any = None, credentials: Any = None,
-                        partition: tuple[int, int] = (0, 1)) -> Correlator:
+                        partition: tuple[int, int] = (0, 1), since: int | None = None,
+                        until: int | None = None, publish: bool = True) -> Correlator:
     """Subscribe to the inputs, feed the correlator, publish its incidents until ``stop``.
 
     Incidents go out as ``incident`` batches from host ``token`` (default
@@ -38,6 +39,11 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
     match them -- to scale path loss out, run ``partition`` members instead (each reads the
     whole stream and judges its share of the paths).
 
+    ``since``/``until`` (ns) correlate what the streams hold from then on (see
+    :mod:`netevents.bus.history`), ticking with the batches' own time (``t1``) so the grace
+    periods mean what they mean live; with ``until`` it ends with the window. ``publish=False``
+    only reports the incidents (``on_incident``), for a replay of what was published before.
+
     Raises:
         BusError: if the bus cannot be reached.
     """
@@ -45,6 +51,7 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
     from ...subjects import default_host
 
     stop = stop or asyncio.Event()
+    publishing = publish   # the flag; publish() below sends
     corr = correlator or Correlator(window=window, grace=grace, partition=partition)
     if token is None:
         token = f"correlator-{default_host()}"
@@ -53,7 +60,12 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
     run = os.urandom(8).hex()
     seq = 0
     async with connect(url, name=f"netevents-{token}", streams=True, credentials=credentials) as bus:
-        sub = bus.subscribe(INPUT_KINDS, queue=queue_group)
+        sub = bus.subscribe(INPUT_KINDS, queue=queue_group, since=since, until=until)
+        event_now = 0
+
+        def clock() -> int:   # a replay's "now" is the time of what it has read so far
+            return event_now if since is not None else time.time_ns()
+
         async with sub:
             if ready is not None:
                 ready.set()
@@ -73,11 +85,13 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                     log.info("%s", inc.summary)
                     if on_incident is not None:
                         on_incident(inc)
-                await bus.publish(batch)
+                if publishing:
+                    await bus.publish(batch)
 
-            while not stop.is_set():
+            while not stop.is_set() and not sub.finished:
                 batch = await sub.next(timeout=tick_interval)
                 if batch is not None:
+                    event_now = max(event_now, batch.t1)
                     try:
                         made = corr.feed(batch)
                     except (KeyError, TypeError, ValueError) as exc:  # one bad batch, counted
@@ -87,8 +101,8 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                     await publish(made)
                 if loop.time() >= next_tick:
                     next_tick = loop.time() + tick_interval
-                    await publish(corr.tick(time.time_ns()))
-            await publish(corr.tick(time.time_ns(), flush=True))
+                    await publish(corr.tick(clock()))
+            await publish(corr.tick(clock(), flush=True))
             corr.counts["rejected"] = sum(sub.rejected.values())
             corr.counts["dropped_by_queue"] = sub.dropped
             corr.counts["unreceived"] = sub.unreceived  # announced by status, never received
