@@ -32,8 +32,13 @@ from .errors import (
 from .subjects import check_token
 from .wire import ENCODER
 
-MAX_BATCH_BYTES = 8 * 1024 * 1024
-"""Largest batch accepted (and produced). The embedded server's max_payload matches it."""
+MAX_PAYLOAD = 8 * 1024 * 1024
+"""The bus's ``max_payload`` (the embedded server's, and the one ``deploy/nats`` configures).
+nats-server counts a message's headers in it, so a batch gets :data:`HEADER_ROOM` less."""
+HEADER_ROOM = 4096
+"""Room left in a message for its headers (``Nats-Msg-Id``: host, run, kind, seq)."""
+MAX_BATCH_BYTES = MAX_PAYLOAD - HEADER_ROOM
+"""Largest batch accepted (and produced): with its headers it fits the bus's max_payload."""
 
 _ENVELOPE_KEYS = frozenset(ev.ENVELOPE) | {"events"}
 
@@ -313,5 +318,5 @@ def _check_lengths(kind: str, columns: dict[str, list]) -> None:
                                   f"values, expected {first}")
 
 
-__all__ = ["Batch", "CodecError", "MAX_BATCH_BYTES", "PackedColumns", "columns_of", "decode_batch",
+__all__ = ["Batch", "CodecError", "HEADER_ROOM", "MAX_BATCH_BYTES", "MAX_PAYLOAD", "PackedColumns", "columns_of", "decode_batch",
            "encode_batch"]
