@@ -1,8 +1,12 @@
 """The v1 event kinds as typed records: the one place the schema lives in code.
 
-Each kind is a dataclass whose fields carry their JSON type and meaning; from these the codec
-derives its validation tables and ``schemas/v1/<kind>.json`` is generated (a test keeps the files
-and this module in step: ``python -m netevents.events --write-schemas`` rewrites them).
+Each kind is a dataclass whose fields carry their wire type (:class:`W`: JSON type, enum,
+minimum, item and value types, size limits) and meaning. From these one definition come the
+codec's typed decoders (:mod:`netevents.wire`, which validates while it decodes) and
+``schemas/v1/<kind>.json`` (a test keeps the files and this module in step: ``python -m
+netevents.events --write-schemas`` rewrites them); a property test checks that the codec and the
+schemas accept the same batches. The limits (:data:`MAX_ROWS`, :data:`MAX_MAP`, ...) bound
+what any one message can make a reader build.
 
 Times are integer nanoseconds since the epoch. Addresses are strings in events and bytes in
 frame columns. Fields are only ever added within v1; a reader fills missing ones with defaults.
