@@ -259,21 +259,22 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
         raise SchemaError("envelope field 'events' is missing")
     budget = [_FREE_FORM_PER_BATCH]
     try:
-        events = k.events.decode(raw_events)
+        if k.columnar:
+            events = wire.decode_columns(k, raw_events, budget)
+        else:
+            events = k.events.decode(raw_events)
     except msgspec.ValidationError as exc:
         raise k.explain(exc) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise MalformedError(f"not a msgpack batch: {type(exc).__name__}: {exc}"[:200]) from None
     if k.columnar:
-        if len(k.open.decode(raw_events)) != len(events):  # a column the typed pass skipped
-            events = wire.events_with_unknown_keys(k, raw_events, events, budget)
-    elif len(ENCODER.encode(events)) != len(raw_events):
-        # A key the typed pass skipped (or an encoder other than msgpack's shortest forms).
-        events = wire.events_with_unknown_keys(k, raw_events, events, budget)
-    if k.columnar:
         _check_lengths(kind, events)
-    elif k.any_fields:
-        wire.resolve_free_form(k, events, budget)
+    else:
+        if len(ENCODER.encode(events)) != len(raw_events):
+            # A key the typed pass skipped (or an encoder other than msgpack's shortest forms).
+            events = wire.events_with_unknown_keys(k, raw_events, events, budget)
+        if k.any_fields:
+            wire.resolve_free_form(k, events, budget)
     fields = {}
     for name, raw in head.items():
         if name in _ENVELOPE_ONLY:

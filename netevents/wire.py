@@ -114,10 +114,8 @@ class Kind:
         self.batch_fields = {name: msgspec.msgpack.Decoder(mtype(w))
                              for name, (w, _doc) in ev.BATCH_FIELDS.get(kind, {}).items()}
         if self.columnar:
-            cols = {f.name: (Required if f.metadata["required"] else NotRequired)[
-                Annotated[list[mtype(f.metadata["wire"])], msgspec.Meta(max_length=ev.MAX_ROWS)]]
-                for f in fields}
-            self.events = msgspec.msgpack.Decoder(TypedDict(f"{kind}_columns", cols))  # type: ignore[operator]
+            self.columns = {f.name: msgspec.msgpack.Decoder(Annotated[list[mtype(
+                f.metadata["wire"])], msgspec.Meta(max_length=ev.MAX_ROWS)]) for f in fields}
             self.open = msgspec.msgpack.Decoder(Annotated[dict[str, msgspec.Raw], msgspec.Meta(
                 max_length=ev.MAX_EVENT_KEYS)])
         else:
@@ -183,25 +181,46 @@ def explain(kind: str, columnar: bool, message: str) -> str:
 KINDS: dict[str, Kind] = {kind: Kind(kind) for kind in ev.KINDS}
 
 
-def events_with_unknown_keys(k: Kind, raw: Any, typed: Any, budget: list[int]) -> Any:
-    """The events again with the keys the typed pass skipped (unknown ones, kept as they came,
-    in wire order); the known ones are the typed pass's values."""
+def decode_columns(k: Kind, raw: Any, budget: list[int]) -> dict[str, list]:
+    """A column-wise batch's events: the map of columns read once (each column as raw bytes),
+    then each known column by its typed decoder; unknown columns as bounded free form.
+
+    Raises:
+        SchemaError: a column missing, of the wrong type or over the limits.
+    """
     try:
         opened = k.open.decode(raw)
     except msgspec.ValidationError as exc:
         raise k.explain(exc) from None
-    if k.columnar:
-        out = {}
-        for name, value in opened.items():
-            if name in k.known:
-                out[name] = typed[name]
-                continue
+    out = {}
+    for name, value in opened.items():
+        dec = k.columns.get(name)
+        if dec is None:
             col = free_form(value, budget, f"{k.kind} batch: column '{name}'")
             if type(col) is not list:
                 raise SchemaError(f"{k.kind} batch: column '{name}' must be a list, got "
                                   f"{type(col).__name__}")
             out[name] = col
-        return out
+            continue
+        try:
+            out[name] = dec.decode(value)
+        except msgspec.ValidationError as exc:
+            msg = str(exc)
+            msg = msg.replace("`$", f"`$.{name}", 1) if " - at `$" in msg else f"{msg} - at `$.{name}`"
+            raise SchemaError(explain(k.kind, True, msg)) from None
+    for name in k.required:
+        if name not in out:
+            raise SchemaError(f"{k.kind} batch: required column '{name}' is missing")
+    return out
+
+
+def events_with_unknown_keys(k: Kind, raw: Any, typed: Any, budget: list[int]) -> Any:
+    """A list kind's events again with the keys the typed pass skipped (unknown ones, kept as
+    they came, in wire order); the known ones are the typed pass's values."""
+    try:
+        opened = k.open.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise k.explain(exc) from None
     rows = []
     for i, (event, fast) in enumerate(zip(opened, typed, strict=True)):
         rows.append({name: fast[name] if name in k.known else
