@@ -2,8 +2,10 @@
 
     python bench/codec.py [--batches N] [--events-per-batch K]
 
-1. events/s encoded and decoded (with full validation) on one core, for drop-like batches
-   (list of maps) and frame-like batches (column-wise, 96-byte heads);
+1. events/s encoded and decoded (with full validation against the v1 contract) on one core,
+   for drop-like batches (list of maps) and frame-like batches (column-wise, 96-byte heads),
+   next to the anchor: ``msgpack.packb`` / ``msgpack.unpackb`` of the same document (no
+   validation at all), with the ratio;
 2. the same payloads end to end through the embedded nats-server: netevents (encode, publish
    with Nats-Msg-Id, subscribe, decode, validate, sequence-check) against raw nats-py publishing
    and receiving the same pre-encoded bytes. Prints events/s of each and the ratio.
@@ -19,6 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import msgpack  # noqa: E402
 
 from netevents import connect  # noqa: E402
 from netevents.bus import EmbeddedServer  # noqa: E402
@@ -53,7 +57,8 @@ def make_batch(kind: str, seq: int, events) -> Batch:
                  events=events, fields={"iface": "eth0", "worker": 0} if kind == "frame" else {})
 
 
-def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, float, int]:
+def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, float, float, float, int]:
+    """(encode, decode+validate, anchor packb, anchor unpackb) events/s and the batch size."""
     b = make_batch(kind, 1, events)
     t = time.perf_counter()
     for _ in range(repeat):
@@ -63,7 +68,16 @@ def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, float, i
     for _ in range(repeat):
         decode_batch(data)
     dec = k * repeat / (time.perf_counter() - t)
-    return enc, dec, len(data)
+    doc = msgpack.unpackb(data)
+    t = time.perf_counter()
+    for _ in range(repeat):
+        msgpack.packb(doc, use_bin_type=True)
+    anchor_enc = k * repeat / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(repeat):
+        msgpack.unpackb(data)
+    anchor_dec = k * repeat / (time.perf_counter() - t)
+    return enc, dec, anchor_enc, anchor_dec, len(data)
 
 
 async def end_to_end(url: str, kind: str, events, k: int, n: int) -> tuple[float, float]:
@@ -120,9 +134,11 @@ async def main() -> None:
     cases = {"drop": drop_events(k), "frame": frame_columns(k)}
     print(f"codec, one core, {k} events per batch")
     for kind, events in cases.items():
-        enc, dec, size = codec_rates(kind, events, k, repeat=max(20, 200_000 // k))
+        enc, dec, a_enc, a_dec, size = codec_rates(kind, events, k, repeat=max(20, 200_000 // k))
         print(f"  {kind:<6} encode {enc:>12,.0f} events/s   decode+validate {dec:>12,.0f} events/s   "
               f"({size / k:.0f} bytes/event)")
+        print(f"  {'':<6} anchor msgpack.packb {a_enc:>12,.0f}   msgpack.unpackb (no validation) "
+              f"{a_dec:>12,.0f}   ratio encode {enc / a_enc:.2f}, decode {dec / a_dec:.2f}")
     async with EmbeddedServer(port=0) as server:
         print(f"end to end through nats-server ({server.url}), {n} batches x {k} events")
         for kind, events in cases.items():

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import methodcaller
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
+import msgspec
 
 from . import events as ev
+from . import wire
 from .errors import (
     CodecError,
     MalformedError,
@@ -29,9 +30,15 @@ from .errors import (
     VersionError,
 )
 from .subjects import check_token
+from .wire import ENCODER
 
-MAX_BATCH_BYTES = 8 * 1024 * 1024
-"""Largest batch accepted (and produced). The embedded server's max_payload matches it."""
+MAX_PAYLOAD = 8 * 1024 * 1024
+"""The bus's ``max_payload`` (the embedded server's, and the one ``deploy/nats`` configures).
+nats-server counts a message's headers in it, so a batch gets :data:`HEADER_ROOM` less."""
+HEADER_ROOM = 4096
+"""Room left in a message for its headers (``Nats-Msg-Id``: host, run, kind, seq)."""
+MAX_BATCH_BYTES = MAX_PAYLOAD - HEADER_ROOM
+"""Largest batch accepted (and produced): with its headers it fits the bus's max_payload."""
 
 _ENVELOPE_KEYS = frozenset(ev.ENVELOPE) | {"events"}
 
@@ -130,10 +137,9 @@ def _wire_events(kind: str, events: Any) -> Any:
         if isinstance(events, dict):
             return events
         return columns_of(list(events))
-    out = []
-    for e in events:
-        out.append(e if isinstance(e, dict) else ev.to_wire(e))
-    return out
+    if type(events) is list and set(map(type, events)) <= {dict}:
+        return events  # already wire dicts (one C-level pass instead of a loop)
+    return [e if isinstance(e, dict) else ev.to_wire(e) for e in events]
 
 
 def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
@@ -150,7 +156,12 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
     doc = {**batch.fields, "v": batch.v, "kind": batch.kind, "site": batch.site,
            "host": batch.host, "run": batch.run, "seq": batch.seq, "t0": batch.t0,
            "t1": batch.t1, "events": events if packed else _wire_events(batch.kind, events)}
-    data = _pack_spliced(doc) if packed else msgpack.packb(doc, use_bin_type=True)
+    if packed:
+        doc["events"] = msgspec.Raw(events.packed)
+    try:
+        data = ENCODER.encode(doc)
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
+        raise SchemaError(f"{batch.kind} batch cannot be encoded: {exc}") from None
     if len(data) > max_bytes:
         raise OversizeError(
             f"{batch.kind} batch of {len(batch)} events encodes to {len(data)} bytes, "
@@ -158,173 +169,154 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
     return data
 
 
-def _pack_spliced(doc: dict[str, Any]) -> bytes:
-    # The bytes msgpack.packb(doc) would give, with PackedColumns values copied in as made.
-    packer = msgpack.Packer(use_bin_type=True)
-    out = [packer.pack_map_header(len(doc))]
-    for key, value in doc.items():
-        out.append(packer.pack(key))
-        out.append(value.packed if isinstance(value, PackedColumns) else packer.pack(value))
-    return b"".join(out)
-
-
 # ---------------------------------------------------------------------------------------------
 # Decoding and validation
 
-def _compile(kind: str) -> tuple[dict[str, tuple[frozenset[type], bool]], tuple[str, ...]]:
-    table: dict[str, tuple[frozenset[type], bool]] = {}
-    required = []
-    for f in ev.fields_of(kind):
-        m = f.metadata
-        nullable = (not m["required"]) and f.default is None
-        table[f.name] = (frozenset(ev._PYTYPES[m["json"]]), nullable)
-        if m["required"]:
-            required.append(f.name)
-    return table, tuple(required)
+_HEAD = msgspec.msgpack.Decoder(Annotated[dict[str, msgspec.Raw], msgspec.Meta(
+    max_length=ev.MAX_ENVELOPE_KEYS)])
+_INT = msgspec.msgpack.Decoder(int)
+_STR = msgspec.msgpack.Decoder(str)
+_MAP_HEADS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+_FREE_FORM_PER_BATCH = 4 * ev.MAX_ANY_BYTES
 
 
-_TABLES = {kind: _compile(kind) for kind in ev.KINDS}
-_NONE = type(None)
-
-
-_MISSING = object()
-_MISSING_T = type(_MISSING)
-
-
-def _check_rows(kind: str, events: Any) -> None:
-    # Hot path: one C-level pass per known field over all events (map/methodcaller/set), and
-    # only when that finds a problem, the slow walk below that names the event and field.
-    if type(events) is not list:
-        raise SchemaError(f"{kind} batch: 'events' must be a list, got {type(events).__name__}")
-    table, required = _TABLES[kind]
-    if set(map(type, events)) <= {dict}:
-        for name, (types, nullable) in table.items():
-            seen = set(map(type, map(methodcaller("get", name, _MISSING), events)))
-            if _MISSING_T in seen:
-                if name in required:
-                    break
-                seen.discard(_MISSING_T)
-            if nullable:
-                seen.discard(_NONE)
-            if not seen <= types:
-                break
-        else:
-            return
-    _explain_rows(kind, events, table, required)
-
-
-def _explain_rows(kind: str, events: list, table: dict, required: tuple[str, ...]) -> None:
-    for i, e in enumerate(events):
-        if type(e) is not dict:
-            raise SchemaError(f"{kind} event #{i}: must be a map, got {type(e).__name__}")
-        for name in required:
-            if name not in e:
-                raise SchemaError(f"{kind} event #{i}: required field '{name}' is missing")
-        for name, value in e.items():
-            spec = table.get(name)
-            if spec is None:
-                continue  # unknown keys are ignored (forward compatibility)
-            types, nullable = spec
-            t = type(value)
-            if t not in types and not (nullable and t is _NONE):
-                raise SchemaError(
-                    f"{kind} event #{i}: field '{name}' must be {_typename(types)}, "
-                    f"got {t.__name__}")
-
-
-def _check_columns(kind: str, events: Any) -> None:
-    # Hot path for high-volume kinds: one C-level pass per column (set(map(type, col))).
-    if type(events) is not dict:
-        raise SchemaError(f"{kind} batch: 'events' must be a map of columns, got {type(events).__name__}")
-    table, required = _TABLES[kind]
-    for name in required:
-        if name not in events:
-            raise SchemaError(f"{kind} batch: required column '{name}' is missing")
-    length = None
-    for name, col in events.items():
-        if type(col) is not list:
-            raise SchemaError(f"{kind} batch: column '{name}' must be a list, got {type(col).__name__}")
-        if length is None:
-            length = len(col)
-        elif len(col) != length:
-            raise SchemaError(
-                f"{kind} batch: column '{name}' has {len(col)} values, expected {length}")
-        spec = table.get(name)
-        if spec is None:
-            continue
-        types, nullable = spec
-        seen = set(map(type, col))
-        if nullable:
-            seen.discard(_NONE)
-        if not seen <= types:
-            bad = next(iter(seen - types))
-            raise SchemaError(
-                f"{kind} batch: column '{name}' must hold {_typename(types)}, found {bad.__name__}")
-
-
-def _typename(types: frozenset[type]) -> str:
-    return " or ".join(sorted(t.__name__ for t in types))
-
-
-def _int(doc: dict, name: str, minimum: int | None = None) -> int:
-    value = doc.get(name)
-    if type(value) is not int:
-        raise SchemaError(f"envelope field '{name}' must be an integer, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
+def _int(head: dict, name: str, minimum: int) -> int:
+    try:
+        value = _INT.decode(head[name])
+    except KeyError:
+        raise SchemaError(f"envelope field '{name}' is missing") from None
+    except msgspec.ValidationError as exc:
+        got = str(exc).partition("got `")[2].rstrip("`") or "something else"
+        raise SchemaError(f"envelope field '{name}' must be an integer, got {got}") from None
+    if value < minimum:
         raise SchemaError(f"envelope field '{name}' must be >= {minimum}, got {value}")
     return value
 
 
+def _str(head: dict, name: str) -> Any:
+    raw = head.get(name)
+    if raw is None:
+        return None
+    try:
+        return _STR.decode(raw)
+    except msgspec.ValidationError:
+        return _MISSING
+
+
+_MISSING = object()
+
+
 def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATCH_BYTES) -> Batch:
-    """Decode and validate one batch.
+    """Decode and validate one batch against the v1 contract (``schemas/v1``).
+
+    Bounded: at most ``max_bytes``, containers and free-form values within the limits of
+    :mod:`netevents.events` (``MAX_ROWS``, ``MAX_MAP``, ...), checked as the data is read.
 
     Raises:
         OversizeError: if ``data`` is larger than ``max_bytes`` (checked before parsing).
         MalformedError: if it is not one complete msgpack map (random bytes, truncated data).
         VersionError: if ``v`` is not 1.
-        SchemaError: if an envelope field or an event field is missing or of the wrong type,
-            the kind is unknown, or site/host is not a valid token.
+        SchemaError: if an envelope field or an event field is missing, of the wrong type or
+            out of range, the kind is unknown, or site/host is not a valid token.
     """
     if len(data) > max_bytes:
         raise OversizeError(f"batch of {len(data)} bytes is over the {max_bytes}-byte limit")
+    if not data or data[0] not in _MAP_HEADS:
+        raise MalformedError("a batch must be a msgpack map" + (
+            f", got {_first_type(data[0])}" if data else ", got nothing"))
     try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except msgpack.ExtraData:
-        raise MalformedError("trailing bytes after the msgpack batch") from None
-    except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
-        # OutOfData (truncated), FormatError, StackError (deep nesting), bad map keys.
+        head = _HEAD.decode(data)
+    except msgspec.ValidationError as exc:
+        raise SchemaError(f"envelope: {exc}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise MalformedError(f"not a msgpack batch: {type(exc).__name__}: {exc}"[:200]) from None
-    if type(doc) is not dict:
-        raise MalformedError(f"a batch must be a msgpack map, got {type(doc).__name__}")
-    if "v" not in doc:
+    if "v" not in head:
         raise SchemaError("envelope field 'v' (wire version) is missing")
-    if type(doc["v"]) is not int or doc["v"] != ev.VERSION:  # 1.0 and True are not 1 here
-        raise VersionError(f"wire version {doc['v']!r} is not supported (this reader speaks v1)")
-    kind = doc.get("kind")
-    if type(kind) is not str or kind not in _TABLES:
-        raise SchemaError(f"unknown kind {kind!r} (v1 kinds: {', '.join(ev.KINDS)})")
     try:
-        site = check_token(doc.get("site"), "site")
-        host = check_token(doc.get("host"), "host")
+        v = _ANY_SMALL.decode(head["v"]) if len(head["v"]) <= 16 else "(large value)"
+    except (msgspec.DecodeError, RecursionError):
+        v = "(unreadable)"
+    if type(v) is not int or v != ev.VERSION:  # 1.0 and True are not 1 here
+        raise VersionError(f"wire version {v!r} is not supported (this reader speaks v1)")
+    kind = _str(head, "kind")
+    k = wire.KINDS.get(kind) if type(kind) is str else None
+    if k is None:
+        shown = kind if type(kind) is str else "(not a string)"
+        raise SchemaError(f"unknown kind {shown!r} (v1 kinds: {', '.join(ev.KINDS)})")
+    try:
+        site = check_token(_str(head, "site"), "site")
+        host = check_token(_str(head, "host"), "host")
     except SubjectError as exc:
         raise SchemaError(str(exc)) from None
-    run = doc.get("run")
+    run = _str(head, "run")
     if type(run) is not str or not 0 < len(run) <= 64:
         raise SchemaError("envelope field 'run' must be a string of 1-64 characters")
-    seq = _int(doc, "seq", 1)
-    t0 = _int(doc, "t0", 0)
-    t1 = _int(doc, "t1", t0)
-    if "events" not in doc:
+    seq = _int(head, "seq", 1)
+    t0 = _int(head, "t0", 0)
+    t1 = _int(head, "t1", t0)
+    raw_events = head.get("events")
+    if raw_events is None:
         raise SchemaError("envelope field 'events' is missing")
-    events = doc["events"]
-    if kind in ev.COLUMNAR:
-        _check_columns(kind, events)
+    budget = [_FREE_FORM_PER_BATCH]
+    try:
+        if k.columnar:
+            events = wire.decode_columns(k, raw_events, budget)
+        else:
+            events = k.events.decode(raw_events)
+    except msgspec.ValidationError as exc:
+        raise k.explain(exc) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise MalformedError(f"not a msgpack batch: {type(exc).__name__}: {exc}"[:200]) from None
+    if k.columnar:
+        _check_lengths(kind, events)
     else:
-        _check_rows(kind, events)
-    extra = {k: v for k, v in doc.items() if k not in _ENVELOPE_KEYS or k in ("boot", "agent")}
+        if len(ENCODER.encode(events)) != len(raw_events):
+            # A key the typed pass skipped (or an encoder other than msgpack's shortest forms).
+            events = wire.events_with_unknown_keys(k, raw_events, events, budget)
+        if k.any_fields:
+            wire.resolve_free_form(k, events, budget)
+    fields = {}
+    for name, raw in head.items():
+        if name in _ENVELOPE_ONLY:
+            continue
+        dec = k.batch_fields.get(name) or _BOTH.get(name)
+        if dec is None:
+            fields[name] = wire.free_form(raw, budget, f"{kind} batch: field '{name}'")
+            continue
+        try:
+            fields[name] = dec.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(f"{kind} batch: field '{name}': {exc}") from None
     return Batch(kind=kind, site=site, host=host, run=run, seq=seq, t0=t0, t1=t1,
-                 events=events, fields=extra)
+                 events=events, fields=fields)
 
 
-__all__ = ["Batch", "CodecError", "MAX_BATCH_BYTES", "PackedColumns", "columns_of", "decode_batch",
+_ANY_SMALL = msgspec.msgpack.Decoder()
+_ENVELOPE_ONLY = frozenset(_ENVELOPE_KEYS) - {"boot", "agent"}
+_BOTH = {"boot": _STR, "agent": _STR}
+
+
+def _first_type(byte: int) -> str:
+    if byte <= 0x7F or 0xCC <= byte <= 0xD3 or byte >= 0xE0:
+        return "int"
+    if 0x90 <= byte <= 0x9F or byte in (0xDC, 0xDD):
+        return "list"
+    if 0xA0 <= byte <= 0xBF or byte in (0xD9, 0xDA, 0xDB):
+        return "str"
+    return {0xC0: "nil", 0xC2: "bool", 0xC3: "bool", 0xCA: "float", 0xCB: "float"}.get(
+        byte, "bytes or an extension type")
+
+
+def _check_lengths(kind: str, columns: dict[str, list]) -> None:
+    lengths = set(map(len, columns.values()))
+    if len(lengths) > 1:
+        names = list(columns)
+        first = len(columns[names[0]])
+        for name in names:
+            if len(columns[name]) != first:
+                raise SchemaError(f"{kind} batch: column '{name}' has {len(columns[name])} "
+                                  f"values, expected {first}")
+
+
+__all__ = ["Batch", "CodecError", "HEADER_ROOM", "MAX_BATCH_BYTES", "MAX_PAYLOAD", "PackedColumns", "columns_of", "decode_batch",
            "encode_batch"]

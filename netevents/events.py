@@ -1,8 +1,12 @@
 """The v1 event kinds as typed records: the one place the schema lives in code.
 
-Each kind is a dataclass whose fields carry their JSON type and meaning; from these the codec
-derives its validation tables and ``schemas/v1/<kind>.json`` is generated (a test keeps the files
-and this module in step: ``python -m netevents.events --write-schemas`` rewrites them).
+Each kind is a dataclass whose fields carry their wire type (:class:`W`: JSON type, enum,
+minimum, item and value types, size limits) and meaning. From these one definition come the
+codec's typed decoders (:mod:`netevents.wire`, which validates while it decodes) and
+``schemas/v1/<kind>.json`` (a test keeps the files and this module in step: ``python -m
+netevents.events --write-schemas`` rewrites them); a property test checks that the codec and the
+schemas accept the same batches. The limits (:data:`MAX_ROWS`, :data:`MAX_MAP`, ...) bound
+what any one message can make a reader build.
 
 Times are integer nanoseconds since the epoch. Addresses are strings in events and bytes in
 frame columns. Fields are only ever added within v1; a reader fills missing ones with defaults.
@@ -23,22 +27,77 @@ from typing import Any
 
 VERSION = 1
 
-# JSON type name -> Python types accepted on decode (bool is not an integer here).
-_PYTYPES: dict[str, tuple[type, ...]] = {
-    "integer": (int,),
-    "number": (int, float),
-    "string": (str,),
-    "boolean": (bool,),
-    "object": (dict,),
-    "array": (list, tuple),
-    "bytes": (bytes, bytearray, memoryview),
-}
+# Limits of the contract: a batch that exceeds one is rejected (the JSON Schemas say the same
+# with maxItems / maxProperties), so no message makes a reader build more than a small multiple
+# of its own size.
+MAX_ROWS = 100_000
+"""Events in one batch (rows of a list kind, values of each frame column)."""
+MAX_MAP = 4096
+"""Entries of one map field (deltas, sources, details, ...)."""
+MAX_LIST = 4096
+"""Items of one list field (flags, hosts, ...)."""
+MAX_EVENT_KEYS = 256
+"""Keys of one event (and columns of a frame batch), unknown ones included."""
+MAX_ENVELOPE_KEYS = 64
+"""Keys of a batch's top-level map."""
+MAX_ANY_BYTES = 64 * 1024
+"""Encoded size of one value of free form (an unknown key's value, an incident detail)."""
+MAX_ANY_DEPTH = 16
+"""Nesting of a value of free form."""
 
 
-def _f(json_type: str, doc: str, default: Any = None, *, required: bool = False,
-       items: str | None = None, enum: tuple[str, ...] | None = None) -> Any:
-    """A record field with its JSON type; a ``None`` default makes it nullable."""
-    meta = {"json": json_type, "doc": doc, "required": required, "items": items, "enum": enum}
+@dataclass(frozen=True, slots=True)
+class W:
+    """One wire type of the v1 contract: the codec's typed decoder and the JSON Schema files are
+    both generated from these (``netevents.wire`` and :func:`json_schema`).
+
+    ``json`` is integer, number, string, boolean, bytes (msgpack bin; base64 in JSON), array
+    (``items``), object (a map of ``values``) or any (free form: JSON values and bytes, bounded
+    by :data:`MAX_ANY_BYTES` and :data:`MAX_ANY_DEPTH`)."""
+
+    json: str
+    minimum: int | None = None
+    enum: tuple[str, ...] | None = None
+    items: W | None = None
+    values: W | None = None
+    nullable: bool = False
+    max_items: int | None = None
+
+    def null(self) -> W:
+        return dataclasses.replace(self, nullable=True)
+
+
+INT, COUNT = W("integer"), W("integer", minimum=0)
+NUM, STR, BOOL, BYTES, ANY = W("number"), W("string"), W("boolean"), W("bytes"), W("any")
+
+
+def array(items: W, max_items: int = MAX_LIST) -> W:
+    return W("array", items=items, max_items=max_items)
+
+
+def mapping(values: W, max_items: int = MAX_MAP) -> W:
+    return W("object", values=values, max_items=max_items)
+
+
+FLOW = mapping(W("string|integer", nullable=True), 16)
+"""L3/L4 keys of a drop: src, dst (strings), sport, dport, l4, ip_id, tcp_seq (integers)."""
+
+
+def _f(json_type: str | W, doc: str, default: Any = None, *, required: bool = False,
+       items: str | W | None = None, enum: tuple[str, ...] | None = None,
+       minimum: int | None = None, values: W | None = None) -> Any:
+    """A record field with its wire type; a ``None`` default makes it nullable."""
+    if isinstance(json_type, W):
+        wire = json_type
+    else:
+        it = W(items) if isinstance(items, str) else items
+        wire = W(json_type, minimum=minimum, enum=enum, items=it, values=values,
+                 max_items=MAX_LIST if json_type == "array" else
+                 MAX_MAP if json_type == "object" else None)
+    if not required and default is None:
+        wire = wire.null()
+    meta = {"json": wire.json, "doc": doc, "required": required, "enum": wire.enum,
+            "items": wire.items.json if wire.items else None, "wire": wire}
     if required:
         return field(metadata=meta)
     if isinstance(default, (dict, list)):
@@ -63,7 +122,7 @@ class Flow:
 class DropEvent:
     """Packets the kernel freed as dropped, aggregated per (location, reason, iface, proto) and window."""
 
-    count: int = _f("integer", "packets dropped with this signature in the window", required=True)
+    count: int = _f(COUNT, "packets dropped with this signature in the window", required=True)
     source: str = _f("string", "which kernel source saw it", required=True,
                      enum=("netdm", "tracepoint", "ebpf", "counter", "dwdump"))
     reason: str = _f("string", "skb_drop_reason name without the SKB_DROP_REASON_ prefix", "NOT_SPECIFIED")
@@ -78,11 +137,11 @@ class DropEvent:
     netns: int | None = _f("integer", "network namespace inode, where the source knows it")
     netns_name: str | None = _f("string", "name of that namespace: /run/netns name, 'root', or "
                                 "a process hint 'comm[pid]' (ebpf source)")
-    flow: dict | None = _f("object", "L3/L4 keys (src, dst, sport, dport, l4, ip_id, tcp_seq)")
+    flow: dict | None = _f(FLOW.null(), "L3/L4 keys (src, dst, sport, dport, l4, ip_id, tcp_seq)")
     first_ts: int | None = _f("integer", "first drop in the window (ns)")
     last_ts: int | None = _f("integer", "last drop in the window (ns)")
     payload: bytes | None = _f("bytes", "truncated packet (packet mode only)")
-    orig_len: int | None = _f("integer", "original packet length (packet mode only)")
+    orig_len: int | None = _f(COUNT.null(), "original packet length (packet mode only)")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -90,15 +149,15 @@ class GapEvent:
     """The capture itself lost frames: `lost` frames between frame k and k+1 of one ring."""
 
     iface: str = _f("string", "captured interface", required=True)
-    lost: int = _f("integer", "frames lost in this gap", required=True)
+    lost: int = _f(COUNT, "frames lost in this gap", required=True)
     cause: str = _f("string", "why", required=True, enum=("ring_full", "freeze", "rxq_ovfl"))
-    worker: int = _f("integer", "capture worker (fanout member)", 0)
+    worker: int = _f(COUNT, "capture worker (fanout member)", 0)
     after_frame: int | None = _f("integer", "sequence number of the last frame before the gap")
     before_frame: int | None = _f("integer", "sequence number of the first frame after the gap")
     after_ts: int | None = _f("integer", "timestamp of the frame before the gap (ns)")
     before_ts: int | None = _f("integer", "timestamp of the frame after the gap (ns)")
     source: str = _f("string", "kernel interface that reported it", "packet_statistics")
-    freezes: int | None = _f("integer", "times the ring's queue froze (tp_freeze_q_cnt) in this gap")
+    freezes: int | None = _f(COUNT.null(), "times the ring's queue froze (tp_freeze_q_cnt) in this gap")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -108,9 +167,9 @@ class IpstatEvent:
     peer: str = _f("string", "remote address", required=True)
     local: str | None = _f("string", "local address (diagnostics level)")
     level: str = _f("string", "publishing level", "default", enum=("default", "diagnostics"))
-    sockets: int = _f("integer", "sockets to this peer at the sample", 0)
-    opened: int = _f("integer", "sockets first seen in the window", 0)
-    closed: int = _f("integer", "sockets that closed in the window", 0)
+    sockets: int = _f(COUNT, "sockets to this peer at the sample", 0)
+    opened: int = _f(COUNT, "sockets first seen in the window", 0)
+    closed: int = _f(COUNT, "sockets that closed in the window", 0)
     retrans_segs: int = _f("integer", "delta of tcpi_total_retrans", 0)
     bytes_retrans: int = _f("integer", "delta of tcpi_bytes_retrans", 0)
     segs_out: int = _f("integer", "delta of tcpi_segs_out", 0)
@@ -137,10 +196,10 @@ class NetstatEvent:
 
     group: str = _f("string", "Tcp, TcpExt, Udp, IpExt, Ip6, softnet, link, qdisc, ...", required=True)
     scope: str = _f("string", "interface, cpu, qdisc handle, or empty", "")
-    interval_ns: int = _f("integer", "time between the two samples the deltas span", 0)
-    deltas: dict = _f("object", "counter name -> increase over the interval", {})
-    gauges: dict = _f("object", "gauge name -> current value (never delta'd)", {})
-    values: dict = _f("object", "absolute counter values (baseline samples only)", {})
+    interval_ns: int = _f(COUNT, "time between the two samples the deltas span", 0)
+    deltas: dict = _f(mapping(INT), "counter name -> increase over the interval", {})
+    gauges: dict = _f(mapping(INT), "gauge name -> current value (never delta'd)", {})
+    values: dict = _f(mapping(INT), "absolute counter values (baseline samples only)", {})
     flags: list = _f("array", "baseline, reset, wrap", [], items="string")
 
 
@@ -150,8 +209,8 @@ class FrameEvent:
 
     ts: int = _f("integer", "timestamp (ns)", required=True)
     ts_src: int = _f("integer", "0 fallback, 1 software, 2 hardware", 0)
-    caplen: int = _f("integer", "bytes captured", 0)
-    len: int = _f("integer", "bytes on the wire", 0)
+    caplen: int = _f(COUNT, "bytes captured", 0)
+    len: int = _f(COUNT, "bytes on the wire", 0)
     dir: int = _f("integer", "sll_pkttype (0 host, 1 broadcast, 2 multicast, 3 otherhost, 4 outgoing)", 0)
     queue: int | None = _f("integer", "rx queue / fanout member")
     rxhash: int | None = _f("integer", "receive hash")
@@ -173,11 +232,11 @@ class StatusEvent:
 
     version: str = _f("string", "agent version", required=True)
     uptime: float = _f("number", "seconds since the agent started", 0.0)
-    sources: dict = _f("object", "source -> {state: running|unavailable|stopped, reason}", {})
-    published: dict = _f("object", "kind -> batches published by this run", {})
-    events: dict = _f("object", "kind -> events published by this run", {})
-    lost: dict = _f("object", "place -> items lost there by this run (cumulative)", {})
-    queues: dict = _f("object", "queue -> {size, capacity}", {})
+    sources: dict = _f(mapping(mapping(STR, 16)), "source -> {state: running|unavailable|stopped, reason}", {})
+    published: dict = _f(mapping(COUNT), "kind -> batches published by this run", {})
+    events: dict = _f(mapping(COUNT), "kind -> events published by this run", {})
+    lost: dict = _f(mapping(COUNT), "place -> items lost there by this run (cumulative)", {})
+    queues: dict = _f(mapping(mapping(INT, 16)), "queue -> {size, capacity}", {})
     final: bool = _f("boolean", "true on the last status of a run (clean shutdown)", False)
 
 
@@ -190,9 +249,9 @@ class IncidentEvent:
     hosts: list = _f("array", "hosts involved", [], items="string")
     first_ts: int | None = _f("integer", "first evidence (ns)")
     last_ts: int | None = _f("integer", "last evidence (ns)")
-    details: dict = _f("object", "type-specific details", {})
+    details: dict = _f(mapping(ANY), "type-specific details (free form)", {})
     inputs: list = _f("array", "kinds used", [], items="string")
-    missing_input: dict = _f("object", "batches missing from the inputs, per host/kind", {})
+    missing_input: dict = _f(mapping(COUNT), "batches missing from the inputs, per host/kind", {})
 
 
 RECORDS: dict[str, type] = {
@@ -229,32 +288,32 @@ ENVELOPE: dict[str, tuple[str, bool, str]] = {
 }
 
 # Batch-level fields some kinds add next to the envelope.
-BATCH_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
+BATCH_FIELDS: dict[str, dict[str, tuple[W, str]]] = {
     "frame": {
-        "iface": ("string", "captured interface"),
-        "worker": ("integer", "capture worker"),
-        "first_frame": ("integer", "ring sequence number of the first frame in the batch"),
-        "hwtstamp": ("object", "applied hardware timestamping: filter, phc_index"),
-        "snaplen": ("integer", "the ring's snap length: no head is longer"),
-        "ring": ("object", "the ring's kernel PACKET_STATISTICS running totals when the batch was "
+        "iface": (STR, "captured interface"),
+        "worker": (COUNT, "capture worker"),
+        "first_frame": (INT, "ring sequence number of the first frame in the batch"),
+        "hwtstamp": (mapping(INT.null(), 16), "applied hardware timestamping: filter, phc_index"),
+        "snaplen": (COUNT, "the ring's snap length: no head is longer"),
+        "ring": (mapping(INT, 16), "the ring's kernel PACKET_STATISTICS running totals when the batch was "
                            "made: packets (tp_packets, which includes drops), drops, freezes"),
-        "gaps_before": ("object", "gap records this ring (run, iface, worker) had emitted when the "
+        "gaps_before": (mapping(INT, 16), "gap records this ring (run, iface, worker) had emitted when the "
                                   "batch was made: records, lost. Every gap that sits before a "
                                   "frame of the batch is among them, so a reader that has seen "
                                   "fewer gap records of the ring has not yet seen all of them "
                                   "(gap and frame batches travel separately)"),
     },
     "ipstat": {
-        "residual": ("object", "host-wide MIB deltas not attributed to a peer"),
-        "level": ("string", "publishing level of the batch"),
-        "overflow": ("integer", "peers left out of this window by the per-batch cap"),
-        "mib": ("object", "host-wide MIB deltas of the window (RetransSegs, TCPTimeouts, OutRsts, EstabResets)"),
-        "sockets": ("integer", "TCP sockets in the dump that closed the window"),
-        "peers": ("integer", "peers (or local/peer pairs) with activity in the window, before level filter and cap"),
+        "residual": (mapping(INT), "host-wide MIB deltas not attributed to a peer"),
+        "level": (W("string", enum=("default", "diagnostics")), "publishing level of the batch"),
+        "overflow": (COUNT, "peers left out of this window by the per-batch cap"),
+        "mib": (mapping(INT.null(), 64), "host-wide MIB deltas of the window (RetransSegs, TCPTimeouts, OutRsts, EstabResets)"),
+        "sockets": (COUNT, "TCP sockets in the dump that closed the window"),
+        "peers": (COUNT, "peers (or local/peer pairs) with activity in the window, before level filter and cap"),
     },
     "netstat": {},
-    "drop": {"mode": ("string", "alert (aggregated) or packet"),
-             "import": ("string", "capture file the batch was imported from (netevents import)")},
+    "drop": {"mode": (W("string", enum=("alert", "packet")), "alert (aggregated) or packet"),
+             "import": (STR, "capture file the batch was imported from (netevents import)")},
 }
 
 
@@ -300,19 +359,37 @@ def json_view(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # JSON Schema, generated from the records above.
 
-def _json_schema_type(json_type: str, nullable: bool, items: str | None, enum: tuple | None) -> dict:
-    if json_type == "bytes":
+def wire_schema(w: W) -> dict[str, Any]:
+    """The JSON Schema of one wire type (its JSON view: bytes as base64 strings)."""
+    if w.json == "any":
+        return {"description": f"free form: JSON values (at most {MAX_ANY_DEPTH} deep)"}
+    if w.json == "bytes":
         s: dict[str, Any] = {"type": "string", "contentEncoding": "base64"}
+    elif "|" in w.json:
+        s = {"type": w.json.split("|")}
     else:
-        s = {"type": json_type}
-    if items:
-        s["items"] = {"type": items}
-    if enum:
-        s["enum"] = list(enum)
-    if nullable:
-        s = {"anyOf": [s, {"type": "null"}]} if "enum" in s or "contentEncoding" in s else {
-            **s, "type": [s["type"], "null"]}
+        s = {"type": w.json}
+    if w.minimum is not None:
+        s["minimum"] = w.minimum
+    if w.enum:
+        s["enum"] = list(w.enum)
+    if w.items is not None:
+        s["items"] = wire_schema(w.items)
+        s["maxItems"] = w.max_items
+    if w.values is not None:
+        s["additionalProperties"] = wire_schema(w.values)
+        s["maxProperties"] = w.max_items
+    if w.nullable:
+        if "enum" in s or "contentEncoding" in s:
+            s = {"anyOf": [s, {"type": "null"}]}
+        else:
+            s["type"] = [*(s["type"] if isinstance(s["type"], list) else [s["type"]]), "null"]
     return s
+
+
+ENVELOPE_RULES = ("t1 >= t0; in a frame batch every column holds the same number of values; "
+                  "msgpack extension types (timestamps included) are not part of v1")
+"""What a JSON Schema cannot say and the codec checks as well."""
 
 
 def json_schema(kind: str) -> dict[str, Any]:
@@ -324,40 +401,47 @@ def json_schema(kind: str) -> dict[str, Any]:
     props["kind"]["const"] = kind
     for name in ("site", "host"):
         props[name]["pattern"] = "^[A-Za-z0-9_-]{1,128}$"
+    props["run"].update(minLength=1, maxLength=64)
     props["seq"]["minimum"] = 1
-    for name, (jt, doc) in BATCH_FIELDS.get(kind, {}).items():
-        props[name] = {"type": jt, "description": doc}
+    props["t0"]["minimum"] = 0
+    props["t1"]["minimum"] = 0
+    for name, (w, doc) in BATCH_FIELDS.get(kind, {}).items():
+        props[name] = {**wire_schema(w), "description": doc}
 
     ev_props: dict[str, Any] = {}
     required: list[str] = []
     for f in fields_of(kind):
         m = f.metadata
-        nullable = (not m["required"]) and f.default is None
-        s = _json_schema_type(m["json"], nullable, m["items"], m["enum"])
-        s["description"] = m["doc"]
-        ev_props[f.name] = s
+        ev_props[f.name] = {**wire_schema(m["wire"]), "description": m["doc"]}
         if m["required"]:
             required.append(f.name)
-
+    any_value = wire_schema(ANY)
     if kind in COLUMNAR:
         columns = {
             name: {"type": "array", "items": {k: v for k, v in s.items() if k != "description"},
-                   "description": s["description"]}
+                   "maxItems": MAX_ROWS, "description": s["description"]}
             for name, s in ev_props.items()
         }
         events = {"type": "object", "properties": columns, "required": required,
+                  "additionalProperties": {"type": "array", "items": any_value,
+                                           "maxItems": MAX_ROWS},
+                  "maxProperties": MAX_EVENT_KEYS,
                   "description": "column-wise: one list per field, all of the same length"}
     else:
-        events = {"type": "array", "items": {"type": "object", "properties": ev_props,
-                                             "required": required}}
+        events = {"type": "array", "maxItems": MAX_ROWS,
+                  "items": {"type": "object", "properties": ev_props, "required": required,
+                            "additionalProperties": any_value,
+                            "maxProperties": MAX_EVENT_KEYS}}
     props["events"] = events
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://netevents.dev/schemas/v1/{kind}.json",
         "title": f"netevents v1 {kind} batch",
-        "description": (RECORDS[kind].__doc__ or "").strip(),
+        "description": (RECORDS[kind].__doc__ or "").strip() + " Also: " + ENVELOPE_RULES + ".",
         "type": "object",
         "properties": props,
+        "additionalProperties": any_value,
+        "maxProperties": MAX_ENVELOPE_KEYS,
         "required": [n for n, (_t, req, _d) in ENVELOPE.items() if req] + ["events"],
     }
 

@@ -13,12 +13,25 @@ consumer lost *after* the last one it got (it was cut off, or the agent stopped 
 are found through the agents' ``status`` batches, which say how many batches of each kind the
 run has published (``announce``): :meth:`SequenceTracker.unreceived` counts those announced
 and never received -- at the end of a consumer's run, the tail the holes cannot show.
+
+A ``seq`` is a number any publisher can write, so the tracker does not believe one that cannot
+be true: a jump of more than ``max_jump`` batches past the last one (``seq = 2**62``) is
+*implausible*. It is rejected (``observe`` returns :data:`REJECTED`) and counted per (host, kind)
+in :attr:`SequenceTracker.implausible`; it moves neither ``missed`` nor the position, so the
+run's next batches are neither missed nor taken for duplicates. Only when ``rebase_after``
+implausible batches in a row follow one another (a consumer that really was away for that
+long) does the tracker move to them (counted in ``rebased``, not as missed). A run whose
+*first* batch was the implausible one is rebased by the first batch far below it. A status
+that announces more than ``max_jump`` batches beyond what was received is ignored and counted.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
+
+REJECTED = -2
+"""What :meth:`SequenceTracker.observe` returns for an implausible ``seq`` (-1: a duplicate)."""
 
 
 @dataclass(slots=True)
@@ -28,6 +41,8 @@ class RunState:
     received: int = 1
     missed: int = 0
     duplicates: int = 0
+    alt_last: int = 0
+    alt_count: int = 0
 
 
 @dataclass(slots=True)
@@ -45,10 +60,17 @@ class SequenceTracker:
     """Tracks ``seq`` per (host, run, kind); bounded, with evictions counted.
 
     ``observe`` returns the number of batches missed immediately before the observed one
-    (0 for an in-order batch, -1 for a duplicate that should not be processed again).
+    (0 for an in-order batch, -1 for a duplicate that should not be processed again,
+    :data:`REJECTED` for an implausible ``seq``).
     """
 
-    def __init__(self, max_runs: int = 100_000) -> None:
+    def __init__(self, max_runs: int = 100_000, *, max_jump: int = 1 << 20,
+                 rebase_after: int = 3) -> None:
+        self.max_jump = max_jump
+        self.rebase_after = rebase_after
+        self.implausible: Counter[tuple[str, str]] = Counter()
+        """(host, kind) -> batches (and announcements) rejected as implausible."""
+        self.rebased = 0
         self._runs: OrderedDict[tuple[str, str, str], RunState] = OrderedDict()
         self._announced: dict[tuple[str, str, str], int] = {}
         self._tally: dict[tuple[str, str], Tally] = {}
@@ -72,6 +94,9 @@ class SequenceTracker:
             tally.before_join += seq - 1
             return 0
         self._runs.move_to_end(key)
+        if seq > state.last_seq + self.max_jump or seq < state.last_seq - self.max_jump:
+            return self._implausible(state, tally, host, kind, seq)
+        state.alt_count = 0
         if seq <= state.last_seq:
             state.duplicates += 1
             tally.duplicates += 1
@@ -83,6 +108,35 @@ class SequenceTracker:
         tally.received += 1
         tally.missed += gap
         return gap
+
+    def _implausible(self, state: RunState, tally: Tally, host: str, kind: str, seq: int) -> int:
+        if seq < state.last_seq and state.received == 1 and state.first_seq == state.last_seq:
+            # The run's only batch so far was the implausible one: start again from this one.
+            self.implausible[(host, kind)] += 1
+            tally.before_join += (seq - 1) - (state.first_seq - 1)
+            state.first_seq = state.last_seq = seq
+            self.rebased += 1
+            return 0
+        if state.alt_count and 0 < seq - state.alt_last <= self.max_jump:
+            state.alt_count += 1
+        else:
+            state.alt_count = 1
+        state.alt_last = seq
+        if state.alt_count >= self.rebase_after:
+            # Batches that follow one another so far from the last position: the consumer was
+            # away that long. Move there (the batches in between are not counted as missed).
+            state.last_seq = seq
+            state.alt_count = 0
+            state.received += 1
+            tally.received += 1
+            self.rebased += 1
+            return 0
+        self.implausible[(host, kind)] += 1
+        return REJECTED
+
+    def last_seq(self, host: str, run: str, kind: str) -> int | None:
+        state = self._runs.get((host, run, kind))
+        return None if state is None else state.last_seq
 
     def seed(self, host: str, run: str, kind: str, last_seq: int) -> None:
         """Start from a known position: batches up to ``last_seq`` of this run were already
@@ -103,8 +157,13 @@ class SequenceTracker:
         Only runs this tracker has received a batch of that kind from are followed (what a run
         published before the consumer joined is not the consumer's loss)."""
         key = (host, run, kind)
-        if key in self._runs and published > self._announced.get(key, 0):
-            self._announced[key] = published
+        state = self._runs.get(key)
+        if state is None or published <= self._announced.get(key, 0):
+            return
+        if published > state.last_seq + self.max_jump:
+            self.implausible[(host, kind)] += 1
+            return
+        self._announced[key] = published
 
     def unreceived(self, host: str | None = None, kind: str | None = None) -> int:
         """Batches announced by their run's status but neither received nor counted missed:
@@ -128,4 +187,6 @@ class SequenceTracker:
             out.setdefault(host, {})[kind] = {
                 "received": t.received, "missed": t.missed, "duplicates": t.duplicates,
                 "before_join": t.before_join, "runs": t.runs}
+            if self.implausible.get((host, kind)):
+                out[host][kind]["implausible"] = self.implausible[(host, kind)]
         return out

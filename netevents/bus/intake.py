@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from .. import events as ev
 from ..codec import MAX_BATCH_BYTES, Batch, decode_batch
 from ..errors import CodecError, SubjectError
-from ..sequence import SequenceTracker
+from ..sequence import REJECTED, SequenceTracker
 from ..subjects import host_matches, parse_subject
 
 log = logging.getLogger("netevents.bus")
@@ -30,7 +30,9 @@ class Intake:
     for. ``shared`` is for a queue-group member, which receives only part of each sequence.
 
     Attributes:
-        rejected: ``Counter`` of rejected messages by reason (malformed, version, schema, ...).
+        rejected: ``Counter`` of rejected messages by reason (malformed, version, schema,
+            oversize, subject, and sequence: an implausible ``seq``, see
+            :class:`~netevents.sequence.SequenceTracker`).
         last_error: the message of the most recent rejection.
         tracker: the :class:`~netevents.sequence.SequenceTracker` (``tracker.report()``).
         shared_holes: sequence holes of a queue-group member: batches that went to other members.
@@ -67,16 +69,16 @@ class Intake:
                 raise SubjectError(
                     f"batch says {batch.kind}/{batch.site}/{batch.host} but arrived on {subject}")
         except (CodecError, SubjectError) as exc:
-            reason = getattr(exc, "reason", "subject")
-            self.rejected[reason] += 1
-            self.last_error = f"rejected message on {subject}: {exc}"
-            n = self.rejected[reason]
-            if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th ... of each reason
-                log.warning("%s (%s rejected for %s so far)", self.last_error, n, reason)
+            self._reject(getattr(exc, "reason", "subject"), f"rejected message on {subject}: {exc}")
             return None
         if not host_matches(batch.host, self.hosts):
             return None
         missed = self.tracker.observe(batch.host, batch.run, batch.kind, batch.seq)
+        if missed == REJECTED:
+            self._reject("sequence", f"rejected message on {subject}: seq {batch.seq} of run "
+                         f"{batch.run!r} is implausible (the run's last was "
+                         f"{self.tracker.last_seq(batch.host, batch.run, batch.kind)})")
+            return None
         if missed < 0:
             return None  # duplicate of a batch already delivered
         if self.shared and missed:
@@ -87,6 +89,13 @@ class Intake:
         if batch.kind == "status" and not self.shared:
             self._announce(batch)
         return batch
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.rejected[reason] += 1
+        self.last_error = message
+        n = self.rejected[reason]
+        if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th ... of each reason
+            log.warning("%s (%s rejected for %s so far)", message, n, reason)
 
     def _announce(self, batch: Batch) -> None:
         """A status says how many batches of each kind its run published: the tracker learns

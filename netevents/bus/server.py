@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..codec import MAX_BATCH_BYTES
+from ..codec import MAX_PAYLOAD
 from ..errors import BusError
 
 _POLL = 0.02
@@ -73,7 +73,7 @@ class EmbeddedServer:
     """
 
     def __init__(self, store_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1",
-                 port: int = 4222, max_payload: int = MAX_BATCH_BYTES, extra_conf: str = "") -> None:
+                 port: int = 4222, max_payload: int = MAX_PAYLOAD, extra_conf: str = "") -> None:
         self._tmp: tempfile.TemporaryDirectory | None = None
         if store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="netevents-nats-")

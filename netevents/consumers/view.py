@@ -8,6 +8,7 @@ the closing report of ``up --duration``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
@@ -30,6 +31,25 @@ STATE_ABBREV = {"running": "ok", "unavailable": "n/a", "failed": "FAILED", "stop
 the table)."""
 
 
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def path_details(d: Any) -> dict[str, Any] | None:
+    """The parts of a path_loss incident's details the view shows, checked (details are free
+    form on the wire): from, to, delivered, lost, unknown, delay_ns {p50, p99}, reasons
+    {reason: count}; None when it names no path."""
+    if not isinstance(d, dict) or not d.get("from") or not d.get("to"):
+        return None
+    delay = d.get("delay_ns") if isinstance(d.get("delay_ns"), dict) else {}
+    reasons = d.get("reasons") if isinstance(d.get("reasons"), dict) else {}
+    return {"from": str(d["from"]), "to": str(d["to"]), "delivered": _count(d.get("delivered")),
+            "lost": _count(d.get("lost")), "unknown": _count(d.get("unknown")),
+            "delay_ns": {k: delay[k] for k in ("p50", "p99")
+                         if type(delay.get(k)) in (int, float)},
+            "reasons": {str(k): v for k, v in reasons.items() if type(v) is int}}
+
+
 @dataclass
 class AgentHealth:
     run: str = ""
@@ -47,7 +67,7 @@ class FleetView:
         self.events: Counter[str] = Counter()
         self.per_host: dict[str, Counter[str]] = defaultdict(Counter)
         self.drop_sites: Counter[tuple[str, str, str]] = Counter()   # (host, reason, location)
-        self.counters: Counter[tuple[str, str]] = Counter()          # (group, name) summed deltas
+        self.counters: Counter[tuple[str, str, str]] = Counter()     # (host, group, name) deltas
         self.peers: Counter[tuple[str, str]] = Counter()             # (host, peer) retransmits
         self.peer_resets: Counter[tuple[str, str, str]] = Counter()
         """(host, peer, "sent" | "received") -> TCP resets."""
@@ -55,6 +75,8 @@ class FleetView:
         """(host, run) -> the last status of that agent run (capture workers are runs too)."""
         self.missed: Counter[tuple[str, str]] = Counter()
         self.evicted = 0
+        self.feed_errors = 0
+        """Batches the view failed on (a bug: every accepted batch should show)."""
         self.started = time.monotonic()
         self.incidents: deque[tuple[str, dict[str, Any]]] = deque(maxlen=200)
         """Latest incidents from the bus: (correlator host, incident)."""
@@ -107,7 +129,7 @@ class FleetView:
         elif batch.kind == "netstat":
             for e in batch.events:
                 for name, d in (e.get("deltas") or {}).items():
-                    self._bounded(self.counters, (e.get("group", "?"), name), int(d))
+                    self._bounded(self.counters, (batch.host, e.get("group", "?"), name), int(d))
         elif batch.kind == "ipstat":
             for e in batch.events:
                 self._bounded(self.peers, (batch.host, str(e.get("peer"))), int(e.get("retrans_segs", 0)))
@@ -122,9 +144,9 @@ class FleetView:
             for e in batch.events:
                 self.incidents.append((batch.host, e))
                 self.incident_counts[str(e.get("type"))] += 1
-                d = e.get("details") or {}
-                if e.get("type") == "path_loss" and d.get("from") and d.get("to"):
-                    key = (str(d["from"]), str(d["to"]))
+                d = path_details(e.get("details"))
+                if e.get("type") == "path_loss" and d is not None:
+                    key = (d["from"], d["to"])
                     if key in self.paths or len(self.paths) < self.max_keys:
                         self.paths[key] = d
                     else:
@@ -203,11 +225,13 @@ class FleetView:
             for (host, reason, loc), n in self.drop_sites.most_common(rows):
                 lines.append(f"{n:>10}  {host:<16} {reason:<22} {loc}")
         elif view == "counters":
-            lines.append(f"{'delta':>12}  counter")
-            shown = [(g, c) for g, c in LOSS_COUNTERS if self.counters.get((g, c))]
+            lines.append(f"{'delta':>12}  {'host':<16} counter")
+            loss = set(LOSS_COUNTERS)  # the loss counters first, then the busiest, per host
+            shown = sorted((k for k in self.counters if (k[1], k[2]) in loss and self.counters[k]),
+                           key=lambda k: -self.counters[k])
             rest = [k for k, _ in self.counters.most_common(rows) if k not in shown]
-            for g, c in (shown + rest)[:rows]:
-                lines.append(f"{self.counters[(g, c)]:>12}  {g}.{c}")
+            for h, g, c in (shown + rest)[:rows]:
+                lines.append(f"{self.counters[(h, g, c)]:>12}  {h:<16} {g}.{c}")
         elif view == "peers":
             lines.append(f"{'retrans':>10} {'rst out':>8} {'rst in':>8}  {'host':<16} peer")
             worst = Counter(self.peers)  # worst first: retransmits and resets together
@@ -293,7 +317,13 @@ async def feed_view(bus: Any, view: FleetView, stop: Any, *, ready: Any = None,
         while not stop.is_set():
             batch = await sub.next(timeout=0.2)
             if batch is not None:
-                view.feed(batch)
+                try:
+                    view.feed(batch)
+                except Exception:  # a bug of ours must not end the view: counted, logged once
+                    view.feed_errors += 1
+                    if view.feed_errors == 1:
+                        logging.getLogger("netevents.view").exception(
+                            "cannot show a %s batch of %s", batch.kind, batch.host)
             if loop.time() >= next_refresh:
                 next_refresh = loop.time() + every
                 view.lag = await sub.lag()

@@ -151,3 +151,15 @@ def test_an_unknown_kind_is_refused_up_front():
     with pytest.raises(SubjectError, match="unknown kind 'drops'"):
         Intake(["drop", "drops"])
     assert Intake().kinds == Intake(None).kinds and "frame" in Intake().kinds
+
+
+def test_a_poisoned_seq_is_rejected_as_sequence_and_the_run_goes_on():
+    intake = Intake(["drop", "status"])
+    for seq in range(1, 6):
+        assert intake.accept(*msg(batch(seq=seq))).missed == 0
+    assert intake.accept(*msg(batch(seq=2**62))) is None
+    assert intake.rejected == {"sequence": 1} and "implausible" in intake.last_error
+    assert [intake.accept(*msg(batch(seq=s))).seq for s in range(6, 106)] == list(range(6, 106))
+    assert intake.missed == 0
+    intake.accept(*msg(status(published={"drop": 2**62})))  # a poisoned announcement
+    assert intake.unreceived == 0

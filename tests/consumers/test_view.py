@@ -73,3 +73,24 @@ def test_hosts_view_aligns_columns_abbreviates_states_and_shows_waiting_hosts():
     end = head.index("capture gaps") + len("capture gaps")
     assert row[end - 1] == "0" and row[end:end + 2] == "  "   # right-aligned under its heading
     assert any("drops.netdm: n/a: no NET_DM in this kernel" in x for x in lines)
+
+
+def test_counters_are_kept_per_host_so_no_host_moves_anothers_figures():
+    v = FleetView()
+    for host, n in (("a", 3), ("liar", 10**12)):
+        v.feed(Batch(kind="netstat", site="s", host=host, run="r", seq=1, t0=1, t1=2,
+                     events=[{"group": "Tcp", "deltas": {"RetransSegs": n}}]))
+    assert v.counters[("a", "Tcp", "RetransSegs")] == 3
+    assert v.counters[("liar", "Tcp", "RetransSegs")] == 10**12
+    rows = [ln.split() for ln in v.render("counters").splitlines() if ln.endswith("Tcp.RetransSegs")]
+    assert sorted((r[1], r[0]) for r in rows) == [("a", "3"), ("liar", str(10**12))]
+
+
+def test_path_loss_details_of_the_wrong_shape_are_not_shown_as_numbers():
+    v = FleetView()
+    v.feed(Batch(kind="incident", site="s", host="corr", run="r", seq=1, t0=1, t1=2, events=[
+        {"type": "path_loss", "summary": "x", "details": {
+            "from": "a", "to": "b", "delivered": {}, "lost": "7", "delay_ns": 5, "reasons": [1]}}]))
+    assert v.path_rows() == [{"from": "a", "to": "b", "delivered": 0, "lost": 0, "unknown": 0,
+                              "p50_ns": None, "p99_ns": None, "reason": None}]
+    assert "a" in v.render("paths")

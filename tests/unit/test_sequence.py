@@ -47,3 +47,49 @@ def test_the_tail_a_hole_cannot_show_is_found_through_the_runs_status():
     t.announce("h", "r2", "frame", 50)
     t.announce("h", "r1", "drop", 9)
     assert t.unreceived() == 1 and t.unreceived(kind="drop") == 0
+
+
+def test_a_poisoned_seq_is_rejected_and_counted_and_blinds_nothing():
+    from netevents.sequence import REJECTED
+
+    t = SequenceTracker()
+    for seq in range(1, 11):
+        assert t.observe("h", "r", "drop", seq) == 0
+    assert t.observe("h", "r", "drop", 2**62) == REJECTED
+    for seq in range(11, 111):  # the next 100 legitimate batches all count, none is a duplicate
+        assert t.observe("h", "r", "drop", seq) == 0
+    rep = t.report()["h"]["drop"]
+    assert (rep["received"], rep["missed"], rep["duplicates"], rep["implausible"]) == (110, 0, 0, 1)
+    assert t.missed() == 0
+
+
+def test_a_run_whose_first_batch_was_poisoned_is_rebased_by_the_real_ones():
+    t = SequenceTracker()
+    assert t.observe("h", "r", "drop", 2**62) == 0       # nothing to compare it with yet
+    assert t.observe("h", "r", "drop", 1) == 0           # far below: the first one was the lie
+    for seq in range(2, 50):
+        assert t.observe("h", "r", "drop", seq) == 0
+    rep = t.report()["h"]["drop"]
+    assert rep["missed"] == 0 and rep["duplicates"] == 0 and rep["before_join"] == 0
+    assert rep["implausible"] == 1
+
+
+def test_a_consumer_away_for_longer_than_max_jump_moves_on_after_a_few_batches():
+    from netevents.sequence import REJECTED
+
+    t = SequenceTracker(max_jump=100, rebase_after=3)
+    t.observe("h", "r", "frame", 1)
+    assert t.observe("h", "r", "frame", 1000) == REJECTED
+    assert t.observe("h", "r", "frame", 1001) == REJECTED
+    assert t.observe("h", "r", "frame", 1002) == 0       # three in a row: the run really is there
+    assert t.observe("h", "r", "frame", 1003) == 0
+    assert t.missed() == 0 and t.rebased == 1
+
+
+def test_an_implausible_announcement_is_ignored_and_counted():
+    t = SequenceTracker(max_jump=1000)
+    t.observe("h", "r", "drop", 5)
+    t.announce("h", "r", "drop", 2**62)
+    assert t.unreceived() == 0 and t.implausible[("h", "drop")] == 1
+    t.announce("h", "r", "drop", 8)
+    assert t.unreceived() == 3

@@ -66,8 +66,11 @@ def test_exclude_and_layout_errors():
         KfreeSkbLayout.from_format("name: kfree_skb\nformat:\n")
 
 
-@pytest.mark.parametrize("damage", ["short", "commit_too_big", "zero_length_event", "garbage"])
-def test_damaged_pages_never_raise(damage):
+@pytest.mark.parametrize("damage", ["short", "commit_too_big", "zero_length_event", pytest.param(
+    "garbage", marks=pytest.mark.xfail(strict=True, reason=(
+        "agents/drops/rawtrace.py counts a record that runs past the page's end as 'other' "
+        "(an event of another id), not as a damaged page")))])
+def test_damaged_pages_never_raise_and_are_counted(damage):
     raw, agg = _raw_parser()
     page = bytearray((DATA / "kfree_skb_raw_pages.bin").read_bytes()[:PAGE])
     if damage == "short":
@@ -80,4 +83,6 @@ def test_damaged_pages_never_raise(damage):
         page[16:] = bytes((i * 37) & 0xFF for i in range(PAGE - 16))
     raw.feed_page(bytes(page))
     agg.flush()
-    assert raw.bad_pages + raw.other + raw.records >= 0
+    assert raw.bad_pages == 1 if damage != "commit_too_big" else raw.bad_pages >= 1
+    if damage != "commit_too_big":  # a commit past the page still has its real records first
+        assert raw.records == 0

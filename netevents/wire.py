@@ -1,0 +1,239 @@
+"""The v1 contract compiled: typed msgspec decoders generated from :mod:`netevents.events`.
+
+The records in ``events.py`` carry a wire type (:class:`~netevents.events.W`) per field; from
+the same types come the JSON Schema files and, here, the types msgspec decodes against, so the
+codec validates *while* it decodes (C speed) and accepts what the published schema accepts.
+
+Events are decoded as ``TypedDict`` values: plain dicts holding exactly the keys on the wire. A
+``TypedDict`` skips keys it does not know, so the codec checks that nothing was skipped (the
+decoded events encode back to as many bytes as they came in, the case of every batch our
+agents make) and otherwise takes them again key by key to keep the unknown ones
+(:func:`events_with_unknown_keys`). Values of free form (an unknown key's value, an incident's
+``details``) are decoded under bounds: :data:`~netevents.events.MAX_ANY_BYTES` and
+:data:`~netevents.events.MAX_ANY_DEPTH`, JSON types and bytes only (no extension types).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, NotRequired, Required, TypedDict
+
+import msgspec
+
+from . import events as ev
+from .errors import MalformedError, SchemaError
+
+ENCODER = msgspec.msgpack.Encoder()
+
+
+def _reject_ext(code: int, data: memoryview) -> Any:
+    raise SchemaError(f"msgpack extension type {code} is not part of v1")
+
+
+_ANY = msgspec.msgpack.Decoder(ext_hook=_reject_ext)
+_SCALARS = {"integer": int, "number": int | float, "string": str, "boolean": bool}
+
+
+def mtype(w: ev.W) -> Any:
+    """The msgspec type of one wire type (free form decodes as ``Raw``, bounded afterwards)."""
+    if w.json == "any":
+        t: Any = msgspec.Raw
+    elif w.json == "bytes":
+        t = bytes
+    elif w.json == "array":
+        t = Annotated[list[mtype(w.items)], msgspec.Meta(max_length=w.max_items)]
+    elif w.json == "object":
+        t = Annotated[dict[str, mtype(w.values)], msgspec.Meta(max_length=w.max_items)]
+    elif w.enum:
+        t = Literal[w.enum]
+    else:
+        parts = [_SCALARS[j] for j in w.json.split("|")]
+        t = parts[0]
+        for p in parts[1:]:
+            t = t | p
+        if w.minimum is not None:
+            t = Annotated[t, msgspec.Meta(ge=w.minimum)]
+    return t | None if w.nullable else t
+
+
+def has_any(w: ev.W) -> bool:
+    return w.json == "any" or any(has_any(x) for x in (w.items, w.values) if x is not None)
+
+
+def free_form(raw: Any, budget: list[int], where: str) -> Any:
+    """A value of free form: at most MAX_ANY_BYTES (and what is left of ``budget[0]`` for the
+    batch), at most MAX_ANY_DEPTH deep, JSON types and bytes only.
+
+    Raises:
+        SchemaError: if it breaks one of these bounds or holds an extension type.
+    """
+    n = len(raw)
+    if n > ev.MAX_ANY_BYTES or n > budget[0]:
+        raise SchemaError(f"{where}: a value of free form of {n} bytes is over the limit "
+                          f"({ev.MAX_ANY_BYTES} bytes each, {4 * ev.MAX_ANY_BYTES} per batch)")
+    budget[0] -= n
+    try:
+        value = _ANY.decode(raw)
+    except SchemaError as exc:
+        raise SchemaError(f"{where}: {exc}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise MalformedError(f"{where}: not msgpack: {exc}") from None
+    _check_json(value, 0, where)
+    return value
+
+
+_JSON_LEAVES = (str, int, float, bool, bytes, type(None))
+
+
+def _check_json(value: Any, depth: int, where: str) -> None:
+    if depth > ev.MAX_ANY_DEPTH:
+        raise SchemaError(f"{where}: nested deeper than {ev.MAX_ANY_DEPTH}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if type(k) is not str:
+                raise SchemaError(f"{where}: map keys must be strings, got {type(k).__name__}")
+            _check_json(v, depth + 1, where)
+    elif isinstance(value, list):
+        for v in value:
+            _check_json(v, depth + 1, where)
+    elif not isinstance(value, _JSON_LEAVES):  # a msgpack timestamp decodes as a datetime
+        raise SchemaError(f"{where}: {type(value).__name__} (a msgpack extension type) is not "
+                          "part of v1")
+
+
+class Kind:
+    """The compiled decoders of one kind."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.columnar = kind in ev.COLUMNAR
+        fields = ev.fields_of(kind)
+        self.known = frozenset(f.name for f in fields)
+        self.required = tuple(f.name for f in fields if f.metadata["required"])
+        self.any_fields = tuple(f.name for f in fields if has_any(f.metadata["wire"]))
+        self.batch_fields = {name: msgspec.msgpack.Decoder(mtype(w))
+                             for name, (w, _doc) in ev.BATCH_FIELDS.get(kind, {}).items()}
+        if self.columnar:
+            self.columns = {f.name: msgspec.msgpack.Decoder(Annotated[list[mtype(
+                f.metadata["wire"])], msgspec.Meta(max_length=ev.MAX_ROWS)]) for f in fields}
+            self.open = msgspec.msgpack.Decoder(Annotated[dict[str, msgspec.Raw], msgspec.Meta(
+                max_length=ev.MAX_EVENT_KEYS)])
+        else:
+            row = TypedDict(f"{kind}_event", {  # type: ignore[operator]
+                f.name: (Required if f.metadata["required"] else NotRequired)[mtype(f.metadata["wire"])]
+                for f in fields})
+            self.events = msgspec.msgpack.Decoder(
+                Annotated[list[row], msgspec.Meta(max_length=ev.MAX_ROWS)])
+            self.open = msgspec.msgpack.Decoder(Annotated[list[Annotated[
+                dict[str, msgspec.Raw], msgspec.Meta(max_length=ev.MAX_EVENT_KEYS)]],
+                msgspec.Meta(max_length=ev.MAX_ROWS)])
+
+    def explain(self, exc: msgspec.ValidationError) -> SchemaError:
+        """msgspec's validation error in the codec's words (event number, field or column)."""
+        return SchemaError(explain(self.kind, self.columnar, str(exc)))
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_EXPECTED = re.compile(r"^Expected `(?P<want>[^`]+)`(?:, got `(?P<got>[^`]+)`)?$")
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+_NAMES = {"array": "list", "object": "map"}
+
+
+def explain(kind: str, columnar: bool, message: str) -> str:
+    m = _AT.match(message)
+    what, path = (m.group("what"), m.group("path") or "") if m else (message, "")
+    parts = re.findall(r"\[(\d+)\]|\.([A-Za-z0-9_]+)|\[\.\.\.\]", path)
+    steps = [int(i) if i else name for i, name in parts]
+    exp, miss = _EXPECTED.match(what), _MISSING.match(what)
+    if columnar:
+        if not steps:
+            if miss:
+                return f"{kind} batch: required column '{miss.group('name')}' is missing"
+            if exp and exp.group("want") == "object":
+                return f"{kind} batch: 'events' must be a map of columns, got {exp.group('got')}"
+            return f"{kind} batch: events: {what}"
+        col = steps[0]
+        if len(steps) == 1 and exp and exp.group("want").startswith("array"):
+            return f"{kind} batch: column '{col}' must be a list, got {exp.group('got')}"
+        if len(steps) == 2 and exp:
+            return (f"{kind} batch: column '{col}' must hold {exp.group('want')}, found "
+                    f"{exp.group('got')}" if exp.group("got") else
+                    f"{kind} batch: column '{col}' value #{steps[1]}: {what}")
+        return f"{kind} batch: column '{col}': {what} (at {path})"
+    if not steps:
+        if exp and exp.group("want").startswith("array") and exp.group("got"):
+            return f"{kind} batch: 'events' must be a list, got {exp.group('got')}"
+        return f"{kind} batch: events: {what}"
+    i = steps[0]
+    if len(steps) == 1:
+        if miss:
+            return f"{kind} event #{i}: required field '{miss.group('name')}' is missing"
+        if exp and exp.group("want") == "object":
+            return f"{kind} event #{i}: must be a map, got {exp.group('got')}"
+        return f"{kind} event #{i}: {what}"
+    name = steps[1]
+    if len(steps) == 2 and exp and exp.group("got"):
+        want = " or ".join(_NAMES.get(t, t) for t in exp.group("want").split(" | "))
+        return f"{kind} event #{i}: field '{name}' must be {want}, got {exp.group('got')}"
+    return f"{kind} event #{i}: field '{name}': {what} (at {path})"
+
+
+KINDS: dict[str, Kind] = {kind: Kind(kind) for kind in ev.KINDS}
+
+
+def decode_columns(k: Kind, raw: Any, budget: list[int]) -> dict[str, list]:
+    """A column-wise batch's events: the map of columns read once (each column as raw bytes),
+    then each known column by its typed decoder; unknown columns as bounded free form.
+
+    Raises:
+        SchemaError: a column missing, of the wrong type or over the limits.
+    """
+    try:
+        opened = k.open.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise k.explain(exc) from None
+    out = {}
+    for name, value in opened.items():
+        dec = k.columns.get(name)
+        if dec is None:
+            col = free_form(value, budget, f"{k.kind} batch: column '{name}'")
+            if type(col) is not list:
+                raise SchemaError(f"{k.kind} batch: column '{name}' must be a list, got "
+                                  f"{type(col).__name__}")
+            out[name] = col
+            continue
+        try:
+            out[name] = dec.decode(value)
+        except msgspec.ValidationError as exc:
+            msg = str(exc)
+            msg = msg.replace("`$", f"`$.{name}", 1) if " - at `$" in msg else f"{msg} - at `$.{name}`"
+            raise SchemaError(explain(k.kind, True, msg)) from None
+    for name in k.required:
+        if name not in out:
+            raise SchemaError(f"{k.kind} batch: required column '{name}' is missing")
+    return out
+
+
+def events_with_unknown_keys(k: Kind, raw: Any, typed: Any, budget: list[int]) -> Any:
+    """A list kind's events again with the keys the typed pass skipped (unknown ones, kept as
+    they came, in wire order); the known ones are the typed pass's values."""
+    try:
+        opened = k.open.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise k.explain(exc) from None
+    rows = []
+    for i, (event, fast) in enumerate(zip(opened, typed, strict=True)):
+        rows.append({name: fast[name] if name in k.known else
+                     free_form(value, budget, f"{k.kind} event #{i}: field '{name}'")
+                     for name, value in event.items()})
+    return rows
+
+
+def resolve_free_form(k: Kind, events: Any, budget: list[int]) -> None:
+    """Decode (bounded) the free-form values of the kind's fields, in place: Raw -> values."""
+    for i, e in enumerate(events):
+        for name in k.any_fields:
+            value = e.get(name)
+            if isinstance(value, dict):
+                e[name] = {key: free_form(v, budget, f"{k.kind} event #{i}: {name}.{key}")
+                           for key, v in value.items()}
