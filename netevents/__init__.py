@@ -5,6 +5,7 @@ Map of the package (the library: what agents and subscribers both import):
     errors.py      the exception tree (ConfigError, CodecError, BusError, CapabilityError, ...)
     events.py      the v1 event kinds as typed records; the JSON Schemas are generated from it
     codec.py       sans-IO msgpack batch envelope: encode_batch, decode_batch, Batch
+    wire.py        the typed decoders built from events.py (validate while decoding, bounded)
     subjects.py    subject names and the token rule for kind/site/host
     sequence.py    sans-IO sequence accounting: batches missed per (host, run, kind)
     bus/           NATS: connect(), EmbeddedServer, streams, publish, Subscription (its sans-IO
