@@ -18,6 +18,7 @@ from .history_commands import (
     add_history_options,
     filter_of,
     kinds_for,
+    warn_missing,
     window_of,
 )
 from .options import add_bus_options, count, credentials, positive
@@ -34,35 +35,34 @@ async def cmd_tail(args: argparse.Namespace) -> int:
         check_pattern(pattern, "host")
     window, filt = window_of(args), filter_of(args)
     kinds = kinds_for(args.kind, filt) if filt else args.kind or None
-    if window is None and not filt:   # as it always was
-        return await tail(args.bus, kinds, args.host or None, as_json=args.json,
-                          count=args.count, timeout=args.timeout, credentials=credentials(args))
     return await tail(args.bus, kinds, args.host or None, as_json=args.json,
                       count=args.count, timeout=args.timeout, credentials=credentials(args),
                       since=window.since_ns if window else None,
-                      until=window.until_ns if window else None, event_filter=filt,
-                      out=sys.stdout, err=sys.stderr)
+                      until=window.until_ns if window else None, event_filter=filt)
 
 
 async def cmd_top(args: argparse.Namespace) -> int:
     from ..consumers.view import FleetView, feed_view
 
     window, filt = window_of(args), filter_of(args)
-    if window is not None or filt:
-        from .history_commands import top_history
-
-        return await top_history(args, window, filt)
-
+    # statuses pass every filter: they are the hosts' health
+    kinds = sorted(set(kinds_for(None, filt)) | {"status"}) if filt else None
+    keep = (lambda b: b if b.kind == "status" else filt.batch(b)) if filt else None
+    bounded = window is not None and window.until_ns is not None
     view = FleetView()
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with connect(args.bus, name="netevents-top", credentials=credentials(args)) as bus:
+        if window is not None:
+            await warn_missing(bus, window, kinds or ev.KINDS)
         async with asyncio.TaskGroup() as tg:
             ready = asyncio.Event()
-            tg.create_task(feed_view(bus, view, stop, ready=ready))
+            tg.create_task(feed_view(bus, view, stop, ready=ready, kinds=kinds, keep=keep,
+                                     since=window.since_ns if window else None,
+                                     until=window.until_ns if window else None))
             tg.create_task(stop_after(stop, args.duration))
             await ready.wait()
-            if sys.stdout.isatty() and args.duration is None:
+            if sys.stdout.isatty() and args.duration is None and not bounded:
                 await draw(view, stop, args.view)
             else:
                 await stop.wait()

@@ -1,11 +1,10 @@
 """History on the reading commands: the `--since/--until` and filter options `tail`, `top` and
-`correlate` share, `top` over a window, and the commands that only read history: `query` (a
-summary of a window) and `extract` (frames and capture gaps of a window into one PcapNG)."""
+`correlate` share, and the commands that only read history: `query` (a summary of a window) and
+`extract` (frames and capture gaps of a window into one PcapNG)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -84,48 +83,6 @@ async def warn_missing(bus: Any, window: Window, kinds: list[str] | tuple[str, .
     for line in lines:
         print(f"netevents: warning: {line}", file=sys.stderr, flush=True)
     return lines
-
-
-# -- top over a window -------------------------------------------------------------------------
-
-async def top_history(args: argparse.Namespace, window: Window | None, filt: EventFilter) -> int:
-    """`top` with --since/--until or filters: the view is fed the window (statuses unfiltered,
-    they are the hosts' health), then printed once -- or, without --until, it goes on live."""
-    from ..consumers.view import FleetView
-    from .runtime import stop_after, stop_on_signals
-    from .ui import draw
-
-    view = FleetView()
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    async with connect(args.bus, name="netevents-top", credentials=credentials(args)) as bus:
-        kinds = sorted(set(kinds_for(None, filt)) | {"status"})
-        if window is not None:
-            await warn_missing(bus, window, kinds)
-        sub = bus.subscribe(kinds, since=window.since_ns if window else None,
-                            until=window.until_ns if window else None)
-
-        async def feed() -> None:
-            async with sub:
-                while not stop.is_set() and not sub.finished:
-                    batch = await sub.next(timeout=0.2)
-                    if batch is not None:
-                        kept = batch if batch.kind == "status" else filt.batch(batch)
-                        if kept is not None:
-                            view.feed(kept)
-                view.lag = await sub.lag()
-            if window is not None and window.until_ns is not None:
-                stop.set()
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(feed())
-            tg.create_task(stop_after(stop, args.duration))
-            if sys.stdout.isatty() and args.duration is None and (window is None or window.until_ns is None):
-                await draw(view, stop, args.view)
-            else:
-                await stop.wait()
-                print(view.render(args.view))
-    return 0
 
 
 # -- query ---------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def event_line(batch: Batch, e: dict[str, Any]) -> str:
 
 async def tail(url: str | None, kinds: list[str] | None, hosts: list[str] | None, *,
                as_json: bool, count: int | None, timeout: float | None,
-               out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+               out: TextIO | None = None, err: TextIO | None = None,
                credentials: Credentials | None = None, since: int | None = None,
                until: int | None = None, event_filter: Any = None) -> int:
     """Print events until ``count`` events, ``timeout`` seconds, or Ctrl-C.
@@ -117,6 +117,8 @@ async def tail(url: str | None, kinds: list[str] | None, hosts: list[str] | None
 
     Returns the exit code: 0, or 1 when ``count`` was asked for and not reached in time.
     """
+    out = out or sys.stdout  # resolved now, not at import: a caller may have replaced them
+    err = err or sys.stderr
     printed = 0
     async with connect(url, name="netevents-tail", credentials=credentials) as bus:
         sub = bus.subscribe(kinds=kinds, hosts=hosts, since=since, until=until)
@@ -125,7 +127,7 @@ async def tail(url: str | None, kinds: list[str] | None, hosts: list[str] | None
                 async with asyncio.timeout(timeout):
                     while count is None or printed < count:
                         batch = await sub.__anext__()
-                        rows = batch.rows() if event_filter is None else event_filter.rows(batch)
+                        rows = event_filter.rows(batch) if event_filter else batch.rows()
                         for e in rows:
                             out.write((event_json(batch, e) if as_json else event_line(batch, e)) + "\n")
                             printed += 1

@@ -302,20 +302,29 @@ class FleetView:
 
 
 async def feed_view(bus: Any, view: FleetView, stop: Any, *, ready: Any = None,
-                    every: float = 1.0, on_refresh: Any = None) -> Any:
-    """Feed ``view`` from a live subscription to every kind until ``stop`` is set; every
-    ``every`` seconds refresh ``view.lag`` (and call ``on_refresh(sub)``). Sets ``ready`` once
-    subscribed. Returns the subscription (its ``rejected`` counts)."""
+                    every: float = 1.0, on_refresh: Any = None, kinds: Any = None,
+                    since: int | None = None, until: int | None = None,
+                    keep: Callable[[Batch], Batch | None] | None = None) -> Any:
+    """Feed ``view`` from a subscription to ``kinds`` (default every kind) until ``stop`` is
+    set; every ``every`` seconds refresh ``view.lag`` (and call ``on_refresh(sub)``). Sets
+    ``ready`` once subscribed. ``since``/``until`` (ns) replay the streams first; a replay that
+    reaches ``until`` sets ``stop``. ``keep`` may narrow or drop a batch before the view sees it
+    (client-side filters). Returns the subscription (its ``rejected`` counts)."""
     import asyncio
 
-    sub = bus.subscribe()
+    sub = bus.subscribe(kinds, since=since, until=until)
     async with sub:
         if ready is not None:
             ready.set()
         loop = asyncio.get_running_loop()
         next_refresh = loop.time()
         while not stop.is_set():
+            if getattr(sub, "finished", False):
+                stop.set()
+                break
             batch = await sub.next(timeout=0.2)
+            if batch is not None and keep is not None:
+                batch = keep(batch)
             if batch is not None:
                 try:
                     view.feed(batch)
