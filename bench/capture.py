@@ -11,7 +11,7 @@ with ``tcpreplay`` into veth-a; the capture runs on veth-b.
 
 1. CPU: the same replay (``--topspeed``) is captured by ``netevents agent --capture veth-b``
    (one worker, 96-byte summaries published to the nats-server), once per block walker asked
-   for (``--walker both``: the C walker and the pure-Python one, agents/capture/cwalk.py), and
+   for (``--walker both``: the C walker and the pure-Python one, netevents/agent/capture/cwalk.py), and
    once by ``tcpdump -s 96 -w /dev/null``. CPU time (user + system, the whole process tree) is sampled
    just before and after the replay; the anchor is tcpdump's CPU per million frames captured.
    (The kernel's receive work runs in softirq context on the sender's CPU for both and is in

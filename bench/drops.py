@@ -48,12 +48,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.drops import DropsCollector  # noqa: E402
-from agents.drops.tracepoint import KfreeSkbInstance, TracepointDrops  # noqa: E402
-from agents.runner import AgentRunner, RunnerOptions  # noqa: E402
+from netevents.agent.drops import DropsCollector  # noqa: E402
+from netevents.agent.drops.tracepoint import KfreeSkbInstance, TracepointDrops  # noqa: E402
+from netevents.agent.runner import AgentRunner, RunnerOptions  # noqa: E402
 from netevents.bus import EmbeddedServer, connect  # noqa: E402
 
-FLOOD_C = ROOT / "tests" / "agents" / "drops" / "tools" / "flood.c"
+FLOOD_C = ROOT / "tests" / "agent" / "drops" / "tools" / "flood.c"
 NFT_RULES = """table inet netevents_bench {
   chain output {
     type filter hook output priority 0
@@ -319,8 +319,8 @@ async def bench_sources(flood: Path, seconds: float, rounds: int) -> None:
     drift (other work on it) spreads over all of them; medians are printed. One extra eBPF
     flood with ``kernel.bpf_stats_enabled=1`` gives the program's run time per drop (stats
     cost time themselves, so they are off in the timed rounds)."""
-    from agents.drops.ebpf import EbpfDrops, parse_filter
-    from agents.kernel.netns import resolve
+    from netevents.agent.drops.ebpf import EbpfDrops, parse_filter
+    from netevents.agent.kernel.netns import resolve
 
     def ebpf(ns: Namespace, every: int = 0) -> EbpfDrops:
         src = EbpfDrops(interval=1.0, filter=parse_filter(f"netns={ns.name}"), sample_every=every)

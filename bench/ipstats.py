@@ -7,7 +7,7 @@ A holder process creates N/2 connected loopback pairs (N sockets) inside a priva
 namespace and keeps them open. Each sampler then runs in its own fresh process inside that
 namespace, so its peak RSS (``wait4`` rusage) is its own:
 
-    netevents   agents.ipstats.sockdiag.DiagSocket().dump(): IPv4 + IPv6, tcp_info parsed
+    netevents   netevents.agent.ipstats.sockdiag.DiagSocket().dump(): IPv4 + IPv6, tcp_info parsed
                 into tuples; and dump + PeerAccountant.window (the collector's whole sample)
     ss -tin     iproute2's ss, output to a pipe that is read and discarded
     pyroute2    DiagSocket().get_sock_stats(AF_INET and AF_INET6, INET_DIAG_INFO)
@@ -78,11 +78,11 @@ import resource, sys, time, socket
 kind, repeat = sys.argv[1], int(sys.argv[2])
 sys.path.insert(0, ROOT)
 if kind.startswith("netevents"):
-    from agents.ipstats.sockdiag import DiagSocket
-    from agents.ipstats.aggregate import PeerAccountant
+    from netevents.agent.ipstats.sockdiag import DiagSocket
+    from netevents.agent.ipstats.aggregate import PeerAccountant
 elif kind == "pyroute2":
     from pyroute2 import DiagSocket as P2
-    from agents.ipstats.sockdiag import DUMP_STATES  # the same states as ours: no listeners
+    from netevents.agent.ipstats.sockdiag import DUMP_STATES  # the same states as ours: no listeners
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 best = float("inf")
 n = 0

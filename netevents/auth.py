@@ -10,7 +10,7 @@
     FleetUser              one user of the fleet: name, role, site/host, password (bcrypt or
                            plain), the durables it owns, an operator's public key
     render_authorization   users -> the NATS ``authorization { users = [...] }`` block (text)
-    new_operator_key, ...  ed25519 keys that sign control requests (agents/control.py)
+    new_operator_key, ...  ed25519 keys that sign control requests (netevents/agent/control.py)
     Fleet                  the shell: a directory holding fleet.json, auth.conf, operators.pub
                            and one credentials env file per user; `netevents auth ...` drives it
 

@@ -93,7 +93,7 @@ class Batch:
 class PackedColumns(Mapping):
     """Columns whose msgpack encoding (the ``events`` map) is already made.
 
-    The C block walker (agents/capture/cwalk.py) writes frame columns as msgpack directly, so a
+    The C block walker (netevents/agent/capture/cwalk.py) writes frame columns as msgpack directly, so a
     frame never becomes Python objects on the agent's hot path; :func:`encode_batch` splices
     ``packed`` into the batch as is. Read as a mapping (tests, in-process consumers) it decodes
     once, on first access, to exactly the lists the encoding came from.

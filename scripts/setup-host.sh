@@ -5,8 +5,8 @@
 #   tshark     tshark / capinfos: archives are checked with the real Wireshark tools
 #   tcpdump    BPF filter compilation (tcpdump -ddd) and the capture benchmark's anchor
 #   tcpreplay  replays traffic into a veth for bench/capture.py
-#   gcc        builds the drop-storm sender (tests/agents/drops/tools/flood.c)
-#   clang, bpftool, libbpf1, libbpf-dev   build and load the eBPF drop source (agents/drops/ebpf)
+#   gcc        builds the drop-storm sender (tests/agent/drops/tools/flood.c)
+#   clang, bpftool, libbpf1, libbpf-dev   build and load the eBPF drop source (netevents/agent/drops/ebpf)
 #   prometheus scrapes `netevents metrics` in the Grafana dashboard's test (deploy/grafana)
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then

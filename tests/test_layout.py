@@ -1,7 +1,7 @@
 """The tree is the architecture: the import rules, no circles, no module too large to read.
 
-    netevents (the library)  imports neither the app layer (netevents.app) nor the agents
-    agents                   import the library, never the app layer
+    netevents (the library)  imports neither the app layer (netevents.app) nor the agent
+    netevents.agent          imports the library, never the app layer
     netevents.app            the only place that wires agents and consumers together
 
 Imports are read from the source (every ``import`` statement, also those inside functions), so
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("netevents", "agents")
+PACKAGES = ("netevents",)
 MAX_LINES = 600
 
 
@@ -82,19 +82,20 @@ GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
 
 
 def _layer(mod: str) -> str:
-    if mod == "netevents.app" or mod.startswith("netevents.app."):
-        return "app"
-    return mod.split(".")[0]
+    for layer in ("app", "agent"):
+        if mod == f"netevents.{layer}" or mod.startswith(f"netevents.{layer}."):
+            return layer
+    return "library"
 
 
 def test_the_library_imports_neither_the_app_nor_the_agents():
-    bad = sorted(f"{m} -> {t}" for m, ts in GRAPH.items() if _layer(m) == "netevents"
-                 for t in ts if _layer(t) in ("app", "agents"))
+    bad = sorted(f"{m} -> {t}" for m, ts in GRAPH.items() if _layer(m) == "library"
+                 for t in ts if _layer(t) in ("app", "agent"))
     assert not bad, "the library (netevents) must not import the app layer or agents:\n" + "\n".join(bad)
 
 
 def test_agents_do_not_import_the_app():
-    bad = sorted(f"{m} -> {t}" for m, ts in GRAPH.items() if _layer(m) == "agents"
+    bad = sorted(f"{m} -> {t}" for m, ts in GRAPH.items() if _layer(m) == "agent"
                  for t in ts if _layer(t) == "app")
     assert not bad, "agents must not import netevents.app:\n" + "\n".join(bad)
 
@@ -149,6 +150,6 @@ def test_no_module_is_too_large_to_read(mod):
 
 
 def test_the_rule_sees_lazy_imports():
-    # the reader must see an import inside a function: the app imports agents.compose lazily or not
-    assert "agents.compose" in GRAPH["netevents.app.agent_commands"]
-    assert any(t.startswith("agents.capture") for t in GRAPH["netevents.app.agent_commands"])
+    # the reader must see an import inside a function: the app imports netevents.agent.compose lazily or not
+    assert "netevents.agent.compose" in GRAPH["netevents.app.agent_commands"]
+    assert any(t.startswith("netevents.agent.capture") for t in GRAPH["netevents.app.agent_commands"])

@@ -7,7 +7,7 @@ This is the only place that wires agents and consumers together; nothing in the 
     options.py            options several commands share: the bus and its credentials, the
                           agent's options -> AgentConfig
     agent_commands.py     up, server, agent, import, hwtstamp, ctl (the agent itself is
-                          assembled by agents.compose)
+                          assembled by netevents.agent.compose)
     consumer_commands.py  tail, top, archive, verify, correlate, metrics, demo
     deploy_commands.py    auth, streams
     runtime.py            stop on signals, stop after a duration

@@ -1,5 +1,5 @@
 """The commands that run or steer the host side: `up`, `server`, `agent`, `import`, `hwtstamp`,
-`ctl`. The agent itself is assembled by :mod:`agents.compose`; these commands translate the
+`ctl`. The agent itself is assembled by :mod:`netevents.agent.compose`; these commands translate the
 command line into its configuration and report."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.compose import build_collectors, connect_agent, run_agent
+from netevents.agent.compose import build_collectors, connect_agent, run_agent
 
 from ..auth import bus_url_with_user
 from ..bus import Credentials, EmbeddedServer, connect, default_url
@@ -102,8 +102,8 @@ def _check_capture_alone(cfg: Any) -> None:
     asked for (with other sources the agent reports it as unavailable and carries on)."""
     if list(cfg.sources) != ["capture"]:
         return
-    from agents.capture.config import CaptureConfig, missing_interfaces
-    from agents.config import section_to
+    from netevents.agent.capture.config import CaptureConfig, missing_interfaces
+    from netevents.agent.config import section_to
 
     c = section_to(CaptureConfig, dict(cfg.sources["capture"]), "capture")  # validated already
     missing = missing_interfaces(c)
@@ -166,7 +166,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def cmd_import(args: argparse.Namespace) -> int:
-    from agents.drops.dwdump import import_capture, load_capture
+    from netevents.agent.drops.dwdump import import_capture, load_capture
 
     host = args.host or default_host()
     check_token(host, "host")
@@ -186,14 +186,14 @@ async def cmd_import(args: argparse.Namespace) -> int:
 
 
 async def cmd_hwtstamp(args: argparse.Namespace) -> int:
-    from agents.capture import hwtstamp
+    from netevents.agent.capture import hwtstamp
 
     argv = [args.iface, args.action, *(["--netns", args.netns] if args.netns else [])]
     return hwtstamp.main(argv)
 
 
 async def cmd_ctl(args: argparse.Namespace) -> int:
-    from agents.control import control_request
+    from netevents.agent.control import control_request
 
     url = args.bus or default_url()
     async with connect(url, name="netevents-ctl", reconnect=False,

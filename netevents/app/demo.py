@@ -129,8 +129,8 @@ class DemoNetwork:
 
 def ebpf_available() -> bool:
     """Does the drops source accept the eBPF event source here (it needs BTF and root)?"""
-    from agents.config import AgentConfig
-    from agents.drops import build
+    from netevents.agent.config import AgentConfig
+    from netevents.agent.drops import build
 
     try:
         build({"sources": ["ebpf", "counter"]}, AgentConfig())
@@ -383,7 +383,7 @@ async def _capture_gap(agent: subprocess.Popen, sender: subprocess.Popen, stop: 
     if stop.is_set():
         return
     # One ring runs inside the agent process itself; several run in worker processes.
-    workers = descendants(agent.pid, "agents.capture.workers") or [agent.pid]
+    workers = descendants(agent.pid, "netevents.agent.capture.workers") or [agent.pid]
     for pid in workers:
         os.kill(pid, signal.SIGSTOP)
     try:

@@ -1,5 +1,5 @@
 """Options several commands share, and their translation into configuration: the bus and its
-credentials, the agent's options (into an :class:`~agents.config.AgentConfig`), positive numbers.
+credentials, the agent's options (into an :class:`~netevents.agent.config.AgentConfig`), positive numbers.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import argparse
 import os
 from pathlib import Path
 
-from agents import SOURCES
-from agents.config import AgentConfig, load_file
+from netevents.agent import SOURCES
+from netevents.agent.config import AgentConfig, load_file
 
 from ..bus import Credentials
 from ..errors import ConfigError
@@ -94,7 +94,7 @@ def add_bus_options(p: argparse.ArgumentParser) -> None:
 def credentials(args: argparse.Namespace) -> Credentials:
     """Credentials from the options; each falls back to its environment variable
     (:class:`~netevents.bus.Credentials`). The agent's come from its config
-    (:func:`agents.compose.credentials`), where these options are merged in."""
+    (:func:`netevents.agent.compose.credentials`), where these options are merged in."""
     return Credentials(**{name: getattr(args, name, None) for name, _text, _env in AUTH_OPTIONS})
 
 

@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from agents.drops import DropsCollector
-from agents.drops.counters import CounterDrops
-from agents.runner import AgentRunner, RunnerOptions
+from netevents.agent.drops import DropsCollector
+from netevents.agent.drops.counters import CounterDrops
+from netevents.agent.runner import AgentRunner, RunnerOptions
 from netevents.app.cli import main
 from netevents.bus import connect
-from tests.agents.drops.test_drops_netns import SENDER, _qdisc_drops
+from tests.agent.drops.test_drops_netns import SENDER, _qdisc_drops
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
 

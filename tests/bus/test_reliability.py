@@ -111,7 +111,10 @@ def test_agent_sigkilled_while_spooling_hands_in_its_spool_on_restart(tmp_path):
         before, _ = stored_batches(url, "rel-b")
         stored_before = max(max(v) for (_r, k), v in before.items() if k == "netstat")
         kill9(server)
-        time.sleep(3)                          # batches go to the spool
+        deadline = time.monotonic() + 20       # batches go to the spool (slower on a busy host)
+        while not list(spool.glob("*.spool")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert list(spool.glob("*.spool")), "nothing was spooled"

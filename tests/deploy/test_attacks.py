@@ -21,9 +21,9 @@ import sys
 import nats.errors
 import pytest
 
-from agents.control import ControlServer, control_request
-from agents.ipstats import build as build_ipstats
-from agents.spool import ReliablePublisher, Spool
+from netevents.agent.control import ControlServer, control_request
+from netevents.agent.ipstats import build as build_ipstats
+from netevents.agent.spool import ReliablePublisher, Spool
 from netevents import connect
 from netevents.auth import Fleet
 from netevents.codec import Batch, encode_batch
@@ -252,7 +252,7 @@ def test_no_push_consumer_or_stream_can_command_a_host(fleet):
                 assert ipstats.level == "default"
                 assert control.refused["unsigned"] >= 1 and control.refused["reply"] >= 1
                 assert control.served["ok"] == 0
-                # the operator, signing, is obeyed (replays: tests/agents/test_control.py)
+                # the operator, signing, is obeyed (replays: tests/agent/test_control.py)
                 reply = await control_request(ops, "web-2", "level", "diagnostics", site="dc1", key=key)
                 assert reply["ok"] and ipstats.level == "diagnostics"
                 reply = await control_request(ops, "web-2", "level", "default", site="dc1", key=key)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import load_file
+from netevents.agent.config import load_file
 from netevents import connect
 from netevents.auth import Fleet, host_token
 from netevents.bus import Credentials, find_nats_server

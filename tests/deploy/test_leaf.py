@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from agents.control import ControlServer, control_request
+from netevents.agent.control import ControlServer, control_request
 from netevents import connect
 from netevents.auth import Fleet
 from netevents.codec import Batch

@@ -16,7 +16,7 @@ from pathlib import Path
 import nats.errors
 import pytest
 
-from agents.control import ControlServer, control_request
+from netevents.agent.control import ControlServer, control_request
 from netevents import connect
 from netevents.auth import Fleet
 from netevents.codec import Batch

@@ -8,8 +8,8 @@ import jsonschema
 import msgpack
 import pytest
 
-from agents.netstat import NetstatCollector, NetstatConfig
-from agents.runner import AgentRunner, RunnerOptions
+from netevents.agent.netstat import NetstatCollector, NetstatConfig
+from netevents.agent.runner import AgentRunner, RunnerOptions
 from netevents import events as ev
 from netevents.codec import Batch, encode_batch
 from netevents.memory import MemoryBus

@@ -54,7 +54,7 @@ class CaptureCoverage:
         """Was ``host``'s capture blind at ``ts`` (expected arrival time)?
 
         A gap record sits at a ring block boundary, and two counted races can move it by a
-        block (agents/capture/gaps.py), so its edges are widened by ``gap_slack``.
+        block (netevents/agent/capture/gaps.py), so its edges are widened by ``gap_slack``.
         """
         slack = self.gap_slack_ns
         for start, end, _iface in self.capture_gaps.get(host, ()):

@@ -1,4 +1,4 @@
-"""The real capture agent (agents/capture) into the real archive, checked with tshark.
+"""The real capture agent (netevents/agent/capture) into the real archive, checked with tshark.
 
 A tiny ring overflows under a fast sender between two namespaces; the agent publishes frame
 summaries and gap records to a real nats-server; `netevents archive` writes them; tshark's
@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-capture = pytest.importorskip("agents.capture", reason="the capture source (agents/capture) is not installed")
+capture = pytest.importorskip("netevents.agent.capture", reason="the capture source (netevents/agent/capture) is not installed")
 
-from agents.runner import AgentRunner, RunnerOptions  # noqa: E402
+from netevents.agent.runner import AgentRunner, RunnerOptions  # noqa: E402
 from netevents.bus import connect  # noqa: E402
 from netevents.consumers.verify import tshark_counts, verify  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402

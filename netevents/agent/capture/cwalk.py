@@ -1,0 +1,287 @@
+"""The C block walker: built once with the system C compiler into a cache, loaded with ctypes.
+
+Why: walking a block in Python, building a tuple per frame, transposing to columns and packing
+them with msgpack costs ~3 µs of CPU per frame, most of the capture agent's CPU. ``walker.c``
+does the same walk and writes each column's msgpack encoding directly (no Python object per
+frame); :class:`~netevents.codec.PackedColumns` carries those bytes into the batch unchanged.
+The wire output is byte for byte what the Python walker gives (tests/capture/test_capture_cwalk.py).
+
+Choosing (``[capture] walker``, or ``$NETEVENTS_CAPTURE_WALKER`` when the option is ``auto``):
+``auto`` uses C when it builds and falls back to the pure-Python walker with one log line (and
+``sources["capture.c_walker"]`` unavailable with the reason in status); ``c`` insists (a
+CapabilityError if it cannot be built); ``python`` never tries.
+
+The shared object is built with ``cc -O2 -shared -fPIC`` (gcc and libc6-dev, installed by
+scripts/setup-host.sh; no Python headers) into ``$NETEVENTS_CACHE/capture``, else
+``/var/cache/netevents/capture`` for root, else ``~/.cache/netevents/capture``, keyed by a hash
+of the source and the machine, so an edited walker rebuilds and a build at install time
+(``python -m netevents.agent.capture.cwalk``) serves hosts without a compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgpack
+
+from netevents.codec import PackedColumns
+from netevents.errors import CapabilityError
+
+from ..base import cache_dir
+from ..loadcheck import hash_matches, record_hash, untrusted
+from .ring import BlockInfo, PythonWalker
+from .summary import COLUMNS
+
+log = logging.getLogger("netevents.agent.capture")
+
+SOURCE = Path(__file__).with_name("walker.c")
+WALKER_ENV = "NETEVENTS_CAPTURE_WALKER"
+WALKERS = ("auto", "c", "python")
+SOURCE_NAME = "capture.c_walker"
+"""The status ``sources`` entry that says which walker runs (and why not C)."""
+
+# walker.c's column order: summary.COLUMNS without "queue" (constant per batch, added here).
+_C_COLUMNS = tuple(c for c in COLUMNS if c != "queue")
+
+
+class BuildError(RuntimeError):
+    """The walker cannot be built or loaded here; the message is one line saying why."""
+
+
+class FrameWalker(Protocol):
+    """What the collector needs from a walker: walk blocks into a batch, take the batch."""
+
+    name: str
+
+    def __len__(self) -> int:
+        """Frames in the batch being built."""
+
+    def walk(self, buf: Any, off: int) -> BlockInfo:
+        """Append the frames of the block at ``off`` of ``buf`` (ring memory) to the batch."""
+
+    def take(self, queue: int | None) -> tuple[Any, int, int]:
+        """The batch's columns (a mapping in summary.COLUMNS order), its first and last
+        timestamps; the walker starts a new batch. Only called with at least one frame."""
+
+
+def cache_root() -> Path:
+    return cache_dir("capture")
+
+
+def build(cache: Path | None = None) -> Path:
+    """The cached shared object, compiling it first if needed.
+
+    Raises:
+        BuildError: no cached object and no C compiler, the compile failed, or the cache
+            directory is not writable.
+    """
+    try:
+        return _build(cache)
+    except OSError as exc:
+        raise BuildError(f"C walker cache: {exc.filename or ''}: {exc.strerror or exc}") from exc
+
+
+def _build(cache: Path | None) -> Path:
+    machine = platform.machine() or "unknown"
+    tag = hashlib.sha256(SOURCE.read_bytes() + machine.encode()).hexdigest()[:12]
+    out = (cache or cache_root())
+    lib = out / f"walker-{machine}-{tag}.so"
+    if lib.exists():
+        # What root loads is what we built (netevents/agent/loadcheck.py): a cache someone else can
+        # write is not used; a library whose hash is not the recorded one is rebuilt.
+        why = untrusted(lib)
+        if why:
+            raise BuildError(f"not loading {lib}: {why}")
+        if hash_matches(lib):
+            return lib
+    cc = next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+    if cc is None:
+        raise BuildError("no C compiler (cc/gcc; Debian packages gcc libc6-dev)")
+    out.mkdir(parents=True, exist_ok=True, mode=0o755)
+    why = untrusted(out)
+    if why:
+        raise BuildError(f"not building into {out}: {why}")
+    # A per-process (and per-thread) name renamed into place: workers building at once never
+    # load a half-written file.
+    tmp = out / f"walker.tmp.{os.getpid()}.{threading.get_native_id()}.so"
+    try:
+        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
+                       capture_output=True, text=True, check=True, timeout=120)
+    except subprocess.CalledProcessError as exc:
+        tmp.unlink(missing_ok=True)
+        lines = (exc.stderr or "").strip().splitlines()
+        first = [ln for ln in lines if "error" in ln][:1] or lines[:1]
+        raise BuildError(f"building {SOURCE.name} failed: {first[0] if first else exc}") from None
+    except subprocess.TimeoutExpired:
+        tmp.unlink(missing_ok=True)
+        raise BuildError(f"building {SOURCE.name}: {cc} did not finish in 120 s") from None
+    record_hash(tmp, lib)
+    tmp.replace(lib)
+    return lib
+
+
+class _Block(ctypes.Structure):
+    _fields_ = [("seq", ctypes.c_uint64), ("first_ts", ctypes.c_uint64),
+                ("last_ts", ctypes.c_uint64), ("num_pkts", ctypes.c_uint32),
+                ("status", ctypes.c_uint32), ("walked", ctypes.c_uint32)]
+
+
+_lib: ctypes.CDLL | None = None
+_load_lock = threading.Lock()  # collectors in one process open their walkers in threads
+
+
+def load(cache: Path | None = None) -> ctypes.CDLL:
+    """The walker library (built if needed), loaded once per process (``cache`` counts only
+    for the first call).
+
+    Raises:
+        BuildError: see :func:`build`; or the object does not load.
+    """
+    with _load_lock:
+        return _load(cache)
+
+
+def _load(cache: Path | None) -> ctypes.CDLL:
+    global _lib
+    if _lib is not None:
+        return _lib
+    path = build(cache)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise BuildError(f"loading {path}: {exc}") from None
+    p, u64, sz = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t
+    lib.nw_batch_new.restype = p
+    lib.nw_batch_new.argtypes = []
+    lib.nw_batch_free.argtypes = [p]
+    lib.nw_batch_reset.argtypes = [p]
+    lib.nw_batch_rows.restype = u64
+    lib.nw_batch_rows.argtypes = [p]
+    lib.nw_batch_col.restype = p
+    lib.nw_batch_col.argtypes = [p, ctypes.c_int, ctypes.POINTER(sz)]
+    lib.nw_walk_block.restype = ctypes.c_int
+    lib.nw_walk_block.argtypes = [p, p, sz, sz, ctypes.POINTER(_Block)]
+    _lib = lib
+    return lib
+
+
+_PACK = msgpack.Packer(use_bin_type=True)
+_MAP_HEADER = _PACK.pack_map_header(len(COLUMNS))
+_KEYS = {name: _PACK.pack(name) for name in COLUMNS}
+
+
+class CWalker:
+    """Frames of whole blocks -> msgpack column bodies, in C (see walker.c).
+
+    Raises (from the constructor): BuildError, like :func:`load`.
+    """
+
+    name = "c"
+
+    def __init__(self, cache: Path | None = None) -> None:
+        self._lib = load(cache)
+        self._batch = self._lib.nw_batch_new()
+        if not self._batch:
+            raise MemoryError("C walker batch")
+        self._info = _Block()
+        self._info_ref = ctypes.byref(self._info)
+        self._rows = 0
+        self._first_ts = 0
+        self._last_ts = 0
+
+    def __del__(self) -> None:
+        batch, self._batch = getattr(self, "_batch", None), None
+        if batch:
+            self._lib.nw_batch_free(batch)
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def walk(self, buf: Any, off: int) -> BlockInfo:
+        if isinstance(buf, bytes):
+            rc = self._lib.nw_walk_block(self._batch, buf, len(buf), off, self._info_ref)
+        else:
+            # Ring memory (an mmap): its address for this one call; the export is released at
+            # once so the ring can still be closed.
+            view = (ctypes.c_char * len(buf)).from_buffer(buf)
+            try:
+                rc = self._lib.nw_walk_block(self._batch, ctypes.addressof(view), len(buf), off,
+                                             self._info_ref)
+            finally:
+                del view
+        if rc == -1:
+            # The block descriptor is outside the buffer: whatever the Python walker raises.
+            return PythonWalker().walk(buf, off)
+        if rc == -2:
+            raise MemoryError("C walker: out of memory growing the batch")
+        i = self._info
+        if i.walked:
+            if not self._rows:
+                self._first_ts = i.first_ts
+            self._last_ts = i.last_ts
+            self._rows += i.walked
+        return BlockInfo(i.seq, i.num_pkts, i.status, i.first_ts if i.walked else None,
+                         i.last_ts if i.walked else None, i.walked)
+
+    def take(self, queue: int | None) -> tuple[PackedColumns, int, int]:
+        lib, batch, n = self._lib, self._batch, self._rows
+        size = ctypes.c_size_t()
+        array = _PACK.pack_array_header(n)
+        parts = [_MAP_HEADER]
+        i = 0
+        for name in COLUMNS:
+            parts += (_KEYS[name], array)
+            if name == "queue":
+                parts.append(_PACK.pack(queue) * n)
+                continue
+            ptr = lib.nw_batch_col(batch, i, ctypes.byref(size))
+            parts.append(ctypes.string_at(ptr, size.value) if size.value else b"")
+            i += 1
+        lib.nw_batch_reset(batch)
+        self._rows = 0
+        return PackedColumns(b"".join(parts), n), self._first_ts, self._last_ts
+
+
+def open_walker(choice: str = "auto",
+                cache: Path | None = None) -> tuple[FrameWalker, str, bool]:
+    """The walker to use; when it is not the C one, the one line that says why; and whether
+    that is a fallback (C was wanted and could not be built) rather than asked for.
+
+    ``choice`` ``auto`` is overridden by ``$NETEVENTS_CAPTURE_WALKER`` when that is set.
+
+    Raises:
+        CapabilityError: ``c`` was asked for and cannot be built or loaded here.
+        ValueError: an unknown choice.
+    """
+    if choice == "auto":
+        choice = os.environ.get(WALKER_ENV) or "auto"
+    if choice not in WALKERS:
+        raise ValueError(f"capture walker {choice!r} is not one of {', '.join(WALKERS)}")
+    if choice == "python":
+        return PythonWalker(), "pure-Python block walker (asked for)", False
+    try:
+        return CWalker(cache), "", False
+    except BuildError as exc:
+        if choice == "c":
+            raise CapabilityError("capture", f"C block walker: {exc}") from None
+        return (PythonWalker(),
+                f"C block walker unavailable ({exc}); using the pure-Python walker", True)
+
+
+if __name__ == "__main__":  # install time: python -m netevents.agent.capture.cwalk
+    import sys
+
+    try:
+        print(build())
+    except BuildError as exc:
+        print(f"netevents.agent.capture.cwalk: {exc}", file=sys.stderr)
+        sys.exit(1)
