@@ -22,7 +22,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
-from ..codec import MAX_BATCH_BYTES, Batch, encode_batch
+from ..codec import HEADER_ROOM, MAX_BATCH_BYTES, Batch, encode_batch
 from ..errors import BusError
 from ..subjects import event_subject
 from .streams import stream_configs
@@ -43,6 +43,16 @@ def keyed_msg_id(key: bytes, batch: Batch) -> str:
     and a retry of the same batch (same key) still gets the same id."""
     plain = batch.msg_id
     return f"{plain}:{hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()[:32]}"
+
+
+def batch_limit(server_max_payload: int | None) -> int:
+    """The largest batch that fits a server whose ``max_payload`` is ``server_max_payload``
+    (None or 0: unknown, the bus's own limit) with its ``Nats-Msg-Id`` header."""
+    if not server_max_payload:
+        return MAX_BATCH_BYTES
+    # A tiny max_payload (tests, odd deployments) keeps half for the batch rather than nothing.
+    room = min(HEADER_ROOM, server_max_payload // 2)
+    return min(server_max_payload - room, MAX_BATCH_BYTES)
 
 
 class Bus:
@@ -143,7 +153,11 @@ class Bus:
 
     @property
     def max_payload(self) -> int:
-        return min(self.nc.max_payload or MAX_BATCH_BYTES, MAX_BATCH_BYTES)
+        """The largest batch this connection publishes: :data:`~netevents.codec.MAX_BATCH_BYTES`,
+        or less when the server's ``max_payload`` is smaller -- then that minus the room its
+        headers take (:data:`~netevents.codec.HEADER_ROOM`; nats-server counts headers in
+        ``max_payload``), so an agent splits a batch instead of having the server refuse it."""
+        return batch_limit(self.nc.max_payload)
 
     async def flush(self, timeout: float = 5.0) -> None:
         try:
