@@ -23,6 +23,16 @@ implausible batches in a row follow one another (a consumer that really was away
 long) does the tracker move to them (counted in ``rebased``, not as missed). A run whose
 *first* batch was the implausible one is rebased by the first batch far below it. A status
 that announces more than ``max_jump`` batches beyond what was received is ignored and counted.
+
+A jump within ``max_jump`` is believed at first, and the run's status checks it: a status
+announcing ``published = N`` below the position a jump (or a run's first batch) put the tracker
+at, while no batch has followed that one in order, contradicts it. The next batch of the run
+whose seq is below that position but within what the status announced is then not taken for a
+duplicate: the position was the lie. It is *retracted* (counted in :attr:`implausible` and
+:attr:`SequenceTracker.retracted`), the holes it made are taken back out of ``missed``, and the
+tracker goes on from the real batch -- the run's later batches are neither missed nor dropped.
+A status that is merely old (replayed out of order with another stream) changes nothing: the
+next batch in order confirms the position.
 """
 
 from __future__ import annotations
@@ -43,6 +53,14 @@ class RunState:
     duplicates: int = 0
     alt_last: int = 0
     alt_count: int = 0
+    jump_from: int = 0
+    """Position before the last jump (0: the jump was the run's first batch)."""
+    jump_gap: int = 0
+    """Batches the last jump counted as missed."""
+    unconfirmed: bool = True
+    """No batch has followed the last jump (or the first batch) in order yet."""
+    contradicted: int = 0
+    """A status announced this many batches, fewer than the unconfirmed position (0: none)."""
 
 
 @dataclass(slots=True)
@@ -71,6 +89,8 @@ class SequenceTracker:
         self.implausible: Counter[tuple[str, str]] = Counter()
         """(host, kind) -> batches (and announcements) rejected as implausible."""
         self.rebased = 0
+        self.retracted = 0
+        """Positions a run's status proved false (see the module docstring)."""
         self._runs: OrderedDict[tuple[str, str, str], RunState] = OrderedDict()
         self._announced: dict[tuple[str, str, str], int] = {}
         self._tally: dict[tuple[str, str], Tally] = {}
@@ -98,15 +118,44 @@ class SequenceTracker:
             return self._implausible(state, tally, host, kind, seq)
         state.alt_count = 0
         if seq <= state.last_seq:
+            if state.contradicted and state.jump_from < seq <= state.contradicted:
+                return self._retract(state, tally, host, kind, seq)
             state.duplicates += 1
             tally.duplicates += 1
             return -1
         gap = seq - state.last_seq - 1
+        if gap:
+            state.jump_from, state.jump_gap, state.unconfirmed = state.last_seq, gap, True
+        else:
+            state.unconfirmed = False
+        state.contradicted = 0
         state.last_seq = seq
         state.received += 1
         state.missed += gap
         tally.received += 1
         tally.missed += gap
+        return gap
+
+    def _retract(self, state: RunState, tally: Tally, host: str, kind: str, seq: int) -> int:
+        """The run's status said fewer batches exist than the position: the batch that put the
+        tracker there was not the run's. Undo its holes and go on from ``seq``, a real one."""
+        self.implausible[(host, kind)] += 1
+        self.retracted += 1
+        state.missed -= state.jump_gap
+        tally.missed -= state.jump_gap
+        if state.jump_from == 0:  # the lie was the run's first batch: it set before_join
+            tally.before_join -= state.last_seq - 1
+            tally.before_join += seq - 1
+            state.first_seq = seq
+            gap = 0
+        else:
+            gap = seq - state.jump_from - 1
+        state.missed += gap
+        tally.missed += gap
+        state.last_seq = seq
+        state.jump_gap = 0
+        state.unconfirmed = False
+        state.contradicted = 0
         return gap
 
     def _implausible(self, state: RunState, tally: Tally, host: str, kind: str, seq: int) -> int:
@@ -127,6 +176,7 @@ class SequenceTracker:
             # away that long. Move there (the batches in between are not counted as missed).
             state.last_seq = seq
             state.alt_count = 0
+            state.unconfirmed = False
             state.received += 1
             tally.received += 1
             self.rebased += 1
@@ -147,7 +197,8 @@ class SequenceTracker:
             state = self._runs[key]
             state.last_seq = max(state.last_seq, last_seq)
             return
-        self._runs[key] = RunState(first_seq=last_seq, last_seq=last_seq, received=0)
+        self._runs[key] = RunState(first_seq=last_seq, last_seq=last_seq, received=0,
+                                   unconfirmed=False)
         tally = self._tally.setdefault((host, kind), Tally())
         tally.runs += 1
 
@@ -158,7 +209,11 @@ class SequenceTracker:
         published before the consumer joined is not the consumer's loss)."""
         key = (host, run, kind)
         state = self._runs.get(key)
-        if state is None or published <= self._announced.get(key, 0):
+        if state is None:
+            return
+        if state.unconfirmed and published < state.last_seq:
+            state.contradicted = published  # checked by the run's next batch (_retract)
+        if published <= self._announced.get(key, 0):
             return
         if published > state.last_seq + self.max_jump:
             self.implausible[(host, kind)] += 1

@@ -53,6 +53,7 @@ class Intake:
         self.last_error: str | None = None
         self.tracker = SequenceTracker()
         self.shared_holes = 0
+        self._retracted = 0
 
     def accept(self, subject: str, data: bytes) -> Batch | None:
         """Decode one message; return None (and count why) when it is rejected or filtered.
@@ -81,6 +82,12 @@ class Intake:
             return None
         if missed < 0:
             return None  # duplicate of a batch already delivered
+        if self.tracker.retracted != self._retracted:
+            # The run's status proved an earlier batch's seq false (delivered before it could
+            # be known): counted as a sequence reject; this batch, a real one, goes on.
+            self._retracted = self.tracker.retracted
+            self._reject("sequence", f"message on {subject} before seq {batch.seq} of run "
+                         f"{batch.run!r}: its seq was above what the run's status announced")
         if self.shared and missed:
             self.shared_holes += missed
             missed = 0

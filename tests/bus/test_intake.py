@@ -163,3 +163,14 @@ def test_a_poisoned_seq_is_rejected_as_sequence_and_the_run_goes_on():
     assert intake.missed == 0
     intake.accept(*msg(status(published={"drop": 2**62})))  # a poisoned announcement
     assert intake.unreceived == 0
+
+
+def test_a_seq_the_runs_status_contradicts_is_rejected_as_sequence_and_nothing_is_missed():
+    intake = Intake(["drop", "status"])
+    for seq in range(1, 4):
+        assert intake.accept(*msg(batch(seq=seq))).missed == 0
+    assert intake.accept(*msg(batch(seq=900))).missed == 896   # a lie, plausible on its own
+    intake.accept(*msg(status(published={"drop": 5})))
+    assert [intake.accept(*msg(batch(seq=s))).missed for s in (4, 5, 6)] == [0, 0, 0]
+    assert intake.rejected == {"sequence": 1} and "announced" in intake.last_error
+    assert intake.missed == 0 and intake.unreceived == 0

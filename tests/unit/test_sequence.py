@@ -93,3 +93,41 @@ def test_an_implausible_announcement_is_ignored_and_counted():
     assert t.unreceived() == 0 and t.implausible[("h", "drop")] == 1
     t.announce("h", "r", "drop", 8)
     assert t.unreceived() == 3
+
+
+def test_a_seq_above_what_the_runs_status_announced_is_retracted_and_the_run_goes_on():
+    t = SequenceTracker()
+    for seq in range(1, 6):
+        t.observe("h", "r", "drop", seq)
+    assert t.observe("h", "r", "drop", 5000) == 4994   # plausible jump: believed at first
+    t.announce("h", "r", "drop", 7)                   # the run says: 7 published, not 5000
+    # 6 and 7 are real: not duplicates of the lie; the holes it made are taken back.
+    assert t.observe("h", "r", "drop", 6) == 0
+    assert t.observe("h", "r", "drop", 7) == 0
+    assert t.observe("h", "r", "drop", 7) == -1        # a true duplicate still is one
+    rep = t.report()["h"]["drop"]
+    assert (rep["missed"], rep["duplicates"], rep["implausible"]) == (0, 1, 1)
+    assert t.retracted == 1 and t.missed() == 0 and t.unreceived() == 0
+    for seq in range(8, 20):
+        assert t.observe("h", "r", "drop", seq) == 0
+
+
+def test_a_poisoned_first_batch_below_the_real_count_is_retracted_by_the_status():
+    t = SequenceTracker()
+    assert t.observe("h", "r", "frame", 900) == 0       # first batch: 899 before_join
+    t.announce("h", "r", "frame", 3)
+    assert t.observe("h", "r", "frame", 3) == 0         # real; not a duplicate of 900
+    assert t.observe("h", "r", "frame", 4) == 0
+    rep = t.report()["h"]["frame"]
+    assert (rep["before_join"], rep["missed"], rep["duplicates"], rep["implausible"]) == (2, 0, 0, 1)
+
+
+def test_an_old_status_that_a_batch_in_order_confirms_against_changes_nothing():
+    t = SequenceTracker()
+    t.observe("h", "r", "frame", 40)                    # joined late, real
+    t.announce("h", "r", "frame", 30)                   # an older status (replayed out of order)
+    assert t.observe("h", "r", "frame", 41) == 0        # in order: the position was real
+    assert t.observe("h", "r", "frame", 20) == -1       # so 20 is a duplicate
+    assert t.retracted == 0 and not t.implausible
+    rep = t.report()["h"]["frame"]
+    assert (rep["before_join"], rep["duplicates"]) == (39, 1)
