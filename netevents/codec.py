@@ -139,7 +139,7 @@ def _wire_events(kind: str, events: Any) -> Any:
         return columns_of(list(events))
     if type(events) is list and set(map(type, events)) <= {dict}:
         return events  # already wire dicts (one C-level pass instead of a loop)
-    return [e if isinstance(e, dict) else ev.to_wire(e) for e in events]
+    return [e if isinstance(e, (dict, msgspec.Struct)) else ev.to_wire(e) for e in events]
 
 
 def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
@@ -261,15 +261,23 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
     try:
         if k.columnar:
             events = wire.decode_columns(k, raw_events, budget)
+        elif k.rows is not None:
+            try:
+                events = k.rows.decode(raw_events)  # the fast path: every known key, no other
+                fast = True
+            except msgspec.ValidationError:
+                events = k.events.decode(raw_events)
+                fast = False
         else:
             events = k.events.decode(raw_events)
+            fast = False
     except msgspec.ValidationError as exc:
         raise k.explain(exc) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise MalformedError(f"not a msgpack batch: {type(exc).__name__}: {exc}"[:200]) from None
     if k.columnar:
         _check_lengths(kind, events)
-    else:
+    elif not fast:
         if len(ENCODER.encode(events)) != len(raw_events):
             # A key the typed pass skipped (or an encoder other than msgpack's shortest forms).
             events = wire.events_with_unknown_keys(k, raw_events, events, budget)

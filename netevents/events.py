@@ -21,6 +21,7 @@ import base64
 import dataclasses
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,7 +348,7 @@ def from_wire(kind: str, event: dict[str, Any]) -> Any:
 
 def json_view(obj: Any) -> Any:
     """A decoded batch or event with bytes as base64 strings: what ``tail --json`` prints."""
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):  # dicts and decoded rows (netevents.wire.EventRow)
         return {k: json_view(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_view(v) for v in obj]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .. import events as ev
 from ..codec import MAX_BATCH_BYTES, Batch, decode_batch
@@ -108,7 +108,7 @@ class Intake:
         """A status says how many batches of each kind its run published: the tracker learns
         what it should have received (:attr:`unreceived`)."""
         for e in batch.events:
-            published = e.get("published") if isinstance(e, dict) else None
+            published = e.get("published") if isinstance(e, Mapping) else None
             if isinstance(published, dict):
                 for kind, n in published.items():
                     if kind in self.kinds and type(n) is int:
