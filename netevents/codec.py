@@ -12,6 +12,7 @@ events`` plus optional batch fields (``boot``, ``agent``, kind-specific ones fro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -29,7 +30,7 @@ from .errors import (
     SubjectError,
     VersionError,
 )
-from .subjects import check_token
+from .subjects import MAX_TOKEN, check_token
 from .wire import ENCODER
 
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -224,6 +225,11 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
     if not data or data[0] not in _MAP_HEADS:
         raise MalformedError("a batch must be a msgpack map" + (
             f", got {_first_type(data[0])}" if data else ", got nothing"))
+    if data[0] != 0xDF and (data[0] < 0x90 or int.from_bytes(data[1:3]) <= ev.MAX_ENVELOPE_KEYS):
+        try:
+            return _one_pass(wire.ONE_PASS.decode(data))
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, SchemaError):
+            pass  # not the common shape, or not valid: the careful path accepts or explains
     try:
         head = _HEAD.decode(data)
     except msgspec.ValidationError as exc:
@@ -299,6 +305,33 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
                  events=events, fields=fields)
 
 
+def _one_pass(b: Any) -> Batch:
+    """A batch from :data:`netevents.wire.ONE_PASS`'s struct, with the checks a schema type
+    cannot make (raises SchemaError, and the careful path says which)."""
+    if b.t1 < b.t0 or not _TOKEN.match(b.site) or not _TOKEN.match(b.host):
+        raise SchemaError("envelope")
+    kind = b.__struct_config__.tag
+    fields = {}
+    for name in wire.ONE_PASS_FIELDS[kind]:
+        value = getattr(b, name)
+        if value is not msgspec.UNSET:
+            fields[name] = value
+    events = b.events
+    if kind in ev.COLUMNAR:
+        events = {}
+        n = -1
+        for name in b.events.__struct_fields__:
+            col = getattr(b.events, name)
+            if col is not msgspec.UNSET:
+                if len(col) != n and n >= 0:
+                    raise SchemaError("column lengths")
+                n = len(col)
+                events[name] = col
+    return Batch(kind=kind, site=b.site, host=b.host, run=b.run, seq=b.seq, t0=b.t0, t1=b.t1,
+                 events=events, fields=fields)
+
+
+_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_TOKEN}}}\Z")
 _ANY_SMALL = msgspec.msgpack.Decoder()
 _ENVELOPE_ONLY = frozenset(_ENVELOPE_KEYS) - {"boot", "agent"}
 _BOTH = {"boot": _STR, "agent": _STR}

@@ -15,9 +15,10 @@ agents make) and otherwise takes them again key by key to keep the unknown ones
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, ClassVar, Literal, NotRequired, Required, TypedDict
+from typing import Annotated, Any, ClassVar, Literal, NotRequired, Required, TypedDict, Union
 
 import msgspec
 
@@ -162,21 +163,37 @@ class EventRow(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 Mapping.register(EventRow)
 
 
+def _row_struct(name: str, names: list[str], spec: list) -> type[EventRow]:
+    spec.sort(key=lambda item: len(item) == 3)  # required fields first (no default)
+    cls = msgspec.defstruct(name, spec, bases=(EventRow,), module=__name__, gc=False,
+                            forbid_unknown_fields=True)
+    cls._names = frozenset(names)
+    globals()[name] = cls  # importable by name, so a row pickles
+    return cls
+
+
+_FLOW_KEYS = [f.name for f in dataclasses.fields(ev.Flow)]
+FlowRow = _row_struct("FlowRow", _FLOW_KEYS, [
+    (n, mtype(ev.FLOW.values) | msgspec.UnsetType, msgspec.UNSET) for n in _FLOW_KEYS])
+"""A drop's ``flow`` map in its fast form when it holds only the keys of
+:class:`~netevents.events.Flow` (each of the map's value type): one Struct instead of a dict."""
+
+
+def _row_mtype(w: ev.W) -> Any:
+    if w.json == "object" and w.values == ev.FLOW.values and w.max_items == ev.FLOW.max_items:
+        return FlowRow | None if w.nullable else FlowRow
+    return mtype(w)
+
+
 def row_type(kind: str) -> type[EventRow]:
     """The :class:`EventRow` of a list kind, from its record in ``events.py``."""
     fields = ev.fields_of(kind)
     spec = []
     for f in fields:
-        t = mtype(f.metadata["wire"])
+        t = _row_mtype(f.metadata["wire"])
         spec.append((f.name, t) if f.metadata["required"]
                     else (f.name, t | msgspec.UnsetType, msgspec.UNSET))
-    spec.sort(key=lambda item: len(item) == 3)  # required fields first (no default)
-    name = f"{ev.RECORDS[kind].__name__}Row"
-    cls = msgspec.defstruct(name, spec, bases=(EventRow,), module=__name__, gc=False,
-                            forbid_unknown_fields=True)
-    cls._names = frozenset(f.name for f in fields)
-    globals()[name] = cls  # importable by name, so a row pickles
-    return cls
+    return _row_struct(f"{ev.RECORDS[kind].__name__}Row", [f.name for f in fields], spec)
 
 
 class Kind:
@@ -262,6 +279,55 @@ def explain(kind: str, columnar: bool, message: str) -> str:
 
 
 KINDS: dict[str, Kind] = {kind: Kind(kind) for kind in ev.KINDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# One pass: a whole batch of the common shape (every key known to v1, no free form) decodes in
+# one typed call, envelope and events together, instead of reading the envelope, then skipping
+# over the events to find them, then decoding them. Anything else fails it and takes the
+# careful path of netevents.codec.decode_batch, which accepts or explains it; so what this
+# accepts is a part of what that accepts (the contract tests check the codec as a whole).
+
+class BatchStruct(msgspec.Struct, gc=False, forbid_unknown_fields=True, tag_field="kind"):
+    """Envelope fields common to every kind (``kind`` is the tag); subclasses add ``events``
+    and their batch fields."""
+
+
+def _batch_struct(kind: str) -> Any:
+    k = KINDS[kind]
+    if k.columnar:
+        fields = ev.fields_of(kind)
+        cols = [(f.name, Annotated[list[mtype(f.metadata["wire"])], msgspec.Meta(
+                    max_length=ev.MAX_ROWS)]) if f.metadata["required"] else
+                (f.name, Annotated[list[mtype(f.metadata["wire"])], msgspec.Meta(
+                    max_length=ev.MAX_ROWS)] | msgspec.UnsetType, msgspec.UNSET) for f in fields]
+        cols.sort(key=lambda item: len(item) == 3)
+        events: Any = msgspec.defstruct(f"{ev.RECORDS[kind].__name__}Columns", cols,
+                                        module=__name__, gc=False, forbid_unknown_fields=True)
+        globals()[events.__name__] = events
+    else:
+        events = Annotated[list[k.row], msgspec.Meta(max_length=ev.MAX_ROWS)]
+    spec: list[tuple] = [
+        ("v", Literal[ev.VERSION]), ("site", str), ("host", str),
+        ("run", Annotated[str, msgspec.Meta(min_length=1, max_length=64)]),
+        ("seq", Annotated[int, msgspec.Meta(ge=1)]), ("t0", Annotated[int, msgspec.Meta(ge=0)]),
+        ("t1", Annotated[int, msgspec.Meta(ge=0)]), ("events", events),
+        ("boot", str | msgspec.UnsetType, msgspec.UNSET),
+        ("agent", str | msgspec.UnsetType, msgspec.UNSET)]
+    spec += [(name, mtype(w) | msgspec.UnsetType, msgspec.UNSET)
+             for name, (w, _doc) in ev.BATCH_FIELDS.get(kind, {}).items()]
+    return msgspec.defstruct(f"{ev.RECORDS[kind].__name__}Batch", spec, bases=(BatchStruct,),
+                             module=__name__, tag=kind, gc=False, forbid_unknown_fields=True)
+
+
+_ONE_PASS = tuple(_batch_struct(kind) for kind, k in KINDS.items()
+                  if k.columnar or k.rows is not None)
+ONE_PASS = msgspec.msgpack.Decoder(Union[_ONE_PASS])  # type: ignore[valid-type]  # noqa: UP007
+"""Decodes a whole batch of any kind but ``incident`` when every key is known to v1."""
+ONE_PASS_FIELDS = {cls.__struct_config__.tag: tuple(
+    n for n in cls.__struct_fields__ if n not in ("v", "site", "host", "run", "seq", "t0", "t1",
+                                                   "events")) for cls in _ONE_PASS}
+"""Per kind, the batch fields of its one-pass struct (``boot``, ``agent``, the kind's own)."""
 
 
 def decode_columns(k: Kind, raw: Any, budget: list[int]) -> dict[str, list]:

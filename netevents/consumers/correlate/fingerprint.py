@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 # sll_pkttype values (include/uapi/linux/if_packet.h): PACKET_HOST 0, BROADCAST 1,
@@ -71,7 +72,7 @@ def dropped_packet_fingerprint(event: dict) -> bytes | None:
     """
     flow = event.get("flow")
     payload = event.get("payload")
-    if event.get("source") != "ebpf" or not isinstance(flow, dict) or not isinstance(payload, bytes):
+    if event.get("source") != "ebpf" or not isinstance(flow, Mapping) or not isinstance(payload, bytes):
         return None
     src, dst = flow.get("src"), flow.get("dst")
     if not isinstance(src, str) or not isinstance(dst, str):

@@ -9,6 +9,7 @@ an entity is the directory's (:meth:`.directory.HostDirectory.attribute`).
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ...codec import Batch
@@ -92,7 +93,7 @@ class DropLedger:
         first = int(e.get("first_ts") or batch.t0)
         last = int(e.get("last_ts") or batch.t1)
         machine = d.machine_of(batch.host)
-        flow = e.get("flow") if isinstance(e.get("flow"), dict) else None
+        flow = e.get("flow") if isinstance(e.get("flow"), Mapping) else None
         pair = (flow.get("src"), flow.get("dst")) if flow else None
         self._remember(d.machine_key(batch.host),
                        (last, entity, machine, reason, location, how, count, pair))
