@@ -20,6 +20,7 @@ PROGRAM = r'''
 import json, sys, trio
 import netevents.trio
 from netevents.codec import Batch
+from netevents.events import json_view
 
 async def consumer(url):
     async with netevents.trio.open_bus(url) as bus:
@@ -35,7 +36,7 @@ async def consumer(url):
                     if b is not None:
                         got.append(b)
             print(json.dumps({"seqs": [b.seq for b in got], "missed": sub.missed,
-                              "events": got[0].events}))
+                              "events": json_view(got[0].events)}))
 
 trio.run(consumer, sys.argv[1])
 '''
