@@ -311,26 +311,20 @@ def _one_pass(b: Any) -> Batch:
     if b.t1 < b.t0 or not _TOKEN.match(b.site) or not _TOKEN.match(b.host):
         raise SchemaError("envelope")
     kind = b.__struct_config__.tag
-    fields = {}
-    for name in wire.ONE_PASS_FIELDS[kind]:
-        value = getattr(b, name)
-        if value is not msgspec.UNSET:
-            fields[name] = value
+    unset = msgspec.UNSET
+    whole = _asdict(b)
+    fields = {name: v for name in wire.ONE_PASS_FIELDS[kind] if (v := whole[name]) is not unset}
     events = b.events
-    if kind in ev.COLUMNAR:
-        events = {}
-        n = -1
-        for name in b.events.__struct_fields__:
-            col = getattr(b.events, name)
-            if col is not msgspec.UNSET:
-                if len(col) != n and n >= 0:
-                    raise SchemaError("column lengths")
-                n = len(col)
-                events[name] = col
+    if kind in _COLUMNAR:
+        events = {name: col for name, col in _asdict(events).items() if col is not unset}
+        if len(set(map(len, events.values()))) > 1:
+            raise SchemaError("column lengths")
     return Batch(kind=kind, site=b.site, host=b.host, run=b.run, seq=b.seq, t0=b.t0, t1=b.t1,
                  events=events, fields=fields)
 
 
+_asdict = msgspec.structs.asdict
+_COLUMNAR = ev.COLUMNAR
 _TOKEN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_TOKEN}}}\Z")
 _ANY_SMALL = msgspec.msgpack.Decoder()
 _ENVELOPE_ONLY = frozenset(_ENVELOPE_KEYS) - {"boot", "agent"}
