@@ -319,6 +319,8 @@ class Subscription:
         """The next batch, or None after ``timeout`` seconds without one (or, for a replay
         with ``until``, once it is over: :attr:`finished`)."""
         try:
+            if self._started and self._pending_ack is None and not self._queue.empty():
+                return await self.__anext__()  # ready: no timer to arm and cancel (hot path)
             async with asyncio.timeout(timeout):
                 return await self.__anext__()
         except (TimeoutError, StopAsyncIteration):
