@@ -26,12 +26,22 @@ def check_token(value: object, what: str) -> str:
     Raises:
         SubjectError: if it is not a non-empty string of ``[A-Za-z0-9_-]`` up to 128 chars.
     """
+    if type(value) is str and value in _VALID:  # hot path: every publish checks its tokens
+        return value
     if not isinstance(value, str) or not _TOKEN.match(value) or len(value) > MAX_TOKEN:
         raise SubjectError(
             f"invalid {what} {value!r}: a {what} must be 1-{MAX_TOKEN} characters of "
             "[A-Za-z0-9_-] (no dots, spaces or wildcards)"
         )
+    if type(value) is str:
+        if len(_VALID) >= 65536:
+            _VALID.clear()
+        _VALID.add(value)
     return value
+
+
+_VALID: set[str] = set()
+"""Tokens already found valid (bounded): a fleet's hosts repeat on every batch."""
 
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_\-*?\[\]!]+$")

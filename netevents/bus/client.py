@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
 import os
@@ -42,7 +41,7 @@ def keyed_msg_id(key: bytes, batch: Batch) -> str:
     first and have its real batches dropped as duplicates; with a per-run secret it cannot,
     and a retry of the same batch (same key) still gets the same id."""
     plain = batch.msg_id
-    return f"{plain}:{hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()[:32]}"
+    return f"{plain}:{hmac.digest(key, plain.encode(), 'sha256').hex()[:32]}"
 
 
 def batch_limit(server_max_payload: int | None) -> int:
