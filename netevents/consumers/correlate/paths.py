@@ -9,6 +9,7 @@ is judged only once B's capture is known a grace period past it (or it waited ``
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,12 @@ from .partition import Partition, partition_of
 NS = 1_000_000_000
 
 SOURCE_NAMES = {0: "fallback", 1: "software", 2: "hardware"}
+
+
+@functools.lru_cache(maxsize=64)
+def _source_pair(src_a: int, src_b: int) -> str:
+    """``software->hardware``: which clocks the two timestamps of a delivered frame came from."""
+    return f"{SOURCE_NAMES.get(src_a, src_a)}->{SOURCE_NAMES.get(src_b, src_b)}"
 
 
 def _quantile(values: list[int], q: float) -> int | None:
@@ -113,54 +120,69 @@ class PathLoss:
 
     def frames(self, batch: Batch) -> None:
         """Match the frames of a ``frame`` batch (columns) with those seen elsewhere."""
+        # Hot loop (every frame of the fleet passes here): columns walked together with zip,
+        # attributes bound to locals, each address turned into text once per batch.
         cols = batch.events
         n = len(batch)
         get = cols.get
-        ts_c, src_c, dst_c, l4_c = get("ts") or [], get("src") or [None] * n, get("dst") or [None] * n, get("l4") or [None] * n
-        sp_c, dp_c = get("sport") or [None] * n, get("dport") or [None] * n
-        id_c, seq_c = get("ip_id") or [None] * n, get("tcp_seq") or [None] * n
-        head_c, dir_c = get("head") or [None] * n, get("dir") or [0] * n
-        tss_c = get("ts_src") or [0] * n
-        len_c = get("len") or [0] * n
+        none, zero = [None] * n, [0] * n
+        ts_c, src_c, dst_c, l4_c = get("ts") or [], get("src") or none, get("dst") or none, get("l4") or none
+        sp_c, dp_c = get("sport") or none, get("dport") or none
+        id_c, seq_c = get("ip_id") or none, get("tcp_seq") or none
+        head_c, dir_c = get("head") or none, get("dir") or zero
+        tss_c = get("ts_src") or zero
+        len_c = get("len") or zero
         host = batch.host
         learn = self.directory.learn_addr
         part_n, part_k = self.partition.n, self.partition.k
-        for i in range(n):
+        arrivals, departures, max_frames = self.arrivals, self.departures, self.max_frames
+        delivered, counts, evicted = self._delivered, self.counts, self.evicted
+        texts: dict[Any, str | None] = {}
+
+        def text(raw: Any) -> str | None:
+            t = texts.get(raw, texts)
+            if t is texts:
+                t = texts[raw] = addr_text(raw)
+            return t  # type: ignore[return-value]
+
+        for ts, tss, d, src, dst, l4, sport, dport, ip_id, tcp_seq, head, length in zip(
+                ts_c, tss_c, dir_c, src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c, len_c,
+                strict=False):  # equal lengths: the codec checked them
             if part_n > 1:
-                a, b = src_c[i], dst_c[i]
-                if not a or not b or partition_of(a + b if a < b else b + a, part_n) != part_k:
+                if not src or not dst or partition_of(src + dst if src < dst else dst + src,
+                                                      part_n) != part_k:
                     continue  # another member's path (both directions of a pair go together)
-            fp = fingerprint(src_c[i], dst_c[i], l4_c[i], sp_c[i], dp_c[i], id_c[i], seq_c[i], head_c[i])
+            fp = fingerprint(src, dst, l4, sport, dport, ip_id, tcp_seq, head)
             if fp is None:
                 continue
-            ts, tss, d = int(ts_c[i]), int(tss_c[i] or 0), dir_c[i]
+            ts, tss = int(ts), int(tss or 0)
             if d == PACKET_OUTGOING:
-                src_t = addr_text(src_c[i])
+                src_t = text(src)
                 learn(src_t, host)
-                arr = self.arrivals.pop(fp, None)
+                arr = arrivals.pop(fp, None)
                 if arr is not None:
-                    self._delivered(host, arr.host, ts, tss, arr.ts, arr.ts_src)
+                    delivered(host, arr.host, ts, tss, arr.ts, arr.ts_src)
                     continue
-                if fp in self.departures:
-                    self.counts["duplicate_fingerprints"] += 1
+                if fp in departures:
+                    counts["duplicate_fingerprints"] += 1
                     continue
-                if len(self.departures) >= self.max_frames:
-                    self.departures.popitem(last=False)
-                    self.evicted["frames"] += 1
-                self.departures[fp] = Departure(host, ts, tss, addr_text(dst_c[i]), src_t,
-                                                l4_c[i] == IPPROTO_TCP and (len_c[i] or 0) > MAX_FRAME)
+                if len(departures) >= max_frames:
+                    departures.popitem(last=False)
+                    evicted["frames"] += 1
+                departures[fp] = Departure(host, ts, tss, text(dst), src_t,
+                                           l4 == IPPROTO_TCP and (length or 0) > MAX_FRAME)
             elif d in ARRIVING:
                 if d == 0:
-                    learn(addr_text(dst_c[i]), host)
-                dep = self.departures.get(fp)
+                    learn(text(dst), host)
+                dep = departures.get(fp)
                 if dep is not None and dep.host != host:
-                    del self.departures[fp]
-                    self._delivered(dep.host, host, dep.ts, dep.ts_src, ts, tss)
+                    del departures[fp]
+                    delivered(dep.host, host, dep.ts, dep.ts_src, ts, tss)
                     continue
-                if len(self.arrivals) >= self.max_frames:
-                    self.arrivals.popitem(last=False)
-                    self.evicted["frames"] += 1
-                self.arrivals[fp] = Arrival(host, ts, tss)
+                if len(arrivals) >= max_frames:
+                    arrivals.popitem(last=False)
+                    evicted["frames"] += 1
+                arrivals[fp] = Arrival(host, ts, tss)
 
     def _pair(self, a: str, b: str) -> PairStats:
         p = self.pairs.get((a, b))
@@ -172,10 +194,10 @@ class PathLoss:
         return p
 
     def _delivered(self, a: str, b: str, ts_a: int, src_a: int, ts_b: int, src_b: int) -> None:
-        p = self._pair(a, b)
+        p = self.pairs.get((a, b)) or self._pair(a, b)
         p.delivered += 1
         p.delays_ns.append(ts_b - ts_a)
-        p.ts_sources[f"{SOURCE_NAMES.get(src_a, src_a)}->{SOURCE_NAMES.get(src_b, src_b)}"] += 1
+        p.ts_sources[_source_pair(src_a, src_b)] += 1
         p.seen(ts_a)
 
     def judge(self, now: int, *, flush: bool = False) -> None:
