@@ -322,6 +322,7 @@ def _batch_struct(kind: str) -> Any:
 
 _ONE_PASS = tuple(_batch_struct(kind) for kind, k in KINDS.items()
                   if k.columnar or k.rows is not None)
+ONE_PASS_TYPES = _ONE_PASS
 ONE_PASS = msgspec.msgpack.Decoder(Union[_ONE_PASS])  # type: ignore[valid-type]  # noqa: UP007
 """Decodes a whole batch of any kind but ``incident`` when every key is known to v1."""
 ONE_PASS_FIELDS = {cls.__struct_config__.tag: tuple(
