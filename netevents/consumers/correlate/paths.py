@@ -18,7 +18,7 @@ from ...codec import Batch
 from ...events import IncidentEvent
 from .coverage import CaptureCoverage
 from .directory import HostDirectory
-from .fingerprint import ARRIVING, IPPROTO_TCP, MAX_FRAME, PACKET_OUTGOING, addr_text, fingerprint
+from .fingerprint import ARRIVING, IPPROTO_TCP, MAX_FRAME, PACKET_OUTGOING, addr_text, fingerprints
 from .ledger import DropLedger
 from .partition import Partition, partition_of
 
@@ -145,14 +145,17 @@ class PathLoss:
                 t = texts[raw] = addr_text(raw)
             return t  # type: ignore[return-value]
 
-        for ts, tss, d, src, dst, l4, sport, dport, ip_id, tcp_seq, head, length in zip(
-                ts_c, tss_c, dir_c, src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c, len_c,
+        if part_n > 1:  # only this member's paths (both directions of a pair go together)
+            mine = [i for i, (a, b) in enumerate(zip(src_c, dst_c, strict=False)) if a and b
+                    and partition_of(a + b if a < b else b + a, part_n) == part_k]
+            if len(mine) < n:
+                ts_c, tss_c, dir_c, src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c, len_c = (
+                    [c[i] for i in mine] for c in (ts_c, tss_c, dir_c, src_c, dst_c, l4_c, sp_c,
+                                                   dp_c, id_c, seq_c, head_c, len_c))
+        fps = fingerprints(src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c)
+        for fp, ts, tss, d, src, dst, l4, length in zip(
+                fps, ts_c, tss_c, dir_c, src_c, dst_c, l4_c, len_c,
                 strict=False):  # equal lengths: the codec checked them
-            if part_n > 1:
-                if not src or not dst or partition_of(src + dst if src < dst else dst + src,
-                                                      part_n) != part_k:
-                    continue  # another member's path (both directions of a pair go together)
-            fp = fingerprint(src, dst, l4, sport, dport, ip_id, tcp_seq, head)
             if fp is None:
                 continue
             ts, tss = int(ts), int(tss or 0)
