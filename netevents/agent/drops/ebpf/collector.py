@@ -32,8 +32,8 @@ from ...kernel.netns import NetnsNames, resolve, scan
 from ...kernel.tracefs import boottime_offset_ns
 from . import layout as L
 from . import libbpf
-from .prebuilt import PrebuiltError, prebuilt
 from .filter import DropFilter
+from .prebuilt import PrebuiltError, prebuilt
 
 log = logging.getLogger("netevents.agent.drops.ebpf")
 

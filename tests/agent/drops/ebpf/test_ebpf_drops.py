@@ -28,6 +28,7 @@ from netevents.agent.runner import AgentRunner, RunnerOptions
 from netevents.bus import connect
 from netevents.errors import CapabilityError
 
+
 def _has_libbpf() -> bool:
     from netevents.agent.drops.ebpf import libbpf
 
