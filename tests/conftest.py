@@ -32,7 +32,7 @@ import netevents  # noqa: E402
 from netevents.bus import EmbeddedServer  # noqa: E402
 
 if INSTALLED:
-    if Path(netevents.__file__).resolve().is_relative_to(ROOT):
+    if Path(netevents.__file__).resolve().parent == ROOT / "netevents":
         raise pytest.UsageError(
             f"NETEVENTS_TESTS=installed but netevents was imported from the checkout "
             f"({netevents.__file__}): run python with -P (or PYTHONSAFEPATH=1), as "

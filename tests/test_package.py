@@ -67,11 +67,13 @@ def test_the_sdist_builds_the_wheel_and_carries_the_tests_and_deployments():
 def test_tests_and_their_subprocesses_import_the_installed_package():
     import netevents
 
-    assert not Path(netevents.__file__).resolve().is_relative_to(ROOT)
+    source = ROOT / "netevents"
+    assert Path(netevents.__file__).resolve().parent != source
     # A subprocess started from the checkout (as many tests do) gets the installed one too.
     p = subprocess.run([sys.executable, "-c", "import netevents; print(netevents.__file__)"],
                        cwd=ROOT, capture_output=True, text=True, check=True)
-    assert not Path(p.stdout.strip()).resolve().is_relative_to(ROOT), p.stdout
+    assert Path(p.stdout.strip()).resolve().parent != source, p.stdout
+    assert "site-packages" in p.stdout
 
 
 def _ebpf_missing() -> list[str]:
@@ -89,8 +91,9 @@ def _ebpf_missing() -> list[str]:
     return missing
 
 
-@pytest.mark.skipif(bool(_ebpf_missing()), reason=f"needs {', '.join(_ebpf_missing())}")
-def test_agent_attaches_ebpf_and_the_c_walker_with_no_compiler_on_path(nats_url, tmp_path):
+def agent_sources(nats_url: str, tmp_path: Path, wrapper: list[str] = ()) -> tuple[dict, str]:
+    """Run the installed ``netevents agent`` (eBPF drops, capture on lo) with no compiler on
+    PATH, behind ``wrapper`` (e.g. setpriv); its status ``sources`` and its stderr."""
     empty = tmp_path / "bin"
     empty.mkdir()
     env = {**os.environ, "PATH": str(empty)}   # no clang, cc, gcc, bpftool
@@ -106,7 +109,7 @@ def test_agent_attaches_ebpf_and_the_c_walker_with_no_compiler_on_path(nats_url,
             sub = bus.subscribe(["status"], hosts=["wheel"])
             await sub.start()
             agent = await asyncio.create_subprocess_exec(
-                str(script), "agent", "--bus", nats_url, "--config", str(conf),
+                *wrapper, str(script), "agent", "--bus", nats_url, "--config", str(conf),
                 "--duration", "5", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE)
             sources: dict = {}
             try:
@@ -120,7 +123,15 @@ def test_agent_attaches_ebpf_and_the_c_walker_with_no_compiler_on_path(nats_url,
                 _, err = await agent.communicate()
             return sources, err.decode()
 
-    sources, err = asyncio.run(main())
+    return asyncio.run(main())
+
+
+needs_ebpf = pytest.mark.skipif(bool(_ebpf_missing()), reason=f"needs {', '.join(_ebpf_missing())}")
+
+
+@needs_ebpf
+def test_agent_attaches_ebpf_and_the_c_walker_with_no_compiler_on_path(nats_url, tmp_path):
+    sources, err = agent_sources(nats_url, tmp_path)
     assert "ebpf: kfree_skb_btf attached" in err, err[-3000:]
     assert sources["drops.ebpf"] == {"state": "running"}, sources
     assert sources["capture.c_walker"] == {"state": "running"}, sources
