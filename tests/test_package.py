@@ -138,6 +138,17 @@ def test_agent_attaches_ebpf_and_the_c_walker_with_no_compiler_on_path(nats_url,
     assert "not found" not in err and "unavailable" not in err, err[-3000:]
 
 
+def test_the_readme_test_command_is_what_ci_runs():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"## Test it.*?```sh\n(.*?)\n```", readme, re.S).group(1).strip()
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+          if ln and not ln.startswith(("#", "set ", "cd "))]
+    assert ci == [command]
+    assert "test-installed.sh" in command
+
+
 def test_no_file_refers_outside_the_repository():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     if files.returncode != 0:
