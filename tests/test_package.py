@@ -138,6 +138,29 @@ def test_agent_attaches_ebpf_and_the_c_walker_with_no_compiler_on_path(nats_url,
     assert "not found" not in err and "unavailable" not in err, err[-3000:]
 
 
+def test_a_wheel_built_without_a_compiler_runs_the_python_walker_and_says_why(tmp_path):
+    # CC=/bin/false: what a build host without gcc gives (the extension is optional).
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                            str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True,
+                           env={**os.environ, "CC": "/bin/false"}, timeout=600)
+    if build.returncode != 0:
+        pytest.skip(f"cannot build a wheel here (pip wheel: {build.stderr.strip()[-300:]})")
+    [wheel] = (tmp_path / "dist").glob("netevents-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert not [n for n in z.namelist() if "_cwalker" in n and n.endswith(".so")]
+        assert "netevents/agent/drops/ebpf/kfree_skb.bpf.o" in z.namelist()
+        z.extractall(tmp_path / "site")
+    code = ("import netevents; from netevents.agent.capture import cwalk; "
+            "w, why, fallback = cwalk.open_walker(); print(netevents.__file__); print(why)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    where, why = p.stdout.strip().splitlines()
+    assert where.startswith(str(tmp_path / "site"))
+    assert why == ("C block walker unavailable (not built when netevents was installed (no C "
+                   "compiler then: Debian package gcc; reinstall netevents to build it)); "
+                   "using the pure-Python walker")
+
+
 def test_the_readme_test_command_is_what_ci_runs():
     import re
 
