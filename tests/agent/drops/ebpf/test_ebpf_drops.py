@@ -298,9 +298,9 @@ def test_a_stale_object_is_one_capability_error(monkeypatch, tmp_path):
         EbpfDrops().open()
 
 
-def test_auto_order_prefers_netdm_then_ebpf_then_tracepoint():
+def test_auto_order_prefers_ebpf_then_netdm_then_tracepoint():
     c = build_drops({})
-    assert [s.name for s in c.event_sources] == ["drops.netdm", "drops.ebpf", "drops.tracepoint"]
+    assert [s.name for s in c.event_sources] == ["drops.ebpf", "drops.netdm", "drops.tracepoint"]
     assert c.counter_source is not None
     c = build_drops({"source": "tracepoint", "counter": False})
     assert [s.name for s in c.event_sources] == ["drops.tracepoint"] and c.counter_source is None
