@@ -24,8 +24,16 @@ from typing import NamedTuple
 
 from netevents.errors import CapabilityError, NetlinkError
 
-from .netlink import (NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attrs, check_error,
-                      messages, pack_message)
+from .netlink import (
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    attrs,
+    check_error,
+    messages,
+    pack_message,
+)
 from .netns import in_netns
 
 NETLINK_ROUTE = 0

@@ -112,7 +112,7 @@ class HostDirectory:
         addresses = e.get("addresses")
         if isinstance(addresses, dict):
             mine: set[str] = set()
-            for ns, addrs in addresses.items():
+            for _ns, addrs in addresses.items():
                 for text in addrs if isinstance(addrs, list) else ():
                     try:
                         mine.add(str(ipaddress.ip_address(text)))
