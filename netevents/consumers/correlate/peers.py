@@ -3,7 +3,7 @@ a peer address (``ipstat``) and, when the address is a fleet host B's (its statu
 drops on the flows between them, by reason and location.
 
 An incident is an *episode* of one (A, peer): it opens with the first ipstat window that
-raises a flag (retransmits, timeouts or resets), takes every later window of the pair while
+raises a flag (retransmits, timeouts, resets or losses), takes every later window of the pair while
 they keep coming, and closes once the pair has been quiet for ``window``. It is published when
 it opens, at most once per ``report`` while it lasts, and once more when it closes; each
 publication carries the figures of its whole span so far (``first_ts`` .. ``last_ts``) and,
@@ -37,7 +37,8 @@ SUMMED = ("retrans_segs", "timeouts", "resets", "resets_in", "lost", "bytes_retr
           "segs_in", "bytes_sent", "bytes_acked", "bytes_received", "dsack_dups", "opened",
           "closed")
 """The ipstat fields an episode adds up (only those the events carry)."""
-FLAGGING = ("retrans_segs", "timeouts", "resets", "resets_in")
+FLAGGING = ("retrans_segs", "timeouts", "resets", "resets_in", "lost")
+"""Figures that open an episode (retransmits: at least ``min_retrans``; the others: any)."""
 RECENT_DROPS_NS = 120 * NS
 """How long drops on a pair's flows wait for the episode they may belong to (stream time)."""
 
@@ -62,7 +63,8 @@ class Episode:
     rtt_us: int | None = None
     flags: set = field(default_factory=set)
     drops: Counter = field(default_factory=Counter)
-    """(reason, location) -> B's drops on the pair's flows in the span published so far."""
+    """(reason, location) -> B's drops on the pair's flows in the span published so far
+    (``totals``, ``windows``, ``rtt_us``, ``flags``: likewise, of A's windows)."""
     pending: list = field(default_factory=list)
     """(last_ts, reason, location, count) of B's drops not yet published (later than the cut)."""
     late: int = 0
@@ -73,7 +75,8 @@ class Episode:
     """The span's end at the last publication."""
     published_at: int | None = None
     publications: int = 0
-    missing_at_open: dict = field(default_factory=dict)
+    queued: list = field(default_factory=list)
+    """(window end, figures, rtt_us, flags) of the ipstat windows not yet published."""
 
 
 class PeerViews:
@@ -130,20 +133,15 @@ class PeerViews:
             ep = self.episodes.get(key)
             if ep is None:
                 if not (_num(e.get("retrans_segs")) >= self.min_retrans
-                        or any(_num(e.get(f)) > 0 for f in FLAGGING[1:])):
+                        or any(_num(e.get(f)) > 0 for f in FLAGGING[1:])):  # not a red flag
                     continue
                 ep = self._open(batch.host, peer, batch.t0, batch.t1)
                 if ep is None:
                     continue
             ep.last_ts = max(ep.last_ts, batch.t1)
-            ep.windows += 1
-            for f in SUMMED:
-                if f in e:
-                    ep.present.add(f)
-                    ep.totals[f] += _num(e[f])
-            if type(e.get("rtt_us")) is int:
-                ep.rtt_us = e["rtt_us"]
-            ep.flags.update(str(x) for x in e.get("flags") or ())
+            ep.queued.append((batch.t1, {f: _num(e[f]) for f in SUMMED if f in e},
+                              e.get("rtt_us") if type(e.get("rtt_us")) is int else None,
+                              [str(x) for x in e.get("flags") or ()]))
         return []
 
     def _open(self, a: str, peer: str, t0: int, t1: int) -> Episode | None:
@@ -194,29 +192,44 @@ class PeerViews:
     # -- output ------------------------------------------------------------------------------
     def due(self, now: int, *, flush: bool = False) -> list[IncidentEvent]:
         """Publications due at stream time ``now``: openings, updates, closings (``flush``:
-        every open episode closes now)."""
+        every open episode closes now). A publication covers the queued windows whose end
+        the peer host's drops have reached; past ``max_wait`` (or at ``flush``) all of them,
+        saying the drops are late."""
         out = []
         for key, ep in list(self.episodes.items()):
             quiet = flush or now - ep.last_ts >= self.window_ns
-            fresh = ep.cut is None or ep.last_ts > ep.cut
-            if not quiet and not (fresh and (ep.published_at is None
-                                             or now - ep.published_at >= self.report_ns)):
+            if not quiet and (not ep.queued or (ep.published_at is not None
+                                                and now - ep.published_at < self.report_ns)):
                 continue
             known = self.directory.drops_known_until(ep.b) if ep.b else None
-            late = ep.b is not None and known is not None and known < ep.last_ts
-            if late and not flush and now - ep.last_ts < self.max_wait_ns:
+            take = len(ep.queued)
+            if known is not None:
+                take = 0
+                while take < len(ep.queued) and ep.queued[take][0] <= known:
+                    take += 1
+                if take < len(ep.queued) and (flush or now - ep.queued[take][0] >= self.max_wait_ns):
+                    take = len(ep.queued)  # waited long enough: out now, saying so
+            if quiet and take < len(ep.queued) or not quiet and take == 0:
                 continue  # B's drops for the span are not all in yet
             phase = "close" if quiet else "open" if ep.cut is None else "update"
-            if phase == "update" and not fresh:
-                continue
-            out.append(self._publish(ep, now, phase, late, known))
+            out.append(self._publish(ep, now, take, phase, known))
             if quiet:
                 del self.episodes[key]
         return out
 
-    def _publish(self, ep: Episode, now: int, phase: str, late: bool,
+    def _publish(self, ep: Episode, now: int, take: int, phase: str,
                  known: int | None) -> IncidentEvent:
-        cut = ep.last_ts
+        windows, ep.queued = ep.queued[:take], ep.queued[take:]
+        for _t1, figures, rtt, flags in windows:
+            ep.windows += 1
+            for f, v in figures.items():
+                ep.present.add(f)
+                ep.totals[f] += v
+            if rtt is not None:
+                ep.rtt_us = rtt
+            ep.flags.update(flags)
+        cut = max([w[0] for w in windows] + [ep.cut or ep.first_ts])
+        late = ep.b is not None and known is not None and known < cut
         keep = []
         for ts, reason, loc, n in ep.pending:
             if ts <= cut:
@@ -240,7 +253,7 @@ class PeerViews:
         details: dict[str, Any] = {
             "from": a, "peer": peer, "peer_host": b, "episode": ep.id, "phase": phase,
             "publication": ep.publications, "windows": ep.windows,
-            "span_s": round((ep.last_ts - ep.first_ts) / NS, 3), **figures, "new": new,
+            "span_s": round((cut - ep.first_ts) / NS, 3), **figures, "new": new,
             "rtt_us": ep.rtt_us, "flags": sorted(ep.flags)}
         inputs = ["ipstat"]
         if b is not None:
