@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
+import struct
 import sys
 import threading
 import time
@@ -23,9 +25,10 @@ import pytest
 
 from netevents.agent.compose import build_collectors, connect_agent, run_agent
 from netevents.agent.config import AgentConfig
+from netevents.agent.kernel.netns import in_netns
 from netevents.bus import connect
 from netevents.consumers.correlate import Correlator, run_correlate
-from tests.agent.ipstats.test_ipstats_netns import Sink, send_flow
+from tests.agent.ipstats.test_ipstats_netns import PORT, Sink
 from tests.app.test_terminal import Terminal
 
 pytestmark = pytest.mark.integration
@@ -38,6 +41,24 @@ table inet {table} {{
   }}
 }}
 """
+
+
+def send_flow(netns: str, dst: str, nbytes: int) -> None:
+    """Send ``nbytes`` from ``netns`` and wait for the receiver's end of the stream. A flow that
+    fails is reset (SO_LINGER 0), not left to retransmit as an orphan after the test's traffic."""
+    s = in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    try:
+        s.settimeout(30)
+        s.connect((dst, PORT))
+        s.sendall(b"x" * nbytes)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(4096):
+            pass
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raise
+    finally:
+        s.close()
 
 
 def ebpf_usable() -> bool:
@@ -119,22 +140,20 @@ def test_retransmits_of_a_meet_drops_of_b_in_incidents_that_add_up_and_in_top(
                 agents = [tg.create_task(run_agent(cfg, build_collectors(cfg), bus_, stop_agents))
                           for cfg, bus_ in ((cfg_a, bus_a), (cfg_b, bus_b))]
                 try:
-                    async with asyncio.timeout(90):  # both hosts known, vB's drop source up
-                        while not (corr.directory.host_at(b_addr) == "vB"
-                                   and corr.directory.host_at(a_addr) == "vA"
-                                   and _ebpf_running(recorded)):
-                            await asyncio.sleep(0.2)
+                    await until(lambda: corr.directory.host_at(b_addr) == "vB"
+                                and corr.directory.host_at(a_addr) == "vA"
+                                and _ebpf_running(recorded), 90,
+                                lambda: f"hosts and vB's eBPF source: {corr.directory.addr_host}")
                     await asyncio.sleep(1.5)  # ipstats' baseline taken
                     await asyncio.to_thread(traffic, 8.0)
                     # the pair goes quiet: its episodes close once vB's drops are in
-                    async with asyncio.timeout(40):
-                        while corr.peers.episodes or not _closed(incidents):
-                            await asyncio.sleep(0.2)
+                    await until(lambda: not corr.peers.episodes and _closed(incidents), 60,
+                                lambda: f"closing: open {list(corr.peers.episodes.values())}, "
+                                        f"flows {flows}")
                     # a second address of vB, added while everything runs, is learnt
                     b.run("ip", "addr", "add", f"{b_addr2}/24", "dev", "veth-b")
-                    async with asyncio.timeout(10):
-                        while corr.directory.host_at(b_addr2) != "vB":
-                            await asyncio.sleep(0.1)
+                    await until(lambda: corr.directory.host_at(b_addr2) == "vB", 10,
+                                lambda: f"the new address: {corr.directory.addr_host}")
                     await asyncio.sleep(1.0)
                 finally:
                     stop_agents.set()
@@ -215,6 +234,14 @@ def test_retransmits_of_a_meet_drops_of_b_in_incidents_that_add_up_and_in_top(
     finally:
         term.close()
         sink.close()
+
+
+async def until(cond, timeout: float, what) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what()}")
+        await asyncio.sleep(0.1)
 
 
 def _ebpf_running(recorded: list) -> bool:
