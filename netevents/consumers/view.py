@@ -284,7 +284,8 @@ class FleetView:
                 p99 = f"{r['p99_ns'] / 1e6:.3f}" if r.get("p99_ns") is not None else "-"
                 lines.append(f"{r['from']:<16} {r['to']:<16} {r['delivered']:>9} {r['lost']:>6} "
                              f"{pct:>6.1f} {r['unknown']:>7} {p50:>8} {p99:>8}  {r.get('reason') or '-'}")
-            lines.append("unknown = missing while the receiver's capture had a gap, or an offload super-packet "
+            lines.append("unknown = missing while the receiver's capture had a gap, toward a host that captures "
+                         "nothing (not captured at the receiver), or an offload super-packet "
                          "cut up on the way (not counted as lost)")
         elif view == "incidents":
             lines.append(f"{'type':<11} {'hosts':<34} summary")

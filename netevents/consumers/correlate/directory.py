@@ -104,9 +104,11 @@ class HostDirectory:
         published = e.get("published")
         if isinstance(published, dict):
             sources = e.get("sources") if isinstance(e.get("sources"), dict) else {}
+            kinds = dict(published)
             if "drop" in published or any(str(n).startswith("drops") for n in sources):
                 self.drop_publishers.add(host)
-            for kind, n in published.items():
+                kinds.setdefault("drop", 0)  # a drop source that has dropped nothing yet
+            for kind, n in kinds.items():
                 if isinstance(n, int) and self.last_seq.get((host, batch.run, kind), 0) >= n:
                     self.settled[(host, kind)] = max(self.settled.get((host, kind), 0), batch.t1)
         addresses = e.get("addresses")

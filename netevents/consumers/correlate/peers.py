@@ -148,13 +148,20 @@ class PeerViews:
         if len(self.episodes) >= self.max_keys:
             self.evicted["peer_episodes"] += 1
             return None
-        b = self.directory.host_at(peer)
-        ep = self.episodes[(a, peer)] = Episode(a, peer, b if b != a else None,
-                                                secrets.token_hex(4), t0, t1)
-        for ts, entity, reason, loc, n in self.recent.pop((a, peer), ()):
-            if ts >= t0 and entity == ep.b:
-                ep.pending.append((ts, reason, loc, n))
+        ep = self.episodes[(a, peer)] = Episode(a, peer, None, secrets.token_hex(4), t0, t1)
+        self._peer_host(ep)
         return ep
+
+    def _peer_host(self, ep: Episode) -> None:
+        """Who the peer address is (until the first publication: a status saying so may come
+        after the window that opened the episode), and B's drops that came before."""
+        b = self.directory.host_at(ep.peer)
+        if b is None or b == ep.a:
+            return
+        ep.b = b
+        for ts, entity, reason, loc, n in self.recent.pop((ep.a, ep.peer), ()):
+            if ts >= ep.first_ts and entity == b:
+                ep.pending.append((ts, reason, loc, n))
 
     def drop(self, d: Drop, flow: Any) -> None:
         """A drop the ledger took: joined to the episode of the flow's pair when its entity is
@@ -201,6 +208,8 @@ class PeerViews:
             if not quiet and (not ep.queued or (ep.published_at is not None
                                                 and now - ep.published_at < self.report_ns)):
                 continue
+            if ep.b is None and ep.cut is None:
+                self._peer_host(ep)
             known = self.directory.drops_known_until(ep.b) if ep.b else None
             take = len(ep.queued)
             if known is not None:

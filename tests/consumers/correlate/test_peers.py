@@ -182,3 +182,15 @@ def test_frames_toward_a_host_without_capture_are_not_captured_at_the_receiver()
     (inc,) = [i for i in made if i.type == "path_loss"]
     assert inc.details["unknown_uncaptured"] == 5 and inc.details["lost"] == 0
     assert "not captured at the receiver" in inc.summary and "capture gap" not in inc.summary
+
+
+def test_a_peer_whose_drop_source_dropped_nothing_is_not_late():
+    c, seq = Correlator(window=2), Seq()
+    c.feed(status("a", seq("a", "status"), T0, {"va": [A1]}, boot="boot-a"))
+    c.feed(ipstat("a", seq("a", "ipstat"), T0, T0 + NS, B1, retrans_segs=4))
+    # b runs a drop source that has published no drop batch: its status says so
+    c.feed(status("b", seq("b", "status"), T0 + 4 * NS, {"vb": [B1]}, published={"status": 1},
+                  sources={"drops.ebpf": {"state": "running"}}, boot="boot-b"))
+    (inc,) = peer_incidents(clock(c, T0 + 4 * NS))
+    assert inc.details["drops_late"] is False and inc.details["peer_dropped"] == 0
+    assert "b dropped nothing on their flows" in inc.summary
