@@ -11,8 +11,9 @@ under ``new``, what this publication adds to the previous one -- so the closing 
 pair's episodes (or the sum of every publication's ``new``) add up to what A published. A
 field A did not publish (``segs_out`` at the default level) is absent, never 0.
 
-B's drops join an episode by the drop event's ``last_ts`` (within the span) and its flow (A's
-address and the peer address, either way). A publication waits until B's drops for its span
+B's drops join an episode by the drop event's ``last_ts`` (within the span; the closing
+publication extends the span over B's drops in the quiet time after A's last window) and its
+flow (A's address and the peer address, either way). A publication waits until B's drops for its span
 are in (:meth:`~.directory.HostDirectory.drops_known_until`), at most ``max_wait``: past that
 it goes out saying they are late (``drops_late``), and drops that arrive later are added to
 the next publication of the episode (``late_drops``).
@@ -220,6 +221,10 @@ class PeerViews:
                     take = len(ep.queued)  # waited long enough: out now, saying so
             if quiet and take < len(ep.queued) or not quiet and take == 0:
                 continue  # B's drops for the span are not all in yet
+            quiet_end = ep.last_ts + self.window_ns
+            if (quiet and not flush and known is not None and known < quiet_end
+                    and now - quiet_end < self.max_wait_ns):
+                continue  # a close also takes B's drops of the quiet time: wait for them
             phase = "close" if quiet else "open" if ep.cut is None else "update"
             out.append(self._publish(ep, now, take, phase, known))
             if quiet:
@@ -238,6 +243,11 @@ class PeerViews:
                 ep.rtt_us = rtt
             ep.flags.update(flags)
         cut = max([w[0] for w in windows] + [ep.cut or ep.first_ts])
+        if phase == "close" and ep.pending:
+            # B's drops in the quiet time after A's last flagged window close the span: A's
+            # windows there raised no flag (at the default level nothing is published for
+            # them), so they add drops and no retransmits
+            cut = max(cut, max(ts for ts, *_x in ep.pending))
         late = ep.b is not None and known is not None and known < cut
         keep = []
         for ts, reason, loc, n in ep.pending:
@@ -245,9 +255,7 @@ class PeerViews:
                 ep.drops[(reason, loc)] += n
             else:
                 keep.append((ts, reason, loc, n))
-        ep.pending = keep if phase != "close" else []
-        if phase == "close" and keep:
-            self.counts["peer_drops_after_span"] += sum(n for *_x, n in keep)
+        ep.pending = keep
         ep.cut, ep.published_at = cut, now
         ep.publications += 1
         a, b, peer = ep.a, ep.b, ep.peer

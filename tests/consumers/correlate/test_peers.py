@@ -189,8 +189,8 @@ def test_a_peer_whose_drop_source_dropped_nothing_is_not_late():
     c.feed(status("a", seq("a", "status"), T0, {"va": [A1]}, boot="boot-a"))
     c.feed(ipstat("a", seq("a", "ipstat"), T0, T0 + NS, B1, retrans_segs=4))
     # b runs a drop source that has published no drop batch: its status says so
-    c.feed(status("b", seq("b", "status"), T0 + 4 * NS, {"vb": [B1]}, published={"status": 1},
+    c.feed(status("b", seq("b", "status"), T0 + 6 * NS, {"vb": [B1]}, published={"status": 1},
                   sources={"drops.ebpf": {"state": "running"}}, boot="boot-b"))
-    (inc,) = peer_incidents(clock(c, T0 + 4 * NS))
+    (inc,) = peer_incidents(clock(c, T0 + 6 * NS))
     assert inc.details["drops_late"] is False and inc.details["peer_dropped"] == 0
     assert "b dropped nothing on their flows" in inc.summary
