@@ -90,7 +90,7 @@ class HostDirectory:
         rkey = (batch.host, batch.run, batch.kind)
         if rkey in self.last_seq or len(self.last_seq) < self.max_keys:
             self.last_seq[rkey] = max(self.last_seq.get(rkey, 0), batch.seq)
-        if batch.kind == "drop":
+        if batch.kind == "drop" and len(self.drop_publishers) < self.max_keys:
             self.drop_publishers.add(batch.host)
         elif batch.kind == "status":
             for e in batch.events:
@@ -105,13 +105,18 @@ class HostDirectory:
         if isinstance(published, dict):
             sources = e.get("sources") if isinstance(e.get("sources"), dict) else {}
             kinds = dict(published)
-            if "drop" in published or any(str(n).startswith("drops") for n in sources):
+            if ("drop" in published or any(str(n).startswith("drops") for n in sources)) \
+                    and len(self.drop_publishers) < self.max_keys:
                 self.drop_publishers.add(host)
                 kinds.setdefault("drop", 0)  # a drop source that has dropped nothing yet
             for kind, n in kinds.items():
-                if isinstance(n, int) and self.last_seq.get((host, batch.run, kind), 0) >= n:
+                if isinstance(n, int) and self.last_seq.get((host, batch.run, kind), 0) >= n \
+                        and ((host, kind) in self.settled or len(self.settled) < self.max_keys):
                     self.settled[(host, kind)] = max(self.settled.get((host, kind), 0), batch.t1)
         addresses = e.get("addresses")
+        if host not in self.host_addrs and len(self.host_addrs) >= self.max_keys:
+            self.evicted["hosts"] += 1
+            addresses = None
         if isinstance(addresses, dict):
             mine: set[str] = set()
             for _ns, addrs in addresses.items():

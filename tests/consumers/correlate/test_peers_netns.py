@@ -225,6 +225,7 @@ def test_retransmits_of_a_meet_drops_of_b_in_incidents_that_add_up_and_in_top(
         while True:
             m = pattern.search(term.screen())
             if m and int(m.group(1)) == published_retrans and int(m.group(3)) == dropped_total:
+                print("   top:", m.group(0).strip())
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"top's peers view never showed {published_retrans} "
