@@ -180,7 +180,7 @@ class PeerViews:
             key = (a, peer)
             ep = self.episodes.get(key)
             if ep is not None and ep.b == d.entity:
-                if ts_in(d.last_ts, ep.first_ts, None):
+                if d.last_ts >= ep.first_ts:  # before the span: no episode's
                     if ep.cut is not None and d.last_ts <= ep.cut:
                         ep.late += d.count  # its time was published already: in the next one
                         ep.drops[(d.reason, d.location)] += d.count
@@ -295,10 +295,6 @@ class PeerViews:
         return IncidentEvent(type="peer", summary=summary(details), hosts=hosts,
                              first_ts=ep.first_ts, last_ts=cut, details=details, inputs=inputs,
                              missing_input=self.directory.missing_for(set(hosts), inputs))
-
-
-def ts_in(ts: int, t0: int, t1: int | None) -> bool:
-    return ts >= t0 and (t1 is None or ts <= t1)
 
 
 def summary(d: dict[str, Any]) -> str:
