@@ -81,6 +81,8 @@ class FleetView:
         """(host, peer) -> [first window start, last window end] of its ipstat events."""
         self.flow_drops: dict[tuple[str, str, str], Counter[tuple[str, str]]] = {}
         """(host that dropped, flow src, flow dst) -> (reason, location) -> drops."""
+        self.flow_span: dict[tuple[str, str, str], list[int]] = {}
+        """(host that dropped, flow src, flow dst) -> [first, last] drop time."""
         self.directory = HostDirectory(max_keys=max_keys, evicted=Counter())
         """Which host an address is (the agents' status says), where a drop belongs."""
         self.peer_sort = "retrans"
@@ -149,6 +151,10 @@ class FleetView:
                                                or len(self.flow_drops) < self.max_keys):
                         self.flow_drops.setdefault(fkey, Counter())[
                             (key[1], key[2])] += int(e.get("count", 0))
+                        first = e.get("first_ts") if type(e.get("first_ts")) is int else batch.t0
+                        last = e.get("last_ts") if type(e.get("last_ts")) is int else batch.t1
+                        span = self.flow_span.setdefault(fkey, [first, last])
+                        span[0], span[1] = min(span[0], first), max(span[1], last)
                     elif entity is not None:
                         self.evicted += 1
         elif batch.kind == "netstat":
@@ -203,18 +209,21 @@ class FleetView:
         """Who is hurting whom, per (host, peer): the host's retransmits, timeouts and resets
         toward the peer address, and -- when the address is a fleet host's -- that host's
         drops on the flows between them (by reason and location), with the window the
-        host's ipstat events cover (``window_s``). Sorted by ``sort`` (one of
+        host's ipstat events and the peer's drops cover (``window_s``). Sorted by ``sort`` (one of
         :data:`PEER_SORTS`), worst first."""
         keys = set(self.peers) | set(self.peer_timeouts) | {(h, p) for h, p, _w in self.peer_resets}
         rows = []
         for host, peer in keys:
             b = self.directory.host_at(peer)
             drops: Counter[tuple[str, str]] = Counter()
+            span = list(self.peer_span.get((host, peer)) or ()) or None
             if b is not None and b != host:
                 for mine in self.directory.addresses_of(host):
                     for fkey in ((b, mine, peer), (b, peer, mine)):
                         drops.update(self.flow_drops.get(fkey, {}))
-            span = self.peer_span.get((host, peer))
+                        fs = self.flow_span.get(fkey)
+                        if fs is not None:  # the window covers both sides' evidence
+                            span = [min(span[0], fs[0]), max(span[1], fs[1])] if span else list(fs)
             rows.append({
                 "host": host, "peer": peer, "peer_host": b if b != host else None,
                 "retrans": self.peers.get((host, peer), 0),
@@ -328,7 +337,8 @@ class FleetView:
                        f"{r['resets_in']:>6}  {r['host']:<14} {r['peer']:<16} {peer_host:<14} "
                        f"{drops:>9} {r['window_s']:>6.0f}s  {sites or '-'}")
         out.append("peer host: the fleet host whose status lists the peer address "
-                   "(- : not a fleet host); window: span of the host's ipstat windows")
+                   "(- : not a fleet host); window: what the host's ipstat windows and the "
+                   "peer's drops cover")
         return out
 
     def _hosts_table(self) -> list[str]:

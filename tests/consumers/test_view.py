@@ -67,16 +67,16 @@ def test_peers_view_puts_the_peer_hosts_drops_on_their_flows_next_to_the_retrans
     flow = {"src": "10.1.0.1", "dst": "10.1.0.2", "l4": 6}
     v.feed(Batch(kind="drop", site="s", host="vb", run="r", seq=1, t0=1, t1=2, events=[
         {"count": 25, "source": "ebpf", "reason": "NETFILTER_DROP", "location": "nft_do_chain+0x4a0",
-         "flow": flow},
+         "flow": flow, "first_ts": 2 * 10**9, "last_ts": 12 * 10**9},
         {"count": 9, "source": "ebpf", "reason": "NETFILTER_DROP", "location": "nft_do_chain+0x4a0",
          "flow": {"src": "10.9.9.9", "dst": "10.1.0.2"}},    # another flow: not theirs
         {"count": 4, "source": "counter", "reason": "QDISC_DROP", "location": "q"}]))  # no flow
     (row,) = v.peer_rows()
     assert (row["host"], row["peer_host"], row["retrans"], row["timeouts"]) == ("va", "vb", 40, 2)
-    assert row["peer_drops"] == 25 and row["window_s"] == 10.0
+    assert row["peer_drops"] == 25 and row["window_s"] == 11.0  # a's windows and b's drops
     assert row["peer_drop_sites"] == [("NETFILTER_DROP", "nft_do_chain+0x4a0", 25)]
     line = next(ln for ln in v.render("peers").splitlines() if ln.split()[4:5] == ["va"])
-    assert line.split()[:9] == ["40", "2", "0", "0", "va", "10.1.0.2", "vb", "25", "10s"]
+    assert line.split()[:9] == ["40", "2", "0", "0", "va", "10.1.0.2", "vb", "25", "11s"]
     assert "25 NETFILTER_DROP at nft_do_chain+0x4a0" in line
     v.peer_sort = "drops"
     assert v.peer_rows()[0]["peer_drops"] == 25
