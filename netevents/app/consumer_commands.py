@@ -118,6 +118,8 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
     log.info("stopped: incidents %s; evicted %s; input batches missed %d (sequence holes) + %d "
              "(announced by status, never received)", made or "none",
              dict(corr.evicted) or "nothing", sum(corr.missed.values()), corr.counts["unreceived"])
+    if corr.directory.bad_input:  # values of accepted batches that could not be used
+        log.warning("inputs set aside: %s", dict(corr.directory.bad_input))
     return 0
 
 
