@@ -216,16 +216,20 @@ def test_retransmits_of_a_meet_drops_of_b_in_incidents_that_add_up_and_in_top(
               f"{sum(bool(e['details'].get('drops_late')) for e in pubs)}")
         for e in closing:
             print("  ", e["summary"])
+        # a drop event covers its window (an eBPF row once said it began at boot)
+        assert all(0 <= d["last_ts"] - d["first_ts"] <= 5 * 10**9 for d in drops)
 
         # -- top's peers view, in a real terminal, shows both sides ----------------------------
         dropped_total = sum(d["count"] for d in drops)
         pattern = re.compile(rf"^\s*(\d+)\s+(\d+)\s+\d+\s+\d+\s+vA\s+{re.escape(b_addr)}\s+vB\s+"
-                             r"(\d+)\s+\d+s\s+.*NETFILTER_DROP", re.M)
+                             r"(\d+)\s+(\d+)s\s+.*NETFILTER_DROP", re.M)
         deadline = time.monotonic() + 15
         while True:
             m = pattern.search(term.screen())
             if m and int(m.group(1)) == published_retrans and int(m.group(3)) == dropped_total:
                 print("   top:", m.group(0).strip())
+                span_s = (max(e["last_ts"] for e in closing) - min(e["first_ts"] for e in closing)) / 1e9
+                assert int(m.group(4)) <= span_s + 5, "the window the figures cover"
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"top's peers view never showed {published_retrans} "
