@@ -235,6 +235,8 @@ def test_retransmits_of_a_meet_drops_of_b_in_incidents_that_add_up_and_in_top(
                 raise AssertionError(f"top's peers view never showed {published_retrans} "
                                      f"retransmits next to {dropped_total} drops:\n{term.screen()}")
             time.sleep(0.3)
+        term.keys("s")  # the peers view's order: retransmits, then the peer's drops
+        term.wait_for("sorted by drops", timeout=10)
         assert corr.directory.bad_input == {}
     finally:
         term.close()
