@@ -2,8 +2,8 @@
 a peer address (``ipstat``) and, when the address is a fleet host B's (its status says so), B's
 drops on the flows between them, by reason and location.
 
-An incident is an *episode* of one (A, peer): it opens with the first ipstat window that
-raises a flag (retransmits, timeouts, resets or losses), takes every later window of the pair while
+An incident is an *episode* of one (A, peer): it opens with the first ipstat window that raises
+a flag (retransmits, timeouts, resets or losses), takes every later window of the pair while
 they keep coming, and closes once the pair has been quiet for ``window``. It is published when
 it opens, at most once per ``report`` while it lasts, and once more when it closes; each
 publication carries the figures of its whole span so far (``first_ts`` .. ``last_ts``) and,
@@ -11,12 +11,13 @@ under ``new``, what this publication adds to the previous one -- so the closing 
 pair's episodes (or the sum of every publication's ``new``) add up to what A published. A
 field A did not publish (``segs_out`` at the default level) is absent, never 0.
 
-B's drops join an episode by the drop event's ``last_ts`` (within the span; the closing
-publication extends the span over B's drops in the quiet time after A's last window) and its
-flow (A's address and the peer address, either way). A publication waits until B's drops for its span
-are in (:meth:`~.directory.HostDirectory.drops_known_until`), at most ``max_wait``: past that
-it goes out saying they are late (``drops_late``), and drops that arrive later are added to
-the next publication of the episode (``late_drops``).
+B's drops join an episode by the drop event's flow (A's address and the peer address, either
+way) and its ``last_ts``: within the span, which the closing publication extends over B's
+drops in the quiet time after A's last window (A's windows there raised no flag: they add no
+retransmits). A publication covers the windows B's drops are known to have reached
+(:meth:`~.directory.HostDirectory.drops_known_until`); past ``max_wait`` it goes out anyway
+saying they are late (``drops_late``), and drops that arrive later are added to the next
+publication of the episode (``late_drops``).
 """
 
 from __future__ import annotations
