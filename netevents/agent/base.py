@@ -19,8 +19,6 @@ it unavailable with that reason, prints one line, and the other sources carry on
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -52,15 +50,3 @@ class Collector(Protocol):
 
     async def run(self, sink: Sink) -> None:
         """Read the source until cancelled. Raise CapabilityError if it cannot run here."""
-
-
-def cache_dir(name: str) -> Path:
-    """Where an agent part keeps what it builds once per host (the eBPF object, the C capture
-    walker): ``$NETEVENTS_CACHE/<name>``, else ``/var/cache/netevents/<name>`` for root, else
-    ``$XDG_CACHE_HOME`` (``~/.cache``) ``/netevents/<name>``."""
-    env = os.environ.get("NETEVENTS_CACHE")
-    if env:
-        return Path(env) / name
-    if os.geteuid() == 0:
-        return Path("/var/cache/netevents") / name
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "netevents" / name

@@ -32,8 +32,8 @@ from ...kernel.netns import NetnsNames, resolve, scan
 from ...kernel.tracefs import boottime_offset_ns
 from . import layout as L
 from . import libbpf
-from .build import BuildError, build
 from .filter import DropFilter
+from .prebuilt import PrebuiltError, prebuilt
 
 log = logging.getLogger("netevents.agent.drops.ebpf")
 
@@ -126,15 +126,15 @@ class EbpfDrops:
 
     # -- setup (blocking: runs in a thread) ---------------------------------------------------
     def open(self) -> None:
-        """Build (or find cached), load and attach the program.
+        """Load and attach the shipped program (prebuilt.py), names from the kernel's BTF.
 
         Raises:
-            CapabilityError: no clang/BTF, no libbpf, no CAP_BPF/CAP_PERFMON, or the kernel
+            CapabilityError: no BTF, a missing or stale object, no libbpf, no CAP_BPF/CAP_PERFMON, or the kernel
                 refuses the program (the message is the one line the agent prints).
         """
         try:
-            built = build()
-        except BuildError as exc:
+            built = prebuilt()
+        except PrebuiltError as exc:
             raise CapabilityError("ebpf", str(exc)) from None
         self.reasons = built.reasons
         numbers = {v: k for k, v in built.reasons.items()}
