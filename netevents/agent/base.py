@@ -40,6 +40,10 @@ class Sink(Protocol):
     def state(self, source: str, state: str, reason: str = "") -> None:
         """Report a source as ``running``, ``unavailable`` (with reason) or ``stopped``."""
 
+    def addresses(self, table: dict[str, list[str]], inodes: dict[str, int]) -> None:
+        """The host's own addresses per namespace (and each namespace's inode) changed: they
+        go out in the next status, published at once."""
+
 
 class Collector(Protocol):
     name: str

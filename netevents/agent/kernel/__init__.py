@@ -2,6 +2,8 @@
 
     btf.py        the kernel's BTF (/sys/kernel/btf/vmlinux) read in Python: enum values such
                   as the running kernel's skb_drop_reason names (no bpftool, no clang)
+    ifaddr.py     a namespace's own addresses from rtnetlink (RTM_GETADDR dump, sans-IO parser)
+                  and the RTMGRP_IPV4_IFADDR / RTMGRP_IPV6_IFADDR change notifications
     kallsyms.py   code locations as ``symbol+0xoff [module]``: PC -> symbol from /proc/kallsyms,
                   and the kernel's ``%pS`` text in the same form
     netlink.py    sans-IO netlink messages: nlmsghdr and nlattr packing and walking, requests,
