@@ -18,7 +18,7 @@ Map of the package (the library: what agents and subscribers both import):
     app/           the application layer: the `netevents` command, its terminal UI, the demo.
                    Nothing else in this package imports it (tests/test_layout.py)
 
-Host-side collectors live in the sibling package ``agents`` (which the library never imports).
+Host-side collectors live in ``netevents.agent`` (which the library never imports).
 
 The consumer API for your own programs:
 

@@ -239,6 +239,13 @@ class StatusEvent:
     lost: dict = _f(mapping(COUNT), "place -> items lost there by this run (cumulative)", {})
     queues: dict = _f(mapping(mapping(INT, 16)), "queue -> {size, capacity}", {})
     final: bool = _f("boolean", "true on the last status of a run (clean shutdown)", False)
+    addresses: dict | None = _f(mapping(array(STR, 1024), 64),
+                         "namespace -> the addresses this host owns there, from rtnetlink "
+                         "(scope global/site: no loopback, no link-local), kept current on "
+                         "address changes; a namespace is the one the agent's sources read "
+                         "(its /run/netns name, 'root', or 'self'); absent: not known")
+    netns: dict | None = _f(mapping(COUNT, 64), "namespace (as in addresses) -> its inode, the netns "
+                     "kernel-wide drop events carry")
 
 
 @dataclass(slots=True, kw_only=True)

@@ -5,8 +5,11 @@
 #   tshark     tshark / capinfos: archives are checked with the real Wireshark tools
 #   tcpdump    BPF filter compilation (tcpdump -ddd) and the capture benchmark's anchor
 #   tcpreplay  replays traffic into a veth for bench/capture.py
-#   gcc        builds the drop-storm sender (tests/agent/drops/tools/flood.c)
-#   clang, bpftool, libbpf1, libbpf-dev   build and load the eBPF drop source (netevents/agent/drops/ebpf)
+#   gcc, libc6-dev  build the C capture walker when the wheel is built, and the drop-storm
+#              sender (tests/agent/drops/tools/flood.c)
+#   libbpf1    loads the eBPF drop source (the only one of these the agent needs at run time)
+#   clang, bpftool, libbpf-dev   rebuild the committed eBPF object from its source, which
+#              tests/agent/drops/ebpf/test_ebpf_object.py compares with the committed one
 #   prometheus scrapes `netevents metrics` in the Grafana dashboard's test (deploy/grafana)
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
@@ -26,7 +29,8 @@ if [ ${#need[@]} -gt 0 ]; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 fi
-# The skb:kfree_skb tracepoint is read through tracefs (a private instance per agent).
+# The skb:kfree_skb tracepoint is read through tracefs (a private instance per agent). The
+# agent mounts it itself when it is root; mounted here for the tests that read tracefs directly.
 if [ -d /sys/kernel/tracing ] && ! mountpoint -q /sys/kernel/tracing; then
   mount -t tracefs nodev /sys/kernel/tracing || echo "setup-host.sh: could not mount tracefs; tracepoint tests will skip" >&2
 fi

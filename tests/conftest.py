@@ -1,6 +1,14 @@
 """Shared fixtures: a real nats-server on a free loopback port, and network-namespace test hosts.
 
 Tests are plain functions that call ``asyncio.run`` (or ``trio.run``); no event-loop plugin.
+
+What is tested is the installed ``netevents``: an editable install (developers) or, in CI, the
+wheel installed into a fresh environment (scripts/test-installed.sh, which sets
+``NETEVENTS_TESTS=installed``). The checkout is put at the *end* of ``sys.path`` only so the
+test helpers (``tests.conftest``, ``tests.framegen``) import; the installed package comes
+first. In installed mode a ``netevents`` imported from the checkout is an error (it would test
+the source tree, not the wheel), and ``PYTHONSAFEPATH`` keeps the tests' own subprocesses
+(``python -m netevents.app`` with the checkout as working directory) from importing it.
 """
 
 from __future__ import annotations
@@ -8,15 +16,28 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from netevents.bus import EmbeddedServer
-
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+INSTALLED = os.environ.get("NETEVENTS_TESTS") == "installed"
+"""Running against the wheel installed by scripts/test-installed.sh."""
+
+import netevents  # noqa: E402
+from netevents.bus import EmbeddedServer  # noqa: E402
+
+if INSTALLED:
+    if Path(netevents.__file__).resolve().parent == ROOT / "netevents":
+        raise pytest.UsageError(
+            f"NETEVENTS_TESTS=installed but netevents was imported from the checkout "
+            f"({netevents.__file__}): run python with -P (or PYTHONSAFEPATH=1), as "
+            "scripts/test-installed.sh does")
+    os.environ["PYTHONSAFEPATH"] = "1"
 
 
 @pytest.fixture(autouse=True, scope="session")

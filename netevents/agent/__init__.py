@@ -11,6 +11,8 @@
     capture/       AF_PACKET TPACKET_V3 rings: frame summaries and gap records (fanout workers)
     netstat/       host-wide counters with nstat semantics (/proc/net/*, link stats64, qdiscs)
     ipstats/       per-peer TCP counter deltas (raw sock_diag + destroy multicast), residual
+    addresses.py   the host's own addresses per namespace its sources read (rtnetlink, kept
+                   current on address changes), published in status.addresses / status.netns
     control.py     the agent's control server (requests on netevents.v1.control.<site>.<host>)
     kernel/        plumbing the sources share (netlink, tracefs, namespaces, /proc/net,
                    kallsyms); it imports no source

@@ -19,8 +19,6 @@ it unavailable with that reason, prints one line, and the other sources carry on
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -42,21 +40,13 @@ class Sink(Protocol):
     def state(self, source: str, state: str, reason: str = "") -> None:
         """Report a source as ``running``, ``unavailable`` (with reason) or ``stopped``."""
 
+    def addresses(self, table: dict[str, list[str]], inodes: dict[str, int]) -> None:
+        """The host's own addresses per namespace (and each namespace's inode) changed: they
+        go out in the next status, published at once."""
+
 
 class Collector(Protocol):
     name: str
 
     async def run(self, sink: Sink) -> None:
         """Read the source until cancelled. Raise CapabilityError if it cannot run here."""
-
-
-def cache_dir(name: str) -> Path:
-    """Where an agent part keeps what it builds once per host (the eBPF object, the C capture
-    walker): ``$NETEVENTS_CACHE/<name>``, else ``/var/cache/netevents/<name>`` for root, else
-    ``$XDG_CACHE_HOME`` (``~/.cache``) ``/netevents/<name>``."""
-    env = os.environ.get("NETEVENTS_CACHE")
-    if env:
-        return Path(env) / name
-    if os.geteuid() == 0:
-        return Path("/var/cache/netevents") / name
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "netevents" / name

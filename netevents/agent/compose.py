@@ -27,6 +27,7 @@ from netevents import __version__
 from netevents.bus import Bus, Credentials, connect, redact_url
 
 from . import SOURCES
+from .addresses import OwnAddresses, namespaces_of
 from .base import Collector
 from .config import AgentConfig
 from .control import ControlServer
@@ -90,6 +91,8 @@ async def run_agent(cfg: AgentConfig, collectors: list[Collector], bus: Bus,
     if len(spool):
         log.info("replaying %d spooled batches from %s", len(spool), spool.dir)
     publisher = ReliablePublisher(bus, spool, max_inflight=cfg.max_inflight)
+    if control and cfg.addresses:  # the agent process says which addresses are its own
+        collectors = [*collectors, OwnAddresses(namespaces_of(cfg.sources.values()))]
     runner = AgentRunner(publisher, collectors, runner_options(cfg))
     if control:
         log.info("agent %s run %s: host %s site %s, sources %s, bus %s", __version__,

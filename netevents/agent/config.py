@@ -7,6 +7,7 @@ A config file is TOML:
     host = "web-1"          # default: $NETEVENTS_HOST, else the short hostname
     site = "dc1"            # default: $NETEVENTS_SITE, else local
     status_interval = 5.0
+    # addresses = true      # own addresses per namespace in status (rtnetlink)
     # creds / nkey_seed / tls_ca / tls_cert / tls_key = "FILE"   (bus credentials)
     # operator_keys = "/etc/netevents/operators.pub"              (who may send control requests)
 
@@ -54,6 +55,9 @@ class AgentConfig:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    addresses: bool = True
+    """Publish the host's own addresses (per namespace its sources read) in its status, so
+    correlators know which host an address is (netevents.agent.addresses)."""
     operator_keys: str | None = None
     """Operator public keys the control server trusts: ``ed25519:...`` (comma separated) or a
     file of them (the fleet's ``operators.pub``); default ``$NETEVENTS_OPERATOR_KEYS``. On an

@@ -81,6 +81,10 @@ class AgentRunner:
         self._tg: asyncio.TaskGroup | None = None
         self._publish_lock = asyncio.Lock()
         self._warned: set[str] = set()
+        self.own_addresses: dict[str, list[str]] | None = None
+        """Namespace -> this host's addresses there (see netevents.agent.addresses)."""
+        self.own_netns: dict[str, int] | None = None
+        self._status_now: asyncio.Event | None = None
 
     # -- Sink ----------------------------------------------------------------------------------
     def _queue(self, kind: str) -> asyncio.Queue:
@@ -122,6 +126,12 @@ class AgentRunner:
 
     def state(self, source: str, state: str, reason: str = "") -> None:
         self.sources[source] = {"state": state, "reason": reason} if reason else {"state": state}
+
+    def addresses(self, table: dict[str, list[str]], inodes: dict[str, int]) -> None:
+        """The host's own addresses per namespace changed: a status goes out now with them."""
+        self.own_addresses, self.own_netns = dict(table), dict(inodes)
+        if self._status_now is not None:
+            self._status_now.set()
 
     # -- batching and publishing ---------------------------------------------------------------
     async def _batcher(self, kind: str, q: asyncio.Queue) -> None:
@@ -228,6 +238,8 @@ class AgentRunner:
             lost=lost,
             queues=queues,
             final=final,
+            addresses=self.own_addresses,
+            netns=self.own_netns,
         )
 
     async def _publish_status(self, final: bool = False) -> None:
@@ -245,9 +257,13 @@ class AgentRunner:
             self._count_publish_loss("status", 1, str(exc))
 
     async def _heartbeat(self) -> None:
+        now = self._status_now = asyncio.Event()
         while True:
+            now.clear()
             await self._publish_status()
-            await asyncio.sleep(self.opt.status_interval)
+            with contextlib.suppress(TimeoutError):  # the interval, or at once on news
+                async with asyncio.timeout(self.opt.status_interval):
+                    await now.wait()
 
     # -- collectors ----------------------------------------------------------------------------
     async def _supervise(self, collector: Collector) -> None:

@@ -1,7 +1,7 @@
 """The application layer: the `netevents` command, its terminal UI and the demo.
 
 This is the only place that wires agents and consumers together; nothing in the library
-(``netevents`` outside this package) or in ``agents`` imports it.
+(``netevents`` outside this package) or in ``netevents.agent`` imports it.
 
     cli.py                the parser and the mapping of errors to exit codes (main)
     options.py            options several commands share: the bus and its credentials, the

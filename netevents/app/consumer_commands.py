@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import events as ev
 from ..bus import connect, default_url
+from ..consumers.view import PEER_SORTS
 from ..errors import ConfigError
 from ..subjects import check_pattern
 from .history_commands import (
@@ -50,6 +51,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
     keep = (lambda b: b if b.kind == "status" else filt.batch(b)) if filt else None
     bounded = window is not None and window.until_ns is not None
     view = FleetView()
+    view.peer_sort = args.sort
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with connect(args.bus, name="netevents-top", credentials=credentials(args)) as bus:
@@ -116,6 +118,8 @@ async def cmd_correlate(args: argparse.Namespace) -> int:
     log.info("stopped: incidents %s; evicted %s; input batches missed %d (sequence holes) + %d "
              "(announced by status, never received)", made or "none",
              dict(corr.evicted) or "nothing", sum(corr.missed.values()), corr.counts["unreceived"])
+    if corr.directory.bad_input:  # values of accepted batches that could not be used
+        log.warning("inputs set aside: %s", dict(corr.directory.bad_input))
     return 0
 
 
@@ -155,9 +159,13 @@ def add_reader_parsers(sub: Any) -> None:
 
     p = sub.add_parser("top", help="live fleet view: hosts, drop sites, counters, peers, own losses",
                        description="A live view of everything on the bus. Keys: h hosts, d drops, "
-                       "c counters, p peers, l path loss, i incidents (from `netevents correlate`), q quit.")
+                       "c counters, p peers (who is hurting whom: retransmits next to the peer "
+                       "host's drops on their flows; s changes its order), l path loss, "
+                       "i incidents (from `netevents correlate`), q quit.")
     p.add_argument("--view", choices=("hosts", "drops", "counters", "peers", "paths", "incidents"),
                    default="hosts")
+    p.add_argument("--sort", choices=PEER_SORTS, default="retrans",
+                   help="order of the peers view (default retrans; key s cycles)")
     p.add_argument("--duration", type=positive, metavar="S", help="collect S seconds, print once, exit")
     add_history_options(p, until_help="stop at WHEN: the view of the window is printed once")
     add_filter_options(p)

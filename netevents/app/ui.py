@@ -49,6 +49,8 @@ async def draw(view: Any, stop: asyncio.Event, start_view: str, interval: float 
                     key = await kb.pressed.get()
                     if key == "q":
                         stop.set()
+                    elif key == "s" and hasattr(view, "cycle_sort"):
+                        view.cycle_sort()  # the peers view's order
                     current = keys.get(key, current)
 
 

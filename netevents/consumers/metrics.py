@@ -12,6 +12,12 @@ Exported (all labelled by ``host`` where it applies):
     netevents_capture_gap_frames_total{host}           frames the captures lost (gap records)
     netevents_peer_retransmits_total{host,peer}        worst peers (top 50 by retransmits)
     netevents_peer_resets_total{host,peer,direction}   TCP resets sent / received per peer (top 50)
+    netevents_peer_timeouts_total{host,peer}           RTO timeouts toward a peer (top 50)
+    netevents_peer_drops_total{host,peer,peer_host,reason,location}
+                                                       who is hurting whom: the peer host's drops
+                                                       on the flows between it and host (top 50
+                                                       pairs by retransmits)
+    netevents_peer_window_seconds{host,peer}           span of the host's ipstat windows so far
     netevents_incidents_total{type}                    incidents seen on the bus
     netevents_path_frames{from,to,outcome}             delivered / lost / unknown per path
     netevents_agent_lost_total{host,place}             agents' own losses (status lost.*)
@@ -69,6 +75,21 @@ def families(view: FleetView, rejected: dict[str, int] | None = None) -> list[An
     for (host, peer, way), n in view.peer_resets.most_common(TOP_PEERS):
         resets.add_metric([host, peer, way], n)
     out.append(resets)
+    timeouts = CounterMetricFamily("netevents_peer_timeouts", "TCP RTO timeouts toward a peer",
+                                   labels=["host", "peer"])
+    for (host, peer), n in view.peer_timeouts.most_common(TOP_PEERS):
+        timeouts.add_metric([host, peer], n)
+    out.append(timeouts)
+    pdrops = CounterMetricFamily("netevents_peer_drops", "the peer host's drops on the flows "
+                                 "between it and host (who is hurting whom)",
+                                 labels=["host", "peer", "peer_host", "reason", "location"])
+    window = GaugeMetricFamily("netevents_peer_window_seconds", "span of the host's ipstat "
+                               "windows toward the peer so far", labels=["host", "peer"])
+    for r in view.peer_rows("retrans")[:TOP_PEERS]:
+        window.add_metric([r["host"], r["peer"]], r["window_s"])
+        for reason, loc, n in r["peer_drop_sites"]:
+            pdrops.add_metric([r["host"], r["peer"], r["peer_host"] or "", reason, loc], n)
+    out += [pdrops, window]
     incidents = CounterMetricFamily("netevents_incidents", "incidents seen on the bus", labels=["type"])
     for t, n in sorted(view.incident_counts.items()):
         incidents.add_metric([t], n)

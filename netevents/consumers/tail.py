@@ -35,6 +35,8 @@ _L4 = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icm
 _ETHERTYPE = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp"}
 _TS_SRC = {0: "fallback ts", 1: "software ts", 2: "hardware ts"}
 _DIR = {0: "in", 1: "broadcast", 2: "multicast", 3: "other-host", 4: "out"}
+_IPSTAT_WORDS = (("retrans_segs", "retrans"), ("timeouts", "timeouts"), ("resets", "rst out"),
+                 ("resets_in", "rst in"), ("lost", "lost"), ("segs_out", "segs out"))
 
 
 def _endpoint(addr: Any, port: Any) -> str:
@@ -87,13 +89,17 @@ def event_line(batch: Batch, e: dict[str, Any]) -> str:
         what = (f"{e.get('lost')} frames lost between frame {e.get('after_frame')} and "
                 f"{e.get('before_frame')} on {e.get('iface')} worker {e.get('worker')} ({e.get('cause')})")
     elif k == "ipstat":
-        what = (f"peer {e.get('peer')} retrans {e.get('retrans_segs', 0)} lost {e.get('lost', 0)} "
-                f"timeouts {e.get('timeouts', 0)} flags {','.join(e.get('flags') or []) or '-'}")
+        # the fields the event carries (an absent one is not known, not 0)
+        figures = " ".join(f"{word} {e[f]}" for f, word in _IPSTAT_WORDS if f in e)
+        what = f"peer {e.get('peer')} {figures} flags {','.join(e.get('flags') or []) or '-'}"
     elif k == "status":
         lost = {n: v for n, v in (e.get("lost") or {}).items() if v}
         what = (f"up {e.get('uptime')}s sources "
                 + ",".join(f"{n}:{(s or {}).get('state')}" for n, s in (e.get("sources") or {}).items())
                 + f" lost {lost or 'nothing'}{' FINAL' if e.get('final') else ''}")
+        if isinstance(e.get("addresses"), dict):
+            what += " addresses " + "; ".join(
+                f"{ns}: {' '.join(map(str, addrs)) or 'none'}" for ns, addrs in e["addresses"].items())
     elif k == "frame":
         what = frame_text(e)
     elif k == "incident":

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import Batch
+from .correlate.directory import HostDirectory
 
 # Host counters that say something about loss, shown first in the netstat view.
 LOSS_COUNTERS = (
@@ -57,6 +58,10 @@ class AgentHealth:
     status: dict[str, Any] = field(default_factory=dict)
 
 
+PEER_SORTS = ("retrans", "drops", "timeouts", "resets", "window")
+"""Orders of the peers view (``s`` in top cycles through them; ``top --sort``)."""
+
+
 class FleetView:
     VIEWS = ("hosts", "drops", "counters", "peers", "paths", "incidents")
     KEYS = {"h": "hosts", "d": "drops", "c": "counters", "p": "peers", "l": "paths", "i": "incidents"}
@@ -71,6 +76,16 @@ class FleetView:
         self.peers: Counter[tuple[str, str]] = Counter()             # (host, peer) retransmits
         self.peer_resets: Counter[tuple[str, str, str]] = Counter()
         """(host, peer, "sent" | "received") -> TCP resets."""
+        self.peer_timeouts: Counter[tuple[str, str]] = Counter()
+        self.peer_span: dict[tuple[str, str], list[int]] = {}
+        """(host, peer) -> [first window start, last window end] of its ipstat events."""
+        self.flow_drops: dict[tuple[str, str, str], Counter[tuple[str, str]]] = {}
+        """(host that dropped, flow src, flow dst) -> (reason, location) -> drops."""
+        self.flow_span: dict[tuple[str, str, str], list[int]] = {}
+        """(host that dropped, flow src, flow dst) -> [first, last] drop time."""
+        self.directory = HostDirectory(max_keys=max_keys, evicted=Counter())
+        """Which host an address is (the agents' status says), where a drop belongs."""
+        self.peer_sort = "retrans"
         self.agents: dict[tuple[str, str], AgentHealth] = {}
         """(host, run) -> the last status of that agent run (capture workers are runs too)."""
         self.missed: Counter[tuple[str, str]] = Counter()
@@ -108,6 +123,7 @@ class FleetView:
         self.per_host[batch.host][batch.kind] += n
         if batch.missed:
             self.missed[(batch.host, batch.kind)] += batch.missed
+        self.directory.see(batch)
         if batch.kind == "status":
             for e in batch.events:
                 key = (batch.host, batch.run)
@@ -126,13 +142,36 @@ class FleetView:
             for e in batch.events:
                 key = (batch.host, str(e.get("reason")), str(e.get("location") or "?"))
                 self._bounded(self.drop_sites, key, int(e.get("count", 0)))
+                flow = e.get("flow")
+                if isinstance(flow, dict) and isinstance(flow.get("src"), str) \
+                        and isinstance(flow.get("dst"), str):
+                    entity, _how = self.directory.attribute(batch, e)
+                    fkey = (str(entity), flow["src"], flow["dst"])
+                    if entity is not None and (fkey in self.flow_drops
+                                               or len(self.flow_drops) < self.max_keys):
+                        self.flow_drops.setdefault(fkey, Counter())[
+                            (key[1], key[2])] += int(e.get("count", 0))
+                        first = e.get("first_ts") if type(e.get("first_ts")) is int else batch.t0
+                        last = e.get("last_ts") if type(e.get("last_ts")) is int else batch.t1
+                        span = self.flow_span.setdefault(fkey, [first, last])
+                        span[0], span[1] = min(span[0], first), max(span[1], last)
+                    elif entity is not None:
+                        self.evicted += 1
         elif batch.kind == "netstat":
             for e in batch.events:
                 for name, d in (e.get("deltas") or {}).items():
                     self._bounded(self.counters, (batch.host, e.get("group", "?"), name), int(d))
         elif batch.kind == "ipstat":
             for e in batch.events:
-                self._bounded(self.peers, (batch.host, str(e.get("peer"))), int(e.get("retrans_segs", 0)))
+                pkey = (batch.host, str(e.get("peer")))
+                self._bounded(self.peers, pkey, int(e.get("retrans_segs", 0)))
+                if e.get("timeouts"):
+                    self._bounded(self.peer_timeouts, pkey, int(e["timeouts"]))
+                span = self.peer_span.get(pkey)
+                if span is not None:
+                    span[0], span[1] = min(span[0], batch.t0), max(span[1], batch.t1)
+                elif pkey in self.peers:
+                    self.peer_span[pkey] = [batch.t0, batch.t1]
                 for field, way in (("resets", "sent"), ("resets_in", "received")):
                     if e.get(field):
                         self._bounded(self.peer_resets, (batch.host, str(e.get("peer")), way),
@@ -165,6 +204,49 @@ class FleetView:
                          "p50_ns": delay.get("p50"), "p99_ns": delay.get("p99"),
                          "reason": max(reasons, key=reasons.get) if reasons else None})
         return sorted(rows, key=lambda r: (-r["lost"], -r["unknown"], r["from"], r["to"]))
+
+    def peer_rows(self, sort: str | None = None) -> list[dict[str, Any]]:
+        """Who is hurting whom, per (host, peer): the host's retransmits, timeouts and resets
+        toward the peer address, and -- when the address is a fleet host's -- that host's
+        drops on the flows between them (by reason and location), with the window the
+        host's ipstat events and the peer's drops cover (``window_s``). Sorted by ``sort`` (one of
+        :data:`PEER_SORTS`), worst first."""
+        keys = set(self.peers) | set(self.peer_timeouts) | {(h, p) for h, p, _w in self.peer_resets}
+        rows = []
+        for host, peer in keys:
+            b = self.directory.host_at(peer)
+            drops: Counter[tuple[str, str]] = Counter()
+            span = list(self.peer_span.get((host, peer)) or ()) or None
+            if b is not None and b != host:
+                for mine in self.directory.addresses_of(host):
+                    for fkey in ((b, mine, peer), (b, peer, mine)):
+                        drops.update(self.flow_drops.get(fkey, {}))
+                        fs = self.flow_span.get(fkey)
+                        if fs is not None:  # the window covers both sides' evidence
+                            span = [min(span[0], fs[0]), max(span[1], fs[1])] if span else list(fs)
+            rows.append({
+                "host": host, "peer": peer, "peer_host": b if b != host else None,
+                "retrans": self.peers.get((host, peer), 0),
+                "timeouts": self.peer_timeouts.get((host, peer), 0),
+                "resets_out": self.peer_resets.get((host, peer, "sent"), 0),
+                "resets_in": self.peer_resets.get((host, peer, "received"), 0),
+                "peer_drops": sum(drops.values()),
+                "peer_drop_sites": [(r, loc, n) for (r, loc), n in drops.most_common()],
+                "window_s": (span[1] - span[0]) / 1e9 if span else 0.0,
+                "first_ns": span[0] if span else None, "last_ns": span[1] if span else None})
+        order = sort or self.peer_sort
+        measure = {"retrans": lambda r: (r["retrans"], r["peer_drops"]),
+                   "drops": lambda r: (r["peer_drops"], r["retrans"]),
+                   "timeouts": lambda r: (r["timeouts"], r["retrans"]),
+                   "resets": lambda r: (r["resets_out"] + r["resets_in"], r["retrans"]),
+                   "window": lambda r: (r["window_s"], r["retrans"])}.get(order)
+        if measure is None:
+            raise ValueError(f"peer sort must be one of {', '.join(PEER_SORTS)}, not {order!r}")
+        return sorted(rows, key=lambda r: (tuple(-x for x in measure(r)), r["host"], r["peer"]))
+
+    def cycle_sort(self) -> None:
+        """The next order of the peers view (key ``s`` in top)."""
+        self.peer_sort = PEER_SORTS[(PEER_SORTS.index(self.peer_sort) + 1) % len(PEER_SORTS)]
 
     # -- accounting ----------------------------------------------------------------------------
     def agent_losses(self) -> dict[str, dict[str, int]]:
@@ -211,7 +293,8 @@ class FleetView:
                 p99 = f"{r['p99_ns'] / 1e6:.3f}" if r.get("p99_ns") is not None else "-"
                 lines.append(f"{r['from']:<16} {r['to']:<16} {r['delivered']:>9} {r['lost']:>6} "
                              f"{pct:>6.1f} {r['unknown']:>7} {p50:>8} {p99:>8}  {r.get('reason') or '-'}")
-            lines.append("unknown = missing while the receiver's capture had a gap, or an offload super-packet "
+            lines.append("unknown = missing while the receiver's capture had a gap, toward a host that captures "
+                         "nothing (not captured at the receiver), or an offload super-packet "
                          "cut up on the way (not counted as lost)")
         elif view == "incidents":
             lines.append(f"{'type':<11} {'hosts':<34} summary")
@@ -233,17 +316,30 @@ class FleetView:
             for h, g, c in (shown + rest)[:rows]:
                 lines.append(f"{self.counters[(h, g, c)]:>12}  {h:<16} {g}.{c}")
         elif view == "peers":
-            lines.append(f"{'retrans':>10} {'rst out':>8} {'rst in':>8}  {'host':<16} peer")
-            worst = Counter(self.peers)  # worst first: retransmits and resets together
-            for (host, peer, _way), n in self.peer_resets.items():
-                worst[(host, peer)] += n
-            for (host, peer), _n in worst.most_common(rows):
-                out = self.peer_resets.get((host, peer, "sent"), 0)
-                rin = self.peer_resets.get((host, peer, "received"), 0)
-                lines.append(f"{self.peers.get((host, peer), 0):>10} {out:>8} {rin:>8}  {host:<16} {peer}")
+            lines.extend(self._peers_table(rows))
         else:
             lines.extend(self._hosts_table())
         return "\n".join(lines)
+
+    def _peers_table(self, rows: int) -> list[str]:
+        """Who is hurting whom: one side's retransmits, timeouts and resets, the other side's
+        drops on their flows."""
+        out = [f"who is hurting whom, sorted by {self.peer_sort} ([s] changes: "
+               f"{' '.join(PEER_SORTS)})",
+               f"{'retrans':>8} {'timeouts':>8} {'rst out':>7} {'rst in':>6}  {'host':<14} "
+               f"{'peer':<16} {'peer host':<14} {'its drops':>9} {'window':>7}  "
+               "drops at the peer on their flows (reason at location)"]
+        for r in self.peer_rows()[:rows]:
+            sites = ", ".join(f"{n} {reason} at {loc}" for reason, loc, n in r["peer_drop_sites"][:3])
+            peer_host = r["peer_host"] or "-"
+            drops = str(r["peer_drops"]) if r["peer_host"] else "-"
+            out.append(f"{r['retrans']:>8} {r['timeouts']:>8} {r['resets_out']:>7} "
+                       f"{r['resets_in']:>6}  {r['host']:<14} {r['peer']:<16} {peer_host:<14} "
+                       f"{drops:>9} {r['window_s']:>6.0f}s  {sites or '-'}")
+        out.append("peer host: the fleet host whose status lists the peer address "
+                   "(- : not a fleet host); window: what the host's ipstat windows and the "
+                   "peer's drops cover")
+        return out
 
     def _hosts_table(self) -> list[str]:
         """One row per agent run (a host seen before its first status: one row saying so),

@@ -114,7 +114,7 @@ def test_agent_sigkilled_while_spooling_hands_in_its_spool_on_restart(tmp_path):
         deadline = time.monotonic() + 20       # batches go to the spool (slower on a busy host)
         while not list(spool.glob("*.spool")) and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(1)
+        time.sleep(3)                          # ~3 s of batches (4/s) in the spool
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert list(spool.glob("*.spool")), "nothing was spooled"

@@ -40,7 +40,15 @@ def test_metrics_scraped_over_loopback(nats_url):
             await bus.publish(_batch("drop", "web-1", 3, [  # seq 2 never sent: one missed batch
                 {"count": 2, "source": "counter", "reason": "UDP_RCVBUF_ERRORS", "location": "Udp:RcvbufErrors"}]))
             await bus.publish(_batch("gap", "web-2", 1, [{"iface": "eth0", "lost": 11, "cause": "ring_full"}]))
-            await bus.publish(_batch("status", "web-1", 1, [{"version": "t", "lost": {"queue.drop": 4}}]))
+            await bus.publish(_batch("status", "web-1", 1, [{"version": "t", "lost": {"queue.drop": 4},
+                                                             "addresses": {"root": ["10.5.0.1"]}}]))
+            await bus.publish(_batch("status", "web-2", 1, [{"version": "t",
+                                                             "addresses": {"root": ["10.5.0.2"]}}]))
+            await bus.publish(_batch("ipstat", "web-1", 1, [
+                {"peer": "10.5.0.2", "retrans_segs": 31, "timeouts": 2}]))
+            await bus.publish(_batch("drop", "web-2", 1, [
+                {"count": 12, "source": "ebpf", "reason": "NETFILTER_DROP", "location": "nft_do_chain+0x4a0",
+                 "flow": {"src": "10.5.0.1", "dst": "10.5.0.2"}}]))
             await bus.publish(_batch("incident", "correlator-x", 1, [
                 {"type": "path_loss", "summary": "s", "hosts": ["web-1", "web-2"],
                  "details": {"from": "web-1", "to": "web-2", "delivered": 90, "lost": 10, "unknown": 3}}]))
@@ -63,6 +71,14 @@ def test_metrics_scraped_over_loopback(nats_url):
     assert 'netevents_path_frames{from="web-1",outcome="lost",to="web-2"} 10.0' in lines
     assert 'netevents_path_frames{from="web-1",outcome="unknown",to="web-2"} 3.0' in lines
     assert 'netevents_consumer_rejected_messages_total{reason="malformed"} 1.0' in lines
+    # who is hurting whom: web-1's retransmits toward web-2, web-2's drops on their flows
+    assert 'netevents_peer_retransmits_total{host="web-1",peer="10.5.0.2"} 31.0' in lines
+    assert 'netevents_peer_timeouts_total{host="web-1",peer="10.5.0.2"} 2.0' in lines
+    assert ('netevents_peer_drops_total{host="web-1",location="nft_do_chain+0x4a0",peer="10.5.0.2",'
+            'peer_host="web-2",reason="NETFILTER_DROP"} 12.0') in lines
+    (window,) = [float(x.rsplit(" ", 1)[1]) for x in lines
+                 if x.startswith('netevents_peer_window_seconds{host="web-1",peer="10.5.0.2"}')]
+    assert 1.0 <= window < 3.0  # the ipstat window and the drops, published a moment apart
 
 
 def test_listen_address_is_checked():

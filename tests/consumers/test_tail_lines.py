@@ -22,3 +22,27 @@ def test_frame_lines_read_as_words():
     tcp6 = {**v6, "l4": 6, "sport": 443, "dport": 50000, "vlan": None}
     assert "tcp [::1]:443 -> [::2]:50000" in frame_text(tcp6)
     assert "None" not in frame_text({"len": 60})
+
+
+def test_who_is_hurting_whom_reads_in_tail_lines():
+    from netevents.codec import Batch
+    from netevents.consumers.correlate.peers import summary
+
+    ip = Batch(kind="ipstat", site="s", host="va", run="r", seq=1, t0=1, t1=2,
+               events=[{"peer": "10.1.0.2", "retrans_segs": 31, "timeouts": 2, "resets": 1,
+                        "flags": ["retransmits"]}])
+    line = event_line(ip, ip.events[0])
+    assert "peer 10.1.0.2 retrans 31 timeouts 2 rst out 1 flags retransmits" in line
+    assert "segs out" not in line and "lost" not in line  # absent at the default level: not 0
+    st = Batch(kind="status", site="s", host="vb", run="r", seq=1, t0=1, t1=2,
+               events=[{"version": "x", "addresses": {"ne-b": ["10.1.0.2", "10.1.0.3"]}}])
+    assert "addresses ne-b: 10.1.0.2 10.1.0.3" in event_line(st, st.events[0])
+    details = {"from": "va", "peer": "10.1.0.2", "peer_host": "vb", "phase": "close",
+               "span_s": 12.0, "retrans_segs": 31, "timeouts": 2, "peer_dropped": 25,
+               "drops_known_until": 5,
+               "peer_drops": [{"reason": "NETFILTER_DROP", "location": "nft_do_chain+0x4a0", "count": 25}]}
+    inc = Batch(kind="incident", site="s", host="correlator", run="r", seq=1, t0=1, t1=2,
+                events=[{"type": "peer", "summary": summary(details), "hosts": ["va", "vb"]}])
+    assert event_line(inc, inc.events[0]).endswith(
+        "[peer] peer: va -> vb (10.1.0.2): 31 retransmits, 2 timeouts over 12s; vb dropped 25 "
+        "on their flows (NETFILTER_DROP at nft_do_chain+0x4a0) [closed]")

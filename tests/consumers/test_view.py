@@ -36,17 +36,50 @@ def test_missed_batches_are_unexplained_unless_the_agent_reported_the_loss():
     assert "QDISC_DROP" in v.render("drops")
 
 
-def test_peers_view_shows_retransmits_and_resets_both_ways_worst_first():
+def test_peers_view_shows_retransmits_and_resets_both_ways_in_the_order_asked():
     v = FleetView()
     v.feed(Batch(kind="ipstat", site="s", host="a", run="r", seq=1, t0=1, t1=2, events=[
         {"peer": "10.0.0.2", "retrans_segs": 3},
         {"peer": "10.0.0.3", "resets": 7, "resets_in": 2},
         {"peer": "10.0.0.4", "resets_in": 1}]))
-    lines = v.render("peers").splitlines()
-    rows = [ln.split() for ln in lines if ln.strip().endswith(("10.0.0.2", "10.0.0.3", "10.0.0.4"))]
-    assert rows[0] == ["0", "7", "2", "a", "10.0.0.3"]   # 9 resets: the worst peer first
-    assert rows[1] == ["3", "0", "0", "a", "10.0.0.2"]
-    assert rows[2] == ["0", "0", "1", "a", "10.0.0.4"]
+
+    def rows():
+        lines = v.render("peers").splitlines()
+        return [ln.split() for ln in lines if " a " in ln and "10.0.0." in ln]
+
+    assert [r[:6] for r in rows()] == [["3", "0", "0", "0", "a", "10.0.0.2"],
+                                       ["0", "0", "7", "2", "a", "10.0.0.3"],
+                                       ["0", "0", "0", "1", "a", "10.0.0.4"]]
+    v.cycle_sort()
+    v.cycle_sort()
+    v.cycle_sort()
+    assert v.peer_sort == "resets"
+    assert [r[5] for r in rows()] == ["10.0.0.3", "10.0.0.4", "10.0.0.2"]  # 9 resets first
+
+
+def test_peers_view_puts_the_peer_hosts_drops_on_their_flows_next_to_the_retransmits():
+    v = FleetView()
+    for host, addrs in (("va", ["10.1.0.1"]), ("vb", ["10.1.0.2"])):
+        v.feed(Batch(kind="status", site="s", host=host, run="r", seq=1, t0=1, t1=2,
+                     events=[{"version": "x", "addresses": {host: addrs}}]))
+    v.feed(Batch(kind="ipstat", site="s", host="va", run="r", seq=1, t0=10**9, t1=11 * 10**9,
+                 events=[{"peer": "10.1.0.2", "retrans_segs": 40, "timeouts": 2}]))
+    flow = {"src": "10.1.0.1", "dst": "10.1.0.2", "l4": 6}
+    v.feed(Batch(kind="drop", site="s", host="vb", run="r", seq=1, t0=1, t1=2, events=[
+        {"count": 25, "source": "ebpf", "reason": "NETFILTER_DROP", "location": "nft_do_chain+0x4a0",
+         "flow": flow, "first_ts": 2 * 10**9, "last_ts": 12 * 10**9},
+        {"count": 9, "source": "ebpf", "reason": "NETFILTER_DROP", "location": "nft_do_chain+0x4a0",
+         "flow": {"src": "10.9.9.9", "dst": "10.1.0.2"}},    # another flow: not theirs
+        {"count": 4, "source": "counter", "reason": "QDISC_DROP", "location": "q"}]))  # no flow
+    (row,) = v.peer_rows()
+    assert (row["host"], row["peer_host"], row["retrans"], row["timeouts"]) == ("va", "vb", 40, 2)
+    assert row["peer_drops"] == 25 and row["window_s"] == 11.0  # a's windows and b's drops
+    assert row["peer_drop_sites"] == [("NETFILTER_DROP", "nft_do_chain+0x4a0", 25)]
+    line = next(ln for ln in v.render("peers").splitlines() if ln.split()[4:5] == ["va"])
+    assert line.split()[:9] == ["40", "2", "0", "0", "va", "10.1.0.2", "vb", "25", "11s"]
+    assert "25 NETFILTER_DROP at nft_do_chain+0x4a0" in line
+    v.peer_sort = "drops"
+    assert v.peer_rows()[0]["peer_drops"] == 25
 
 
 def test_hosts_view_aligns_columns_abbreviates_states_and_shows_waiting_hosts():

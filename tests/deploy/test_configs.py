@@ -66,8 +66,8 @@ def _systemd_units() -> list[Path]:
 def test_systemd_unit_verifies(tmp_path, unit):
     # verify checks that ExecStart's binary exists: point it at the ones installed here.
     netevents = shutil.which("netevents") or "/bin/true"
-    text = unit.read_text().replace("/usr/local/bin/netevents", netevents) \
-                           .replace("/usr/local/bin/nats-server", find_nats_server())
+    text = unit.read_text().replace("/opt/netevents/bin/netevents", netevents) \
+                           .replace("/opt/netevents/bin/nats-server", find_nats_server())
     copy = tmp_path / unit.name
     copy.write_text(text)
     out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True,
@@ -79,7 +79,8 @@ def test_systemd_unit_verifies(tmp_path, unit):
 def test_agent_unit_grants_exactly_the_capabilities_the_sources_use():
     text = (DEPLOY / "systemd" / "netevents-agent.service").read_text()
     caps = re.search(r"^CapabilityBoundingSet=(.*)$", text, re.M).group(1).split()
-    assert sorted(caps) == ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"]
+    assert sorted(caps) == ["CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_PERFMON",
+                            "CAP_SYSLOG", "CAP_SYS_ADMIN"]
     for consumer in ("server", "archive", "correlate"):
         text = (DEPLOY / "systemd" / f"netevents-{consumer}.service").read_text()
         assert re.search(r"^CapabilityBoundingSet=$", text, re.M), consumer
@@ -95,7 +96,14 @@ def test_kubernetes_manifests_and_the_host_token_derivation():
     ds = docs[("DaemonSet", "netevents-agent")]["spec"]["template"]["spec"]
     assert ds["hostNetwork"] is True
     agent = ds["containers"][0]
-    assert sorted(agent["securityContext"]["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
+    assert sorted(agent["securityContext"]["capabilities"]["add"]) == [
+        "BPF", "NET_ADMIN", "NET_RAW", "PERFMON", "SYSLOG", "SYS_ADMIN"]
+    assert agent["securityContext"]["readOnlyRootFilesystem"] is True
+    # Every pod runs the image deploy/Containerfile builds (its header names the tag).
+    tag = re.search(r"-t (\S+) \.", (DEPLOY / "Containerfile").read_text()).group(1)
+    images = {c["image"] for d in docs.values() if d["kind"] in ("DaemonSet", "Deployment")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {tag}
     assert agent["securityContext"]["capabilities"]["drop"] == ["ALL"]
     config = docs[("ConfigMap", "netevents-agent")]["data"]["agent.toml"]
     # The DaemonSet's shell turns the node name into the --host token exactly as host_token().

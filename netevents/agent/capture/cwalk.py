@@ -1,32 +1,31 @@
-"""The C block walker: built once with the system C compiler into a cache, loaded with ctypes.
+"""The C block walker: built when the package is installed, loaded with ctypes.
 
 Why: walking a block in Python, building a tuple per frame, transposing to columns and packing
 them with msgpack costs ~3 µs of CPU per frame, most of the capture agent's CPU. ``walker.c``
 does the same walk and writes each column's msgpack encoding directly (no Python object per
 frame); :class:`~netevents.codec.PackedColumns` carries those bytes into the batch unchanged.
-The wire output is byte for byte what the Python walker gives (tests/capture/test_capture_cwalk.py).
+The wire output is byte for byte what the Python walker gives (tests/agent/capture/test_capture_cwalk.py).
 
 Choosing (``[capture] walker``, or ``$NETEVENTS_CAPTURE_WALKER`` when the option is ``auto``):
-``auto`` uses C when it builds and falls back to the pure-Python walker with one log line (and
-``sources["capture.c_walker"]`` unavailable with the reason in status); ``c`` insists (a
-CapabilityError if it cannot be built); ``python`` never tries.
+``auto`` uses C when it is installed and falls back to the pure-Python walker with one log line
+(and ``sources["capture.c_walker"]`` unavailable with the reason in status); ``c`` insists (a
+CapabilityError if it is not there); ``python`` never tries.
 
-The shared object is built with ``cc -O2 -shared -fPIC`` (gcc and libc6-dev, installed by
-scripts/setup-host.sh; no Python headers) into ``$NETEVENTS_CACHE/capture``, else
-``/var/cache/netevents/capture`` for root, else ``~/.cache/netevents/capture``, keyed by a hash
-of the source and the machine, so an edited walker rebuilds and a build at install time
-(``python -m netevents.agent.capture.cwalk``) serves hosts without a compiler.
+Building: ``walker.c`` is plain C (no Python headers), compiled by setuptools as the optional
+extension ``netevents.agent.capture._cwalker`` (setup.py) when the package is installed, a
+wheel is built or ``pip install -e .`` runs, on a machine with a C compiler (Debian ``gcc``).
+Nothing is compiled or cached at run time. The library carries the SHA-256 of the walker.c it
+was built from (walker_id.c); where walker.c sits beside it and differs (an edited checkout)
+the library is not loaded and the reason says how to rebuild.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.machinery
 import logging
 import os
-import platform
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,8 +35,6 @@ import msgpack
 from netevents.codec import PackedColumns
 from netevents.errors import CapabilityError
 
-from ..base import cache_dir
-from ..loadcheck import hash_matches, record_hash, untrusted
 from .ring import BlockInfo, PythonWalker
 from .summary import COLUMNS
 
@@ -54,7 +51,7 @@ _C_COLUMNS = tuple(c for c in COLUMNS if c != "queue")
 
 
 class BuildError(RuntimeError):
-    """The walker cannot be built or loaded here; the message is one line saying why."""
+    """The walker is not installed or does not load here; the message is one line saying why."""
 
 
 class FrameWalker(Protocol):
@@ -73,60 +70,22 @@ class FrameWalker(Protocol):
         timestamps; the walker starts a new batch. Only called with at least one frame."""
 
 
-def cache_root() -> Path:
-    return cache_dir("capture")
+EXTENSION = "_cwalker"
+REBUILD = "pip install -e . (or python setup.py build_ext --inplace)"
 
 
-def build(cache: Path | None = None) -> Path:
-    """The cached shared object, compiling it first if needed.
+def library_path() -> Path:
+    """The walker library installed beside this module.
 
     Raises:
-        BuildError: no cached object and no C compiler, the compile failed, or the cache
-            directory is not writable.
+        BuildError: it was not built when the package was installed.
     """
-    try:
-        return _build(cache)
-    except OSError as exc:
-        raise BuildError(f"C walker cache: {exc.filename or ''}: {exc.strerror or exc}") from exc
-
-
-def _build(cache: Path | None) -> Path:
-    machine = platform.machine() or "unknown"
-    tag = hashlib.sha256(SOURCE.read_bytes() + machine.encode()).hexdigest()[:12]
-    out = (cache or cache_root())
-    lib = out / f"walker-{machine}-{tag}.so"
-    if lib.exists():
-        # What root loads is what we built (netevents/agent/loadcheck.py): a cache someone else can
-        # write is not used; a library whose hash is not the recorded one is rebuilt.
-        why = untrusted(lib)
-        if why:
-            raise BuildError(f"not loading {lib}: {why}")
-        if hash_matches(lib):
-            return lib
-    cc = next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
-    if cc is None:
-        raise BuildError("no C compiler (cc/gcc; Debian packages gcc libc6-dev)")
-    out.mkdir(parents=True, exist_ok=True, mode=0o755)
-    why = untrusted(out)
-    if why:
-        raise BuildError(f"not building into {out}: {why}")
-    # A per-process (and per-thread) name renamed into place: workers building at once never
-    # load a half-written file.
-    tmp = out / f"walker.tmp.{os.getpid()}.{threading.get_native_id()}.so"
-    try:
-        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
-                       capture_output=True, text=True, check=True, timeout=120)
-    except subprocess.CalledProcessError as exc:
-        tmp.unlink(missing_ok=True)
-        lines = (exc.stderr or "").strip().splitlines()
-        first = [ln for ln in lines if "error" in ln][:1] or lines[:1]
-        raise BuildError(f"building {SOURCE.name} failed: {first[0] if first else exc}") from None
-    except subprocess.TimeoutExpired:
-        tmp.unlink(missing_ok=True)
-        raise BuildError(f"building {SOURCE.name}: {cc} did not finish in 120 s") from None
-    record_hash(tmp, lib)
-    tmp.replace(lib)
-    return lib
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = SOURCE.with_name(EXTENSION + suffix)
+        if path.exists():
+            return path
+    raise BuildError("not built when netevents was installed (no C compiler then: Debian package "
+                     "gcc; reinstall netevents to build it)")
 
 
 class _Block(ctypes.Structure):
@@ -139,26 +98,30 @@ _lib: ctypes.CDLL | None = None
 _load_lock = threading.Lock()  # collectors in one process open their walkers in threads
 
 
-def load(cache: Path | None = None) -> ctypes.CDLL:
-    """The walker library (built if needed), loaded once per process (``cache`` counts only
-    for the first call).
+def load() -> ctypes.CDLL:
+    """The installed walker library, loaded once per process.
 
     Raises:
-        BuildError: see :func:`build`; or the object does not load.
+        BuildError: it is not installed (see :func:`library_path`), does not load, or was
+            built from another walker.c than the one beside it.
     """
     with _load_lock:
-        return _load(cache)
+        return _load()
 
 
-def _load(cache: Path | None) -> ctypes.CDLL:
+def _load() -> ctypes.CDLL:
     global _lib
     if _lib is not None:
         return _lib
-    path = build(cache)
+    path = library_path()
     try:
         lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        raise BuildError(f"loading {path}: {exc}") from None
+        built_from = (ctypes.c_char * 65).in_dll(lib, "nw_walker_sha256").value  # walker_id.c
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"loading {path.name}: {exc}") from None
+    if SOURCE.exists() and built_from.decode() != hashlib.sha256(SOURCE.read_bytes()).hexdigest():
+        raise BuildError(f"{path.name} was built from another {SOURCE.name} than the one "
+                         f"beside it; rebuild: {REBUILD}")
     p, u64, sz = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t
     lib.nw_batch_new.restype = p
     lib.nw_batch_new.argtypes = []
@@ -187,8 +150,8 @@ class CWalker:
 
     name = "c"
 
-    def __init__(self, cache: Path | None = None) -> None:
-        self._lib = load(cache)
+    def __init__(self) -> None:
+        self._lib = load()
         self._batch = self._lib.nw_batch_new()
         if not self._batch:
             raise MemoryError("C walker batch")
@@ -251,15 +214,14 @@ class CWalker:
         return PackedColumns(b"".join(parts), n), self._first_ts, self._last_ts
 
 
-def open_walker(choice: str = "auto",
-                cache: Path | None = None) -> tuple[FrameWalker, str, bool]:
+def open_walker(choice: str = "auto") -> tuple[FrameWalker, str, bool]:
     """The walker to use; when it is not the C one, the one line that says why; and whether
-    that is a fallback (C was wanted and could not be built) rather than asked for.
+    that is a fallback (C was wanted and is not installed) rather than asked for.
 
     ``choice`` ``auto`` is overridden by ``$NETEVENTS_CAPTURE_WALKER`` when that is set.
 
     Raises:
-        CapabilityError: ``c`` was asked for and cannot be built or loaded here.
+        CapabilityError: ``c`` was asked for and is not installed or does not load here.
         ValueError: an unknown choice.
     """
     if choice == "auto":
@@ -269,19 +231,9 @@ def open_walker(choice: str = "auto",
     if choice == "python":
         return PythonWalker(), "pure-Python block walker (asked for)", False
     try:
-        return CWalker(cache), "", False
+        return CWalker(), "", False
     except BuildError as exc:
         if choice == "c":
             raise CapabilityError("capture", f"C block walker: {exc}") from None
         return (PythonWalker(),
                 f"C block walker unavailable ({exc}); using the pure-Python walker", True)
-
-
-if __name__ == "__main__":  # install time: python -m netevents.agent.capture.cwalk
-    import sys
-
-    try:
-        print(build())
-    except BuildError as exc:
-        print(f"netevents.agent.capture.cwalk: {exc}", file=sys.stderr)
-        sys.exit(1)

@@ -1,6 +1,6 @@
 /* The TPACKET_V3 block walk in C: frames of a retired block -> msgpack-encoded frame columns.
  *
- * Built at first use by netevents/agent/capture/cwalk.py (cc -O2 -shared -fPIC) into a cache directory and
+ * Built when the package is installed (setup.py: the optional extension _cwalker) and
  * loaded with ctypes; no Python headers. It does, byte for byte, what ring.walk_block +
  * summary.parse_l3l4 + summary.columns + msgpack.packb(use_bin_type=True) do, but writes each
  * column's msgpack body straight into a growing buffer, so a frame costs no Python objects at

@@ -9,8 +9,8 @@
     dwdump.py       dropwatch's dwdump pcap captures -> drop events (``netevents import``)
     counters.py     counter-derived drops (link, qdisc, softnet, UDP buffer errors)
 
-:func:`build` returns :class:`DropsCollector`: with ``source = "auto"`` NET_DM if the kernel has
-it, else the eBPF program, else the tracepoint; the counter source alongside any of them (it is the only one on hosts where neither runs).
+:func:`build` returns :class:`DropsCollector`: with ``source = "auto"`` the eBPF program if it
+loads, else NET_DM if the kernel has it, else the tracepoint; the counter source alongside any of them (it is the only one on hosts where neither runs).
 Each source that cannot run says why in one line and in ``status.sources``.
 """
 
@@ -28,13 +28,15 @@ _KEYS = {"sources", "interval", "exclude_reasons", "buffer_kb", "mode", "trunc_l
          "packet_cap", "packet_reasons", "stats_interval", "read_budget", "counter_interval",
          "netns", "reader", "source", "counter", "filter", "sample_every", "ring_kb",
          "map_entries", "netns_refresh", "program"}
-# source = "auto": the first of these that can run on the host.
-AUTO_ORDER = ("netdm", "ebpf", "tracepoint")
+# source = "auto": the first of these that can run on the host. eBPF first: it knows the flow
+# and the namespace of every software drop; NET_DM (the same drops, plus hardware traps of
+# devlink-capable switch ASICs: ask for source = "netdm" there) where eBPF cannot load.
+AUTO_ORDER = ("ebpf", "netdm", "tracepoint")
 EVENT_SOURCES = ("auto", *AUTO_ORDER)
 
 
 class DropsCollector:
-    """NET_DM -> eBPF -> tracepoint fallback, plus counter-derived drops, as one collector."""
+    """eBPF -> NET_DM -> tracepoint fallback, plus counter-derived drops, as one collector."""
 
     name = "drops"
 
@@ -147,7 +149,7 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
         if netns is not None and not isinstance(netns, str):
             raise ConfigError("[drops] netns must be a namespace name (under /run/netns)")
         counter = CounterDrops(interval=num("counter_interval", interval), netns=netns)
-    # Keep the configured order (auto: NET_DM, eBPF, tracepoint).
+    # Keep the configured order (auto: eBPF, NET_DM, tracepoint).
     order = {name: i for i, name in enumerate(sources)}
     event_sources.sort(key=lambda src: order.get(src.name.removeprefix("drops."), 0))
     return DropsCollector(event_sources, counter)

@@ -127,6 +127,9 @@ class RawPageParser:
                 if n < 4:
                     self.bad_pages += 1
                     break
+            elif tl != TYPE_PADDING and off + 8 > end:  # a time extend or stamp cut off
+                self.bad_pages += 1
+                break
             elif tl == TYPE_TIME_EXTEND:
                 ts += (u32(page, off + 4)[0] << TS_SHIFT) + (hdr >> 5)
                 off += 8
@@ -138,10 +141,16 @@ class RawPageParser:
             else:  # padding
                 if hdr >> 5 == 0:
                     break
+                if off + 8 > end:
+                    self.bad_pages += 1
+                    break
                 ts += hdr >> 5
                 off += 4 + u32(page, off + 4)[0]
                 continue
-            if off > end or page[d:d + 2] != want_id:
+            if off > end:          # a record that runs past the data: the page is damaged
+                self.bad_pages += 1
+                break
+            if page[d:d + 2] != want_id:
                 self.other += 1
                 continue
             # One slice from location to reason: it may include other bytes (rx_sk), which

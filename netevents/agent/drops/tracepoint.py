@@ -27,6 +27,7 @@ from typing import Any
 
 from netevents.errors import ConfigError
 
+from ..kernel import tracefs as kernel_tracefs
 from ..kernel.kallsyms import Kallsyms, normalize_location
 from ..kernel.tracefs import TraceInstance, boottime_offset_ns
 from .aggregate import DropAggregator
@@ -372,6 +373,8 @@ class TracepointDrops:
                 loop.add_reader(fd, self._drain)
                 readers.append(fd)
             self.ready.set()
+            if kernel_tracefs.mounted_note:
+                sink.state(self.name, "running", kernel_tracefs.mounted_note)
             log.info("drops: kfree_skb via %s (%s)", self.instance.path,
                      "raw pages" if self._raw_fds else "trace_pipe")
             while True:

@@ -1,6 +1,7 @@
 """Private tracefs instances: a trace ring of our own, never the global one.
 
-    find_tracefs()       the tracefs mount, or a CapabilityError naming what is missing
+    find_tracefs()       the tracefs mount (mounting it at /sys/kernel/tracing when it is not
+                         mounted and we may), or a CapabilityError naming what is missing
     TraceInstance        ``instances/netevents-<pid>-<random>`` with the given events enabled:
                          create (buffer size, boot clock, wake on every event), open the text
                          ``trace_pipe`` or the per-CPU ``trace_pipe_raw``, read ring overruns,
@@ -34,6 +35,11 @@ log = logging.getLogger("netevents.agent.kernel")
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 INSTANCE_PREFIX = "netevents-"
+MOUNT_POINT = Path("/sys/kernel/tracing")
+
+mounted_note: str | None = None
+"""Set once this process mounted tracefs itself: the line the sources put in their status."""
+_MOUNT_LOCK = threading.Lock()
 
 
 def _tracepoints(events: tuple[str, ...]) -> str:
@@ -42,13 +48,67 @@ def _tracepoints(events: tuple[str, ...]) -> str:
     return f"the {names} tracepoint" if names else "a tracepoint"
 
 
-def find_tracefs(events: tuple[str, ...] = ()) -> Path:
-    """The tracefs mount (``events`` only name what needs it in the error).
+def mount_tracefs(target: Path = MOUNT_POINT) -> str:
+    """Mount tracefs at ``target`` (mount(2), as ``mount -t tracefs nodev <target>``); returns
+    the line that says so.
+
+    A fresh host (or a container with the host's /sys) often has tracefs compiled in but not
+    mounted; only the test set-up and some distributions mount it. Needs CAP_SYS_ADMIN.
 
     Raises:
-        CapabilityError: tracefs is not mounted or not accessible (needs root / CAP_SYS_ADMIN).
+        OSError: the kernel refused (no CAP_SYS_ADMIN, no tracefs in this kernel, read-only /sys).
     """
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # int mount(const char *source, const char *target, const char *fstype, unsigned long
+    #           flags, const void *data)   (sys/mount.h)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+    if libc.mount(b"nodev", os.fsencode(target), b"tracefs", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount -t tracefs nodev {target}: {os.strerror(err)}")
+    return f"tracefs was not mounted: the agent mounted it at {target}"
+
+
+def find_tracefs(events: tuple[str, ...] = ()) -> Path:
+    """The tracefs mount (``events`` only name what needs it in the error). When none is
+    mounted and we run as root, tracefs is mounted at /sys/kernel/tracing first (logged once,
+    and :data:`mounted_note` says so for the sources' status).
+
+    Raises:
+        CapabilityError: tracefs is not mounted and cannot be, or not accessible (needs root /
+            CAP_SYS_ADMIN).
+    """
+    global mounted_note
     what = _tracepoints(events)
+    found = _mounted_tracefs(what)
+    if found is not None:
+        return found
+    with _MOUNT_LOCK:
+        found = _mounted_tracefs(what)  # another thread may have mounted it meanwhile
+        if found is not None:
+            return found
+        if os.geteuid() != 0 or not MOUNT_POINT.is_dir():
+            raise CapabilityError(
+                "tracefs", f"tracefs is not mounted (mount -t tracefs nodev {MOUNT_POINT}, as "
+                f"root); {what} source cannot run")
+        try:
+            note = mount_tracefs(MOUNT_POINT)
+        except OSError as exc:
+            raise CapabilityError(
+                "tracefs", f"tracefs is not mounted and mounting it failed ({exc.strerror}: "
+                f"{exc}); {what} source cannot run") from None
+        mounted_note = note
+        log.warning("%s", note)
+    found = _mounted_tracefs(what)
+    if found is None:
+        raise CapabilityError("tracefs", f"mounted tracefs at {MOUNT_POINT} but it has no "
+                              f"instances directory; {what} source cannot run")
+    return found
+
+
+def _mounted_tracefs(what: str) -> Path | None:
     for cand in TRACEFS_CANDIDATES:
         p = Path(cand)
         try:
@@ -63,9 +123,7 @@ def find_tracefs(events: tuple[str, ...] = ()) -> Path:
                 f"tracefs at {p} is not accessible: {what} needs root "
                 "(CAP_SYS_ADMIN, or CAP_PERFMON with write access to tracefs)")
         return p
-    raise CapabilityError(
-        "tracefs", "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); "
-        f"{what} source cannot run")
+    return None
 
 
 # Live instances of this process, removed at exit and on SIGTERM even if nobody cancels us.

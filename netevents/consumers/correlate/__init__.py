@@ -1,8 +1,10 @@
 """Correlate across hosts: drop storms, path loss between hosts, peer views -> ``incident`` events.
 
     fingerprint.py  what of a frame no hop changes: the key frames are matched by
-    directory.py    HostDirectory: addresses, machines (boot ids), netns inodes, missed
-                    batches; drop attribution (host, machine-wide, or a namespace on the path)
+    directory.py    HostDirectory: addresses (each agent's status says which are its own, per
+                    namespace; frames and ipstat ``local`` add to it), machines (boot ids),
+                    netns inodes, missed batches, how far each host's drops are in; drop
+                    attribution (host, machine-wide, or a namespace on the path)
     ledger.py       DropLedger: recent drops per machine, totals, sampled dropped packets;
                     which drop can explain a lost frame
     coverage.py     CaptureCoverage: how far each host's capture is known and where it was
@@ -11,7 +13,8 @@
     storms.py       StormTracker: drop_storm incidents
     paths.py        PathLoss: departures matched with arrivals, verdicts per pair, path_loss
                     incidents
-    peers.py        PeerViews: peer incidents from ipstat
+    peers.py        PeerViews: peer episodes (who is hurting whom) from ipstat and the peer
+                    host's drops on the pair's flows
     partition.py    partition_of, parse_partition, Partition: n members sharing the work
     correlator.py   Correlator: the sans-IO core composing the pieces (feed, tick)
     service.py      run_correlate: the asyncio shell (``netevents correlate``)
@@ -38,7 +41,21 @@ path_loss
     every gap record B's ring had made by then (frame batches count them in ``gaps_before``;
     gap records travel in their own batches and can arrive after the frames that follow them).
 peer
-    Host A's per-IP retransmits toward B's address next to B's drops and B's per-IP view of A.
+    Who is hurting whom: host A's per-IP retransmits, timeouts and resets toward an address
+    and -- when B's status lists that address as its own (at every level: no diagnostics
+    needed) -- B's drops on the flows between them (eBPF drop events carry the flow), by
+    reason and location, plus B's per-IP view of A. An incident is an episode of (A, peer):
+    published when it opens, at most once per ``report_interval`` while it lasts, and when
+    it closes (quiet for ``window``). Each publication carries the figures of its whole span
+    (``first_ts`` .. ``last_ts``) and what it adds (``new``): the closing figures of a pair's
+    episodes, or the sum of every publication's ``new``, are what A published (a field A did
+    not publish is absent, never 0). A publication covers only the windows B's drops are
+    known to have reached (B's drop batches, or a status that counted every drop batch B
+    made); after ``max(10 s, 5 x grace)`` it goes out anyway with ``drops_late``, and drops
+    that come later are added to the next publication (``late_drops``).
+
+path_loss labels a frame toward a host that captures nothing as *not captured at the
+receiver* (``unknown_uncaptured``), never as a capture gap.
 """
 
 from .correlator import Correlator

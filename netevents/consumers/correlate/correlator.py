@@ -27,7 +27,8 @@ class Correlator:
     """Sans-IO cross-host correlation.
 
     Args:
-        window: seconds a drop storm's evidence stays together; also the peer-incident window.
+        window: seconds a drop storm's evidence stays together; also the quiet time that
+            closes a peer episode.
         storm_hosts: hosts on which the same (reason, location) must rise to make a storm.
         grace: seconds a departed frame waits for its arrival before it is judged -- and the
             receiver's capture must have published frames that much later than it (or the
@@ -36,8 +37,10 @@ class Correlator:
         max_frames: frames waiting for their match (departures and arrivals each); the oldest
             is evicted past that and counted in ``evicted["frames"]`` -- it is never judged.
         max_keys: storms, pairs, hosts, drop records kept; evictions counted by place.
-        report_interval: seconds between two path_loss incidents of one pair.
-        peer_min_retrans: retransmits toward a peer in one ipstat window that make a peer incident.
+        report_interval: seconds between two path_loss incidents of one pair, and between two
+            publications of an open peer episode.
+        peer_min_retrans: retransmits toward a peer in one ipstat window that open a peer
+            episode (timeouts and resets open one too).
         gap_slack: seconds a capture gap's edges are widened by (block placement uncertainty):
             a missing frame that close to a gap is unknown, not lost.
         partition: ``(k, n)``: this instance is member ``k`` of ``n`` correlators that each see
@@ -86,7 +89,8 @@ class Correlator:
                               evicted=self.evicted)
         self.peers = PeerViews(self.directory, self.drops, self.partition, window_ns=window_ns,
                                min_retrans=peer_min_retrans, max_keys=max_keys,
-                               evicted=self.evicted)
+                               evicted=self.evicted, report_ns=report_ns,
+                               max_wait_ns=max_wait_ns, counts=self.counts)
 
     @property
     def pairs(self) -> dict[tuple[str, str], PairStats]:
@@ -115,6 +119,7 @@ class Correlator:
             for e in batch.events:
                 drop = self.drops.record(batch, e)
                 if drop is not None:
+                    self.peers.drop(drop, e.get("flow"))
                     inc = self.storms.observe(drop, batch.host)
                     if inc is not None:
                         out.append(self._made(inc))
@@ -141,7 +146,8 @@ class Correlator:
             now = min(now, self.stream_time)
         self.coverage.expire(now)
         self.paths.judge(now, flush=flush)
-        return [self._made(inc) for inc in self.storms.due(now) + self.paths.report(now)]
+        return [self._made(inc) for inc in self.storms.due(now) + self.paths.report(now)
+                + self.peers.due(now, flush=flush)]
 
     def _made(self, inc: IncidentEvent) -> IncidentEvent:
         self.counts[f"incident.{inc.type}"] += 1

@@ -12,12 +12,19 @@ same drop: they are not added up).
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Collection
+from typing import Any
 
 from ...codec import Batch
 
 KERNEL_WIDE = frozenset({"tracepoint", "netdm", "ebpf", "dwdump"})
+
+NS = 1_000_000_000
+DROP_LAG_NS = 2 * NS
+"""How long after a drop an agent's status can be sure to count the batch holding it: the
+drop sources flush every second (``[drops] interval``), the runner within 0.25 s."""
 
 
 class HostDirectory:
@@ -42,9 +49,27 @@ class HostDirectory:
         self.netns_host: dict[int, str] = {}
         self.missed: Counter[tuple[str, str]] = Counter()
         """Batches missed per (host, kind), from the subscription's sequence tracker."""
+        self.claimed: dict[str, str] = {}
+        """Address -> the host whose status says it is its own (outranks what frames and
+        ipstat ``local`` suggest)."""
+        self.host_addrs: dict[str, frozenset[str]] = {}
+        """Host -> the addresses its latest status listed."""
+        self.machine_netns: dict[tuple[str, int | str], str] = {}
+        """(machine, netns inode or name) -> the host whose status owns that namespace."""
+        self.bad_input: Counter[str] = Counter()
+        """Values of the inputs that could not be used, by what they were (never a crash)."""
+        self.progress: dict[tuple[str, str], int] = {}
+        """(host, kind) -> the latest window end received."""
+        self.settled: dict[tuple[str, str], int] = {}
+        """(host, kind) -> a time up to which every batch of that kind the host had made has
+        been received (its status counted them all)."""
+        self.last_seq: dict[tuple[str, str, str], int] = {}
+        self.drop_publishers: set[str] = set()
+        """Hosts that publish drop events (or whose status says they run a drop source)."""
 
     def see(self, batch: Batch) -> None:
-        """Learn the machine a batch's host runs on and the batches of it that were missed."""
+        """Learn the machine a batch's host runs on, the batches of it that were missed, how
+        far its batches are in, and (status) its own addresses."""
         known = self.host_boot.get(batch.host)
         # A batch without a boot id (older agents, consumers' own batches) keeps what is known.
         boot = str(batch.fields.get("boot") or known or batch.host)
@@ -58,9 +83,97 @@ class HostDirectory:
                 self.boot_hosts.setdefault(boot, set()).add(batch.host)
         if batch.missed:
             self.missed[(batch.host, batch.kind)] += batch.missed
+        key = (batch.host, batch.kind)
+        if batch.t1 > self.progress.get(key, 0):
+            if key in self.progress or len(self.progress) < self.max_keys:
+                self.progress[key] = batch.t1
+        rkey = (batch.host, batch.run, batch.kind)
+        if rkey in self.last_seq or len(self.last_seq) < self.max_keys:
+            self.last_seq[rkey] = max(self.last_seq.get(rkey, 0), batch.seq)
+        if batch.kind == "drop" and len(self.drop_publishers) < self.max_keys:
+            self.drop_publishers.add(batch.host)
+        elif batch.kind == "status":
+            for e in batch.events:
+                if isinstance(e, dict):
+                    self.learn_status(batch, e)
+
+    def learn_status(self, batch: Batch, e: dict[str, Any]) -> None:
+        """A status event: the host's own addresses (which replace what it said before) and
+        namespaces; and how far its batches are in (``published`` against what arrived)."""
+        host = batch.host
+        published = e.get("published")
+        if isinstance(published, dict):
+            sources = e.get("sources") if isinstance(e.get("sources"), dict) else {}
+            kinds = dict(published)
+            if ("drop" in published or any(str(n).startswith("drops") for n in sources)) \
+                    and len(self.drop_publishers) < self.max_keys:
+                self.drop_publishers.add(host)
+                kinds.setdefault("drop", 0)  # a drop source that has dropped nothing yet
+            for kind, n in kinds.items():
+                if isinstance(n, int) and self.last_seq.get((host, batch.run, kind), 0) >= n \
+                        and ((host, kind) in self.settled or len(self.settled) < self.max_keys):
+                    self.settled[(host, kind)] = max(self.settled.get((host, kind), 0), batch.t1)
+        addresses = e.get("addresses")
+        if host not in self.host_addrs and len(self.host_addrs) >= self.max_keys:
+            self.evicted["hosts"] += 1
+            addresses = None
+        if isinstance(addresses, dict):
+            mine: set[str] = set()
+            for _ns, addrs in addresses.items():
+                for text in addrs if isinstance(addrs, list) else ():
+                    try:
+                        mine.add(str(ipaddress.ip_address(text)))
+                    except (TypeError, ValueError):
+                        self.bad_input["status.addresses"] += 1
+            for gone in self.host_addrs.get(host, frozenset()) - mine:
+                if self.claimed.get(gone) == host:
+                    del self.claimed[gone]
+                    if self.addr_host.get(gone) == host:
+                        del self.addr_host[gone]
+            self.host_addrs[host] = frozenset(mine)
+            for ad in sorted(mine):
+                if ad not in self.claimed and len(self.claimed) >= self.max_keys:
+                    self.evicted["addresses"] += 1
+                    continue
+                self.claimed[ad] = host
+                self.learn_addr(ad, host)
+            machine = self.machine_key(host)
+            for ns in addresses:
+                if ns not in ("root", "self"):
+                    self._own_netns((machine, str(ns)), host)
+        netns = e.get("netns")
+        if isinstance(netns, dict):
+            machine = self.machine_key(host)
+            for inode in netns.values():
+                if isinstance(inode, int):
+                    self._own_netns((machine, inode), host)
+
+    def _own_netns(self, key: tuple[str, int | str], host: str) -> None:
+        if key not in self.machine_netns and len(self.machine_netns) >= self.max_keys:
+            self.evicted["netns"] += 1
+            return
+        self.machine_netns[key] = host
+
+    def drops_known_until(self, host: str) -> int | None:
+        """The time up to which the drops of ``host``'s machine are all in: the least, over the
+        hosts of its machine that publish drops, of the latest drop window received or the
+        status that counted every drop batch (less :data:`DROP_LAG_NS`). None when no host of
+        the machine publishes drops (nothing will come)."""
+        machine = self.machine_key(host)
+        hosts = [h for h in self.boot_hosts.get(machine, {host}) | {host}
+                 if h in self.drop_publishers]
+        if not hosts:
+            return None
+        return min(max(self.progress.get((h, "drop"), 0),
+                       self.settled.get((h, "drop"), DROP_LAG_NS) - DROP_LAG_NS) for h in hosts)
 
     def learn_addr(self, addr: str | None, host: str) -> None:
+        """``addr`` seen as ``host``'s (a frame, an ipstat ``local``); an address another
+        host's status claims stays that host's."""
         if not addr or self.addr_host.get(addr) == host:
+            return
+        owner = self.claimed.get(addr)
+        if owner is not None and owner != host:
             return
         if addr in self.addr_host:
             self.addr_host.move_to_end(addr)
@@ -105,6 +218,11 @@ class HostDirectory:
         if isinstance(name, str) and name in self.host_boot:
             return name, f"{source}: netns_name {name}"
         netns = event.get("netns")
+        machine = self.machine_key(batch.host)
+        for key in ((machine, netns), (machine, name)):
+            owner = self.machine_netns.get(key) if isinstance(key[1], (int, str)) else None
+            if owner is not None:
+                return owner, f"{source}: netns {key[1]} is {owner}'s (its status)"
         if isinstance(netns, int) and netns in self.netns_host:
             return self.netns_host[netns], f"{source}: netns inode {netns}"
         if isinstance(name, str) and name and name != "root":

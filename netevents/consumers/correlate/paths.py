@@ -69,6 +69,9 @@ class PairStats:
     unknown: int = 0
     unknown_offload: int = 0
     """Of ``unknown``: offload super-packets that did not arrive whole (see Departure.offload)."""
+    unknown_uncaptured: int = 0
+    """Of ``unknown``: frames toward a host that captures nothing (no capture ring of it was
+    ever seen): not captured at the receiver, which is no capture gap."""
     delays_ns: deque = field(default_factory=lambda: deque(maxlen=2048))
     ts_sources: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
@@ -212,7 +215,8 @@ class PathLoss:
             if now - dep.ts < self.grace_ns:
                 break
             b = self.directory.host_at(dep.dst)
-            if b is not None and b != dep.host and not flush:
+            captured = b is not None and bool(coverage.ring_progress.get(b))
+            if b is not None and b != dep.host and not flush and captured:
                 # B's capture has not yet published frames a grace period past this one (it
                 # is behind, or stalled): its frames -- or the gap record saying it was blind
                 # -- may still come. Wait, up to max_wait.
@@ -228,7 +232,10 @@ class PathLoss:
             p.seen(dep.ts)
             delays = p.delays_ns
             expected = dep.ts + (sorted(delays)[len(delays) // 2] if delays else 0)
-            if coverage.blind_at(b, expected):
+            if not captured:
+                p.unknown += 1  # B captures nothing: the frame is not captured at the receiver
+                p.unknown_uncaptured += 1
+            elif coverage.blind_at(b, expected):
                 p.unknown += 1
             elif dep.offload:
                 p.unknown += 1  # cut into segments on the way, most likely: not a loss
@@ -275,8 +282,11 @@ class PathLoss:
         p50, p99 = _quantile(delays, 0.5), _quantile(delays, 0.99)
         reason = p.reasons.most_common(1)[0][0] if p.reasons else None
         summary = f"path {a} -> {b}: {p.lost} lost of {judged} ({pct:.1f}%)"
-        if p.unknown - p.unknown_offload:
-            summary += f", {p.unknown - p.unknown_offload} unknown (capture gap on {b})"
+        gap = p.unknown - p.unknown_offload - p.unknown_uncaptured
+        if gap:
+            summary += f", {gap} unknown (capture gap on {b})"
+        if p.unknown_uncaptured:
+            summary += f", {p.unknown_uncaptured} not captured at the receiver ({b} has no capture)"
         if p.unknown_offload:
             summary += f", {p.unknown_offload} unknown (offload super-packets, cut up on the way)"
         if reason:
@@ -291,6 +301,7 @@ class PathLoss:
                      "loss_pct": round(pct, 3), "reasons": dict(p.reasons),
                      "reasons_by_packet": p.named_by_packet,
                      "unknown_offload": p.unknown_offload,
+                     "unknown_uncaptured": p.unknown_uncaptured,
                      "delay_ns": {"p50": p50, "p99": p99, "samples": len(delays),
                                   "min": min(delays) if delays else None},
                      "ts_src": dict(p.ts_sources),
@@ -305,7 +316,8 @@ class PathLoss:
         for (a, b), p in self.pairs.items():
             delays = list(p.delays_ns)
             rows.append({"from": a, "to": b, "delivered": p.delivered, "lost": p.lost,
-                         "unknown": p.unknown, "p50_ns": _quantile(delays, 0.5),
+                         "unknown": p.unknown, "uncaptured": p.unknown_uncaptured,
+                         "p50_ns": _quantile(delays, 0.5),
                          "p99_ns": _quantile(delays, 0.99),
                          "reason": p.reasons.most_common(1)[0][0] if p.reasons else None})
         return sorted(rows, key=lambda r: (-r["lost"], -r["unknown"], r["from"], r["to"]))

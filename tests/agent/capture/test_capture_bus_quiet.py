@@ -10,12 +10,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
-
 SCRIPT = r"""
 import asyncio, json, sys, tempfile
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
 from netevents.bus import EmbeddedServer, connect
 
 async def main():
@@ -25,7 +22,7 @@ async def main():
     conf = tmp / "agent.toml"
     conf.write_text('[agent]\nhost = "quiet"\nstatus_interval = 0.5\nspool_dir = "%s"\n\n'
                     '[capture]\niface = "lo"\nhwtstamp = false\nbus_traffic = %s\n'
-                    % (tmp / "spool", sys.argv[2]))
+                    % (tmp / "spool", sys.argv[1]))
     frames = statuses = 0
     try:
         async with connect(url, streams=True) as bus:
@@ -33,7 +30,7 @@ async def main():
             await sub.start()
             agent = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "netevents.app", "agent", "--bus", url, "--config",
-                str(conf), "--duration", "4", cwd=sys.argv[1], stderr=asyncio.subprocess.PIPE)
+                str(conf), "--duration", "4", cwd=tmp, stderr=asyncio.subprocess.PIPE)
             while True:
                 b = await sub.next(timeout=8)
                 if b is None:
@@ -59,7 +56,7 @@ asyncio.run(main())
 @pytest.mark.parametrize("bus_traffic", ["false", "true"])
 def test_capture_on_the_bus_hosts_lo_stays_quiet(netns_pair, bus_traffic):
     a, _b, _prefix = netns_pair
-    r = a.run(sys.executable, "-c", SCRIPT, str(ROOT), bus_traffic, timeout=120)
+    r = a.run(sys.executable, "-c", SCRIPT, bus_traffic, timeout=120)
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["rc"] == 0 and out["statuses"] >= 3, out
     if bus_traffic == "false":

@@ -4,6 +4,7 @@ the same columns and the same encoded batch, byte for byte (netevents/agent/capt
 from __future__ import annotations
 
 import mmap
+import shutil
 import struct
 
 import pytest
@@ -27,14 +28,12 @@ from tests.agent.capture.test_capture_walk import block, frame_record
 
 
 @pytest.fixture(scope="module")
-def c_cache(tmp_path_factory):
-    """A private cache for the built walker; skips the module's C tests without a compiler."""
-    cache = tmp_path_factory.mktemp("cwalk-cache")
+def c_cache():
+    """Skips the module's C tests where the walker was not built at install (no compiler)."""
     try:
-        cwalk.CWalker(cache)
+        cwalk.CWalker()
     except cwalk.BuildError as exc:
-        pytest.skip(f"the C walker cannot be built here: {exc}")
-    return cache
+        pytest.skip(f"the C walker is not installed here: {exc}")
 
 
 def encoded(cols, t0: int, t1: int) -> bytes:
@@ -47,7 +46,7 @@ def encoded(cols, t0: int, t1: int) -> bytes:
 def both(mem, offsets: list[int], queue: int | None, cache) -> tuple:
     """Walk ``offsets`` of ``mem`` with each walker; assert they agree; return the C result."""
     results = []
-    for walker in (PythonWalker(), cwalk.CWalker(cache)):
+    for walker in (PythonWalker(), cwalk.CWalker()):
         infos = [walker.walk(mem, off) for off in offsets]
         taken = walker.take(queue) if len(walker) else None
         assert len(walker) == 0
@@ -142,7 +141,7 @@ def test_ring_memory_two_blocks_queue_and_a_bad_next_offset(c_cache):
 def test_empty_block_and_descriptor_outside_the_buffer(c_cache):
     infos, taken = both(block([], seq=5), [0], None, c_cache)
     assert infos[0].walked == 0 and infos[0].first_ts is None and taken is None
-    for walker in (PythonWalker(), cwalk.CWalker(c_cache)):
+    for walker in (PythonWalker(), cwalk.CWalker()):
         with pytest.raises(struct.error):
             walker.walk(b"\0" * 40, 0)
 
@@ -234,35 +233,39 @@ def test_random_frames_truncations_and_offsets(c_cache, recs, cut, bad_next, que
 
 # --- choosing the walker --------------------------------------------------------------------
 
-def test_falls_back_to_python_without_a_compiler_and_c_then_refuses(tmp_path, monkeypatch):
+def test_falls_back_to_python_when_not_installed_and_c_then_refuses(monkeypatch):
     monkeypatch.setattr(cwalk, "_lib", None)
-    monkeypatch.setattr(cwalk.shutil, "which", lambda name: None)
-    walker, why, fallback = cwalk.open_walker("auto", cache=tmp_path)
+    monkeypatch.setattr(cwalk, "EXTENSION", "_not_installed")
+    walker, why, fallback = cwalk.open_walker("auto")
     assert isinstance(walker, PythonWalker) and fallback
-    assert "no C compiler" in why and "pure-Python" in why and "\n" not in why
-    with pytest.raises(CapabilityError, match="C block walker: no C compiler"):
-        cwalk.open_walker("c", cache=tmp_path)
+    assert "not built when netevents was installed" in why and "pure-Python" in why
+    assert "\n" not in why
+    with pytest.raises(CapabilityError, match="C block walker: not built when"):
+        cwalk.open_walker("c")
 
 
-def test_a_failing_build_is_one_line_and_a_fallback(tmp_path, monkeypatch):
-    broken = tmp_path / "walker.c"
-    broken.write_text("this is not C;\n")
+def test_a_library_built_from_another_walker_c_is_refused(c_cache, tmp_path, monkeypatch):
+    lib = cwalk.library_path()
+    shutil.copy(lib, tmp_path / lib.name)
+    edited = tmp_path / "walker.c"
+    edited.write_bytes(cwalk.SOURCE.read_bytes() + b"\n/* edited */\n")
     monkeypatch.setattr(cwalk, "_lib", None)
-    monkeypatch.setattr(cwalk, "SOURCE", broken)
-    walker, why, fallback = cwalk.open_walker("auto", cache=tmp_path / "cache")
+    monkeypatch.setattr(cwalk, "SOURCE", edited)
+    walker, why, fallback = cwalk.open_walker("auto")
     assert isinstance(walker, PythonWalker) and fallback
-    assert "building walker.c failed" in why and "\n" not in why
-    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left to load
+    assert "built from another walker.c" in why and "pip install -e ." in why
+    edited.write_bytes((lib.parent / "walker.c").read_bytes())  # the source it was built from
+    assert isinstance(cwalk.open_walker("auto")[0], cwalk.CWalker)
 
 
 def test_forcing_python_by_option_or_environment(c_cache, monkeypatch):
     walker, why, fallback = cwalk.open_walker("python")
     assert isinstance(walker, PythonWalker) and not fallback and why
     monkeypatch.setenv(cwalk.WALKER_ENV, "python")
-    assert isinstance(cwalk.open_walker("auto", cache=c_cache)[0], PythonWalker)
-    assert isinstance(cwalk.open_walker("c", cache=c_cache)[0], cwalk.CWalker)  # option wins
+    assert isinstance(cwalk.open_walker("auto")[0], PythonWalker)
+    assert isinstance(cwalk.open_walker("c")[0], cwalk.CWalker)  # option wins
     monkeypatch.setenv(cwalk.WALKER_ENV, "c")
-    assert isinstance(cwalk.open_walker("auto", cache=c_cache)[0], cwalk.CWalker)
+    assert isinstance(cwalk.open_walker("auto")[0], cwalk.CWalker)
     with pytest.raises(ValueError, match="walker 'fast'"):
         cwalk.open_walker("fast")
 
@@ -274,7 +277,7 @@ def test_walker_option_is_validated():
 
 
 def test_packed_columns_decode_to_the_batch_they_encode(c_cache):
-    walker = cwalk.CWalker(c_cache)
+    walker = cwalk.CWalker()
     walker.walk(block([rec(CASES["ipv4 tcp"], 1), rec(CASES["arp"], 2, last=True)], seq=1), 0)
     cols, t0, t1 = walker.take(None)
     back = decode_batch(encoded(cols, t0, t1))

@@ -89,7 +89,7 @@ def walker(request) -> str:
         try:
             cwalk.load()
         except cwalk.BuildError as exc:
-            pytest.skip(f"the C walker cannot be built here: {exc}")
+            pytest.skip(f"the C walker is not installed here: {exc}")
     return request.param
 
 

@@ -15,7 +15,7 @@ import pytest
 from netevents.bus import connect
 
 ROOT = Path(__file__).resolve().parents[3]
-SAMPLE = ROOT.parent / "shared" / "testdata" / "net_dm" / "dwdump-sample.pcap"
+SAMPLE = Path(__file__).resolve().parent / "testdata" / "net_dm" / "dwdump-sample.pcap"
 TRACEFS = Path("/sys/kernel/tracing")
 pytestmark = pytest.mark.integration
 
@@ -23,10 +23,9 @@ pytestmark = pytest.mark.integration
 def _cli(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "netevents.app", *args], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, **kw)
+                            env=dict(os.environ), **kw)
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="shared NET_DM sample missing")
 def test_import_publishes_the_capture(nats_url):
     async def main():
         async with connect(nats_url) as bus:
@@ -35,7 +34,7 @@ def test_import_publishes_the_capture(nats_url):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "netevents.app", "import", str(SAMPLE), "--bus", nats_url,
                 "--host", "old-host", "--site", "lab", cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env=dict(os.environ),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()

@@ -223,7 +223,7 @@ def test_sample_config_builds_and_bad_options_are_named():
 
     section = tomllib.loads((Path(__file__).parents[3] / "netevents/agent/drops/sample.toml").read_text())["drops"]
     c = build(section)
-    assert [s.name for s in c.event_sources] == ["drops.netdm", "drops.ebpf", "drops.tracepoint"]
+    assert [s.name for s in c.event_sources] == ["drops.ebpf", "drops.netdm", "drops.tracepoint"]
     assert c.event_sources[2].exclude_reasons == frozenset({"NOT_SPECIFIED"})
     for bad, word in (({"intervall": 1}, "intervall"), ({"interval": 0}, "interval"),
                       ({"exclude_reasons": "NOT_SPECIFIED"}, "exclude_reasons"),

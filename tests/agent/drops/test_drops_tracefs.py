@@ -53,8 +53,7 @@ AGENT = textwrap.dedent("""
 @pytest.mark.parametrize("mode", ["graceful", "no-handler"])
 def test_sigterm_removes_the_instance(mode):
     proc = subprocess.Popen([sys.executable, "-c", AGENT, mode], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith(str(TRACEFS / "instances" / f"netevents-{proc.pid}-")), \
@@ -137,7 +136,7 @@ def test_without_root_the_error_names_the_capability(tmp_path):
         """)
         os.chmod(tmp_path, 0o755)
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             text=True)
         assert out.stdout.startswith("CAP_SYS_ADMIN |"), out.stderr[-800:]
         assert "tracefs" in out.stdout
 

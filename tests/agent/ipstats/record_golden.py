@@ -19,12 +19,9 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from netevents.agent.ipstats.sockdiag import DestroyListener, DiagSocket  # noqa: E402
 from netevents.agent.kernel.netns import in_netns  # noqa: E402

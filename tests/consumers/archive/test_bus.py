@@ -67,7 +67,7 @@ def publish(url, batches, pace=0.0):
 
 
 def start_archiver(url: str, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     return subprocess.Popen(
         [sys.executable, "-m", "netevents.app", "archive", "--out", str(out), "--bus", url,
          "--durable", "t-archive", "--gap-wait", "0.3", *extra],
@@ -232,7 +232,7 @@ def test_two_archivers_share_the_fleet_by_host(nats_url, tmp_path):
     procs = {name: subprocess.Popen(
         [sys.executable, "-m", "netevents.app", "archive", "--out", str(out), "--bus", nats_url,
          "--durable", f"arch-{name}", "--host", f"{name}-*", "--gap-wait", "0.3"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for name, out in outs.items()}
     try:
         assert wait_for(lambda: archived_frames(outs["web"]) >= 2 * 4 * PER_BATCH

@@ -44,7 +44,7 @@ def test_capture_gaps_land_in_the_archive_as_drop_counts(netns_pair, nats_url, t
         "retire_tov_ms": 10, "block_delay": 0.002, "hwtstamp": False})
     cap = capture.ring_capture("veth-b", opts)
     out = tmp_path / "arch"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     archiver = subprocess.Popen(
         [sys.executable, "-m", "netevents.app", "archive", "--out", str(out), "--bus", nats_url,
          "--durable", "t-e2e", "--gap-wait", "0.5"],

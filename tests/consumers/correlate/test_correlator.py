@@ -306,19 +306,23 @@ def test_peer_view_joins_retransmits_drops_and_the_peers_view():
     _learn(c, seq)
     c.feed(batch("ipstat", "b", seq("b", "ipstat"), [{"peer": "10.0.0.1", "segs_in": 40, "retrans_segs": 0}]))
     c.feed(drop("b", seq("b", "drop"), "TCP_ZEROWINDOW", "tcp_data_queue+0x1", 6, T0 + NS, source="counter"))
-    out = c.feed(batch("ipstat", "a", seq("a", "ipstat"),
-                       [{"peer": "10.0.0.2", "retrans_segs": 9, "timeouts": 1, "flags": ["retrans"]}],
-                       t0=T0, t1=T0 + 2 * NS))
+    assert c.feed(batch("ipstat", "a", seq("a", "ipstat"),
+                        [{"peer": "10.0.0.2", "retrans_segs": 9, "timeouts": 1, "flags": ["retrans"]}],
+                        t0=T0, t1=T0 + 2 * NS)) == []  # published by tick, once b's drops are in
+    out = [i for i in c.tick(T0 + 3 * NS) if i.type == "peer"]
     assert len(out) == 1
     inc = out[0]
-    assert inc.type == "peer" and inc.hosts == ["a", "b"]
-    assert inc.details["retrans_segs"] == 9
-    assert inc.details["peer_drops"][0]["reason"] == "TCP_ZEROWINDOW"
+    assert inc.type == "peer" and inc.hosts == ["a", "b"] and inc.details["phase"] == "open"
+    assert inc.details["retrans_segs"] == 9 and "segs_out" not in inc.details
+    # a counter drop has no flow: it is b's, in the span, but not on the pair's flows
+    assert inc.details["peer_host_drops"][0]["reason"] == "TCP_ZEROWINDOW"
+    assert inc.details["peer_dropped"] == 0
     assert inc.details["peer_view_of_sender"]["segs_in"] == 40
     assert set(inc.inputs) == {"ipstat", "drop"}
-    # rate-limited within the window
-    assert c.feed(batch("ipstat", "a", seq("a", "ipstat"), [{"peer": "10.0.0.2", "retrans_segs": 3}],
-                        t0=T0 + 2 * NS, t1=T0 + 3 * NS)) == []
+    # an update waits for the report interval
+    c.feed(batch("ipstat", "a", seq("a", "ipstat"), [{"peer": "10.0.0.2", "retrans_segs": 3}],
+                 t0=T0 + 2 * NS, t1=T0 + 3 * NS))
+    assert [i for i in c.tick(T0 + 3 * NS) if i.type == "peer"] == []
 
 
 def test_a_consumer_running_behind_does_not_judge_frames_still_in_its_backlog():

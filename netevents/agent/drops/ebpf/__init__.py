@@ -4,7 +4,10 @@
                      (netns, reason, location, ifindex, proto, flow), sampled ring records,
                      kernel-side filter, own-loss counters
     layout.py        the C structs as Python struct formats (keep in step with the C)
-    build.py         vmlinux.h from BTF + clang -> cached object; reason names from vmlinux.h
+    kfree_skb.bpf.o  the compiled program, committed and shipped (CO-RE: one object for every
+                     BTF kernel); kfree_skb.bpf.json records its and its source's SHA-256
+    prebuilt.py      the shipped object, checked; reason names from the running kernel's BTF
+    build.py         developer command: rebuild the object from the source (clang, bpftool)
     libbpf.py        ctypes binding to libbpf.so.1 (object, maps, batch drain, ring buffer)
     filter.py        the ``filter`` attribute expressions: parse, compile for the kernel, match
     collector.py     EbpfDrops: the collector (window flip + drain, records, losses)
@@ -20,7 +23,7 @@ __all__ = ["DropFilter", "EbpfDrops", "parse_filter"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `python -m netevents.agent.drops.ebpf.build` (install time) does not import itself twice.
+    # Lazy, so `python -m netevents.agent.drops.ebpf.build` does not import the collector.
     if name == "EbpfDrops":
         from .collector import EbpfDrops
         return EbpfDrops

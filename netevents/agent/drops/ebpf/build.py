@@ -1,32 +1,38 @@
-"""Build the BPF object for the running kernel, once, into a cache directory.
+"""Rebuild the committed eBPF object from its source: a developer command, never run by the agent.
 
-``vmlinux.h`` is generated from the kernel's BTF (``bpftool btf dump file
-/sys/kernel/btf/vmlinux format c``) into the cache, never committed; the object is compiled
-with clang (``-target bpf``, CO-RE). The cache key is the kernel release plus a hash of the C
-source, so an edited program or a new kernel rebuilds, and an object built at install time
-serves hosts without clang. The
-``skb_drop_reason`` names are taken from the same vmlinux.h (reasons.json next to the object).
+    python -m netevents.agent.drops.ebpf.build            # rewrite kfree_skb.bpf.o + .json here
+    python -m netevents.agent.drops.ebpf.build --out DIR  # build into DIR (tests compare)
 
-Cache directory: ``$NETEVENTS_CACHE/ebpf``, else ``/var/cache/netevents/ebpf`` for root, else
-``~/.cache/netevents/ebpf``.
+Like cilium/ebpf's bpf2go, the compiled CO-RE object is committed next to its source and
+shipped in the wheel: one object runs on every BTF kernel (libbpf relocates its field accesses
+against the running kernel's BTF at load time), so hosts need no clang. This command is what
+you run after editing ``kfree_skb.bpf.c`` (``tests/agent/drops/ebpf/test_ebpf_object.py``
+fails while the committed object is older than the source).
+
+The build is reproducible: the source and a ``vmlinux.h`` dumped from the build host's BTF
+(``bpftool btf dump file /sys/kernel/btf/vmlinux format c``; never committed) are compiled in
+a scratch directory with relative paths (``clang -g -O2 -target bpf``), then ``bpftool gen
+object`` links the result, which drops the DWARF and keeps the BTF CO-RE needs. The same
+source, ``vmlinux.h`` and toolchain give the same bytes; ``kfree_skb.bpf.json`` records the
+hashes and the toolchain so a test can tell "different toolchain" from "stale object".
+
+Needs: Debian ``clang``, ``bpftool``, ``libbpf-dev`` (bpf_helpers.h), kernel BTF.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import os
 import platform
-import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+import sys
+import tempfile
 from pathlib import Path
 
-from ...base import cache_dir
-from ...loadcheck import hash_matches, record_hash, untrusted
+from .prebuilt import OBJECT, RECORD, SOURCE
 
-SOURCE = Path(__file__).with_name("kfree_skb.bpf.c")
 BTF = Path("/sys/kernel/btf/vmlinux")
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "ppc64le": "powerpc", "s390x": "s390",
          "riscv64": "riscv"}
@@ -36,112 +42,95 @@ class BuildError(RuntimeError):
     """The object cannot be built here; the message is one line saying what is missing."""
 
 
-@dataclass(frozen=True)
-class Built:
-    obj: Path
-    reasons: dict[int, str]   # skb_drop_reason number -> name without SKB_DROP_REASON_
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def cache_root() -> Path:
-    return cache_dir("ebpf")
+def tool(name: str) -> str:
+    """The path of ``clang`` or ``bpftool`` (Debian puts bpftool in /usr/sbin).
 
-
-def parse_reasons(vmlinux_h: str) -> dict[int, str]:
-    """``enum skb_drop_reason`` of a vmlinux.h as {number: name}."""
-    m = re.search(r"enum skb_drop_reason \{(.*?)\};", vmlinux_h, re.S)
-    if not m:
-        return {}
-    return {int(v, 0): name.removeprefix("SKB_DROP_REASON_")
-            for name, v in re.findall(r"(SKB_DROP_REASON_\w+) = (-?\w+),", m.group(1))}
-
-
-def _tool(name: str) -> str:
+    Raises:
+        BuildError: it is not installed (the message names the Debian package).
+    """
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if path is None:
-        raise BuildError(f"{name} not found (Debian package {'bpftool' if name == 'bpftool' else name})")
+        raise BuildError(f"{name} not found (Debian package {name})")
     return path
 
 
-def build(cache: Path | None = None) -> Built:
-    """The cached object (building it first if needed); see :func:`_build`.
-
-    Raises:
-        BuildError: no BTF; no cached object and no clang/bpftool; the compile failed; the
-            cache directory is not writable.
-    """
+def _run(cmd: list[str], cwd: Path, what: str) -> str:
     try:
-        return _build(cache)
-    except OSError as exc:
-        raise BuildError(f"eBPF object cache: {exc.filename or ''}: {exc.strerror or exc}") from exc
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True,
+                              timeout=300).stdout
+    except subprocess.CalledProcessError as exc:
+        lines = (exc.stderr or "").strip().splitlines()
+        first = [ln for ln in lines if "error" in ln][:1] or lines[:1]
+        raise BuildError(f"{what} failed: {first[0] if first else exc}") from None
 
 
-def _build(cache: Path | None = None) -> Built:
-    """The cached object (building it first if needed).
+def toolchain() -> str:
+    """One line naming the compiler and linker versions (recorded with the object)."""
+    clang = _run([tool("clang"), "--version"], Path("."), "clang --version").splitlines()[0]
+    bpftool = "bpftool " + _run([tool("bpftool"), "version"], Path("."),
+                                "bpftool version").splitlines()[0].split()[-1]
+    return f"{clang}; {bpftool}"
+
+
+def build(out: Path) -> dict[str, str]:
+    """Compile ``kfree_skb.bpf.c`` into ``out/kfree_skb.bpf.o`` and write its record
+    ``out/kfree_skb.bpf.json``; returns the record.
 
     Raises:
-        BuildError: no BTF; no cached object and no clang/bpftool; the compile failed.
+        BuildError: no BTF, clang or bpftool; a step failed (its first error line).
     """
     if not BTF.exists():
         raise BuildError(f"no kernel BTF at {BTF} (CONFIG_DEBUG_INFO_BTF)")
-    # Keyed by kernel release and program source only: an object built at install time is
-    # used on a host where clang has since been removed.
-    tag = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    out = (cache or cache_root()) / f"{platform.release()}-{tag}"
-    obj, reasons_file = out / "kfree_skb.bpf.o", out / "reasons.json"
-    if obj.exists() and reasons_file.exists():
-        # What root loads is what we built (netevents/agent/loadcheck.py): a cache someone else can
-        # write is not used; an object whose hash is not the recorded one is rebuilt.
-        why = untrusted(obj) or untrusted(reasons_file)
-        if why:
-            raise BuildError(f"not loading {obj}: {why}")
-        try:
-            reasons = {int(k): v for k, v in json.loads(reasons_file.read_text()).items()}
-            if hash_matches(obj):
-                return Built(obj, reasons)
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is rebuilt
-    clang = _tool("clang")
-    bpftool = _tool("bpftool")
-    out.mkdir(parents=True, exist_ok=True, mode=0o755)
-    why = untrusted(out)
-    if why:
-        raise BuildError(f"not building into {out}: {why}")
-    # Per-process file names, renamed into place: agents (or tests) building at the same time
-    # never read each other's half-written files.
-    work = out / f"tmp.{os.getpid()}"
-    work.mkdir(exist_ok=True)
-    header = work / "vmlinux.h"
-    try:
-        with open(header, "w") as f:
-            subprocess.run([bpftool, "btf", "dump", "file", str(BTF), "format", "c"], stdout=f,
-                           stderr=subprocess.PIPE, check=True)
-        tmp = work / "kfree_skb.bpf.o"
+    clang, bpftool = tool("clang"), tool("bpftool")
+    source = SOURCE.read_bytes()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="netevents-ebpf-") as tmp:
+        work = Path(tmp)
+        header = _run([bpftool, "btf", "dump", "file", str(BTF), "format", "c"], work,
+                      "bpftool btf dump")
+        (work / "vmlinux.h").write_text(header)
+        (work / SOURCE.name).write_bytes(source)
         arch = _ARCH.get(platform.machine(), platform.machine())
-        subprocess.run([clang, "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
-                        "-I", str(work), "-c", str(SOURCE), "-o", str(tmp)],
-                       capture_output=True, text=True, check=True)
-    except subprocess.CalledProcessError as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        lines = (exc.stderr or "").strip().splitlines()
-        first = [ln for ln in lines if "error" in ln][:1] or lines[:1]
-        raise BuildError(f"building {SOURCE.name} failed: {first[0] if first else exc}") from exc
-    reasons = parse_reasons(header.read_text())
-    header.replace(out / "vmlinux.h")
-    tmp_reasons = work / "reasons.json"
-    tmp_reasons.write_text(json.dumps(reasons))
-    tmp_reasons.replace(reasons_file)
-    record_hash(tmp, obj)
-    tmp.replace(obj)  # last: its presence says the entry is complete
-    shutil.rmtree(work, ignore_errors=True)
-    return Built(obj, reasons)
+        # Relative paths and a fixed compilation directory: no scratch path in the object.
+        _run([clang, "-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
+              "-fdebug-compilation-dir=.", "-I", ".", "-c", SOURCE.name, "-o", "unlinked.o"],
+             work, f"clang {SOURCE.name}")
+        _run([bpftool, "gen", "object", "linked.o", "unlinked.o"], work, "bpftool gen object")
+        obj = (work / "linked.o").read_bytes()
+        record = {
+            "source": SOURCE.name,
+            "source_sha256": sha256(source),
+            "object_sha256": sha256(obj),
+            "toolchain": toolchain(),
+            "vmlinux_h_sha256": sha256(header.encode()),
+            "built_on": platform.release(),
+        }
+        tmp_obj = out / f".{OBJECT.name}.tmp"
+        tmp_obj.write_bytes(obj)
+        tmp_obj.replace(out / OBJECT.name)
+        (out / RECORD.name).write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
-if __name__ == "__main__":  # install time: python -m netevents.agent.drops.ebpf.build
-    import sys
-
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m netevents.agent.drops.ebpf.build",
+                                     description="Rebuild kfree_skb.bpf.o from kfree_skb.bpf.c.")
+    parser.add_argument("--out", type=Path, default=OBJECT.parent,
+                        help="directory for kfree_skb.bpf.o and .json (default: next to the source)")
+    args = parser.parse_args(argv)
     try:
-        built = build()
+        record = build(args.out)
     except BuildError as exc:
         print(f"netevents.agent.drops.ebpf.build: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print(f"{built.obj} ({len(built.reasons)} drop reasons)")
+        return 1
+    print(f"{args.out / OBJECT.name}: sha256 {record['object_sha256'][:16]}... "
+          f"from {SOURCE.name} sha256 {record['source_sha256'][:16]}... ({record['toolchain']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

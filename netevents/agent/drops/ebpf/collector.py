@@ -32,14 +32,34 @@ from ...kernel.netns import NetnsNames, resolve, scan
 from ...kernel.tracefs import boottime_offset_ns
 from . import layout as L
 from . import libbpf
-from .build import BuildError, build
 from .filter import DropFilter
+from .prebuilt import PrebuiltError, prebuilt
 
 log = logging.getLogger("netevents.agent.drops.ebpf")
 
 PROGRAMS = ("kfree_skb_btf", "kfree_skb_raw")   # tp_btf first, raw_tp fallback
 FLIP_WAIT = 0.002
 RING_MIN_KB = 4
+
+
+def per_cpu_total(value: bytes, ncpu: int, vsize: int) -> tuple[int, int | None, int | None]:
+    """(count, first_ts, last_ts) of a row over its per-CPU values (CLOCK_BOOTTIME ns).
+
+    The CPU that creates a row sets its first_ts; the other CPUs' values start zeroed
+    (kernel/bpf/hashtab.c pcpu_init_value) and count from there without a first_ts of their
+    own: a first_ts of 0 is no time, and the creator's is the row's first."""
+    count, first, last = 0, None, None
+    for cpu in range(ncpu):
+        c, f, la = L.VAL.unpack_from(value, cpu * vsize)
+        if c:
+            count += c
+            if f and (first is None or f < first):
+                first = f
+            if last is None or la > last:
+                last = la
+    if first is None:
+        first = last
+    return count, first, last
 
 
 def flow_of_key(family: int, src: bytes, dst: bytes, l4: int, sport: int,
@@ -106,15 +126,15 @@ class EbpfDrops:
 
     # -- setup (blocking: runs in a thread) ---------------------------------------------------
     def open(self) -> None:
-        """Build (or find cached), load and attach the program.
+        """Load and attach the shipped program (prebuilt.py), names from the kernel's BTF.
 
         Raises:
-            CapabilityError: no clang/BTF, no libbpf, no CAP_BPF/CAP_PERFMON, or the kernel
+            CapabilityError: no BTF, a missing or stale object, no libbpf, no CAP_BPF/CAP_PERFMON, or the kernel
                 refuses the program (the message is the one line the agent prints).
         """
         try:
-            built = build()
-        except BuildError as exc:
+            built = prebuilt()
+        except PrebuiltError as exc:
             raise CapabilityError("ebpf", str(exc)) from None
         self.reasons = built.reasons
         numbers = {v: k for k, v in built.reasons.items()}
@@ -269,13 +289,7 @@ class EbpfDrops:
         self._consume()  # every record of a drop counted in the old hash is in the ring now
         events: list[dict[str, Any]] = []
         for key, value in rows:
-            count, first, last = 0, None, None
-            for cpu in range(self._ncpu):
-                c, f, la = L.VAL.unpack_from(value, cpu * vsize)
-                if c:
-                    count += c
-                    first = f if first is None or f < first else first
-                    last = la if last is None or la > last else last
+            count, first, last = per_cpu_total(value, self._ncpu, vsize)
             self.totals["counted"] += count
             credit = self._credit.pop(key, 0)
             if credit > count:

@@ -99,3 +99,12 @@ def test_netns_names_prefer_run_netns_over_process_hints():
     assert t.inode_of("web") == 10
     t.update({}, {}, root=1)
     assert t.name(1) == "root"
+
+
+def test_a_rows_first_drop_is_its_creators_not_a_zeroed_cpus():
+    from netevents.agent.drops.ebpf.collector import per_cpu_total
+
+    # CPU 0 created the row at t=5000 and counted 3 (last 5900); CPU 1's value started zeroed
+    # (no first_ts) and counted 2 (last 6100); CPU 2 never saw the row
+    value = L.VAL.pack(3, 5000, 5900) + L.VAL.pack(2, 0, 6100) + L.VAL.pack(0, 0, 0)
+    assert per_cpu_total(value, 3, L.VAL.size) == (5, 5000, 6100)
