@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,7 @@ class FleetView:
                 key = (batch.host, str(e.get("reason")), str(e.get("location") or "?"))
                 self._bounded(self.drop_sites, key, int(e.get("count", 0)))
                 flow = e.get("flow")
-                if isinstance(flow, dict) and isinstance(flow.get("src"), str) \
+                if isinstance(flow, Mapping) and isinstance(flow.get("src"), str) \
                         and isinstance(flow.get("dst"), str):
                     entity, _how = self.directory.attribute(batch, e)
                     fkey = (str(entity), flow["src"], flow["dst"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter, OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ...codec import Batch
@@ -94,7 +94,7 @@ class HostDirectory:
             self.drop_publishers.add(batch.host)
         elif batch.kind == "status":
             for e in batch.events:
-                if isinstance(e, dict):
+                if isinstance(e, Mapping):
                     self.learn_status(batch, e)
 
     def learn_status(self, batch: Batch, e: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +169,7 @@ class PeerViews:
     def drop(self, d: Drop, flow: Any) -> None:
         """A drop the ledger took: joined to the episode of the flow's pair when its entity is
         the peer host (packets between A and B dropped at B, in either direction)."""
-        if not isinstance(flow, dict):
+        if not isinstance(flow, Mapping):
             return
         src, dst = flow.get("src"), flow.get("dst")
         if not isinstance(src, str) or not isinstance(dst, str):
