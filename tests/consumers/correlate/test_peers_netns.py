@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 
 import pytest
 
@@ -181,7 +182,7 @@ def test_retransmits_of_a_meet_drops_of_b_in_incidents_that_add_up_and_in_top(
         published_timeouts = sum(e.get("timeouts", 0) for _bt, e in ip_events)
         pair = {(a_addr, b_addr), (b_addr, a_addr)}
         drops = [e for bt in recorded if bt.kind == "drop" and bt.host == "vB" for e in bt.events
-                 if e.get("netns") in b_inodes and isinstance(e.get("flow"), dict)
+                 if e.get("netns") in b_inodes and isinstance(e.get("flow"), Mapping)
                  and (e["flow"].get("src"), e["flow"].get("dst")) in pair]
         assert published_retrans > 0 and drops, (published_retrans, len(drops))
 
