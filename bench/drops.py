@@ -230,7 +230,7 @@ async def bench_latency(probes: int) -> None:
             for interval in (0.1, 1.0):
                 lat = await latency(url, ns, interval, probes)
                 print(f"latency drop -> subscriber, aggregation interval {interval} s "
-                      f"(tick {DropAggregator("tracepoint").tick} s), {len(lat)} probes: median "
+                      f"(tick {min(DropAggregator('tracepoint').tick, interval)} s), {len(lat)} probes: median "
                       f"{statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, "
                       f"max {max(lat):.1f} ms")
         finally:
