@@ -309,8 +309,12 @@ class PcapngArchive:
             return
         worker = f.get("worker") or 0
         lens = cols.get("len") or [None] * n
+        try:
+            longest = max(lens)  # C-level; a None among them: the slow way
+        except TypeError:
+            longest = max((x for x in lens if x is not None), default=0)
         if (first < 0 or type(worker) is not int or min(ts) < 0 or max(ts) > _U64
-                or max((x for x in lens if x is not None), default=0) > 0xFFFFFFFF):
+                or longest > 0xFFFFFFFF):
             self._bad(batch, "frame batch with a timestamp, length, worker or first_frame out of range")
             return
         ring = self._ring(batch.host, batch.run, iface, worker)
