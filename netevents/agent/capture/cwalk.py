@@ -233,22 +233,40 @@ class CWalker:
                          i.last_ts if i.walked else None, i.walked)
 
     def take(self, queue: int | None) -> tuple[PackedColumns, int, int]:
+        # Written for speed: each column body is copied once, straight from the C buffers
+        # into the one bytearray the batch carries (a batch is ~1 MB: every copy shows).
         lib, batch, n = self._lib, self._batch, self._rows
         size = ctypes.c_size_t()
         array = _PACK.pack_array_header(n)
-        parts = [_MAP_HEADER]
+        cols: list[tuple[bytes, int, int]] = []   # (key + array header, C pointer, length)
+        total = len(_MAP_HEADER)
         i = 0
         for name in COLUMNS:
-            parts += (_KEYS[name], array)
+            head = _KEYS[name] + array
             if name == "queue":
-                parts.append(_PACK.pack(queue) * n)
-                continue
-            ptr = lib.nw_batch_col(batch, i, ctypes.byref(size))
-            parts.append(ctypes.string_at(ptr, size.value) if size.value else b"")
-            i += 1
+                head += _PACK.pack(queue) * n
+                cols.append((head, 0, 0))
+            else:
+                ptr = lib.nw_batch_col(batch, i, ctypes.byref(size))
+                cols.append((head, ptr or 0, size.value))
+                i += 1
+            total += len(head) + cols[-1][2]
+        out = bytearray(total)
+        pinned = ctypes.c_char.from_buffer(out)  # out's address, held while copying into it
+        base = ctypes.addressof(pinned)
+        at = len(_MAP_HEADER)
+        out[:at] = _MAP_HEADER
+        memmove = ctypes.memmove
+        for head, ptr, length in cols:
+            out[at:at + len(head)] = head
+            at += len(head)
+            if length:
+                memmove(base + at, ptr, length)
+                at += length
+        del pinned
         lib.nw_batch_reset(batch)
         self._rows = 0
-        return PackedColumns(b"".join(parts), n), self._first_ts, self._last_ts
+        return PackedColumns(out, n), self._first_ts, self._last_ts  # type: ignore[arg-type]
 
 
 def open_walker(choice: str = "auto",
