@@ -174,6 +174,13 @@ def _load(cache: Path | None) -> ctypes.CDLL:
     return lib
 
 
+# A read-only memoryview of C memory, no copy (a ctypes array type per size would be a new,
+# cached-forever type per batch).
+_view = ctypes.pythonapi.PyMemoryView_FromMemory
+_view.restype = ctypes.py_object
+_view.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+_PyBUF_READ = 0x100
+
 _PACK = msgpack.Packer(use_bin_type=True)
 _MAP_HEADER = _PACK.pack_map_header(len(COLUMNS))
 _KEYS = {name: _PACK.pack(name) for name in COLUMNS}
@@ -248,7 +255,7 @@ class CWalker:
                 continue
             ptr = lib.nw_batch_col(batch, i, ctypes.byref(size))
             if size.value:
-                parts.append((ctypes.c_char * size.value).from_address(ptr))
+                parts.append(_view(ptr, size.value, _PyBUF_READ))
             i += 1
         packed = b"".join(parts)
         del parts  # the views into the C buffers go before the buffers are reused
