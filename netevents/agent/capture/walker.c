@@ -97,6 +97,14 @@ static int reserve(struct nw_batch *b, size_t frames)
 
 #define BLOCK_RESERVE_MAX 65536   /* frames reserved for at once; a block claiming more: per frame */
 
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define BE32(v) __builtin_bswap32(v)
+#define BE64(v) __builtin_bswap64(v)
+#else
+#define BE32(v) (v)
+#define BE64(v) (v)
+#endif
+
 /* msgpack, as msgpack-python packs (smallest form; bytes as bin with use_bin_type=True). */
 static inline void put_nil(struct col *c) { c->p[c->len++] = 0xc0; }
 
@@ -113,14 +121,14 @@ static inline void put_uint(struct col *c, uint64_t v)
         p[0] = 0xcd; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)v;
         c->len += 3;
     } else if (v < 0x100000000ull) {
+        uint32_t be = BE32((uint32_t)v);
         p[0] = 0xce;
-        for (int i = 0; i < 4; i++)
-            p[1 + i] = (uint8_t)(v >> (24 - 8 * i));
+        memcpy(p + 1, &be, 4);
         c->len += 5;
     } else {
+        uint64_t be = BE64(v);
         p[0] = 0xcf;
-        for (int i = 0; i < 8; i++)
-            p[1 + i] = (uint8_t)(v >> (56 - 8 * i));
+        memcpy(p + 1, &be, 8);
         c->len += 9;
     }
 }
