@@ -160,6 +160,7 @@ class PcapngWriter:
     def __init__(self, *, userappl: str | None = None, hardware: str | None = None,
                  os: str | None = None, comment: str | None = None) -> None:
         self.buf = bytearray()
+        self._chunks: list = []  # whole runs of blocks made elsewhere, ahead of ``buf``
         self.interfaces: list[InterfaceInfo] = []
         self.packets = 0
         self._section(userappl, hardware, os, comment)
@@ -170,6 +171,7 @@ class PcapngWriter:
         e.g. to add the ISBs of a file another process left unclosed."""
         w = cls.__new__(cls)
         w.buf = bytearray()
+        w._chunks = []
         w.interfaces = list(interfaces)
         w.packets = 0
         return w
@@ -266,15 +268,15 @@ class PcapngWriter:
         n = len(ts)
         lo = 0
         for i in sorted(k for k in specials if 0 <= k < n):
-            encode_frames(self.buf, if_id, ts, heads, lens, dirs, queues, rxhashes, base, lo, i,
-                          PKTTYPE_FLAGS, RXHASH_ALGORITHM)
+            encode_frames(self.buf, self._chunk, if_id, ts, heads, lens, dirs, queues, rxhashes,
+                          base, lo, i, PKTTYPE_FLAGS, RXHASH_ALGORITHM)
             dropcount, comment = specials[i]
             self.packet(if_id, ts[i], heads[i] or b"", lens[i], flags=pkttype_flags(dirs[i]),
                         dropcount=dropcount, queue=queues[i], rxhash=rxhashes[i],
                         packetid=(base + i) & _U64_MASK, comment=comment)
             lo = i + 1
-        encode_frames(self.buf, if_id, ts, heads, lens, dirs, queues, rxhashes, base, lo, n,
-                      PKTTYPE_FLAGS, RXHASH_ALGORITHM)
+        encode_frames(self.buf, self._chunk, if_id, ts, heads, lens, dirs, queues, rxhashes,
+                      base, lo, n, PKTTYPE_FLAGS, RXHASH_ALGORITHM)
         self.packets += n - len(specials)
 
     # -- statistics ---------------------------------------------------------------------------
@@ -304,12 +306,31 @@ class PcapngWriter:
     # -- output -------------------------------------------------------------------------------
     def take(self) -> bytes:
         """The bytes buffered since the last call (complete blocks only)."""
+        if self._chunks:
+            self._chunk(b"")
+            out = b"".join(self._chunks)
+            self._chunks.clear()
+            return out
         out = bytes(self.buf)
         self.buf.clear()
         return out
 
+    def discard(self) -> None:
+        """Forget everything buffered since the last :meth:`take`."""
+        self.buf.clear()
+        self._chunks.clear()
+
+    def _chunk(self, data: Any) -> None:
+        """Append finished blocks (bytes or a buffer) without copying them into ``buf``."""
+        if self.buf:
+            self._chunks.append(bytes(self.buf))
+            self.buf.clear()
+        if data:
+            self._chunks.append(data)
+
     def __len__(self) -> int:
-        return len(self.buf)
+        """Bytes buffered since the last :meth:`take`."""
+        return len(self.buf) + sum(map(len, self._chunks))
 
 
 # =============================================================================================

@@ -24,6 +24,7 @@ import sys
 from array import array
 from collections.abc import Callable, Sequence
 from itertools import groupby
+from typing import Any
 
 RUNS = sys.byteorder == "little" and array("I").itemsize == 4
 MIN_RUN = 16
@@ -44,12 +45,13 @@ _M32 = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
 
 
-def encode_frames(buf: bytearray, if_id: int, ts: Sequence[int], heads: Sequence[bytes | None],
-                  lens: Sequence[int], dirs: Sequence[int], queues: Sequence[int | None],
-                  hashes: Sequence[int | None], pid0: int, lo: int, hi: int,
-                  flags_of: tuple[int, ...], algo: int) -> None:
-    """Append the EPBs of rows ``lo:hi`` to ``buf``; row i's packet id is ``pid0 + i``
-    (mod 2**64), its flags ``flags_of[dirs[i]]`` (0 for a direction outside the table)."""
+def encode_frames(buf: bytearray, chunk: Callable[[Any], None], if_id: int, ts: Sequence[int],
+                  heads: Sequence[bytes | None], lens: Sequence[int], dirs: Sequence[int],
+                  queues: Sequence[int | None], hashes: Sequence[int | None], pid0: int, lo: int,
+                  hi: int, flags_of: tuple[int, ...], algo: int) -> None:
+    """Append the EPBs of rows ``lo:hi``: block by block to ``buf``, runs as whole buffers
+    through ``chunk`` (the writer keeps them in order after what ``buf`` held); row i's packet
+    id is ``pid0 + i`` (mod 2**64), its flags ``flags_of[dirs[i]]`` (0 outside the table)."""
     if RUNS and hi - lo >= MIN_RUN:
         try:
             caplens = list(map(len, heads[lo:hi]))
@@ -60,7 +62,7 @@ def encode_frames(buf: bytearray, if_id: int, ts: Sequence[int], heads: Sequence
             runs = ([(caplens[0], hi - lo)] if caplens.count(caplens[0]) == len(caplens)
                     else [(c, len(list(g))) for c, g in groupby(caplens)])
             for caplen, k in runs:
-                if k < MIN_RUN or not _run(buf, if_id, ts, heads, lens, dirs, queues, hashes,
+                if k < MIN_RUN or not _run(chunk, if_id, ts, heads, lens, dirs, queues, hashes,
                                            pid0, start, start + k, caplen, flags_of, algo):
                     _blocks(buf, if_id, ts, heads, lens, dirs, queues, hashes, pid0, start,
                             start + k, flags_of, algo)
@@ -69,7 +71,8 @@ def encode_frames(buf: bytearray, if_id: int, ts: Sequence[int], heads: Sequence
     _blocks(buf, if_id, ts, heads, lens, dirs, queues, hashes, pid0, lo, hi, flags_of, algo)
 
 
-def _run(buf: bytearray, if_id: int, ts: Sequence[int], heads: Sequence[bytes | None],
+def _run(chunk: Callable[[Any], None], if_id: int, ts: Sequence[int],
+         heads: Sequence[bytes | None],
          lens: Sequence[int], dirs: Sequence[int], queues: Sequence[int | None],
          hashes: Sequence[int | None], pid0: int, lo: int, hi: int, caplen: int,
          flags_of: tuple[int, ...], algo: int) -> bool:
@@ -118,13 +121,13 @@ def _run(buf: bytearray, if_id: int, ts: Sequence[int], heads: Sequence[bytes | 
         hs = memoryview(array("I", h).tobytes()) if has_h else None  # type: ignore[arg-type]
     except (OverflowError, TypeError, ValueError):
         return False  # a value outside its field (or None): block by block, as packet() does
-    if min(wire) < caplen:
+    if min(lens[lo:hi]) < caplen:
         return False  # orig len below caplen: raised to caplen block by block
-    at = len(buf)  # blocks are laid out in place, in the caller's buffer
-    buf += head
-    buf += (end + head).join(heads[lo:hi])  # type: ignore[arg-type]
-    buf += end
-    mb = memoryview(buf)[at:]
+    # One join lays every block out: b"", the heads, b"" joined with (end + head) is
+    # end head h0 end head h1 ... end head h(n-1) end head; without its first len(end) and
+    # last len(head) bytes, that is the run's blocks (their varying fields still zero).
+    joined = bytearray(end + head).join([b"", *heads[lo:hi], b""])  # type: ignore[list-item]
+    mb = memoryview(joined)[len(end):len(joined) - len(head)]
     m = mb.cast("I")
     stride = total // 4
     m[3::stride] = stamps[1::2]
@@ -137,8 +140,8 @@ def _run(buf: bytearray, if_id: int, ts: Sequence[int], heads: Sequence[bytes | 
     if hs is not None:  # the hash sits at an odd offset: four strided byte columns
         for j in range(4):
             mb[t0 + at_h + j::total] = hs[j::4]
-    m.release()  # the buffer can grow again
-    mb.release()
+    m.release()
+    chunk(mb)
     return True
 
 

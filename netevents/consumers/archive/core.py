@@ -302,7 +302,7 @@ class PcapngArchive:
         except (struct.error, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             # A value the checks below did not foresee: this batch is left out (counted, logged)
             # and the file stays consistent -- its partial blocks and the IDBs it added go.
-            w.buf.clear()
+            w.discard()
             del w.interfaces[n_if:]
             for key in list(self.ifaces)[n_keys:]:
                 del self.ifaces[key]
@@ -444,7 +444,7 @@ class PcapngArchive:
             ts, heads, lens, dirs = ts[skip:], heads[skip:], lens[skip:], dirs[skip:]
             queues, hashes = queues[skip:], hashes[skip:]
         w = self._w()
-        self._epb_at, self._epb_ts, self._epb_key = len(w.buf), ts, (batch.host, batch.run,
+        self._epb_at, self._epb_ts, self._epb_key = len(w), ts, (batch.host, batch.run,
                                                                      iface, worker)
         w.frames(st.if_id, ts, heads, lens, dirs, queues, hashes, ring.base, start, specials)
         # Encoded: now the accounting.
@@ -488,7 +488,7 @@ class PcapngArchive:
                        + (f", trap {e['hw_trap']}" if e.get("hw_trap") else "") + "]"
                        + (" (Ethernet header synthesised from proto)" if synthetic else ""))
             if self._epb_at is None:
-                self._epb_at, self._epb_key = len(w.buf), batch.host
+                self._epb_at, self._epb_key = len(w), batch.host
             self._epb_ts.append(ts)
             w.packet(st.if_id, ts, data, orig + (len(data) - len(payload)), comment=comment)
             st.packets += 1
