@@ -55,7 +55,7 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
     not acknowledged yet.
 
     Then packets wait in a bounded reorder window (:class:`TimeOrder`: ``reorder`` seconds of
-    capture time behind the newest batch, at most ``reorder + 1`` s of wall time and
+    capture time behind the newest batch, at most ``2 * reorder`` s of wall time and
     ``max_held`` batches) and the batches written together are merged by timestamp, so a file
     of several rings (the workers of a fanout group, several hosts) is in time order; a packet
     that arrives behind the window is written anyway and counted (``out_of_order``).
@@ -159,7 +159,7 @@ class TimeOrder:
 
     A batch leaves once its last packet (``t1``) is ``window`` seconds of capture time behind
     the newest batch seen (no ring can still send packets before it, unless it lags more than
-    that), after ``window + 1`` s of wall time whatever the rest does (traffic stopped, or it
+    that), after ``2 * window`` s of wall time whatever the rest does (traffic stopped, or it
     stamps oddly), or when more than ``max_held`` wait (the oldest); with it every batch that
     overlaps what leaves (see :meth:`release`). Batches of one ring (or of one host's drops)
     leave in their order.
@@ -167,7 +167,7 @@ class TimeOrder:
 
     def __init__(self, window: float, max_held: int = MAX_HELD) -> None:
         self.window_ns = int(window * 1e9)
-        self.wall = window + 1.0
+        self.wall = 2 * window
         self.max_held = max_held
         self.top = 0
         self.waiting: list[tuple[float, Batch]] = []
