@@ -118,7 +118,7 @@ def _run(chunk: Callable[[Any], None], if_id: int, ts: Sequence[int],
         stamps = memoryview(array("Q", ts[lo:hi])).cast("B").cast("I")  # lo, hi word pairs
         pids = array("I", range(first & _M32, (last & _M32) + 1))
         flags = bytes(dirs[lo:hi]).translate(_flag_table(flags_of))
-        hs = memoryview(array("I", h).tobytes()) if has_h else None  # type: ignore[arg-type]
+        hs = array("I", h) if has_h else None  # type: ignore[arg-type]
     except (OverflowError, TypeError, ValueError):
         return False  # a value outside its field (or None): block by block, as packet() does
     if min(lens[lo:hi]) < caplen:
@@ -137,9 +137,11 @@ def _run(chunk: Callable[[Any], None], if_id: int, ts: Sequence[int],
     m[(t0 + at_p) // 4::stride] = pids
     if qs is not None:
         m[(t0 + at_q) // 4::stride] = qs
-    if hs is not None:  # the hash sits at an odd offset: four strided byte columns
-        for j in range(4):
-            mb[t0 + at_h + j::total] = hs[j::4]
+    if hs is not None:  # the hash sits at an odd offset: a word view starting there
+        at = t0 + at_h
+        odd = mb[at:at + (hi - lo - 1) * total + 4].cast("I")
+        odd[::stride] = hs
+        odd.release()
     m.release()
     chunk(mb)
     return True
