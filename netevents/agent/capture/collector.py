@@ -40,7 +40,7 @@ class CaptureOptions:
     worker: int = 0
     hwtstamp: bool = True
     """Try to enable hardware receive stamps (SIOCSHWTSTAMP) and record what was applied."""
-    max_batch: int = 16384
+    max_batch: int = 32768
     block_delay: float = 0.0
     """Seconds to pause after each block: a deliberately slow consumer (tests, benchmarks)."""
     walker: str = "auto"
