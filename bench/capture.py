@@ -1,6 +1,6 @@
 """Capture agent vs tcpdump: CPU-seconds per million frames, and the highest loss-free rate.
 
-    python bench/capture.py [--frames N] [--rates 50000,100000,...] [--walker c|python|both]
+    python bench/capture.py [--frames N] [--rounds R] [--rates 50000,...,topspeed] [--walker c|python|both]
 
 Needs root, iproute2, tcpdump and tcpreplay (Debian packages ``tcpdump tcpreplay``).
 
@@ -12,13 +12,16 @@ with ``tcpreplay`` into veth-a; the capture runs on veth-b.
 1. CPU: the same replay (``--topspeed``) is captured by ``netevents agent --capture veth-b``
    (one worker, 96-byte summaries published to the nats-server), once per block walker asked
    for (``--walker both``: the C walker and the pure-Python one, netevents/agent/capture/cwalk.py), and
-   once by ``tcpdump -s 96 -w /dev/null``. CPU time (user + system, the whole process tree) is sampled
-   just before and after the replay; the anchor is tcpdump's CPU per million frames captured.
+   once by ``tcpdump -s 96 -w /dev/null``, ``--rounds`` times interleaved (the machine's other
+   work spreads over both); medians are printed. CPU time (user + system, the whole process
+   tree; /proc ticks, hence a million frames per run) is sampled just before and after the
+   replay; the anchor is tcpdump's CPU per million frames captured.
    (The kernel's receive work runs in softirq context on the sender's CPU for both and is in
    neither figure.)
-2. Loss-free rate: for each walker, for 1 and 2 workers, replays at increasing ``--pps`` rates; a rate is
-   loss-free when the gap records on the bus sum to 0. The rate tcpreplay actually achieved is
-   what is reported.
+2. Loss-free rate: for each walker, for 1 and 2 workers, replays at increasing ``--pps`` rates,
+   the last ``topspeed`` (as fast as tcpreplay can: the highest rate the replay reaches); a
+   rate is loss-free when the gap records on the bus sum to 0. The rate tcpreplay actually
+   achieved is what is reported.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -167,8 +171,9 @@ def tcpdump_run(pair: Pair, pcap: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=300_000)
-    ap.add_argument("--rates", default="25000,50000,100000,150000,200000,300000")
+    ap.add_argument("--frames", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=3, help="CPU runs of each, interleaved")
+    ap.add_argument("--rates", default="50000,100000,200000,300000,topspeed")
     ap.add_argument("--walker", choices=("c", "python", "both"), default="both",
                     help="block walker(s) to measure, side by side with tcpdump")
     args = ap.parse_args()
@@ -195,33 +200,37 @@ def main() -> int:
         print(f"capture bench: {args.frames} frames of 74 bytes, 64 flows, tcpreplay into veth; "
               f"nats-server {url}; {os.cpu_count()} cores")
 
-        ours = {w: asyncio.run(agent_run(pair, url, pcap, 1, None, confs[w])) for w in walkers}
-        ref = tcpdump_run(pair, pcap)
         # per frame captured (a frame the ring dropped costs user space nothing)
-        ref_per_m = ref["cpu"] / max(ref["frames"], 1) * 1e6
-        per_m = {}
-        for w, r in ours.items():
-            per_m[w] = r["cpu"] / max(r["frames"], 1) * 1e6
-            label = f"netevents agent (1 worker, {w} walker, to NATS):"
-            print(f"  {label:<48} {r['cpu']:.2f} CPU-s for {r['frames']} frames + {r['lost']} "
-                  f"in gaps at {r['rate']:.0f} pps -> {per_m[w]:.2f} CPU-s per million frames")
-        print(f"  {'tcpdump -s 96 -w /dev/null:':<48} {ref['cpu']:.2f} CPU-s for "
-              f"{ref['frames']} frames + {ref['lost']} dropped at {ref['rate']:.0f} pps "
-              f"-> {ref_per_m:.2f} CPU-s per million frames")
+        runs: dict[str, list[dict]] = {w: [] for w in [*walkers, "tcpdump"]}
+        for _ in range(args.rounds):
+            for w in walkers:
+                runs[w].append(asyncio.run(agent_run(pair, url, pcap, 1, None, confs[w])))
+            runs["tcpdump"].append(tcpdump_run(pair, pcap))
+        per_m = {w: statistics.median(r["cpu"] / max(r["frames"], 1) * 1e6 for r in rs)
+                 for w, rs in runs.items()}
+        for w, rs in runs.items():
+            label = (f"netevents agent (1 worker, {w} walker, to NATS):" if w != "tcpdump"
+                     else "tcpdump -s 96 -w /dev/null:")
+            each = ", ".join(f"{r['cpu'] / max(r['frames'], 1) * 1e6:.3f}" for r in rs)
+            print(f"  {label:<48} {per_m[w]:.3f} CPU-s per million frames (median of {each}; "
+                  f"{statistics.median(r['frames'] for r in rs):.0f} frames + "
+                  f"{statistics.median(r['lost'] for r in rs):.0f} lost at "
+                  f"{statistics.median(r['rate'] for r in rs):.0f} pps)")
         for w in walkers:
-            print(f"  ratio (netevents {w} walker / tcpdump, CPU per frame): "
-                  f"{per_m[w] / ref_per_m:.2f}")
+            print(f"  ratio (netevents {w} walker / tcpdump, CPU per frame, medians): "
+                  f"{per_m[w] / per_m['tcpdump']:.2f}")
 
         for walker, workers in ((w, n) for w in walkers for n in (1, 2)):
             best = None
-            for pps in (int(r) for r in args.rates.split(",")):
-                n = min(args.frames, max(pps * 2, 20_000))
+            for rate in args.rates.split(","):
+                pps = None if rate == "topspeed" else int(rate)
+                n = min(args.frames, max((pps or 500_000) * 2, 20_000))
                 sub_pcap = tmp / f"replay-{n}.pcap"
                 if not sub_pcap.exists():
                     write_pcap(sub_pcap, n)
                 r = asyncio.run(agent_run(pair, url, sub_pcap, workers, pps, confs[walker]))
                 ok = r["lost"] == 0
-                print(f"  {walker} walker, {workers} worker(s) at {pps:>7} pps requested, {r['rate']:>9.0f} "
+                print(f"  {walker} walker, {workers} worker(s) at {rate:>8} pps requested, {r['rate']:>9.0f} "
                       f"achieved: {r['frames']} frames, {r['lost']} lost in gaps"
                       f"{'' if ok else '  <- loss'}")
                 if ok:

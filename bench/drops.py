@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from netevents.agent.drops import DropsCollector  # noqa: E402
+from netevents.agent.drops.aggregate import DropAggregator  # noqa: E402
 from netevents.agent.drops.tracepoint import KfreeSkbInstance, TracepointDrops  # noqa: E402
 from netevents.agent.runner import AgentRunner, RunnerOptions  # noqa: E402
 from netevents.bus import EmbeddedServer, connect  # noqa: E402
@@ -229,7 +230,7 @@ async def bench_latency(probes: int) -> None:
             for interval in (0.1, 1.0):
                 lat = await latency(url, ns, interval, probes)
                 print(f"latency drop -> subscriber, aggregation interval {interval} s "
-                      f"(one batch per window), {len(lat)} probes: median "
+                      f"(tick {min(DropAggregator('tracepoint').tick, interval)} s), {len(lat)} probes: median "
                       f"{statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, "
                       f"max {max(lat):.1f} ms")
         finally:

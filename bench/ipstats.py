@@ -8,7 +8,8 @@ namespace and keeps them open. Each sampler then runs in its own fresh process i
 namespace, so its peak RSS (``wait4`` rusage) is its own:
 
     netevents   netevents.agent.ipstats.sockdiag.DiagSocket().dump(): IPv4 + IPv6, tcp_info parsed
-                into tuples; and dump + PeerAccountant.window (the collector's whole sample)
+                into tuples; and the collector's whole sample, the dump streamed into
+                PeerAccountant.window_samples (a second window: the first is the baseline)
     ss -tin     iproute2's ss, output to a pipe that is read and discarded
     pyroute2    DiagSocket().get_sock_stats(AF_INET and AF_INET6, INET_DIAG_INFO)
 
@@ -92,10 +93,11 @@ for _ in range(repeat):
         t = time.perf_counter(); socks = d.dump(); dt = time.perf_counter() - t
         n = len(socks); d.close(); del socks
     elif kind == "netevents+window":
+        # as the collector samples: the dump streamed into the accountant (baseline first)
         d = DiagSocket(); acc = PeerAccountant("diagnostics")
-        acc.window(d.dump())
-        t = time.perf_counter(); socks = d.dump(); w = acc.window(socks); dt = time.perf_counter() - t
-        n = len(socks); d.close(); del socks, w, acc
+        acc.window_samples(d.sample_chunks())
+        t = time.perf_counter(); w = acc.window_samples(d.sample_chunks()); dt = time.perf_counter() - t
+        n = w.sockets; d.close(); del w, acc
     else:
         t = time.perf_counter()
         with P2() as ds:
@@ -215,6 +217,10 @@ def main() -> int:
         for kind, seen, t, rss, over in rows:
             print(f"  {kind:<18} {seen:>7} {t:>8.3f} {rss:>13.1f} {'-' if over is None else f'{over:.1f}':>10}")
         ours = next(r for r in rows if r[0] == "netevents")
+        whole = next(r for r in rows if r[0] == "netevents+window")
+        ss = next(r for r in rows if r[0] == "ss -tin")
+        print(f"  ratio netevents+window / ss -tin: time x{whole[2] / ss[2]:.2f} (target <= 0.5); "
+              f"netevents+window over the interpreter: {whole[4]:.1f} MiB (target <= 50)")
         for kind, _seen, t, rss, _over in rows:
             if kind != "netevents":
                 print(f"  ratio {kind} / netevents: time x{t / ours[2]:.1f}, peak RSS x{rss / ours[3]:.1f}")

@@ -1,11 +1,11 @@
 """Frames/s written by netevents' PcapNG writer vs python-pcapng, scapy and dpkt, in one run.
 
-    python bench/pcapng.py [--frames N]
+    python bench/pcapng.py [--frames N] [--repeat R]
 
 The same frames (96-byte Ethernet/IPv4/UDP heads, nanosecond timestamps, wire length, direction,
 queue, rxhash, packet id) go through each writer into a file in a temporary directory; the figure is frames per second of
 the writing alone (the frame columns are built beforehand, as the archive gets them from a
-batch). Each output is read back with netevents.pcapng.read_pcapng to check it holds N packets.
+batch), the median of ``--repeat`` runs. Each output is read back with netevents.pcapng.read_pcapng to check it holds N packets.
 
 What each writes per frame (so the ratios compare like with like where the library allows):
   netevents      EPB + epb_flags, epb_hash, epb_packetid, epb_queue (ns timestamps)
@@ -19,6 +19,7 @@ Needs the optional `bench` extra: pip install python-pcapng scapy dpkt.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -107,6 +108,7 @@ WRITERS = {"netevents": bench_netevents, "python-pcapng": bench_python_pcapng,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per writer; the median is shown")
     args = ap.parse_args()
     cols = make_frames(args.frames)
     rates: dict[str, float] = {}
@@ -114,9 +116,13 @@ def main() -> int:
     for name, fn in WRITERS.items():
         path = Path(tmp.name) / f"{name}.pcapng"
         try:
-            t = time.perf_counter()
-            fn(cols, path)
-            dt = time.perf_counter() - t
+            times = []
+            for _ in range(args.repeat):
+                path.unlink(missing_ok=True)  # truncating the last run's file is not writing
+                t = time.perf_counter()
+                fn(cols, path)
+                times.append(time.perf_counter() - t)
+            dt = statistics.median(times)
         except ImportError as exc:
             print(f"{name:14s} skipped: {exc} (pip install python-pcapng scapy dpkt)")
             continue

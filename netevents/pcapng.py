@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CodecError
+from .pcapng_columns import encode_frames
 
 # -- block types (draft-ietf-opsawg-pcapng, "Block Types") ------------------------------------
 BT_SHB = 0x0A0D0D0A
@@ -116,15 +117,6 @@ _OPT_END = b"\0\0\0\0"
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")            # indexed by length & 3
 _U64_MASK = (1 << 64) - 1
 
-# The EPB option tails of the hot path: epb_flags, [epb_hash], epb_packetid, [epb_queue],
-# opt_endofopt and the trailing block length, each shape one struct (see PcapngWriter.frames).
-# Same option order as PcapngWriter.packet, so both paths give identical bytes.
-_TAIL_QH = struct.Struct("<HHI HHBI3x HHQ HHI HH I")
-_TAIL_Q = struct.Struct("<HHI HHQ HHI HH I")
-_TAIL_H = struct.Struct("<HHI HHBI3x HHQ HH I")
-_TAIL = struct.Struct("<HHI HHQ HH I")
-
-
 def _opt_bytes(code: int, value: bytes) -> bytes:
     return _OPT_HEAD.pack(code, len(value)) + value + _PAD[len(value) & 3]
 
@@ -168,6 +160,7 @@ class PcapngWriter:
     def __init__(self, *, userappl: str | None = None, hardware: str | None = None,
                  os: str | None = None, comment: str | None = None) -> None:
         self.buf = bytearray()
+        self._chunks: list = []  # whole runs of blocks made elsewhere, ahead of ``buf``
         self.interfaces: list[InterfaceInfo] = []
         self.packets = 0
         self._section(userappl, hardware, os, comment)
@@ -178,6 +171,7 @@ class PcapngWriter:
         e.g. to add the ISBs of a file another process left unclosed."""
         w = cls.__new__(cls)
         w.buf = bytearray()
+        w._chunks = []
         w.interfaces = list(interfaces)
         w.packets = 0
         return w
@@ -263,65 +257,26 @@ class PcapngWriter:
 
         ``packetid`` of row i is ``(packetid_base + first_frame + i) mod 2**64``. ``specials``
         maps a row index to ``(dropcount, comment)`` for the few frames that carry them; those
-        rows take the general :meth:`packet` path.
-
-        Written for speed: per frame one precompiled struct for the 28-byte head, the data, one
-        precompiled struct for the whole option tail (chosen by which of queue/hash are present),
-        all appended to one bytearray; no per-frame dicts, objects or function calls besides
-        the struct packs.
+        rows take the general :meth:`packet` path, the rows between them
+        :func:`netevents.pcapng_columns.encode_frames` (written for speed: whole columns at a
+        time for runs of equal-length heads, else one struct per head and per option tail).
         """
         if not 0 <= if_id < len(self.interfaces):
             raise ValueError(f"EPB for interface id {if_id}, but only {len(self.interfaces)} IDBs")
-        buf = self.buf
-        head_pack = _EPB_HEAD.pack
-        tqh, tq, th, t0 = _TAIL_QH.pack, _TAIL_Q.pack, _TAIL_H.pack, _TAIL.pack
-        sz_qh, sz_q, sz_h, sz_0 = (_EPB_HEAD.size + t.size for t in (_TAIL_QH, _TAIL_Q, _TAIL_H, _TAIL))
-        flags_of = PKTTYPE_FLAGS
-        nflags = len(flags_of)
-        pad_of = _PAD
-        algo = RXHASH_ALGORITHM
         base = packetid_base + first_frame
         specials = specials or {}
         n = len(ts)
-        for i in range(n):
-            data = heads[i] or b""
-            if i in specials:
-                dropcount, comment = specials[i]
-                d = dirs[i]
-                self.packet(if_id, ts[i], data, lens[i],
-                            flags=flags_of[d] if d is not None and 0 <= d < nflags else 0,
-                            dropcount=dropcount, queue=queues[i], rxhash=rxhashes[i],
-                            packetid=base + i, comment=comment)
-                continue
-            caplen = len(data)
-            wire = lens[i]
-            if wire is None or wire < caplen:
-                wire = caplen
-            t = ts[i]
-            d = dirs[i]
-            fl = flags_of[d] if d is not None and 0 <= d < nflags else 0
-            q = queues[i]
-            h = rxhashes[i]
-            pad = pad_of[caplen & 3]
-            pid = (base + i) & _U64_MASK
-            if q is not None:
-                if h:
-                    total = sz_qh + caplen + len(pad)
-                    tail = tqh(2, 4, fl, 3, 5, algo, h & 0xFFFFFFFF, 5, 8, pid,
-                               6, 4, q & 0xFFFFFFFF, 0, 0, total)
-                else:
-                    total = sz_q + caplen + len(pad)
-                    tail = tq(2, 4, fl, 5, 8, pid, 6, 4, q & 0xFFFFFFFF, 0, 0, total)
-            elif h:
-                total = sz_h + caplen + len(pad)
-                tail = th(2, 4, fl, 3, 5, algo, h & 0xFFFFFFFF, 5, 8, pid, 0, 0, total)
-            else:
-                total = sz_0 + caplen + len(pad)
-                tail = t0(2, 4, fl, 5, 8, pid, 0, 0, total)
-            buf += head_pack(6, total, if_id, (t >> 32) & 0xFFFFFFFF, t & 0xFFFFFFFF, caplen, wire)
-            buf += data
-            buf += pad
-            buf += tail
+        lo = 0
+        for i in sorted(k for k in specials if 0 <= k < n):
+            encode_frames(self.buf, self._chunk, if_id, ts, heads, lens, dirs, queues, rxhashes,
+                          base, lo, i, PKTTYPE_FLAGS, RXHASH_ALGORITHM)
+            dropcount, comment = specials[i]
+            self.packet(if_id, ts[i], heads[i] or b"", lens[i], flags=pkttype_flags(dirs[i]),
+                        dropcount=dropcount, queue=queues[i], rxhash=rxhashes[i],
+                        packetid=(base + i) & _U64_MASK, comment=comment)
+            lo = i + 1
+        encode_frames(self.buf, self._chunk, if_id, ts, heads, lens, dirs, queues, rxhashes,
+                      base, lo, n, PKTTYPE_FLAGS, RXHASH_ALGORITHM)
         self.packets += n - len(specials)
 
     # -- statistics ---------------------------------------------------------------------------
@@ -351,12 +306,31 @@ class PcapngWriter:
     # -- output -------------------------------------------------------------------------------
     def take(self) -> bytes:
         """The bytes buffered since the last call (complete blocks only)."""
+        if self._chunks:
+            self._chunk(b"")
+            out = b"".join(self._chunks)
+            self._chunks.clear()
+            return out
         out = bytes(self.buf)
         self.buf.clear()
         return out
 
+    def discard(self) -> None:
+        """Forget everything buffered since the last :meth:`take`."""
+        self.buf.clear()
+        self._chunks.clear()
+
+    def _chunk(self, data: Any) -> None:
+        """Append finished blocks (bytes or a buffer) without copying them into ``buf``."""
+        if self.buf:
+            self._chunks.append(bytes(self.buf))
+            self.buf.clear()
+        if data:
+            self._chunks.append(data)
+
     def __len__(self) -> int:
-        return len(self.buf)
+        """Bytes buffered since the last :meth:`take`."""
+        return len(self.buf) + sum(map(len, self._chunks))
 
 
 # =============================================================================================

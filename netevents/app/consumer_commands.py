@@ -82,7 +82,7 @@ async def cmd_archive(args: argparse.Namespace) -> int:
         totals = await run_archive(args.out, args.bus or default_url(), durable=args.durable,
                                    rotate_bytes=rotate_bytes, rotate_seconds=args.rotate_seconds,
                                    stop=stop, hosts=args.host, hold=args.gap_wait,
-                                   credentials=credentials(args))
+                                   credentials=credentials(args), reorder=args.reorder)
     log.info("stopped: %s files, %s frames, %s dropped packets, dropcount %s", totals["files"],
              totals["frames"], totals["drop_packets"], totals["dropcount"])
     return 0
@@ -189,6 +189,10 @@ def add_archive_parsers(sub: Any) -> None:
     p.add_argument("--gap-wait", type=positive, default=1.0, metavar="S",
                    help="seconds at most a frame batch waits for the gap records it announces "
                    "(gaps_before; batches of agents that do not announce wait this long; default 1)")
+    p.add_argument("--reorder", type=positive, default=1.0, metavar="S",
+                   help="seconds of capture time packets wait to be merged with other rings' "
+                   "into time order (later ones are written as they come, counted in the "
+                   "sidecar's out_of_order; default 1)")
     p.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds")
     add_bus_options(p)
     p.set_defaults(func=cmd_archive)

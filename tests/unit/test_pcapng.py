@@ -109,6 +109,64 @@ def test_fast_path_equals_general_path():
     assert fast.packets == slow.packets == 40
 
 
+def _rows(n: int, caplen, queue, rxhash, wire=None, d=None) -> list[tuple]:
+    rows = []
+    for i in range(n):
+        head, w = eth_ipv4_udp(i, snap=200)
+        rows.append((T0 + i * 1733, head[:caplen(i)], w if wire is None else wire(i),
+                     i % 9 if d is None else d(i), queue(i), rxhash(i)))
+    return rows
+
+
+RUN_CASES = {
+    # name: (rows, whole columns at a time for all of them?)
+    "uniform 96, queue + hash": (_rows(300, lambda i: 96, lambda i: i % 4, lambda i: i * 7 + 1), True),
+    "uniform 61 (padding), no queue": (_rows(100, lambda i: 61, lambda i: None, lambda i: i + 1), True),
+    "uniform 66, no hash": (_rows(100, lambda i: 66, lambda i: 3, lambda i: 0), True),
+    "uniform 96, neither": (_rows(100, lambda i: 96, lambda i: None, lambda i: None), True),
+    "empty heads": (_rows(40, lambda i: 0, lambda i: 1, lambda i: 5), True),
+    "runs of 60/96 and short runs": (_rows(400, lambda i: 96 if (i // 50) % 2 else (60 if i < 300 else 60 + i % 3),
+                                           lambda i: 1, lambda i: 9), False),
+    "mixed shapes": (_rows(100, lambda i: 96, lambda i: None if i % 7 == 0 else 2, lambda i: i % 5), False),
+    "values to mask": (_rows(100, lambda i: 96, lambda i: (1 << 33) + i if i == 50 else i, lambda i: 1), False),
+    "wire below caplen, None": (_rows(100, lambda i: 96, lambda i: 0, lambda i: 1,
+                                      wire=lambda i: 10 if i == 5 else (None if i == 9 else 300)), False),
+    "directions outside the table": (_rows(100, lambda i: 96, lambda i: 0, lambda i: 1,
+                                           d=lambda i: (8, 99, 255, 4)[i % 4]), True),
+    "directions None, negative": (_rows(100, lambda i: 96, lambda i: 0, lambda i: 1,
+                                        d=lambda i: (None, -1, 300, 4)[i % 4]), False),
+}
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_columns_at_a_time_equal_block_by_block(case, monkeypatch):
+    """frames() over runs of equal-length heads (pcapng_columns: whole columns written into a
+    repeated template) gives exactly the bytes of packet() per frame, specials and all."""
+    import netevents.pcapng_columns as pc
+
+    rows, all_runs = RUN_CASES[case]
+    calls = []
+    blocks = pc._blocks
+    monkeypatch.setattr(pc, "_blocks", lambda *a: (calls.append(a[9:11]), blocks(*a))[1])
+    fast, slow = PcapngWriter(), PcapngWriter()
+    for w in (fast, slow):
+        w.add_interface("eth0", snaplen=96)
+        w.take()
+    ts, heads, lens, dirs, queues, hashes = (list(c) for c in zip(*rows, strict=True))
+    base = 1 << 40 if all_runs else (1 << 64) - 150  # else packet ids wrap inside the batch
+    special = {0: (4, "first"), 70: (2, None)} if len(rows) > 70 else {}
+    fast.frames(0, ts, heads, lens, dirs, queues, hashes, packetid_base=base, first_frame=3,
+                specials=special)
+    for i, (t, h, ln, d, q, rh) in enumerate(rows):
+        drop, comment = special.get(i, (None, None))
+        slow.packet(0, t, h, ln, flags=pkttype_flags(d), queue=q, rxhash=rh,
+                    packetid=(base + 3 + i) & ((1 << 64) - 1), dropcount=drop, comment=comment)
+    assert fast.take() == slow.take()
+    assert fast.packets == slow.packets == len(rows)
+    if pc.RUNS and all_runs:
+        assert all(lo == hi for lo, hi in calls), calls  # no row went block by block
+
+
 def test_pkttype_to_flags():
     assert pkttype_flags(0) == 0b00101       # inbound unicast
     assert pkttype_flags(1) == 0b01101       # inbound broadcast

@@ -137,6 +137,13 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
+# A read-only memoryview of C memory, no copy (a ctypes array type per size would be a new,
+# cached-forever type per batch).
+_view = ctypes.pythonapi.PyMemoryView_FromMemory
+_view.restype = ctypes.py_object
+_view.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+_PyBUF_READ = 0x100
+
 _PACK = msgpack.Packer(use_bin_type=True)
 _MAP_HEADER = _PACK.pack_map_header(len(COLUMNS))
 _KEYS = {name: _PACK.pack(name) for name in COLUMNS}
@@ -196,10 +203,13 @@ class CWalker:
                          i.last_ts if i.walked else None, i.walked)
 
     def take(self, queue: int | None) -> tuple[PackedColumns, int, int]:
+        # Written for speed: each column body is copied once, by one join straight from the C
+        # buffers (views: no string_at copy, no zero-filled buffer) into the batch's bytes (a
+        # batch is ~1 MB: every copy shows).
         lib, batch, n = self._lib, self._batch, self._rows
         size = ctypes.c_size_t()
         array = _PACK.pack_array_header(n)
-        parts = [_MAP_HEADER]
+        parts: list = [_MAP_HEADER]
         i = 0
         for name in COLUMNS:
             parts += (_KEYS[name], array)
@@ -207,11 +217,14 @@ class CWalker:
                 parts.append(_PACK.pack(queue) * n)
                 continue
             ptr = lib.nw_batch_col(batch, i, ctypes.byref(size))
-            parts.append(ctypes.string_at(ptr, size.value) if size.value else b"")
+            if size.value:
+                parts.append(_view(ptr, size.value, _PyBUF_READ))
             i += 1
+        packed = b"".join(parts)
+        del parts  # the views into the C buffers go before the buffers are reused
         lib.nw_batch_reset(batch)
         self._rows = 0
-        return PackedColumns(b"".join(parts), n), self._first_ts, self._last_ts
+        return PackedColumns(packed, n), self._first_ts, self._last_ts
 
 
 def open_walker(choice: str = "auto") -> tuple[FrameWalker, str, bool]:

@@ -68,27 +68,42 @@ const uint8_t *nw_batch_col(const struct nw_batch *b, int i, size_t *len)
     return b->col[i].p;
 }
 
-/* Room for `need` more bytes in every column: one check per frame instead of one per value. */
-static int reserve(struct nw_batch *b, size_t head_max)
+static int grow(struct nw_batch *b, struct col *c, size_t need)
+{
+    size_t cap = c->cap ? c->cap : 1 << 16;
+    while (cap < need)
+        cap *= 2;
+    uint8_t *p = realloc(c->p, cap);
+    if (!p) {
+        b->oom = 1;
+        return -1;
+    }
+    c->p = p;
+    c->cap = cap;
+    return 0;
+}
+
+/* Room for `frames` more frames in every column but the heads (at most 24 bytes a value):
+ * one check per block instead of one per value. */
+static int reserve(struct nw_batch *b, size_t frames)
 {
     for (int i = 0; i < NCOLS; i++) {
         struct col *c = &b->col[i];
-        size_t need = c->len + (i == C_HEAD ? head_max + 5 : 24);
-        if (need > c->cap) {
-            size_t cap = c->cap ? c->cap : 1 << 16;
-            while (cap < need)
-                cap *= 2;
-            uint8_t *p = realloc(c->p, cap);
-            if (!p) {
-                b->oom = 1;
-                return -1;
-            }
-            c->p = p;
-            c->cap = cap;
-        }
+        if (i != C_HEAD && c->len + 24 * frames > c->cap && grow(b, c, c->len + 24 * frames) < 0)
+            return -1;
     }
     return 0;
 }
+
+#define BLOCK_RESERVE_MAX 65536   /* frames reserved for at once; a block claiming more: per frame */
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define BE32(v) __builtin_bswap32(v)
+#define BE64(v) __builtin_bswap64(v)
+#else
+#define BE32(v) (v)
+#define BE64(v) (v)
+#endif
 
 /* msgpack, as msgpack-python packs (smallest form; bytes as bin with use_bin_type=True). */
 static inline void put_nil(struct col *c) { c->p[c->len++] = 0xc0; }
@@ -106,14 +121,14 @@ static inline void put_uint(struct col *c, uint64_t v)
         p[0] = 0xcd; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)v;
         c->len += 3;
     } else if (v < 0x100000000ull) {
+        uint32_t be = BE32((uint32_t)v);
         p[0] = 0xce;
-        for (int i = 0; i < 4; i++)
-            p[1 + i] = (uint8_t)(v >> (24 - 8 * i));
+        memcpy(p + 1, &be, 4);
         c->len += 5;
     } else {
+        uint64_t be = BE64(v);
         p[0] = 0xcf;
-        for (int i = 0; i < 8; i++)
-            p[1 + i] = (uint8_t)(v >> (56 - 8 * i));
+        memcpy(p + 1, &be, 8);
         c->len += 9;
     }
 }
@@ -230,7 +245,8 @@ static inline void put_opt(struct col *c, int64_t v)
 
 /* Walk the block at `off` of `buf` (`buflen` bytes), appending its frames to `b`.
  * Returns 0; -1 if the block descriptor itself lies outside the buffer (the caller lets the
- * Python walker raise what it raises); -2 if out of memory (the batch keeps the frames before
+ * Python walker raise what it raises); -2 if out of memory (the batch keeps the frames of the
+ * earlier blocks, and of this one those before
  * the one that did not fit). A frame header or an IPv4 fast-path head that reaches outside the
  * buffer ends the walk, as struct.error does in ring.walk_block. */
 int nw_walk_block(struct nw_batch *b, const uint8_t *buf, size_t buflen, size_t off,
@@ -247,6 +263,9 @@ int nw_walk_block(struct nw_batch *b, const uint8_t *buf, size_t buflen, size_t 
     info->first_ts = info->last_ts = 0;
     size_t p = off + first_off;
     struct col *c = b->col;
+    int per_frame = info->num_pkts > BLOCK_RESERVE_MAX;
+    if (!per_frame && reserve(b, info->num_pkts) < 0)
+        return -2;
     for (uint32_t i = 0; i < info->num_pkts; i++) {
         if (p > buflen || buflen - p < HDR_LL_SIZE)
             break;
@@ -268,7 +287,9 @@ int nw_walk_block(struct nw_batch *b, const uint8_t *buf, size_t buflen, size_t 
          * walk ends. */
         if (hn >= 15 && h[12] == 0x08 && h[13] == 0x00 && h[14] == 0x45 && snap >= 46 && hn < 42)
             break;
-        if (reserve(b, hn) < 0)
+        if ((per_frame && reserve(b, 1) < 0)
+            || (c[C_HEAD].len + hn + 5 > c[C_HEAD].cap
+                && grow(b, &c[C_HEAD], c[C_HEAD].len + hn + 5) < 0))
             return -2;
         uint64_t ts = (uint64_t)sec * 1000000000ull + nsec;
         struct keys k;

@@ -27,7 +27,7 @@ log = logging.getLogger("netevents.agent.drops")
 _KEYS = {"sources", "interval", "exclude_reasons", "buffer_kb", "mode", "trunc_len", "queue_len",
          "packet_cap", "packet_reasons", "stats_interval", "read_budget", "counter_interval",
          "netns", "reader", "source", "counter", "filter", "sample_every", "ring_kb",
-         "map_entries", "netns_refresh", "program"}
+         "map_entries", "netns_refresh", "program", "tick"}
 # source = "auto": the first of these that can run on the host. eBPF first: it knows the flow
 # and the namespace of every software drop; NET_DM (the same drops, plus hardware traps of
 # devlink-capable switch ASICs: ask for source = "netdm" there) where eBPF cannot load.
@@ -124,6 +124,7 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
         sources = [*(AUTO_ORDER if source == "auto" else (source,)),
                    *(("counter",) if counter_on else ())]
     interval = num("interval", 1.0)
+    tick = num("tick", 0.05)
     exclude = names("exclude_reasons")
     packet_reasons = names("packet_reasons")
     event_sources: list[Any] = []
@@ -132,7 +133,7 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
             mode=section.get("mode", "alert"), trunc_len=num("trunc_len", 128, int),
             queue_len=num("queue_len", 1000, int), interval=interval,
             stats_interval=num("stats_interval", 1.0), packet_cap=num("packet_cap", 256, int),
-            packet_reasons=packet_reasons, exclude_reasons=exclude))
+            packet_reasons=packet_reasons, exclude_reasons=exclude, tick=tick))
     if "ebpf" in sources:
         event_sources.append(_ebpf(section, interval, exclude))
     elif "filter" in section:
@@ -142,7 +143,7 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
         event_sources.append(TracepointDrops(
             interval=interval, buffer_kb=num("buffer_kb", 4096, int), exclude_reasons=exclude,
             read_budget=num("read_budget", 4 << 20, int),
-            reader=section.get("reader", "raw")))
+            reader=section.get("reader", "raw"), tick=tick))
     counter = None
     if "counter" in sources:
         netns = section.get("netns")

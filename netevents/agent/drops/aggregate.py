@@ -12,6 +12,14 @@ payload become per-packet events (``count`` 1, ``payload``, ``orig_len``, ``flow
 ``packet_cap`` per window. Packets over the cap fold into their aggregate row (so the sum of
 ``count`` over all events stays exact) and are counted in ``packet_overflow``: the detail that
 was not kept, for the collector to report as its own loss.
+
+Publication (:meth:`DropAggregator.due`, called every ``tick``): a signature that was quiet goes
+out at the next tick, so a lone drop reaches subscribers in about ``tick`` (50 ms by default);
+while a signature keeps dropping, its hold doubles on every publication that finds it busy
+again, from ``tick`` up to ``interval``, and its repeats are summed meanwhile. Under a storm a
+signature is therefore published at most ``1 + log2(interval / tick)`` times while its hold
+ramps up and then once per ``interval`` -- the bus load is bounded by the number of signatures,
+never by the drop rate -- and the sum of ``count`` stays exact.
 """
 
 from __future__ import annotations
@@ -67,9 +75,18 @@ class DropAggregator:
     """
 
     def __init__(self, source: str, *, packet_mode: bool = False, packet_cap: int = 256,
-                 packet_filter: Callable[[DropSample], bool] | None = None) -> None:
+                 packet_filter: Callable[[DropSample], bool] | None = None,
+                 tick: float = 0.05, interval: float = 1.0) -> None:
         if packet_cap < 0:
             raise ValueError("packet_cap must be >= 0")
+        if not 0 < tick <= interval:
+            raise ValueError(f"tick must be > 0 and <= interval, got {tick} and {interval}")
+        self.tick = tick
+        self.interval = interval
+        # key -> [last publication (the caller's clock, s), hold (s)]: see due().
+        self._holds: dict[DropKey, list[float]] = {}
+        self._swept = 0.0
+        self._kept = 0  # packets kept in this window (packet_cap), published or not
         self.source = source
         self.packet_mode = packet_mode or packet_filter is not None
         self.packet_cap = packet_cap
@@ -104,8 +121,9 @@ class DropAggregator:
         """Count one sample; keep it as a per-packet event when packet mode asks for it."""
         if sample.payload is not None and self.packet_mode and (
                 self.packet_filter is None or self.packet_filter(sample)):
-            if len(self._packets) < self.packet_cap and sample.count == 1:
+            if self._kept < self.packet_cap and sample.count == 1:
                 self._packets.append(self._packet_event(sample))
+                self._kept += 1
                 self.total += 1
                 return
             self.packet_overflow += sample.count
@@ -141,7 +159,44 @@ class DropAggregator:
         events.extend(self._packets)
         self._rows = {}
         self._packets = []
+        self._kept = 0
         self.packet_overflow = 0
+        return events
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        """The rows whose signature may be published at ``now`` (a monotonic clock, seconds),
+        and the kept packets; held rows stay for a later call (or :meth:`flush`).
+
+        A signature published less than its hold ago is held. Publishing one whose previous
+        publication was at most one tick after its hold ended (it was busy all along) doubles
+        its hold, up to ``interval``; a signature that was quiet starts again at ``tick``.
+        Signatures quiet for two intervals are forgotten (the state stays bounded).
+        """
+        holds = self._holds
+        tick, top = self.tick, self.interval
+        slack = tick / 2  # ticks come a little late, never early: do not hold for a sliver
+        events: list[dict[str, Any]] = []
+        held: dict[DropKey, list] = {}
+        for key, r in self._rows.items():
+            h = holds.get(key)
+            if h is None:
+                holds[key] = [now, tick]
+            else:
+                since = now - h[0]
+                if since < h[1] - slack:
+                    held[key] = r
+                    continue
+                h[1] = min(h[1] * 2, top) if since <= h[1] + 1.5 * tick else tick
+                h[0] = now
+            events.append(self._event(key, r[0], r[1], r[2]))
+        self._rows = held
+        if self._packets:
+            events.extend(self._packets)
+            self._packets = []
+        if now - self._swept >= top:  # a new packet_cap window; forget quiet signatures
+            self._swept = now
+            self._kept = 0
+            self._holds = {k: h for k, h in holds.items() if now - h[0] < 2 * top or k in held}
         return events
 
     def take_overflow(self) -> int:

@@ -250,8 +250,9 @@ def encode_config(*, packet_mode: bool, trunc_len: int, queue_len: int) -> bytes
 
 class NetDmDrops:
     """Collector over NET_DM. Config: ``mode`` (alert|packet), ``trunc_len``, ``queue_len``,
-    ``interval`` (aggregation window, s), ``stats_interval`` (s), ``packet_cap`` (packets kept
-    per window), ``packet_reasons`` (keep packets of these reasons only; implies packet mode),
+    ``interval`` (a busy signature at most once per interval, s), ``tick`` (a new signature
+    within a tick, s; DropAggregator.due), ``stats_interval`` (s), ``packet_cap`` (packets kept
+    per interval), ``packet_reasons`` (keep packets of these reasons only; implies packet mode),
     ``exclude_reasons``.
 
     Raises (from run):
@@ -266,7 +267,7 @@ class NetDmDrops:
     def __init__(self, *, mode: str = "alert", trunc_len: int = 128, queue_len: int = 1000,
                  interval: float = 1.0, stats_interval: float = 1.0, packet_cap: int = 256,
                  packet_reasons: frozenset[str] = frozenset(),
-                 exclude_reasons: frozenset[str] = frozenset()) -> None:
+                 exclude_reasons: frozenset[str] = frozenset(), tick: float = 0.05) -> None:
         if mode not in ("alert", "packet"):
             raise ConfigError(f"[drops] mode must be 'alert' or 'packet', not {mode!r}")
         # Asking for packets of some reasons needs the kernel in packet mode.
@@ -276,9 +277,10 @@ class NetDmDrops:
         self.queue_len = queue_len
         self.interval = interval
         self.stats_interval = stats_interval
+        self.tick = min(tick, interval)
         keep = (lambda smp: smp.reason in packet_reasons) if packet_reasons else None
         self.agg = DropAggregator(self.source, packet_mode=self.packet_mode, packet_cap=packet_cap,
-                                  packet_filter=keep)
+                                  packet_filter=keep, tick=self.tick, interval=interval)
         self.kallsyms: Kallsyms | None = None
         self.family: int | None = None
         self.group: int | None = None
@@ -419,28 +421,29 @@ class NetDmDrops:
                         self.handle(data, sink)
 
                 loop.add_reader(ev_sock.fileno(), readable)
-                window = loop.time()
+                stats_at = loop.time()
                 try:
                     while True:
-                        await asyncio.sleep(min(self.interval, self.stats_interval))
-                        with contextlib.suppress(OSError, NetlinkError):
-                            for m in await asyncio.to_thread(self._request, ctl, self.family,
-                                                             NET_DM_CMD_STATS_GET):
-                                if m.dropped is not None:
-                                    self.account_stats(m.dropped, sink)
-                        if loop.time() - window >= self.interval:
-                            window = loop.time()
-                            self.flush(sink)
+                        await asyncio.sleep(self.tick)
+                        if loop.time() - stats_at >= self.stats_interval:
+                            stats_at = loop.time()
+                            with contextlib.suppress(OSError, NetlinkError):
+                                for m in await asyncio.to_thread(self._request, ctl, self.family,
+                                                                 NET_DM_CMD_STATS_GET):
+                                    if m.dropped is not None:
+                                        self.account_stats(m.dropped, sink)
+                        self.flush(sink, due=loop.time())
                 finally:
                     loop.remove_reader(ev_sock.fileno())
                     self._stop(ctl)
                     self.flush(sink)
 
-    def flush(self, sink: Any) -> None:
+    def flush(self, sink: Any, due: float | None = None) -> None:
+        """Publish what is due at ``due`` (the loop's clock), or everything when None."""
         sink.lost("netdm.packet_cap", self.agg.take_overflow())
         now = time.time_ns()
-        events = self.agg.flush()
+        events = self.agg.flush() if due is None else self.agg.due(due)
         if events:
             sink.emit_batch("drop", events, t0=self._window_start, t1=now,
                             mode="packet" if self.packet_mode else "alert")
-        self._window_start = now
+            self._window_start = now

@@ -5,8 +5,10 @@
     KfreeSkbInstance   a private tracefs instance (netevents/agent/kernel/tracefs.py) with kfree_skb
                        enabled and the excluded reasons filtered in the kernel
     TracepointDrops    the collector: ``loop.add_reader`` on the instance's per-CPU
-                       trace_pipe_raw (rawtrace.py, the default) or its text trace_pipe; one
-                       aggregated window per ``interval``; ring overruns -> own loss
+                       trace_pipe_raw (rawtrace.py, the default) or its text trace_pipe, read
+                       every ``tick``; what is due published then (aggregate.py: a new
+                       signature at once, a busy one at most once per ``interval``); ring
+                       overruns -> own loss
 
 The global trace buffer is never touched: other tools (perf, trace-cmd, a second agent) keep
 theirs. The instance's ring overwrites its oldest events when the reader falls behind; the
@@ -212,14 +214,15 @@ class KfreeSkbInstance(TraceInstance):
 
 
 class TracepointDrops:
-    """Collector: aggregated kfree_skb drops, one window per ``interval`` seconds.
+    """Collector: aggregated kfree_skb drops; a signature that keeps dropping is published at
+    most once per ``interval`` seconds, a new one within ``tick`` (DropAggregator.due).
 
     ``reader``: ``raw`` walks the binary per-CPU ring pages (``trace_pipe_raw``, see
     rawtrace.py; the kernel does no text formatting, locations come from /proc/kallsyms) —
     the default; ``text`` parses ``trace_pipe``. ``raw`` falls back to ``text`` when kallsyms
     addresses are hidden or the event format is unexpected.
-    Other options: ``interval`` (s), ``buffer_kb`` (per CPU), ``exclude_reasons`` (names,
-    filtered in the kernel), ``read_budget`` (bytes per wakeup).
+    Other options: ``interval`` (s), ``tick`` (s), ``buffer_kb`` (per CPU),
+    ``exclude_reasons`` (names, filtered in the kernel), ``read_budget`` (bytes per wakeup).
     """
 
     name = "drops.tracepoint"
@@ -227,9 +230,11 @@ class TracepointDrops:
 
     def __init__(self, *, interval: float = 1.0, buffer_kb: int = 4096,
                  exclude_reasons: frozenset[str] = frozenset(), read_budget: int = 4 << 20,
-                 reader: str = "raw", tracefs: Path | None = None) -> None:
+                 reader: str = "raw", tracefs: Path | None = None, tick: float = 0.05) -> None:
         if interval <= 0:
             raise ConfigError("[drops] interval must be > 0")
+        if tick <= 0:
+            raise ConfigError("[drops] tick must be > 0")
         if buffer_kb < 4:
             raise ConfigError("[drops] buffer_kb must be >= 4")
         if reader not in ("raw", "text"):
@@ -240,7 +245,9 @@ class TracepointDrops:
         self.read_budget = read_budget
         self.reader = reader
         self.tracefs = tracefs
-        self.agg = DropAggregator(self.source)
+        # The ring is read every tick (the raw pipes wake a poller only when half full).
+        self.tick = min(tick, interval)
+        self.agg = DropAggregator(self.source, tick=self.tick, interval=interval)
         self.parser = KfreeSkbParser(self.agg, clock_offset_ns=boottime_offset_ns())
         self.raw: Any = None
         """The RawPageParser when reading raw pages."""
@@ -251,6 +258,7 @@ class TracepointDrops:
         self._raw_fds: dict[int, int] = {}
         self._page_size = 4096
         self._window_start = time.time_ns()
+        self._accounted_at = time.monotonic()
         self._bad_reported = 0
 
     # -- reading (add_reader callbacks) ---------------------------------------------------------
@@ -338,6 +346,11 @@ class TracepointDrops:
     # -- accounting and publishing ---------------------------------------------------------------
     def _flush(self, sink: Any, final: bool = False) -> None:
         now = time.time_ns()
+        mono = time.monotonic()
+        if not final and mono - self._accounted_at < self.agg.interval:
+            self._publish_due(sink, now, mono)  # the stats files: once per interval
+            return
+        self._accounted_at = mono
         if self.instance is not None:
             sink.lost("tracepoint.ring_overrun", self.instance.overrun_delta())
         bad_now = self.parser.bad_lines + (self.raw.bad_pages if self.raw else 0)
@@ -347,11 +360,20 @@ class TracepointDrops:
             sink.lost("tracepoint.parse_error", bad)
             log.warning("tracepoint: %d trace record(s)/page(s) not understood, e.g. %r",
                         bad, self.parser.last_bad)
-        events = self.agg.flush()
+        if final:
+            events = self.agg.flush()
+            if events:
+                sink.emit_batch("drop", events, t0=self._window_start, t1=now, mode="alert")
+            return
+        self._publish_due(sink, now, mono)
+
+    def _publish_due(self, sink: Any, now: int, mono: float) -> None:
+        events = self.agg.due(mono)
         if events:
-            # One batch per window, published at once (not held for the runner's batching).
+            # One batch per tick with anything due, published at once (not held for the
+            # runner's batching).
             sink.emit_batch("drop", events, t0=self._window_start, t1=now, mode="alert")
-        self._window_start = now
+            self._window_start = now
 
     async def run(self, sink: Any) -> None:
         sink.declare_loss("tracepoint.ring_overrun")
@@ -378,7 +400,7 @@ class TracepointDrops:
             log.info("drops: kfree_skb via %s (%s)", self.instance.path,
                      "raw pages" if self._raw_fds else "trace_pipe")
             while True:
-                await asyncio.sleep(self.interval)
+                await asyncio.sleep(self.tick)
                 self._drain_any()  # also covers a wakeup the poll did not deliver
                 self._flush(sink)
         finally:

@@ -2,7 +2,8 @@
 
     PeerAccountant.destroyed(socks)   final counters of sockets the kernel destroyed
     PeerAccountant.window(dump)       closes a window with a full dump -> Window (events ready to
-                                      publish, the overflow, what was attributed to peers)
+                                      publish, the overflow, what was attributed to peers);
+                                      window_samples(chunks) the same from a streamed dump
     residual(mib_deltas, window)      host-wide MIB deltas minus what the published peers carry
 
 Accounting rules:
@@ -39,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sockdiag import TCP_INFO_LEN_TOTAL_RTO, TcpSock
+from .sockdiag import S_COOKIE, S_DST, S_FAMILY, S_INFO, S_SRC, TcpSock
 
 LEVELS = ("default", "diagnostics")
 
@@ -128,48 +129,50 @@ def _sort_key(ev: dict[str, Any]) -> tuple:
 
 
 # Hot path (every socket, every window, 100k sockets per sample): unrolled index arithmetic
-# with literal indices. Slots: see _FIELDS; TcpSock indices: see sockdiag.TcpSock. The assert
-# below keeps the literals honest.
+# with literal indices. Slots: see _FIELDS. A socket's counters are its ``info`` tuple
+# (``TcpSock[9:]``, sockdiag.Sample): the baselines keep only that. A kernel whose tcp_info
+# ends before tcpi_total_rto reads it as 0 in every sample, so its timeouts stay 0. The
+# asserts keep the literals honest.
 assert _FIELDS[3:14] == ("retrans_segs", "bytes_retrans", "segs_out", "segs_in", "bytes_sent",
                          "bytes_acked", "bytes_received", "dsack_dups", "lost", "timeouts", "resets")
-assert TcpSock._fields[8:24] == (
-    "info_len", "retransmits", "lost", "retrans", "rtt", "rttvar", "cwnd", "total_retrans",
+assert TcpSock._fields[9:24] == (
+    "retransmits", "lost", "retrans", "rtt", "rttvar", "cwnd", "total_retrans",
     "bytes_acked", "bytes_received", "segs_out", "segs_in", "bytes_sent", "bytes_retrans",
     "dsack_dups", "total_rto")
+_G = _N  # gauge slots after the counters in a window slot: rtt, rttvar, cwnd, retransmits
+assert (S_FAMILY, S_SRC, S_DST, S_COOKIE, S_INFO) == (2, 3, 4, 5, 8)
 
 
-def _add_full(acc: list[int], s: TcpSock) -> None:
+def _add_full(acc: list[int], f: tuple) -> None:
     """A socket whose whole life is in the window: its counters as they are."""
-    acc[3] += s[15]    # retrans_segs   <- total_retrans
-    acc[4] += s[21]    # bytes_retrans
-    acc[5] += s[18]    # segs_out
-    acc[6] += s[19]    # segs_in
-    acc[7] += s[20]    # bytes_sent
-    acc[8] += s[16]    # bytes_acked
-    acc[9] += s[17]    # bytes_received
-    acc[10] += s[22]   # dsack_dups
-    acc[11] += s[10]   # lost           <- lost_out gauge
-    if s[8] >= TCP_INFO_LEN_TOTAL_RTO:
-        acc[12] += s[23]  # timeouts    <- total_rto
+    acc[3] += f[6]     # retrans_segs   <- total_retrans
+    acc[4] += f[12]    # bytes_retrans
+    acc[5] += f[9]     # segs_out
+    acc[6] += f[10]    # segs_in
+    acc[7] += f[11]    # bytes_sent
+    acc[8] += f[7]     # bytes_acked
+    acc[9] += f[8]     # bytes_received
+    acc[10] += f[13]   # dsack_dups
+    acc[11] += f[1]    # lost           <- lost_out gauge
+    acc[12] += f[14]   # timeouts       <- total_rto
 
 
-def _add_change(acc: list[int], new: TcpSock, old: TcpSock) -> None:
+def _add_change(acc: list[int], new: tuple, old: tuple) -> None:
     """Differences to the previous sample; u32 counters modulo 2**32, total_rto modulo 2**16."""
-    if new[15:24] == old[15:24] and new[10] <= old[10]:
+    if new[6:] == old[6:] and new[1] <= old[1]:
         return  # idle socket (the common case on a big host): nothing moved
-    acc[3] += (new[15] - old[15]) & 0xFFFFFFFF
-    acc[4] += (new[21] - old[21]) & U64
-    acc[5] += (new[18] - old[18]) & 0xFFFFFFFF
-    acc[6] += (new[19] - old[19]) & 0xFFFFFFFF
-    acc[7] += (new[20] - old[20]) & U64
-    acc[8] += (new[16] - old[16]) & U64
-    acc[9] += (new[17] - old[17]) & U64
-    acc[10] += (new[22] - old[22]) & 0xFFFFFFFF
-    d = new[10] - old[10]
+    acc[3] += (new[6] - old[6]) & 0xFFFFFFFF
+    acc[4] += (new[12] - old[12]) & U64
+    acc[5] += (new[9] - old[9]) & 0xFFFFFFFF
+    acc[6] += (new[10] - old[10]) & 0xFFFFFFFF
+    acc[7] += (new[11] - old[11]) & U64
+    acc[8] += (new[7] - old[7]) & U64
+    acc[9] += (new[8] - old[8]) & U64
+    acc[10] += (new[13] - old[13]) & 0xFFFFFFFF
+    d = new[1] - old[1]
     if d > 0:
         acc[11] += d
-    if new[8] >= TCP_INFO_LEN_TOTAL_RTO:
-        acc[12] += (new[23] - old[23]) & 0xFFFF
+    acc[12] += (new[14] - old[14]) & 0xFFFF
 
 
 class PeerAccountant:
@@ -185,7 +188,8 @@ class PeerAccountant:
             raise ValueError(f"max_peers must be at least 1, not {max_peers}")
         self.max_peers = max_peers
         self.grace = grace
-        self.baselines: dict[int, TcpSock] = {}
+        self.baselines: dict[int, tuple] = {}
+        """cookie -> the socket's last counters (its ``info`` tuple, ``TcpSock[9:]``)."""
         self._missing: dict[int, int] = {}     # cookie -> windows since it left the dump
         self._tombstones: dict[int, int] = {}  # destroyed cookie -> window it was destroyed in
         self._acc: dict[tuple, list[int]] = {}
@@ -212,7 +216,7 @@ class PeerAccountant:
         return acc
 
     @staticmethod
-    def _add_delta(acc: list[int], new: TcpSock, old: TcpSock | None) -> None:
+    def _add_delta(acc: list[int], new: tuple, old: tuple | None) -> None:
         if old is None:
             _add_full(acc, new)
         else:
@@ -251,57 +255,81 @@ class PeerAccountant:
             acc = self._slot(s)
             if old is None:
                 acc[_S_OPENED] += 1  # opened and closed inside this window
-            self._add_delta(acc, s, old)
+            self._add_delta(acc, s[9:], old)
             acc[_S_CLOSED] += 1
             self._tombstones[cookie] = window
 
-    def window(self, dump: list[TcpSock]) -> Window:
-        """Close the current window with a full dump taken at its end.
+    def window(self, dump: Iterable[TcpSock]) -> Window:
+        """Close the current window with a full dump taken at its end (see :meth:`window_samples`).
+        """
+        return self.window_samples([[(0, 0, s[1], s[3], s[5], s[0], 0, 0, *s[9:]) for s in dump]])
 
-        Call :meth:`destroyed` with every destroy message received before the dump finished
-        first, so a socket is never counted as both gone and new.
+    def window_samples(self, chunks: Iterable[list[tuple]]) -> Window:
+        """Close the current window with a full dump, as chunks of sockdiag.Sample tuples
+        (``DiagSocket.sample_chunks()`` streams them, so the whole dump is never held).
+
+        Call :meth:`destroyed` with the destroy messages received so far first, so a socket is
+        never counted as both gone and new. Iterating ``chunks`` may raise (the dump failed):
+        then nothing of this dump is kept and the window stays open, to be closed by the next.
         """
         first = self._windows == 0
-        self._windows += 1
-        window = self._windows
         baselines = self.baselines
         tombstones = self._tombstones
-        gauges: dict[tuple, list[int]] = {}
-        seen: dict[int, TcpSock] = {}
-        accs = self._acc
-        add_full, add_change = _add_full, _add_change
-        for s in dump:
-            # Hot loop: literal TcpSock indices (0 cookie, 1 family, 3 src, 5 dst, 9 retransmits,
-            # 12 rtt, 13 rttvar, 14 cwnd), checked by the asserts above _add_full.
-            cookie = s[0]
-            if cookie in tombstones:
-                continue  # dumped just before its destroy message was read: already final
-            seen[cookie] = s
+        slots: dict[tuple, list[int]] = {}   # this dump's own: counters, then gauges (_G)
+        seen: dict[int, tuple] = {}
+        count = 0
+        add_full, add_change, n_acc = _add_full, _add_change, _N
+        for chunk in chunks:
+            count += len(chunk)
             if first:
+                for t in chunk:
+                    if t[5] not in tombstones:
+                        seen[t[5]] = t[8:]
                 continue
-            key = (s[1], s[5], s[3])
+            for t in chunk:
+                # Hot loop: literal sockdiag.Sample indices (2 family, 3 src, 4 dst, 5 cookie,
+                # 8: info), info indices 0 retransmits, 3 rtt, 4 rttvar, 5 cwnd (_add_full).
+                cookie = t[5]
+                if cookie in tombstones:
+                    continue  # dumped just before its destroy message was read: already final
+                info = t[8:]
+                key = (t[2], t[4], t[3])
+                acc = slots.get(key)
+                if acc is None:
+                    acc = slots[key] = [0] * n_acc + [info[3], info[4], info[5], info[0]]
+                else:
+                    if info[3] > acc[n_acc]:
+                        acc[n_acc] = info[3]
+                    if info[4] > acc[n_acc + 1]:
+                        acc[n_acc + 1] = info[4]
+                    if info[5] < acc[n_acc + 2]:
+                        acc[n_acc + 2] = info[5]
+                    if info[0] > acc[n_acc + 3]:
+                        acc[n_acc + 3] = info[0]
+                acc[0] += 1  # sockets
+                old = baselines.get(cookie)
+                if old is None:
+                    acc[1] += 1  # opened: born in this window, the previous dump did not have it
+                    add_full(acc, info)
+                    seen[cookie] = info
+                elif info == old:
+                    seen[cookie] = old  # idle: keep the one tuple (memory)
+                else:
+                    add_change(acc, info, old)
+                    seen[cookie] = info
+        # The dump is complete: from here the window closes.
+        self._windows += 1
+        window = self._windows
+        gauges: dict[tuple, list[int]] = {}
+        accs = self._acc
+        for key, slot in slots.items():
+            gauges[key] = slot[n_acc:]
             acc = accs.get(key)
             if acc is None:
-                acc = accs[key] = [0] * _N
-            old = baselines.get(cookie)
-            if old is None:
-                acc[1] += 1  # opened: born in this window, the previous dump did not have it
-                add_full(acc, s)
+                accs[key] = slot[:n_acc]
             else:
-                add_change(acc, s, old)
-            acc[0] += 1  # sockets
-            g = gauges.get(key)
-            if g is None:
-                gauges[key] = [s[12], s[13], s[14], s[9]]
-            else:
-                if s[12] > g[0]:
-                    g[0] = s[12]
-                if s[13] > g[1]:
-                    g[1] = s[13]
-                if s[14] < g[2]:
-                    g[2] = s[14]
-                if s[9] > g[3]:
-                    g[3] = s[9]
+                for i in range(n_acc):
+                    acc[i] += slot[i]
 
         # Sockets that left the dump: wait for their destroy message, then give up.
         unseen = 0
@@ -322,8 +350,8 @@ class PeerAccountant:
 
         acc_map, self._acc = self._acc, {}
         if first:
-            return Window(level=self.level, baseline=True, sockets=len(dump))
-        return self._publish(acc_map, gauges, len(dump), unseen)
+            return Window(level=self.level, baseline=True, sockets=count)
+        return self._publish(acc_map, gauges, count, unseen)
 
     # -- publishing ------------------------------------------------------------------------------
     def _publish(self, acc_map: dict[tuple, list[int]], gauges: dict[tuple, list[int]],

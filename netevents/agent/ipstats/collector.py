@@ -1,8 +1,8 @@
 """The ipstats collector: the asyncio shell around sock_diag, the MIB reader and PeerAccountant.
 
-Every ``interval`` seconds: dump all TCP sockets (in a thread: a 100k-socket dump is ~0.5 s of
-work that must not stall the loop), read the MIB, feed the destroy messages received so far and
-the dump to the accountant (in a thread as well), and publish one ``ipstat`` batch with the window's events and the
+Every ``interval`` seconds, in a thread (100k sockets are a few hundred ms of work that must
+not stall the loop): read the MIB, feed the destroy messages received so far to the accountant,
+then dump all TCP sockets streamed into it (never holding the whole dump), and publish one ``ipstat`` batch with the window's events and the
 ``residual`` (published even when no peer is flagged, so "nothing happened" is told apart from
 "nothing was seen"). Destroy messages are read by ``loop.add_reader`` as they come.
 
@@ -181,10 +181,8 @@ class IpstatsCollector:
                 await self._start_resets(sink, netns)
             # Baseline: MIB and dump at the start of the first window.
             prev_mib = mib.read()
-            dump = await asyncio.to_thread(diag.dump)
             self._drain_destroy()
-            self.accountant.destroyed(self._take_pending())
-            self.accountant.window(dump)
+            await asyncio.to_thread(self._sample, diag, None, self._take_pending(), None)
             self._take_resets(sink)  # what came before the baseline is history
             t0 = time.time_ns()
             self.ready.set()
@@ -194,9 +192,14 @@ class IpstatsCollector:
                 next_at += self.cfg.interval
                 if next_at < loop.time():  # fell behind (huge dump): skip, do not burst
                     next_at = loop.time() + self.cfg.interval
+                self._drain_destroy()
+                resets = self._take_resets(sink)
                 try:
-                    dump = await asyncio.to_thread(diag.dump)
-                    cur_mib = mib.read()
+                    # Dump and accounting as one stream, off the loop (100k sockets are a few
+                    # hundred ms). Only this step touches the accountant's baselines; destroy
+                    # messages arriving meanwhile wait in _pending for the next window.
+                    window, cur_mib = await asyncio.to_thread(
+                        self._sample, diag, mib, self._take_pending(), resets)
                 except (OSError, ValueError, NetlinkError) as exc:
                     # Skip the sample: the next window then spans both intervals (t0, the
                     # baselines and the MIB reading stay), so nothing is counted twice or lost.
@@ -204,12 +207,6 @@ class IpstatsCollector:
                     log.warning("ipstats: sample failed, the next window covers it: %s", exc)
                     continue
                 t1 = time.time_ns()
-                self._drain_destroy()
-                resets = self._take_resets(sink)
-                # Accounting 100k sockets takes a few hundred ms: off the loop too. Only this
-                # step touches the accountant's baselines; destroy messages arriving meanwhile
-                # wait in _pending for the next window.
-                window = await asyncio.to_thread(self._account, self._take_pending(), dump, resets)
                 deltas = mib_deltas(prev_mib, cur_mib)
                 prev_mib = cur_mib
                 self._publish(sink, window, deltas, t0, t1)
@@ -227,12 +224,19 @@ class IpstatsCollector:
                 mib.close()
             diag.close()
 
-    def _account(self, destroyed: list[TcpSock], dump: list[TcpSock],
-                 resets: dict | None = None) -> Window:
+    def _sample(self, diag: DiagSocket, mib: MibReader | None, destroyed: list[TcpSock],
+                resets: dict | None) -> tuple[Window, Any]:
+        """The MIB, the window's destroy messages and resets, then the dump streamed into
+        the accountant (never held whole: PeerAccountant.window_samples).
+
+        Raises: OSError, NetlinkError, ValueError from the MIB read or the dump; the accountant
+        keeps the window open then.
+        """
+        cur_mib = mib.read() if mib is not None else None
         self.accountant.destroyed(destroyed)
         if resets:
             self.accountant.resets(resets)
-        return self.accountant.window(dump)
+        return self.accountant.window_samples(diag.sample_chunks()), cur_mib
 
     # -- resets -------------------------------------------------------------------------------------
     async def _start_resets(self, sink: Sink, netns: str | None) -> None:

@@ -2,9 +2,11 @@
 
     build_dump_request(family, seq)   one inet_diag_req_v2 asking for every non-listening TCP
                                       socket of a family with INET_DIAG_INFO (struct tcp_info)
-    parse_dump(buf, out)              sans-IO: netlink messages -> TcpSock tuples (appended)
+    parse_dump(buf, out)              sans-IO: netlink messages -> TcpSock tuples (appended), or
+                                      with ``samples`` compact (cookie, family, src, dst, info)
     DiagSocket                        the netlink socket: dump() for IPv4 + IPv6 (blocking, run
-                                      it in a thread), open in a given network namespace
+                                      it in a thread), sample_chunks() the same as a stream of
+                                      compact samples, open in a given network namespace
     DestroyListener                   SKNLGRP_INET{,6}_TCP_DESTROY subscriber, non-blocking fd
                                       for ``loop.add_reader``; ENOBUFS surfaces as an overrun
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from netevents.errors import CapabilityError, NetlinkError
@@ -137,9 +140,32 @@ def build_dump_request(family: int, seq: int, states: int = DUMP_STATES) -> byte
     return pack_message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
-def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
-               addresses: dict[bytes, bytes] | None = None) -> bool:
-    """Parse netlink messages of a sock_diag dump or destroy multicast; append sockets to ``out``.
+Sample = tuple
+"""What a sampling dump keeps of a socket, one flat tuple: ``[S_FAMILY]``, ``[S_SRC]``,
+``[S_DST]``, ``[S_COOKIE]``, and from ``[S_INFO]`` on the tcp_info fields in TcpSock's order
+from ``retransmits`` (``TcpSock[9:]``; a shorter kernel struct reads as zeros); the netlink and
+attribute lengths and types before them. No TcpSock, no port or inode: what the accounting
+needs. It is exactly what one ``iter_unpack`` of a whole message gives (see _sample_struct)."""
+S_FAMILY, S_SRC, S_DST, S_COOKIE, S_INFO = 2, 3, 4, 5, 8
+_SAMPLE_HEAD = "=IH10xBxxx4x16s16s4xQ16x4x"  # nlmsghdr, inet_diag_msg: S_* fields only
+_SAMPLE_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _sample_struct(msg_len: int, info_at: int) -> struct.Struct:
+    """One message of ``msg_len`` bytes (aligned) with a full tcp_info attribute at
+    ``info_at``, as one flat :data:`Sample` (cached per layout)."""
+    st = _SAMPLE_STRUCTS.get((msg_len, info_at))
+    if st is None:
+        tail = msg_len - info_at - 4 - TCP_INFO_LEN
+        st = _SAMPLE_STRUCTS[msg_len, info_at] = struct.Struct(
+            f"{_SAMPLE_HEAD}{info_at - _HDR_MSG_LEN}xHH{TCP_INFO.format[1:]}{tail}x")
+    return st
+
+
+def parse_dump(buf: bytes | bytearray | memoryview, out: list,
+               addresses: dict[bytes, bytes] | None = None, samples: bool = False) -> bool:
+    """Parse netlink messages of a sock_diag dump or destroy multicast; append sockets to ``out``
+    (TcpSock tuples, or :data:`Sample` tuples with ``samples``).
 
     Sockets without tcp_info (none requested, or minisocks) are skipped. Returns True when
     NLMSG_DONE was seen. ``addresses``, shared across the calls of one dump, makes sockets with
@@ -170,7 +196,24 @@ def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
     done = False
     info_at = 0                # offset of the INET_DIAG_INFO attribute in the previous message
     info_attr = (0, -1)        # its (length, type)
+    fast = None                # samples: the Struct of a whole message of the last layout
+    fast_len = fast_alen = 0   # ... its message length and tcp_info attribute length
     while off + 16 <= end:
+        if fast is not None:
+            # Samples, written for speed: a datagram's messages share one length and layout,
+            # so one iter_unpack (C) reads a run of them whole; a message that differs ends the
+            # run and takes the general path below.
+            size = fast.size
+            start = off
+            for t in fast.iter_unpack(mv[off:off + (end - off) // size * size]):
+                if (t[0] != fast_len or t[1] != SOCK_DIAG_BY_FAMILY or t[6] != fast_alen
+                        or t[7] != INET_DIAG_INFO):
+                    break
+                append(t)
+                off += size
+            fast = None
+            if off > start:
+                continue
         if off + _HDR_MSG_LEN <= end:
             nl_len, nl_type, family, state, sport, dport, src, dst, cookie, inode = hdr_msg_unpack(mv, off)
         else:
@@ -201,6 +244,13 @@ def parse_dump(buf: bytes | bytearray | memoryview, out: list[TcpSock],
                 f = info_unpack(mv, a + 4)
             else:  # older kernel: shorter struct, the missing tail reads as zero
                 f = info_unpack(bytes(mv[a + 4:a + 4 + ilen]) + _PAD[ilen:])
+            if samples:
+                append((nl_len, nl_type, family, src, dst, cookie, *info_attr, *f))
+                if ilen >= TCP_INFO_LEN and nl_len % 4 == 0:
+                    fast = _sample_struct(nl_len, info_at)
+                    fast_len, fast_alen = nl_len, info_attr[0]
+                off += (nl_len + 3) & ~3
+                continue
             append(new(cls, (
                 cookie, family, state, intern(src, src), ((sport & 0xFF) << 8) | (sport >> 8),
                 intern(dst, dst), ((dport & 0xFF) << 8) | (dport >> 8), inode, ilen, *f)))
@@ -267,6 +317,29 @@ class DiagSocket:
                 if exc.errno not in (errno.EAFNOSUPPORT, errno.ENOENT):
                     raise
         return out
+
+    def sample_chunks(self) -> Iterator[list[Sample]]:
+        """The dump of :meth:`dump` as it arrives, one list of :data:`Sample` tuples per
+        datagram: a consumer that accounts as it goes never holds the whole dump.
+
+        Raises: like :meth:`dump`, while iterating.
+        """
+        buf = self._buf
+        mv = memoryview(buf)
+        for family in self.families:
+            self._seq += 1
+            self.sock.send(build_dump_request(family, self._seq))
+            try:
+                while True:
+                    n = self.sock.recv_into(buf)
+                    chunk: list[Sample] = []
+                    done = parse_dump(mv[:n], chunk, samples=True)
+                    yield chunk
+                    if done:
+                        break
+            except NetlinkError as exc:
+                if exc.errno not in (errno.EAFNOSUPPORT, errno.ENOENT):
+                    raise
 
     def close(self) -> None:
         self.sock.close()

@@ -13,7 +13,9 @@ Gaps and frames travel in different streams, so either may arrive first: a frame
 many gap records its ring had made when it was made (``gaps_before``), and the shell holds it
 (:class:`~netevents.consumers.ringorder.RingOrderHold`) until that many have arrived -- at most
 ``--gap-wait`` seconds (1 s; batches of agents that do not say are held that long), so the gap
-records about it are there when the core writes it.
+records about it are there when the core writes it. Then packets wait in a bounded reorder window
+(service.TimeOrder) and each group is merged by timestamp (core.flush_staged): files of several
+rings are in time order; what comes behind the window is written and counted (``out_of_order``).
 
 Durability: batches are written in groups (one flush and one sidecar rewrite per group; a group
 is one batch unless more are already waiting) and acknowledged to JetStream only after that, so

@@ -19,6 +19,8 @@ a comment, never as a dropcount.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import logging
 import os
 import struct
@@ -126,7 +128,8 @@ def interface_statistics(w: PcapngWriter, st: IfaceStats, ts_ns: int, comment: s
 def _new_counts() -> dict[str, Any]:
     return {"frames": 0, "drops": 0, "dropcount": 0, "gaps": 0, "gaps_late": 0,
             "gaps_unplaced": 0, "lost_unplaced": 0, "unseen_frames": 0, "duplicate_frames": 0,
-            "alert_drops": 0, "bad_events": 0, "bad_batches": 0, "batches": Counter(), "missed": {}}
+            "alert_drops": 0, "bad_events": 0, "bad_batches": 0, "out_of_order": 0,
+            "batches": Counter(), "missed": {}}
 
 
 class PcapngArchive:
@@ -148,6 +151,14 @@ class PcapngArchive:
         self.writer: PcapngWriter | None = None
         self.ifaces: dict[tuple[str, str, int | None], IfaceStats] = {}
         self.counts: dict[str, Any] = _new_counts()
+        self._last_ts = 0           # the newest packet timestamp in the current file
+        self._epb_at: int | None = None
+        self._epb_ts: list[int] = []
+        self._epb_key: Any = None
+        self._pre: list[bytes] = []
+        self._runs: dict[Any, tuple[list[int], list[bytes]]] = {}
+        self.staged_bytes = 0
+        """Bytes staged for the next :meth:`flush_staged`."""
 
     # -- sections -----------------------------------------------------------------------------
     def open_section(self, comment: str | None = None) -> bytes:
@@ -155,6 +166,7 @@ class PcapngArchive:
                                    comment=comment)
         self.ifaces = {}
         self.counts = _new_counts()
+        self._last_ts = 0
         return self.writer.take()
 
     def close_section(self, ts_ns: int, *, final: bool = False) -> bytes:
@@ -212,6 +224,68 @@ class PcapngArchive:
     # -- batches ------------------------------------------------------------------------------
     def add(self, batch: Batch) -> bytes:
         """Encode one batch; returns the bytes to append to the current file."""
+        return self.add_group([batch])
+
+    def add_group(self, batches: list[Batch]) -> bytes:
+        """Encode batches written together (in their order: a ring's batches in its order);
+        returns the bytes to append, the group's packets merged into time order
+        (:meth:`stage` each, then :meth:`flush_staged`)."""
+        for batch in batches:
+            self.stage(batch)
+        return self.flush_staged()
+
+    def stage(self, batch: Batch) -> None:
+        """Encode one batch into the staged group (see :meth:`flush_staged`)."""
+        data = self._add_one(batch)
+        at = self._epb_at
+        if at is None or not self._epb_ts:
+            self._pre.append(data)
+        else:
+            self._pre.append(data[:at])
+            ts_run, blocks = self._runs.setdefault(self._epb_key, ([], []))
+            ts_run.extend(self._epb_ts)
+            blocks.append(data[at:])
+        self.staged_bytes += len(data)
+
+    def flush_staged(self) -> bytes:
+        """The staged group's bytes: interface blocks first, then every packet by timestamp.
+
+        Each ring's (or host's drop) packets stay in their own order and rings are merged (a
+        stable merge; rings that do not overlap in time are only concatenated). A packet older
+        than one already in the file (it came behind the reorder window the caller keeps) is
+        counted in ``out_of_order``. Flush before the section ends: the packets name its IDBs.
+        """
+        pre, runs = self._pre, self._runs
+        self._pre, self._runs, self.staged_bytes = [], {}, 0
+        if not runs:
+            return b"".join(pre)
+        order = sorted(runs.values(), key=lambda r: r[0][0])
+        if all(a[0][-1] <= b[0][0] for a, b in zip(order, order[1:], strict=False)):
+            ts_all = [t for r in order for t in r[0]]
+            packets: list = [blk for r in order for blk in r[1]]
+        else:
+            # Rings overlap in time: merge packet by packet (each run stays in its order).
+            split = [(r[0], _blocks(b"".join(r[1]))) for r in order]
+            merged = list(heapq.merge(*(zip(t, itertools.repeat(i), range(len(t)))
+                                        for i, (t, _b) in enumerate(split))))
+            ts_all = [m[0] for m in merged]
+            packets = [split[i][1][k] for _t, i, k in merged]
+        last, late = self._last_ts, 0
+        for t in ts_all:
+            if t < last:
+                late += 1
+            else:
+                last = t
+        self._last_ts = last
+        self.counts["out_of_order"] += late
+        return b"".join(pre + packets)
+
+    def _add_one(self, batch: Batch) -> bytes:
+        """One batch's bytes; ``_epb_at`` says where its packet blocks start (None: it has
+        none), ``_epb_ts`` their timestamps, ``_epb_key`` the run they belong to."""
+        self._epb_at = None
+        self._epb_ts = []
+        self._epb_key = None
         self.counts["batches"][batch.kind] += 1
         if batch.missed:
             per_host = self.counts["missed"].setdefault(batch.host, {})
@@ -228,12 +302,13 @@ class PcapngArchive:
         except (struct.error, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             # A value the checks below did not foresee: this batch is left out (counted, logged)
             # and the file stays consistent -- its partial blocks and the IDBs it added go.
-            w.buf.clear()
+            w.discard()
             del w.interfaces[n_if:]
             for key in list(self.ifaces)[n_keys:]:
                 del self.ifaces[key]
             self.counts["bad_batches"] += 1
             self._bad(batch, f"batch not archived: {type(exc).__name__}: {exc}")
+            self._epb_at = None
             return b""
         self.written[f"{batch.host}|{batch.run}|{batch.kind}"] = batch.seq
         return w.take()
@@ -309,8 +384,12 @@ class PcapngArchive:
             return
         worker = f.get("worker") or 0
         lens = cols.get("len") or [None] * n
+        try:
+            longest = max(lens)  # C-level; a None among them: the slow way
+        except TypeError:
+            longest = max((x for x in lens if x is not None), default=0)
         if (first < 0 or type(worker) is not int or min(ts) < 0 or max(ts) > _U64
-                or max((x for x in lens if x is not None), default=0) > 0xFFFFFFFF):
+                or longest > 0xFFFFFFFF):
             self._bad(batch, "frame batch with a timestamp, length, worker or first_frame out of range")
             return
         ring = self._ring(batch.host, batch.run, iface, worker)
@@ -364,7 +443,10 @@ class PcapngArchive:
             specials = {i - skip: v for i, v in specials.items()}
             ts, heads, lens, dirs = ts[skip:], heads[skip:], lens[skip:], dirs[skip:]
             queues, hashes = queues[skip:], hashes[skip:]
-        self._w().frames(st.if_id, ts, heads, lens, dirs, queues, hashes, ring.base, start, specials)
+        w = self._w()
+        self._epb_at, self._epb_ts, self._epb_key = len(w), ts, (batch.host, batch.run,
+                                                                     iface, worker)
+        w.frames(st.if_id, ts, heads, lens, dirs, queues, hashes, ring.base, start, specials)
         # Encoded: now the accounting.
         ring.carry.clear()
         for before in taken:
@@ -405,6 +487,9 @@ class PcapngArchive:
                        + f" [{e.get('source')}, {e.get('origin', 'sw')}"
                        + (f", trap {e['hw_trap']}" if e.get("hw_trap") else "") + "]"
                        + (" (Ethernet header synthesised from proto)" if synthetic else ""))
+            if self._epb_at is None:
+                self._epb_at, self._epb_key = len(w), batch.host
+            self._epb_ts.append(ts)
             w.packet(st.if_id, ts, data, orig + (len(data) - len(payload)), comment=comment)
             st.packets += 1
             self.counts["drops"] += 1
@@ -467,10 +552,22 @@ class PcapngArchive:
             "gaps_unplaced": c["gaps_unplaced"], "lost_unplaced": c["lost_unplaced"],
             "unseen_frames": c["unseen_frames"], "duplicate_frames": c["duplicate_frames"],
             "alert_drops_not_archived": c["alert_drops"], "bad_events": c["bad_events"],
-            "bad_batches": c["bad_batches"],
+            "bad_batches": c["bad_batches"], "out_of_order": c["out_of_order"],
             "batches": dict(c["batches"]), "missed_batches": c["missed"],
             "interfaces": [s.doc() for s in self.ifaces.values()],
         }
+
+
+def _blocks(data: bytes) -> list[memoryview]:
+    """The blocks of a run of complete PcapNG blocks (each says its total length)."""
+    mv = memoryview(data)
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        total = int.from_bytes(mv[pos + 4:pos + 8], "little")
+        out.append(mv[pos:pos + total])
+        pos += total
+    return out
 
 
 def _stamp_text(hwtstamp: Any) -> str:

@@ -119,23 +119,31 @@ class ArchiveFiles:
         """
         if self.fh is None:
             self.open()
+        core = self.core
         for batch in batches:
-            data = self.core.add(batch)
-            if data:
-                assert self.fh is not None
-                self.fh.write(data)
-                self.size += len(data)
-            if self.due():
+            # Staged, so the group's packets go out merged in time order (core.flush_staged);
+            # written out before a rotation (the packets name the section's interfaces).
+            core.stage(batch)
+            if self.due(core.staged_bytes):
+                self._append(core.flush_staged())
                 self.close(sub_report=sub_report)
                 self.open()
+        self._append(core.flush_staged())
         assert self.fh is not None
         self.fh.flush()   # a kill -9 leaves the file readable up to here
         self.sidecar(complete=False, sub_report=sub_report)
 
-    def due(self) -> bool:
+    def _append(self, data: bytes) -> None:
+        if data:
+            assert self.fh is not None
+            self.fh.write(data)
+            self.size += len(data)
+
+    def due(self, staged: int = 0) -> bool:
+        """Is the file due for rotation (with ``staged`` bytes still to be written)?"""
         if self.fh is None:
             return False
-        if self.rotate_bytes and self.size >= self.rotate_bytes:
+        if self.rotate_bytes and self.size + staged >= self.rotate_bytes:
             return True
         return bool(self.rotate_seconds and time.monotonic() - self.opened_at >= self.rotate_seconds)
 

@@ -25,6 +25,8 @@ CLOSE_BOUND = 2.0
 """Seconds each closing step that waits on the server (subscription, connection) may take."""
 GROUP = 64
 """Batches written per group commit (one flush and one sidecar rewrite, then their acks)."""
+REORDER = 1.0
+"""Seconds of capture time packets wait to be merged with other rings' into time order."""
 
 
 def _sub_report(sub: Any) -> dict[str, Any]:
@@ -36,7 +38,8 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
                       rotate_bytes: int | None = None, rotate_seconds: float | None = None,
                       stop: asyncio.Event | None = None, progress_every: float = 5.0,
                       hosts: list[str] | None = None, hold: float = DEFAULT_HOLD,
-                      max_held: int = MAX_HELD, credentials: Any = None) -> dict[str, Any]:
+                      max_held: int = MAX_HELD, credentials: Any = None,
+                      reorder: float = REORDER) -> dict[str, Any]:
     """Archive frame/gap/drop batches until ``stop`` is set; returns the totals.
 
     ``credentials`` (a :class:`~netevents.bus.Credentials`) authenticate to the bus.
@@ -50,6 +53,12 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
     arrived, at most ``hold`` seconds (at most ``max_held`` batches), so that their dropcount
     lands on exactly the right frame. Batches of one ring leave in their order. Held batches are
     not acknowledged yet.
+
+    Then packets wait in a bounded reorder window (:class:`TimeOrder`: ``reorder`` seconds of
+    capture time behind the newest batch, at most ``2 * reorder`` s of wall time and
+    ``max_held`` batches) and the batches written together are merged by timestamp, so a file
+    of several rings (the workers of a fanout group, several hosts) is in time order; a packet
+    that arrives behind the window is written anyway and counted (``out_of_order``).
 
     Raises:
         BusError: if the bus cannot be reached.
@@ -66,6 +75,7 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
         core.advance(beyond)
     # A batch of an agent that does not say what it owes waits the whole bound.
     held = RingOrderHold(hold, max_held=max_held, unannounced_waits=True)
+    order = TimeOrder(reorder, max_held=max_held)
     # Stopping is unconditional: every step that waits on the server (subscribing, closing the
     # subscription, draining the connection) runs with a bound, so --duration, SIGTERM and
     # SIGINT end the archive within a few seconds whatever the server does (a full stream,
@@ -96,7 +106,8 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
                 return {**files.current(), "paths": [str(p) for p in files.files]}
             while not stop.is_set():
                 now = time.monotonic()
-                due = held.deadline()
+                due = min((d for d in (held.deadline(), order.deadline()) if d is not None),
+                          default=None)
                 wait = 0.5 if due is None else min(0.5, max(0.0, due - now))
                 batch = await sub.next(timeout=wait or 0.001)
                 ready: list[Batch] = []
@@ -115,16 +126,23 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
                         break
                     batch = await sub.next(timeout=0)   # what is already here joins the group
                 now = time.monotonic()
-                ready += [r.item for r in held.release(now)]
-                for i in range(0, len(ready), GROUP):
-                    await commit(ready[i:i + GROUP])
+                for r in held.release(now):
+                    order.add(r.item, now)
+                for b in ready:
+                    if b.kind == "drop":
+                        order.add(b, now)
+                ready = [b for b in ready if b.kind != "drop"]   # gaps: written at once
+                # The packets of one release go out as one group: merged in time order.
+                await commit(ready + order.release(now))
                 if files.due():
                     await asyncio.to_thread(files.maybe_rotate, _sub_report(sub))
                 if now - last_progress >= progress_every:
                     last_progress = now
                     _progress(files)
             # stopping: what is held is written (its gaps already arrived or never will)
-            await commit([r.item for r in held.drain()])
+            for r in held.drain():
+                order.add(r.item, time.monotonic())
+            await commit(order.release(None))
         finally:
             await asyncio.to_thread(lambda: files.close(final=True, sub_report=_sub_report(sub)))
             _progress(files)
@@ -133,6 +151,73 @@ async def run_archive(out_dir: str | os.PathLike, url: str | None, *, durable: s
             await _bounded(sub.close(), CLOSE_BOUND)
         await _bounded(conn.__aexit__(None, None, None), CLOSE_BOUND)
     return {**files.current(), "paths": [str(p) for p in files.files]}
+
+
+class TimeOrder:
+    """Packet batches waiting to be merged with other rings' into time order (sans-IO: the
+    caller says what time it is, in seconds).
+
+    A batch leaves once its last packet (``t1``) is ``window`` seconds of capture time behind
+    the newest batch seen (no ring can still send packets before it, unless it lags more than
+    that), after ``2 * window`` s of wall time whatever the rest does (traffic stopped, or it
+    stamps oddly), or when more than ``max_held`` wait (the oldest); with it every batch that
+    overlaps what leaves (see :meth:`release`). Batches of one ring (or of one host's drops)
+    leave in their order.
+    """
+
+    def __init__(self, window: float, max_held: int = MAX_HELD) -> None:
+        self.window_ns = int(window * 1e9)
+        self.wall = 2 * window
+        self.max_held = max_held
+        self.top = 0
+        self.waiting: list[tuple[float, Batch]] = []
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def add(self, batch: Batch, now: float) -> None:
+        self.top = max(self.top, batch.t1)
+        self.waiting.append((now, batch))
+
+    def deadline(self) -> float | None:
+        return self.waiting[0][0] + self.wall if self.waiting else None
+
+    def release(self, now: float | None) -> list[Batch]:
+        """The batches due at ``now`` (all of them with None), in arrival order.
+
+        Due: ``t1`` behind the window, waited out the wall bound, or the oldest over
+        ``max_held``. Then, so that nothing left waiting has a packet before one released,
+        every batch that starts before the newest packet released goes too (and the earlier
+        batches of a ring one of whose batches goes), until that holds.
+        """
+        if now is None:
+            out = [b for _t, b in self.waiting]
+            self.waiting = []
+            return out
+        cut = self.top - self.window_ns
+        over = len(self.waiting) - self.max_held
+        go = [b.t1 <= cut or now - at >= self.wall or i < over
+              for i, (at, b) in enumerate(self.waiting)]
+        if not any(go):
+            return []
+        while True:
+            hi = max(b.t1 for (_at, b), g in zip(self.waiting, go, strict=True) if g)
+            last: dict[tuple, int] = {}
+            for i, ((_at, b), g) in enumerate(zip(self.waiting, go, strict=True)):
+                if g or b.t0 < hi:
+                    last[_ring(b)] = i
+            more = [not g and (b.t0 < hi or last.get(_ring(b), -1) > i)
+                    for i, ((_at, b), g) in enumerate(zip(self.waiting, go, strict=True))]
+            if not any(more):
+                break
+            go = [g or m for g, m in zip(go, more, strict=True)]
+        out = [b for (_at, b), g in zip(self.waiting, go, strict=True) if g]
+        self.waiting = [w for w, g in zip(self.waiting, go, strict=True) if not g]
+        return out
+
+
+def _ring(b: Batch) -> tuple:
+    return (b.host, b.run, b.kind, b.fields.get("iface"), b.fields.get("worker"))
 
 
 async def _unless_stopped(coro: Any, stop: asyncio.Event) -> bool:

@@ -116,6 +116,61 @@ def test_a_storm_becomes_a_few_events():
     assert agg.flush() == []  # a new window starts empty
 
 
+KEY_A = ("nft_do_chain+0x46f", "NETFILTER_DROP", None, None, 2048, None, "sw", None, None, None)
+KEY_B = ("__udp4_lib_rcv+0x4bc", "NO_SOCKET", None, None, 2048, None, "sw", None, None, None)
+
+
+def _ticks(agg: DropAggregator, seconds: float, per_tick, tick: float = 0.05) -> list[tuple]:
+    """Run ``seconds`` of ticks: ``per_tick(t)`` adds drops, then what is due is taken.
+    Returns (t, event) for every event published."""
+    out = []
+    for i in range(1, int(seconds / tick) + 1):
+        t = 100.0 + i * tick + 0.001 * (i % 3)  # ticks come a little late, never early
+        per_tick(t)
+        out += [(t, e) for e in agg.due(t)]
+    return out
+
+
+def test_a_lone_drop_is_published_at_the_next_tick():
+    agg = DropAggregator("tracepoint", tick=0.05, interval=1.0)
+    out = _ticks(agg, 3.0, lambda t: agg.add_key(KEY_A, int(t * 1e9)) if abs(t % 0.7) < 0.05 else None)
+    sent = [t for t in (100.0 + i * 0.05 + 0.001 * (i % 3) for i in range(1, 61)) if abs(t % 0.7) < 0.05]
+    assert [t for t, _e in out] == sent  # each published on the tick it was read in
+    assert sum(e["count"] for _t, e in out) == len(sent)
+
+
+def test_a_storm_is_held_to_one_event_per_interval_and_counts_stay_exact():
+    agg = DropAggregator("tracepoint", tick=0.05, interval=1.0)
+    n = 0
+
+    def storm(t: float) -> None:
+        nonlocal n
+        for _ in range(1000):  # 20k drops/s of one signature, 40/s of another
+            agg.add_key(KEY_A, int(t * 1e9))
+        agg.add_key(KEY_B, int(t * 1e9))
+        agg.add_key(KEY_B, int(t * 1e9))
+        n += 1002
+
+    out = _ticks(agg, 20.0, storm)
+    rest = agg.flush()
+    assert sum(e["count"] for _t, e in out) + sum(e["count"] for e in rest) == n
+    for reason in ("NETFILTER_DROP", "NO_SOCKET"):
+        times = [t for t, e in out if e["reason"] == reason]
+        # the hold ramps 0.05, 0.1, 0.2, 0.4, 0.8, then 1 s: 20 s of storm in < 20 + 6 events
+        assert len(times) <= 20 + 6, (reason, len(times))
+        assert times[0] < 100.06  # the storm's first drop went out at once
+        late = [b - a for a, b in zip(times, times[1:], strict=False) if a > 103]
+        assert late and all(0.95 <= d <= 1.1 for d in late), late
+    # a quiet signature starts again at the short hold
+    out = _ticks(agg, 5.0, lambda t: None)
+    assert agg.due(200.0) == [] and agg.flush() == []
+    agg.add_key(KEY_A, 1)
+    assert [e["count"] for e in agg.due(200.05)] == [1]
+    agg.add_key(KEY_A, 2)
+    assert agg.due(200.06) == []          # held: published 10 ms ago
+    assert [e["count"] for e in agg.due(200.1)] == [1]
+
+
 def test_packet_mode_caps_packets_and_keeps_counts_exact():
     agg = DropAggregator("netdm", packet_mode=True, packet_cap=3)
     pkt = bytes.fromhex("45000030abcd00004011000" "00ad100010ad100029c401e61001c0000")

@@ -172,3 +172,38 @@ def test_dump_request_layout():
     family, proto, ext, states = struct.unpack_from("=BBBxI", req, 16)
     assert (family, proto, ext) == (socket.AF_INET6, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1))
     assert states & (1 << TCP_ESTABLISHED) and not states & (1 << 10)  # no listeners
+
+
+def test_samples_are_the_sockets_the_full_parse_gives(monkeypatch):
+    """parse_dump(samples=True) reads runs of same-layout messages with one iter_unpack each;
+    every socket's (family, src, dst, cookie, tcp_info) is what the TcpSock parse gives, also
+    around a message of another layout (an older kernel's shorter tcp_info) in the middle."""
+    import netevents.agent.ipstats.sockdiag as sd
+
+    raw = (DATA / "dump.bin").read_bytes()
+    msgs, off = [], 0
+    while off < len(raw):
+        n = NLMSG_HDR.unpack_from(raw, off)[0]
+        msgs.append(raw[off:off + n] + bytes(-n % 4))
+        off += (n + 3) & ~3
+    socks = [m for m in msgs if NLMSG_HDR.unpack_from(m, 0)[1] == SOCK_DIAG_BY_FAMILY]
+    rest = [m for m in msgs if m not in socks]
+    assert len(socks) >= 4
+    socks = socks * 4  # longer runs (the same sockets again: the parse does not care)
+    odd = _shorten_info(socks[0], 232)
+    data = b"".join(socks[:5] + [odd] + socks[5:] + rest)
+    monkeypatch.setattr(sd, "_SAMPLE_STRUCTS", {})
+    full: list = []
+    parse_dump(data, full)
+    samples: list = []
+    assert parse_dump(data, samples, samples=True)
+    assert sd._SAMPLE_STRUCTS  # the run path was taken
+    assert len(samples) == len(full) == len(socks) + 1
+    for t, s in zip(samples, full, strict=True):
+        assert (t[sd.S_FAMILY], t[sd.S_SRC], t[sd.S_DST], t[sd.S_COOKIE]) == (
+            s.family, s.src, s.dst, s.cookie)
+        assert t[sd.S_INFO:] == s[9:]
+    acc_a, acc_b = PeerAccountant("diagnostics"), PeerAccountant("diagnostics")
+    acc_a.window([])
+    acc_b.window([])
+    assert acc_a.window_samples([samples[:3], samples[3:]]).events == acc_b.window(full).events

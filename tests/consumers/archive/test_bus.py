@@ -148,7 +148,8 @@ def test_kill_9_then_restart_leaves_no_hole(nats_url, tmp_path):
     batches, ids, lost = plan(60)
     out = tmp_path / "arch"
     publish(nats_url, batches[:30])
-    proc = start_archiver(nats_url, out)
+    # a short reorder window: batches are written as they come, so the kill lands mid-run
+    proc = start_archiver(nats_url, out, "--reorder", "0.05")
     pub = threading.Thread(target=publish, args=(nats_url, batches[30:], 0.004))
     pub.start()
     try:

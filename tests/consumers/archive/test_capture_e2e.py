@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,3 +100,57 @@ def test_capture_gaps_land_in_the_archive_as_drop_counts(netns_pair, nats_url, t
     assert with_drop > 0
     rep = verify(path)
     assert rep.ok, rep.text()
+
+
+@pytest.mark.skipif(shutil.which("capinfos") is None, reason="needs capinfos (package tshark)")
+def test_an_archive_of_two_capture_workers_is_in_time_order(netns_pair, nats_url, tmp_path):
+    """Two rings of one fanout group (round robin: their frames interleave in time) into
+    `netevents archive`: capinfos finds the file in strict time order, every frame there."""
+    a, b, prefix = netns_pair
+    opts = capture.capture_config({"iface": "veth-b", "netns": b.name, "fanout": "lb",
+                                   "retire_tov_ms": 10, "hwtstamp": False})
+    group = (os.getpid() * 13) & 0xFFFF
+    caps = [capture.ring_capture("veth-b", opts, worker=w, fanout_group=group) for w in (0, 1)]
+    out = tmp_path / "arch"
+    archiver = subprocess.Popen(
+        [sys.executable, "-m", "netevents.app", "archive", "--out", str(out), "--bus", nats_url,
+         "--durable", "t-order", "--gap-wait", "0.5"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+    async def run_agent() -> None:
+        async with connect(nats_url, streams=True) as bus:
+            runner = AgentRunner(bus, caps, RunnerOptions(host="order", max_wait=0.05))
+            stop = asyncio.Event()
+
+            async def drive() -> None:
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(a.run, sys.executable, "-c", SENDER,
+                                        f"{prefix}.2", "20000")
+                await asyncio.sleep(0.3)
+                stop.set()
+
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(drive())
+                tg.create_task(runner.run(stop))
+
+    try:
+        asyncio.run(run_agent())
+        captured = sum(c.frames for c in caps)
+        assert min(c.frames for c in caps) > 1000, [c.frames for c in caps]  # both rings busy
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            sides = [json.loads(p.read_text()) for p in out.glob("*.pcapng.json")]
+            if sum(s.get("frames", 0) for s in sides) >= captured:
+                break
+            time.sleep(0.2)
+    finally:
+        archiver.send_signal(signal.SIGTERM)
+        _o, err = archiver.communicate(timeout=30)
+    assert archiver.returncode == 0, err
+    path, = out.glob("*.pcapng")
+    side = json.loads(path.with_name(path.name + ".json").read_text())
+    assert side["frames"] == captured and side["out_of_order"] == 0
+    assert len([i for i in side["interfaces"] if i["worker"] is not None]) == 2
+    info = subprocess.run(["capinfos", "-o", str(path)], capture_output=True, text=True).stdout
+    assert "Strict time order:   True" in info, info

@@ -281,3 +281,75 @@ def test_a_batch_that_fails_midway_is_left_out_whole(monkeypatch):
     idbs = r.of(type(r.blocks[1]))
     assert [i.description for i in idbs] == ["h1", "h2"]
     assert idbs[1].offset > r.of(EnhancedPacket)[-1].offset
+
+
+def _ts_order(result) -> list[int]:
+    return [p.timestamp for p in result.of(EnhancedPacket)]
+
+
+def test_rings_written_together_are_merged_into_time_order():
+    """Two workers' batches overlapping in time, written as one group: every packet by
+    timestamp (each ring's packet ids still ascending), gaps still on their frames; a batch
+    that comes behind what the file already has is written and counted."""
+    core = PcapngArchive()
+    data = core.open_section()
+    group = [gap_batch("h1", "r1", 1, [(14, 6)], worker=1),
+             frame_batch("h1", "r1", 1, 0, 40, worker=0, step=1000),
+             frame_batch("h1", "r1", 1, 0, 40, worker=1, ts0=T0 + 500, step=1000),
+             frame_batch("h1", "r1", 2, 40, 40, worker=0, step=1000),
+             drop_batch("h2", "r9", 1, 3, ts0=T0 + 20_250)]
+    data += core.add_group(group)
+    assert core.counts["out_of_order"] == 0
+    data += core.add_group([frame_batch("h1", "r1", 3, 80, 5, worker=0, step=1000)])
+    assert core.counts["out_of_order"] == 0
+    data += core.add_group([frame_batch("h1", "r1", 2, 40, 5, worker=1, ts0=T0 + 500)])
+    assert core.counts["out_of_order"] == 5       # behind the file: written, counted
+    data += core.close_section(T0 + 10**9)
+    r = read_pcapng(data)
+    ts = _ts_order(r)
+    assert len(ts) == 40 + 40 + 40 + 4 + 5 + 5   # drop_batch(n=3): 4 packets
+    assert ts[:-5] == sorted(ts[:-5])
+    by_if: dict[int, list[int]] = {}
+    for idb, p in iter_packets(r):
+        if idb.name != "drops@h2":
+            by_if.setdefault(id(idb), []).append(p.packetid)
+    assert all(ids == sorted(ids) for ids in by_if.values()) and len(by_if) == 2
+    assert dropcounts(r) == {packetid_base("h1", "r1", "eth0", 1) + 15: 6}
+    assert core.summary()["out_of_order"] == 5
+
+
+def test_time_order_window_releases_behind_the_newest_and_keeps_ring_order():
+    from netevents.consumers.archive.service import TimeOrder
+
+    order = TimeOrder(1.0, max_held=4)
+    s = 10**9
+    a1 = frame_batch("h", "r", 1, 0, 2, worker=0, ts0=T0)
+    b1 = frame_batch("h", "r", 1, 0, 2, worker=1, ts0=T0 + s // 2)
+    for b in (a1, b1):
+        order.add(b, 100.0)
+    assert order.release(100.1) == []                     # nothing 1 s behind the newest yet
+    a2 = frame_batch("h", "r", 2, 2, 2, worker=0, ts0=T0 + 2 * s)
+    order.add(a2, 100.2)
+    assert order.release(100.2) == [a1, b1]               # both > 1 s behind a2
+    assert order.deadline() == 100.2 + 2.0
+    assert order.release(102.2) == [a2]                   # the wall bound
+    late = [frame_batch("h", "r", i, 2 * i, 2, worker=0, ts0=T0 + 9 * s) for i in range(3, 9)]
+    for b in late:
+        order.add(b, 103.0)
+    assert order.release(103.0) == late[:2]               # over max_held: the oldest go
+    assert order.release(None) == late[2:]
+
+
+def test_time_order_releases_what_overlaps_the_released_packets():
+    from netevents.consumers.archive.service import TimeOrder
+
+    order = TimeOrder(1.0)
+    x = frame_batch("h", "r", 1, 0, 10, worker=0, ts0=T0)                # T0 .. T0 + 9 us
+    y = frame_batch("h", "r", 1, 0, 10, worker=1, ts0=T0 + 5_000)        # overlaps x
+    z = frame_batch("h", "r", 1, 0, 10, worker=2, ts0=T0 + 50_000)       # after both
+    order.add(x, 100.0)
+    order.add(y, 101.5)
+    order.add(z, 101.5)
+    # x waited out the wall bound; y starts before x's last packet: it goes too; z stays
+    assert order.release(102.0) == [x, y]
+    assert order.release(103.6) == [z]
