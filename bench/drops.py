@@ -53,6 +53,7 @@ from netevents.agent.drops.aggregate import DropAggregator  # noqa: E402
 from netevents.agent.drops.tracepoint import KfreeSkbInstance, TracepointDrops  # noqa: E402
 from netevents.agent.runner import AgentRunner, RunnerOptions  # noqa: E402
 from netevents.bus import EmbeddedServer, connect  # noqa: E402
+from netevents.errors import CapabilityError  # noqa: E402
 
 FLOOD_C = ROOT / "tests" / "agent" / "drops" / "tools" / "flood.c"
 NFT_RULES = """table inet netevents_bench {
@@ -185,10 +186,24 @@ def noproto_packet() -> bytes:
                        socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1")) + b"\0" * 8
 
 
-async def latency(url: str, ns: Namespace, interval: float, probes: int) -> list[float]:
+def latency_source(kind: str, ns: Namespace, interval: float):
+    """The drop source whose latency is measured: the tracepoint, or the eBPF program (what
+    ``source = "auto"`` picks where it loads) filtered in the kernel to the bench's namespace."""
+    if kind == "tracepoint":
+        return TracepointDrops(interval=interval)
+    from netevents.agent.drops.ebpf import EbpfDrops, parse_filter
+    from netevents.agent.kernel.netns import resolve
+
+    src = EbpfDrops(interval=interval, filter=parse_filter(f"netns={ns.name}"))
+    src.filter.resolve_netns(resolve)
+    return src
+
+
+async def latency(url: str, ns: Namespace, interval: float, probes: int,
+                  kind: str = "tracepoint") -> list[float]:
     sock = raw_socket_in(ns.name)
     pkt = noproto_packet()
-    tp = TracepointDrops(interval=interval)
+    tp = latency_source(kind, ns, interval)
     lat: list[float] = []
     async with connect(url) as pub, connect(url) as subbus:
         sub = subbus.subscribe(["drop"], hosts=["bench"])
@@ -227,9 +242,13 @@ async def bench_latency(probes: int) -> None:
         server = EmbeddedServer(Path(store), port=0)
         url = await server.start()
         try:
-            for interval in (0.1, 1.0):
-                lat = await latency(url, ns, interval, probes)
-                print(f"latency drop -> subscriber, aggregation interval {interval} s "
+            for kind, interval in (("tracepoint", 0.1), ("tracepoint", 1.0), ("ebpf", 1.0)):
+                try:
+                    lat = await latency(url, ns, interval, probes, kind)
+                except CapabilityError as exc:
+                    print(f"latency drop -> subscriber, {kind}: not measured ({exc})")
+                    continue
+                print(f"latency drop -> subscriber, {kind}, aggregation interval {interval} s "
                       f"(tick {min(DropAggregator('tracepoint').tick, interval)} s), {len(lat)} probes: median "
                       f"{statistics.median(lat):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, "
                       f"max {max(lat):.1f} ms")

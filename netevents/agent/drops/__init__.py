@@ -135,7 +135,7 @@ def build(section: dict[str, Any], agent_cfg: Any = None) -> DropsCollector:
             stats_interval=num("stats_interval", 1.0), packet_cap=num("packet_cap", 256, int),
             packet_reasons=packet_reasons, exclude_reasons=exclude, tick=tick))
     if "ebpf" in sources:
-        event_sources.append(_ebpf(section, interval, exclude))
+        event_sources.append(_ebpf(section, interval, exclude, tick))
     elif "filter" in section:
         raise ConfigError("[drops] filter applies to the ebpf source only (source = \"ebpf\" "
                           "or \"auto\")")
@@ -166,7 +166,8 @@ def _kernel_reasons() -> set[str]:
     return set(reason_table(text).values())
 
 
-def _ebpf(section: dict[str, Any], interval: float, exclude: frozenset[str]) -> Any:
+def _ebpf(section: dict[str, Any], interval: float, exclude: frozenset[str],
+          tick: float) -> Any:
     """The eBPF source from its options (ebpf/); the filter is parsed here, so a bad
     expression fails at start with the term named."""
     from .ebpf import EbpfDrops, parse_filter
@@ -195,4 +196,4 @@ def _ebpf(section: dict[str, Any], interval: float, exclude: frozenset[str]) -> 
         raise ConfigError(f"[drops] netns_refresh must be a positive number, got {refresh!r}")
     return EbpfDrops(interval=interval, filter=flt, sample_every=count("sample_every", 0, 0),
                      ring_kb=count("ring_kb", 256, 4), map_entries=count("map_entries", 16384, 16),
-                     netns_refresh=float(refresh), program=program)
+                     netns_refresh=float(refresh), program=program, tick=tick)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,45 @@ class DropSample:
                 self.origin, self.hw_trap, self.hw_group, self.pc)
 
 
+class Holds:
+    """When a signature may be published again (the rule of :meth:`DropAggregator.due`, also
+    the eBPF source's, which aggregates in the kernel and drains every tick).
+
+    A signature never seen (or quiet) is ready at once; one published less than its hold ago
+    is held; publishing one that was busy all along (its previous publication at most a tick
+    after its hold ended) doubles its hold, up to ``interval``; a quiet one starts again at
+    ``tick``. Signatures quiet for two intervals are forgotten, so the state stays bounded.
+    Times are the caller's monotonic clock, in seconds.
+    """
+
+    def __init__(self, tick: float, interval: float) -> None:
+        self.tick, self.interval = tick, interval
+        self._holds: dict[Any, list[float]] = {}  # key -> [last publication, hold]
+        self._swept = 0.0
+
+    def ready(self, key: Any, now: float) -> bool:
+        h = self._holds.get(key)
+        if h is None:
+            self._holds[key] = [now, self.tick]
+            return True
+        since = now - h[0]
+        if since < h[1] - self.tick / 2:  # ticks come a little late, never early
+            return False
+        h[1] = min(h[1] * 2, self.interval) if since <= h[1] + 1.5 * self.tick else self.tick
+        h[0] = now
+        return True
+
+    def sweep(self, now: float, keep: Container[Any]) -> bool:
+        """Once per ``interval``: forget quiet signatures (not those in ``keep``, still held).
+        True when it swept (a new window begins)."""
+        if now - self._swept < self.interval:
+            return False
+        self._swept = now
+        top = self.interval
+        self._holds = {k: h for k, h in self._holds.items() if now - h[0] < 2 * top or k in keep}
+        return True
+
+
 class DropAggregator:
     """Aggregates drops per signature and window; optionally keeps packets (bounded).
 
@@ -83,9 +122,7 @@ class DropAggregator:
             raise ValueError(f"tick must be > 0 and <= interval, got {tick} and {interval}")
         self.tick = tick
         self.interval = interval
-        # key -> [last publication (the caller's clock, s), hold (s)]: see due().
-        self._holds: dict[DropKey, list[float]] = {}
-        self._swept = 0.0
+        self._holds = Holds(tick, interval)
         self._kept = 0  # packets kept in this window (packet_cap), published or not
         self.source = source
         self.packet_mode = packet_mode or packet_filter is not None
@@ -172,31 +209,20 @@ class DropAggregator:
         its hold, up to ``interval``; a signature that was quiet starts again at ``tick``.
         Signatures quiet for two intervals are forgotten (the state stays bounded).
         """
-        holds = self._holds
-        tick, top = self.tick, self.interval
-        slack = tick / 2  # ticks come a little late, never early: do not hold for a sliver
+        ready = self._holds.ready
         events: list[dict[str, Any]] = []
         held: dict[DropKey, list] = {}
         for key, r in self._rows.items():
-            h = holds.get(key)
-            if h is None:
-                holds[key] = [now, tick]
-            else:
-                since = now - h[0]
-                if since < h[1] - slack:
-                    held[key] = r
-                    continue
-                h[1] = min(h[1] * 2, top) if since <= h[1] + 1.5 * tick else tick
-                h[0] = now
+            if not ready(key, now):
+                held[key] = r
+                continue
             events.append(self._event(key, r[0], r[1], r[2]))
         self._rows = held
         if self._packets:
             events.extend(self._packets)
             self._packets = []
-        if now - self._swept >= top:  # a new packet_cap window; forget quiet signatures
-            self._swept = now
+        if self._holds.sweep(now, held):  # a new packet_cap window
             self._kept = 0
-            self._holds = {k: h for k, h in holds.items() if now - h[0] < 2 * top or k in held}
         return events
 
     def take_overflow(self) -> int:

@@ -1,6 +1,6 @@
 """EbpfDrops: the kfree_skb BPF program as a drop source (flow + network namespace).
 
-Per window (``interval``): flip ``ctl.active`` so the programs count into the other hash,
+Every ``tick`` (50 ms by default): flip ``ctl.active`` so the programs count into the other hash,
 wait for programs still running on the old one (they are short; 2 ms is far more than one
 run), then read and delete the old hash (BPF_MAP_LOOKUP_AND_DELETE_BATCH) — so no increment
 races a delete and counts are exact. Sampled records come through the ring buffer
@@ -8,6 +8,11 @@ races a delete and counts are exact. Sampled records come through the ring buffe
 IP ID / TCP seq, payload from the network header); their drops are also in the aggregate, so
 each record is subtracted from its aggregate row (carried to the next window when the row
 arrives later) and the sum of ``count`` over all events equals the drops counted.
+
+Publication follows the aggregator's rule (:class:`~..aggregate.Holds`): a row whose signature
+was quiet goes out at once, so a lone drop reaches subscribers in about a tick; a busy one is
+held, its repeats summed, with a hold doubling from ``tick`` to ``interval``, so a storm costs one
+event per signature per interval once its hold has ramped up.
 
 Own losses: ``ebpf.ringbuf_full`` (records that found the ring full; their drops are still
 counted in the aggregates) and ``ebpf.map_full`` (drops not counted: the hash was full).
@@ -32,6 +37,7 @@ from ...kernel.netns import NetnsNames, resolve, scan
 from ...kernel.tracefs import boottime_offset_ns
 from . import layout as L
 from . import libbpf
+from ..aggregate import Holds
 from .filter import DropFilter
 from .prebuilt import PrebuiltError, prebuilt
 
@@ -81,7 +87,7 @@ def flow_of_key(family: int, src: bytes, dst: bytes, l4: int, sport: int,
 class EbpfDrops:
     """Collector: drops with flow and namespace from the kfree_skb BPF program.
 
-    Options: ``interval`` (s), ``filter`` (a parsed :class:`DropFilter`), ``sample_every``
+    Options: ``interval`` (s), ``tick`` (s between drains), ``filter`` (a parsed :class:`DropFilter`), ``sample_every``
     (0: no per-packet records; N: one record per N passing drops per CPU), ``ring_kb`` (ring
     buffer size, a power of two >= 4), ``map_entries`` (aggregation hash size),
     ``netns_refresh`` (s between namespace name scans), ``program`` (``auto``, ``btf``, ``raw``).
@@ -92,8 +98,12 @@ class EbpfDrops:
 
     def __init__(self, *, interval: float = 1.0, filter: DropFilter | None = None,
                  sample_every: int = 0, ring_kb: int = 256, map_entries: int = 16384,
-                 netns_refresh: float = 5.0, program: str = "auto") -> None:
+                 netns_refresh: float = 5.0, program: str = "auto", tick: float = 0.05) -> None:
         self.interval = interval
+        self.tick = min(tick, interval)
+        self._holds = Holds(self.tick, interval)
+        self._held: dict[bytes, dict[str, Any]] = {}  # key -> its row, summed while held
+        self._t0 = time.time_ns()  # the start of the next batch's window
         self.filter = filter or DropFilter()
         self.sample_every = sample_every
         self.ring_kb = max(RING_MIN_KB, 1 << (max(ring_kb, 1) - 1).bit_length())
@@ -280,6 +290,11 @@ class EbpfDrops:
 
     async def collect(self) -> tuple[list[dict[str, Any]], int, int]:
         """One window: (events, map_full, ringbuf_full). Flips, waits, drains, consumes."""
+        rows, map_full, ring_full = await self._drain()
+        return [e for _k, e in rows], map_full, ring_full
+
+    async def _drain(self) -> tuple[list[tuple[bytes | None, dict[str, Any]]], int, int]:
+        """One window as (key, event) rows (key None: a per-packet record), and the losses."""
         old = self._active
         self._active ^= 1
         libbpf.update(self._fds["ctl"], b"\0\0\0\0", L.CTL.pack(self._active, self.sample_every))
@@ -287,7 +302,7 @@ class EbpfDrops:
         vsize = L.VAL.size  # already a multiple of 8: per-CPU values are packed by 8
         rows = libbpf.drain(self._fds[f"agg{old}"], L.KEY.size, vsize * self._ncpu)
         self._consume()  # every record of a drop counted in the old hash is in the ring now
-        events: list[dict[str, Any]] = []
+        out: list[tuple[bytes | None, dict[str, Any]]] = []
         for key, value in rows:
             count, first, last = per_cpu_total(value, self._ncpu, vsize)
             self.totals["counted"] += count
@@ -304,14 +319,14 @@ class EbpfDrops:
             event["count"] = count
             event["first_ts"] = first + self._clock
             event["last_ts"] = last + self._clock
-            events.append(event)
-        events.extend(self._packets)
+            out.append((key, event))
+        out.extend((None, e) for e in self._packets)
         self._packets = []
-        await self._name_namespaces(events)
+        await self._name_namespaces([e for _k, e in out])
         map_full, ring_full = self._losses()
         self.totals["map_full"] += map_full
         self.totals["ringbuf_full"] += ring_full
-        return events, map_full, ring_full
+        return out, map_full, ring_full
 
     async def _name_namespaces(self, events: list[dict[str, Any]]) -> None:
         """Set ``netns_name``; a namespace not seen before triggers a rescan (at most 1/s)."""
@@ -352,11 +367,11 @@ class EbpfDrops:
             async with asyncio.TaskGroup() as tg:
                 names = tg.create_task(self._refresh_names())
                 try:
-                    t0 = time.time_ns()
+                    self._t0 = time.time_ns()
                     while True:
-                        await asyncio.sleep(self.interval)
+                        await asyncio.sleep(self.tick)
                         try:
-                            await self._emit(sink, t0)
+                            await self._emit(sink)
                         except OSError as exc:
                             # A map syscall failed: what was not drained stays in the map
                             # and is read next window. Said once per distinct error.
@@ -364,7 +379,6 @@ class EbpfDrops:
                                 log.warning("ebpf: reading the maps: %s", exc)
                                 self._last_error = str(exc)
                             continue
-                        t0 = time.time_ns()
                 finally:
                     names.cancel()
         finally:
@@ -372,16 +386,36 @@ class EbpfDrops:
                 loop.remove_reader(self.ring.fd)
             try:
                 if self.obj is not None:
-                    await asyncio.shield(self._emit(sink, time.time_ns()))  # last window
+                    await asyncio.shield(self._emit(sink, final=True))  # last window
             except Exception as exc:  # noqa: BLE001 - closing must happen whatever the last read did
                 log.debug("ebpf: last window: %s", exc)
             self.close()
 
-    async def _emit(self, sink: Any, t0: int) -> None:
-        events, map_full, ring_full = await self.collect()
-        t1 = time.time_ns()
-        for e in events:
-            sink.emit("drop", e, t0=t0, t1=t1)
+    async def _emit(self, sink: Any, final: bool = False) -> None:
+        """Drain one tick; publish what is due (everything when ``final``) as one batch at
+        once, covering the time since the previous batch."""
+        rows, map_full, ring_full = await self._drain()
+        now = time.monotonic()
+        held, events = self._held, []
+        for key, e in rows:
+            if key is None:
+                events.append(e)
+                continue
+            h = held.get(key)
+            if h is None:
+                held[key] = e
+            else:
+                h["count"] += e["count"]
+                h["first_ts"] = min(h["first_ts"], e["first_ts"])
+                h["last_ts"] = max(h["last_ts"], e["last_ts"])
+        for key in list(held):
+            if final or self._holds.ready(key, now):
+                events.append(held.pop(key))
+        self._holds.sweep(now, held)
+        if events:
+            t1 = time.time_ns()
+            sink.emit_batch("drop", events, t0=self._t0, t1=t1)
+            self._t0 = t1
         if map_full:
             sink.lost("ebpf.map_full", map_full)
         if ring_full:
