@@ -233,7 +233,7 @@ class StatusEvent:
 
     version: str = _f("string", "agent version", required=True)
     uptime: float = _f("number", "seconds since the agent started", 0.0)
-    sources: dict = _f(mapping(mapping(STR, 16)), "source -> {state: running|unavailable|stopped, reason}", {})
+    sources: dict = _f(mapping(mapping(STR, 16)), "source -> {state: starting|running|unavailable|stopped, reason}", {})
     published: dict = _f(mapping(COUNT), "kind -> batches published by this run", {})
     events: dict = _f(mapping(COUNT), "kind -> events published by this run", {})
     lost: dict = _f(mapping(COUNT), "place -> items lost there by this run (cumulative)", {})

@@ -116,8 +116,9 @@ def agent_sources(nats_url: str, tmp_path: Path, wrapper: list[str] = ()) -> tup
                 async with asyncio.timeout(30):
                     async for batch in sub:
                         sources = batch.events[0]["sources"]
-                        if {"drops.ebpf", "capture.c_walker"} <= set(sources) or \
-                                batch.events[0].get("final"):
+                        settled = {"drops.ebpf", "capture.c_walker"} <= set(sources) and \
+                            sources["drops.ebpf"]["state"] != "starting"  # still loading
+                        if settled or batch.events[0].get("final"):
                             break
             finally:
                 _, err = await agent.communicate()

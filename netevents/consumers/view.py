@@ -27,7 +27,7 @@ LOSS_COUNTERS = (
 )
 
 
-STATE_ABBREV = {"running": "ok", "unavailable": "n/a", "failed": "FAILED", "stopped": "stopped"}
+STATE_ABBREV = {"running": "ok", "starting": "starting", "unavailable": "n/a", "failed": "FAILED", "stopped": "stopped"}
 """How the hosts view writes a source's state (the reason of one that is not running follows
 the table)."""
 

@@ -35,6 +35,11 @@ AUTO_ORDER = ("ebpf", "netdm", "tracepoint")
 EVENT_SOURCES = ("auto", *AUTO_ORDER)
 
 
+async def _mark_running(sink: Any, name: str, ready: asyncio.Event) -> None:
+    await ready.wait()
+    sink.state(name, "running")
+
+
 class DropsCollector:
     """eBPF -> NET_DM -> tracepoint fallback, plus counter-derived drops, as one collector."""
 
@@ -47,14 +52,22 @@ class DropsCollector:
 
     async def _events(self, sink: Any) -> bool:
         for src in self.event_sources:
+            # "running" once the source says it is attached (its ``ready``), not while it is
+            # still loading: a status in between says "starting", never a false "running".
+            ready = getattr(src, "ready", None)
+            sink.state(src.name, "starting" if ready is not None else "running")
+            mark = (asyncio.create_task(_mark_running(sink, src.name, ready))
+                    if ready is not None else None)
             try:
                 self.active = src
-                sink.state(src.name, "running")
                 await src.run(sink)
                 return True
             except CapabilityError as exc:
                 sink.state(src.name, "unavailable", str(exc))
                 log.warning("%s: unavailable: %s", src.name, exc)
+            finally:
+                if mark is not None:
+                    mark.cancel()
         self.active = None
         return False
 
