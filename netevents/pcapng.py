@@ -231,7 +231,8 @@ class PcapngWriter:
         if dropcount is not None:
             if dropcount < 0:
                 raise ValueError(f"epb_dropcount must be >= 0, got {dropcount}")
-            opts += _OPT_U64.pack(EPB_DROPCOUNT, 8, dropcount)
+            # a u64 field: a larger sum (possible from hostile gap counts) saturates
+            opts += _OPT_U64.pack(EPB_DROPCOUNT, 8, min(dropcount, _U64_MASK))
         if packetid is not None:
             opts += _OPT_U64.pack(EPB_PACKETID, 8, packetid & _U64_MASK)
         if queue is not None:
@@ -296,8 +297,8 @@ class PcapngWriter:
             opts += _OPT_TS.pack(ISB_ENDTIME, 8, (endtime >> 32) & 0xFFFFFFFF, endtime & 0xFFFFFFFF)
         for code, value in ((ISB_IFRECV, ifrecv), (ISB_IFDROP, ifdrop), (ISB_OSDROP, osdrop),
                             (ISB_USRDELIV, usrdeliv)):
-            if value is not None:
-                opts += _OPT_U64.pack(code, 8, value)
+            if value is not None:  # u64 counters: a larger sum saturates (the comment has it)
+                opts += _OPT_U64.pack(code, 8, min(max(value, 0), _U64_MASK))
         if opts:
             opts += _OPT_END
         body = _U32.pack(if_id) + _U32.pack((ts_ns >> 32) & 0xFFFFFFFF) + _U32.pack(ts_ns & 0xFFFFFFFF)

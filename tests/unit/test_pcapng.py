@@ -286,3 +286,15 @@ def test_capinfos_counts_packets_and_reads_isb(tmp_path):
     out = subprocess.run(["capinfos", str(path)], check=True, capture_output=True, text=True).stdout
     assert "Number of interfaces in file: 2" in out and "Time precision = nanoseconds (9)" in out
     assert "Number of stat entries = 1" in out
+
+
+def test_counters_above_u64_saturate_instead_of_raising():
+    """Two accepted gap records of 2**63 lost each sum past u64 (found by the survival test):
+    the ISB and EPB fields saturate at 2**64 - 1 rather than ending the archive."""
+    w = PcapngWriter()
+    w.add_interface("eth0", snaplen=96)
+    w.packet(0, 1, b"x" * 60, dropcount=2 ** 64)
+    w.statistics(0, 2, ifdrop=2 ** 64, osdrop=2 ** 65)
+    raw = w.take()
+    after_shb = raw[int.from_bytes(raw[4:8], "little"):]  # the SHB's section length is -1 too
+    assert after_shb.count((2 ** 64 - 1).to_bytes(8, "little")) == 3
