@@ -3,8 +3,8 @@
 Tests are plain functions that call ``asyncio.run`` (or ``trio.run``); no event-loop plugin.
 
 What is tested is the installed ``netevents``: an editable install (developers) or, in CI, the
-wheel installed into a fresh environment (scripts/test-installed.sh, which sets
-``NETEVENTS_TESTS=installed``). The checkout is put at the *end* of ``sys.path`` only so the
+wheel installed into a fresh environment (``.venv-installed``, made by
+scripts/install-wheel.sh; or any environment with ``NETEVENTS_TESTS=installed``). The checkout is put at the *end* of ``sys.path`` only so the
 test helpers (``tests.conftest``, ``tests.framegen``) import; the installed package comes
 first. In installed mode a ``netevents`` imported from the checkout is an error (it would test
 the source tree, not the wheel), and ``PYTHONSAFEPATH`` keeps the tests' own subprocesses
@@ -25,8 +25,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
-INSTALLED = os.environ.get("NETEVENTS_TESTS") == "installed"
-"""Running against the wheel installed by scripts/test-installed.sh."""
+INSTALLED = (Path(sys.prefix).name == ".venv-installed"
+             or os.environ.get("NETEVENTS_TESTS") == "installed")
+"""Running against the wheel scripts/install-wheel.sh installed (its ``dist/`` holds the
+wheel and the sdist it was built from)."""
 
 import netevents  # noqa: E402
 from netevents.bus import EmbeddedServer  # noqa: E402
@@ -34,9 +36,9 @@ from netevents.bus import EmbeddedServer  # noqa: E402
 if INSTALLED:
     if Path(netevents.__file__).resolve().parent == ROOT / "netevents":
         raise pytest.UsageError(
-            f"NETEVENTS_TESTS=installed but netevents was imported from the checkout "
-            f"({netevents.__file__}): run python with -P (or PYTHONSAFEPATH=1), as "
-            "scripts/test-installed.sh does")
+            f"testing the installed wheel, but netevents was imported from the checkout "
+            f"({netevents.__file__}): run python with -P (or PYTHONSAFEPATH=1), as the "
+            "README's test command does")
     os.environ["PYTHONSAFEPATH"] = "1"
 
 

@@ -1,8 +1,8 @@
 """What users install: the wheel's and the sdist's contents, and an agent from the installed
 package that attaches the eBPF source and the C walker with no compiler on PATH.
 
-The archive checks need the files scripts/test-installed.sh builds (``NETEVENTS_WHEEL``,
-``NETEVENTS_SDIST``); they skip with that reason on an editable install. The agent test runs
+The archive checks need the files scripts/install-wheel.sh builds into ``dist/`` (or
+``NETEVENTS_WHEEL``, ``NETEVENTS_SDIST``); they skip with that reason on an editable install. The agent test runs
 on either install (it is what a developer's editable install must do too).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -21,12 +22,22 @@ import pytest
 from netevents.bus import connect
 from tests.conftest import INSTALLED, ROOT
 
-WHEEL = os.environ.get("NETEVENTS_WHEEL")
-SDIST = os.environ.get("NETEVENTS_SDIST")
-needs_wheel = pytest.mark.skipif(not WHEEL, reason="no wheel built (NETEVENTS_WHEEL unset): "
-                                 "scripts/test-installed.sh builds one and tests against it")
-needs_sdist = pytest.mark.skipif(not SDIST, reason="no sdist built (NETEVENTS_SDIST unset): "
-                                 "scripts/test-installed.sh builds one")
+
+
+def _built(env: str, pattern: str) -> str | None:
+    """The file scripts/install-wheel.sh built (in installed mode), or the one named by $env."""
+    if os.environ.get(env):
+        return os.environ[env]
+    found = sorted((ROOT / "dist").glob(pattern)) if INSTALLED else []
+    return str(found[-1]) if found else None
+
+
+WHEEL = _built("NETEVENTS_WHEEL", "netevents-*.whl")
+SDIST = _built("NETEVENTS_SDIST", "netevents-*.tar.gz")
+needs_wheel = pytest.mark.skipif(not WHEEL, reason="no wheel built: scripts/install-wheel.sh "
+                                 "builds one, and the tests run against it from .venv-installed")
+needs_sdist = pytest.mark.skipif(not SDIST, reason="no sdist built: scripts/install-wheel.sh "
+                                 "builds one")
 
 SCHEMAS = sorted(p.name for p in (ROOT / "schemas" / "v1").glob("*.json"))
 SOURCES = ("netstat", "drops", "ipstats", "capture")
@@ -63,7 +74,7 @@ def test_the_sdist_builds_the_wheel_and_carries_the_tests_and_deployments():
         assert f in names, f
 
 
-@pytest.mark.skipif(not INSTALLED, reason="only in installed mode (scripts/test-installed.sh)")
+@pytest.mark.skipif(not INSTALLED, reason="only against the installed wheel (.venv-installed)")
 def test_tests_and_their_subprocesses_import_the_installed_package():
     import netevents
 
@@ -140,9 +151,14 @@ def test_agent_attaches_ebpf_and_the_c_walker_with_no_compiler_on_path(nats_url,
 
 
 def test_a_wheel_built_without_a_compiler_runs_the_python_walker_and_says_why(tmp_path):
-    # CC=/bin/false: what a build host without gcc gives (the extension is optional).
+    # CC=/bin/false: what a build host without gcc gives (the extension is optional). Built
+    # from a clean copy: a checkout's build/ or in-place .so of an earlier build would be
+    # packaged as they are, compiler or not.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", ".venv*", "*.egg-info", "__pycache__", ".hypothesis", "*.so"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                            str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True,
+                            str(tmp_path / "dist"), str(src)], capture_output=True, text=True,
                            env={**os.environ, "CC": "/bin/false"}, timeout=600)
     if build.returncode != 0:
         pytest.skip(f"cannot build a wheel here (pip wheel: {build.stderr.strip()[-300:]})")
@@ -170,7 +186,7 @@ def test_the_readme_test_command_is_what_ci_runs():
     ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines()
           if ln and not ln.startswith(("#", "set ", "cd "))]
     assert ci == [command]
-    assert "test-installed.sh" in command
+    assert "install-wheel.sh" in command and "-m pytest" in command
 
 
 def test_no_file_refers_outside_the_repository():
