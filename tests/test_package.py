@@ -23,7 +23,6 @@ from netevents.bus import connect
 from tests.conftest import INSTALLED, ROOT
 
 
-
 def _built(env: str, pattern: str) -> str | None:
     """The file scripts/install-wheel.sh built (in installed mode), or the one named by $env."""
     if os.environ.get(env):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from netevents.errors import CapabilityError, NetlinkError
@@ -301,6 +301,30 @@ class DiagSocket:
         """
         out: list[TcpSock] = []
         addresses: dict[bytes, bytes] = {}
+        for _ in self._exchange(lambda view: parse_dump(view, out, addresses)):
+            pass
+        return out
+
+    def sample_chunks(self) -> Iterator[list[Sample]]:
+        """The dump of :meth:`dump` as it arrives, one list of :data:`Sample` tuples per
+        datagram: a consumer that accounts as it goes never holds the whole dump.
+
+        Raises: like :meth:`dump`, while iterating.
+        """
+        chunk: list[Sample] = []
+
+        def parse(view: memoryview) -> bool:
+            nonlocal chunk
+            chunk = []
+            return parse_dump(view, chunk, samples=True)
+
+        for _ in self._exchange(parse):
+            yield chunk
+
+    def _exchange(self, parse: Callable[[memoryview], bool]) -> Iterator[None]:
+        """One dump request per family; each datagram of the answer goes to ``parse`` (which
+        says whether it ended the dump), then the caller resumes. A family the kernel does
+        not have (EAFNOSUPPORT, ENOENT) is skipped."""
         buf = self._buf
         mv = memoryview(buf)
         for family in self.families:
@@ -311,30 +335,8 @@ class DiagSocket:
                     n = self.sock.recv_into(buf)
                     if self.recorder is not None:
                         self.recorder.append(bytes(mv[:n]))
-                    if parse_dump(mv[:n], out, addresses):
-                        break
-            except NetlinkError as exc:
-                if exc.errno not in (errno.EAFNOSUPPORT, errno.ENOENT):
-                    raise
-        return out
-
-    def sample_chunks(self) -> Iterator[list[Sample]]:
-        """The dump of :meth:`dump` as it arrives, one list of :data:`Sample` tuples per
-        datagram: a consumer that accounts as it goes never holds the whole dump.
-
-        Raises: like :meth:`dump`, while iterating.
-        """
-        buf = self._buf
-        mv = memoryview(buf)
-        for family in self.families:
-            self._seq += 1
-            self.sock.send(build_dump_request(family, self._seq))
-            try:
-                while True:
-                    n = self.sock.recv_into(buf)
-                    chunk: list[Sample] = []
-                    done = parse_dump(mv[:n], chunk, samples=True)
-                    yield chunk
+                    done = parse(mv[:n])
+                    yield
                     if done:
                         break
             except NetlinkError as exc:

@@ -35,9 +35,9 @@ from netevents.errors import CapabilityError, ConfigError
 from ...kernel.kallsyms import Kallsyms
 from ...kernel.netns import NetnsNames, resolve, scan
 from ...kernel.tracefs import boottime_offset_ns
+from ..aggregate import Holds
 from . import layout as L
 from . import libbpf
-from ..aggregate import Holds
 from .filter import DropFilter
 from .prebuilt import PrebuiltError, prebuilt
 

@@ -350,55 +350,49 @@ class _Batches:
 
 
 @needs_ebpf
-def test_a_lone_drop_goes_out_at_the_next_tick_and_a_storm_stays_bounded_and_exact():
+def test_a_lone_drop_goes_out_at_the_next_tick_and_a_storm_stays_bounded_and_exact(netns_pair):
     """Drained every tick: a signature that was quiet is published by the first drain after
     it (not at the end of the 1 s interval); one that keeps dropping is held with a doubling
     hold, so 40 ticks of a storm publish it a handful of times, and the counts add up to the
     nft rule's."""
-    ns = f"ne-ebpf-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        ex = ["ip", "netns", "exec", ns]
-        subprocess.run([*ex, "ip", "link", "set", "lo", "up"], check=True)
-        subprocess.run([*ex, "nft", "-f", "-"], input=NFT_INPUT, text=True, check=True)
+    _a, b, _prefix = netns_pair
+    b.run("nft", "-f", "-", input=NFT_INPUT)
+    ex = ["ip", "netns", "exec", b.name]
 
-        async def main():
-            src = EbpfDrops(interval=1.0, tick=0.05,
-                            filter=parse_filter(f"netns={ns} reason=NETFILTER_DROP"))
-            src.filter.resolve_netns(resolve)
-            await asyncio.to_thread(src.open)
-            sink = _Batches()
-            try:
-                one = await asyncio.create_subprocess_exec(
-                    *ex, "python3", "-c", SENDER, "127.0.0.1", "5555", "1", "41000")
-                await one.wait()
-                await src._emit(sink)              # the first drain after the lone drop
-                lone = [e for b in sink.batches for e in b]
-                assert [(e["count"], e["flow"]["sport"]) for e in lone] == [(1, 41000)]
-                # A storm of one signature over 40 ticks (2 s): one flow, sent continuously.
-                storm = await asyncio.create_subprocess_exec(
-                    *ex, "python3", "-c", SENDER, "127.0.0.1", "5555", "3000000", "41001",
-                    stdout=asyncio.subprocess.DEVNULL)
-                published = 0
-                for _ in range(40):
-                    await asyncio.sleep(0.05)
-                    before = len(sink.batches)
-                    await src._emit(sink)
-                    published += any(e["flow"]["sport"] == 41001 for b in sink.batches[before:]
-                                     for e in b)
-                storm.kill()
-                await storm.wait()
-                await src._emit(sink, final=True)  # what is still held goes out
-            finally:
-                src.close()
-            assert not sink.losses
-            # held with a hold doubling 0.05 -> 1 s: ~6 publications in 2 s, never one a tick
-            assert 2 <= published <= 10, published
-            return sum(e["count"] for b in sink.batches for e in b)
+    async def main():
+        src = EbpfDrops(interval=1.0, tick=0.05,
+                        filter=parse_filter(f"netns={b.name} reason=NETFILTER_DROP"))
+        src.filter.resolve_netns(resolve)
+        await asyncio.to_thread(src.open)
+        sink = _Batches()
+        try:
+            one = await asyncio.create_subprocess_exec(
+                *ex, "python3", "-c", SENDER, "127.0.0.1", "5555", "1", "41000")
+            await one.wait()
+            await src._emit(sink)              # the first drain after the lone drop
+            lone = [e for batch in sink.batches for e in batch]
+            assert [(e["count"], e["flow"]["sport"]) for e in lone] == [(1, 41000)]
+            # A storm of one signature over 40 ticks (2 s): one flow, sent continuously.
+            storm = await asyncio.create_subprocess_exec(
+                *ex, "python3", "-c", SENDER, "127.0.0.1", "5555", "3000000", "41001",
+                stdout=asyncio.subprocess.DEVNULL)
+            published = 0
+            for _ in range(40):
+                await asyncio.sleep(0.05)
+                before = len(sink.batches)
+                await src._emit(sink)
+                published += any(e["flow"]["sport"] == 41001 for batch in sink.batches[before:]
+                                 for e in batch)
+            storm.kill()
+            await storm.wait()
+            await src._emit(sink, final=True)  # what is still held goes out
+        finally:
+            src.close()
+        assert not sink.losses
+        # held with a hold doubling 0.05 -> 1 s: ~6 publications in 2 s, never one a tick
+        assert 2 <= published <= 10, published
+        return sum(e["count"] for batch in sink.batches for e in batch)
 
-        total = asyncio.run(main())
-        ns_obj = type("NS", (), {"run": staticmethod(
-            lambda *a: subprocess.run([*ex, *a], capture_output=True, text=True, check=True))})
-        assert total == _nft_packets(ns_obj) > 1000
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    total = asyncio.run(main())
+    assert total == _nft_packets(b) > 1000
+
