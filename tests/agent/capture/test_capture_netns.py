@@ -232,22 +232,36 @@ def test_stopping_mid_traffic_keeps_the_accounting_exact_also_for_fanout_members
                                "block_size": 65536, "block_nr": 4})
         caps.append(ring_capture("veth-b", opts, worker=w, fanout_group=group))
     flood = a.name
+    senders: list[subprocess.Popen] = []
 
     def drive() -> None:
-        # keep sending for longer than the agent runs
-        subprocess.Popen(["ip", "netns", "exec", flood, sys.executable, "-c",
-                          "import socket,time,struct\n"
-                          "ss=[socket.socket(socket.AF_INET,socket.SOCK_DGRAM) for _ in range(8)]\n"
-                          "end=time.time()+3\ni=0\n"
-                          "while time.time()<end:\n"
-                          f"    ss[i%8].sendto(struct.pack('!I',i)+b'q'*36,('{prefix}.2',9999)); i+=1\n"
-                          "    time.sleep(0.0002) if i % 20 == 0 else None\n"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Keep sending for longer than the agent runs, from 32 flows (source ports) so that
+        # the fanout hash gives both members some (all on one member: p = 2**-31). The sender
+        # says when it has sent its first frames: on a loaded machine its start-up alone can
+        # take longer than the capture would run.
+        sender = subprocess.Popen(
+            ["ip", "netns", "exec", flood, sys.executable, "-c",
+             "import socket,time,struct,sys\n"
+             "ss=[socket.socket(socket.AF_INET,socket.SOCK_DGRAM) for _ in range(32)]\n"
+             "end=time.time()+4\ni=0\n"
+             "while time.time()<end:\n"
+             f"    ss[i%32].sendto(struct.pack('!I',i)+b'q'*36,('{prefix}.2',9999)); i+=1\n"
+             "    time.sleep(0.0002) if i % 20 == 0 else None\n"
+             "    i == 64 and print('sending', flush=True)\n"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        senders.append(sender)
+        assert sender.stdout.readline().strip() == "sending"
         import time
 
         time.sleep(1.0)
 
-    out = asyncio.run(run_capture(nats_url, caps, drive))
+    try:
+        out = asyncio.run(run_capture(nats_url, caps, drive))
+    finally:
+        for sender in senders:  # by its pid (ip netns exec execs the interpreter)
+            sender.kill()
+            sender.wait()
+            sender.stdout.close()
     assert all(cap.stop_seconds < 0.9 for cap in caps), [cap.stop_seconds for cap in caps]
     per_worker = {0: 0, 1: 0}
     for r in out["frames"]:
@@ -259,5 +273,3 @@ def test_stopping_mid_traffic_keeps_the_accounting_exact_also_for_fanout_members
         assert cap.invariant_error is None, cap.invariant_error
         assert per_worker[w] > 0
         assert per_worker[w] + lost[w] == cap.accountant.packets
-    time_left = 3  # the sender exits by itself; wait so the namespace can go
-    subprocess.run(["sleep", str(time_left)])
