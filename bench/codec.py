@@ -5,7 +5,9 @@
 1. events/s encoded and decoded (with full validation against the v1 contract) on one core,
    for drop-like batches (list of maps) and frame-like batches (column-wise, 96-byte heads),
    next to the anchor: ``msgpack.packb`` / ``msgpack.unpackb`` of the same document (no
-   validation at all), with the ratio;
+   validation at all), with the ratio. With the C validator (netevents._cvalid) decoded events
+   are made on first access (netevents.lazy), so "decode+validate" makes none of them; "+ make
+   every value" also reads every column / every row, what a consumer reading it all pays;
 2. the same payloads end to end through the embedded nats-server: netevents (encode, publish
    with Nats-Msg-Id, subscribe, decode, validate, sequence-check) against raw nats-py publishing
    and receiving the same pre-encoded bytes. Prints events/s of each and the ratio.
@@ -18,13 +20,14 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import msgpack  # noqa: E402
 
-from netevents import connect  # noqa: E402
+from netevents import connect, lazy  # noqa: E402
 from netevents.bus import EmbeddedServer  # noqa: E402
 from netevents.codec import Batch, decode_batch, encode_batch  # noqa: E402
 
@@ -57,8 +60,19 @@ def make_batch(kind: str, seq: int, events) -> Batch:
                  events=events, fields={"iface": "eth0", "worker": 0} if kind == "frame" else {})
 
 
-def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, float, float, float, int]:
-    """(encode, decode+validate, anchor packb, anchor unpackb) events/s and the batch size."""
+def read_all(b: Batch) -> None:
+    """Make every value of a decoded batch (every column, every row)."""
+    if isinstance(b.events, Mapping):
+        for _col in b.events.values():
+            pass
+    else:
+        for _row in b.events:
+            pass
+
+
+def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, ...]:
+    """(encode, decode+validate, decode+validate+make every value, decode+validate without
+    the C validator, anchor packb, anchor unpackb) events/s and the batch size."""
     b = make_batch(kind, 1, events)
     t = time.perf_counter()
     for _ in range(repeat):
@@ -68,6 +82,18 @@ def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, float, f
     for _ in range(repeat):
         decode_batch(data)
     dec = k * repeat / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(repeat):
+        read_all(decode_batch(data))
+    dec_all = k * repeat / (time.perf_counter() - t)
+    eager, lazy.ENABLED = lazy.ENABLED, False  # the same without the C validator, in this run
+    try:
+        t = time.perf_counter()
+        for _ in range(repeat):
+            decode_batch(data)
+        dec_eager = k * repeat / (time.perf_counter() - t)
+    finally:
+        lazy.ENABLED = eager
     doc = msgpack.unpackb(data)
     t = time.perf_counter()
     for _ in range(repeat):
@@ -77,7 +103,7 @@ def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, float, f
     for _ in range(repeat):
         msgpack.unpackb(data)
     anchor_dec = k * repeat / (time.perf_counter() - t)
-    return enc, dec, anchor_enc, anchor_dec, len(data)
+    return enc, dec, dec_all, dec_eager, anchor_enc, anchor_dec, len(data)
 
 
 async def end_to_end(url: str, kind: str, events, k: int, n: int) -> tuple[float, float]:
@@ -140,11 +166,15 @@ async def main() -> None:
     args = ap.parse_args()
     k, n = args.events_per_batch, args.batches
     cases = {"drop": drop_events(k), "frame": frame_columns(k)}
-    print(f"codec, one core, {k} events per batch")
+    print(f"codec, one core, {k} events per batch (C validator: "
+          f"{'on, events made lazily' if lazy.ENABLED else 'not built: eager decoding'})")
     for kind, events in cases.items():
-        enc, dec, a_enc, a_dec, size = codec_rates(kind, events, k, repeat=max(20, 200_000 // k))
+        enc, dec, dec_all, dec_eager, a_enc, a_dec, size = codec_rates(
+            kind, events, k, repeat=max(20, 200_000 // k))
         print(f"  {kind:<6} encode {enc:>12,.0f} events/s   decode+validate {dec:>12,.0f} events/s   "
               f"({size / k:.0f} bytes/event)")
+        print(f"  {'':<6} decode+validate + make every value {dec_all:>12,.0f} events/s   "
+              f"eager (no C validator) {dec_eager:>12,.0f} events/s   ratio {dec / dec_eager:.2f}")
         print(f"  {'':<6} anchor msgpack.packb {a_enc:>12,.0f}   msgpack.unpackb (no validation) "
               f"{a_dec:>12,.0f}   ratio encode {enc / a_enc:.2f}, decode {dec / a_dec:.2f}")
     async with EmbeddedServer(port=0) as server:

@@ -21,7 +21,7 @@ import msgpack
 import msgspec
 
 from . import events as ev
-from . import wire
+from . import lazy, wire
 from .errors import (
     CodecError,
     MalformedError,
@@ -46,7 +46,9 @@ _ENVELOPE_KEYS = frozenset(ev.ENVELOPE) | {"events"}
 
 @dataclass(slots=True)
 class Batch:
-    """One decoded batch. ``events`` is a list of dicts, or for columnar kinds a dict of lists.
+    """One decoded batch. ``events`` is a list of dicts, or for columnar kinds a dict of lists;
+    decoded, they are lazy equivalents (:mod:`netevents.lazy`): a ``MutableSequence`` of rows,
+    a ``MutableMapping`` of columns, equal to the list or dict and changed as one.
 
     ``missed`` is not on the wire: a subscription sets it to the number of batches of the same
     (host, run, kind) that it did not receive just before this one.
@@ -65,7 +67,7 @@ class Batch:
     missed: int = 0
 
     def __len__(self) -> int:
-        if isinstance(self.events, PackedColumns):
+        if isinstance(self.events, (PackedColumns, lazy.LazyColumns)):
             return self.events.rows
         if isinstance(self.events, Mapping):
             return len(next(iter(self.events.values()), ()))
@@ -135,8 +137,8 @@ def columns_of(records: list[Any]) -> dict[str, list]:
 
 def _wire_events(kind: str, events: Any) -> Any:
     if kind in ev.COLUMNAR:
-        if isinstance(events, dict):
-            return events
+        if isinstance(events, Mapping):
+            return events if type(events) is dict else dict(events)
         return columns_of(list(events))
     if type(events) is list and set(map(type, events)) <= {dict}:
         return events  # already wire dicts (one C-level pass instead of a loop)
@@ -153,12 +155,14 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
     check_token(batch.site, "site")
     check_token(batch.host, "host")
     events = batch.events
-    packed = isinstance(events, PackedColumns)
+    packed = isinstance(events, PackedColumns) or (
+        isinstance(events, (lazy.LazyColumns, lazy.LazyRows)) and events.raw is not None)
     doc = {**batch.fields, "v": batch.v, "kind": batch.kind, "site": batch.site,
            "host": batch.host, "run": batch.run, "seq": batch.seq, "t0": batch.t0,
            "t1": batch.t1, "events": events if packed else _wire_events(batch.kind, events)}
-    if packed:
-        doc["events"] = msgspec.Raw(events.packed)
+    if packed:  # its encoding is made (decoded lazily: the bytes it came in)
+        doc["events"] = msgspec.Raw(events.packed if isinstance(events, PackedColumns)
+                                    else events.raw)
     try:
         data = ENCODER.encode(doc)
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
@@ -186,7 +190,7 @@ def _int(head: dict, name: str, minimum: int) -> int:
         value = _INT.decode(head[name])
     except KeyError:
         raise SchemaError(f"envelope field '{name}' is missing") from None
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:  # DecodeError: bad UTF-8
         got = str(exc).partition("got `")[2].rstrip("`") or "something else"
         raise SchemaError(f"envelope field '{name}' must be an integer, got {got}") from None
     if value < minimum:
@@ -200,7 +204,7 @@ def _str(head: dict, name: str) -> Any:
         return None
     try:
         return _STR.decode(raw)
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, msgspec.DecodeError):  # not a string, or not UTF-8
         return _MISSING
 
 
@@ -227,6 +231,8 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
             f", got {_first_type(data[0])}" if data else ", got nothing"))
     if data[0] != 0xDF and (data[0] < 0x90 or int.from_bytes(data[1:3]) <= ev.MAX_ENVELOPE_KEYS):
         try:
+            if lazy.ENABLED and (found := lazy.decode(data)) is not None:
+                return _one_pass(*found)  # validated in C, events made objects when read
             return _one_pass(wire.ONE_PASS.decode(data))
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, SchemaError):
             pass  # not the common shape, or not valid: the careful path accepts or explains
@@ -301,13 +307,16 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
             fields[name] = dec.decode(raw)
         except msgspec.ValidationError as exc:
             raise SchemaError(f"{kind} batch: field '{name}': {exc}") from None
+        except (msgspec.DecodeError, RecursionError) as exc:  # a string not UTF-8
+            raise MalformedError(f"{kind} batch: field '{name}': {exc}"[:200]) from None
     return Batch(kind=kind, site=site, host=host, run=run, seq=seq, t0=t0, t1=t1,
                  events=events, fields=fields)
 
 
-def _one_pass(b: Any) -> Batch:
+def _one_pass(b: Any, events: Any = None) -> Batch:
     """A batch from :data:`netevents.wire.ONE_PASS`'s struct, with the checks a schema type
-    cannot make (raises SchemaError, and the careful path says which)."""
+    cannot make (raises SchemaError, and the careful path says which). ``events``: the lazy
+    events of a batch validated in C (``b`` is then its envelope, of ``wire.ONE_PASS_HEADS``)."""
     # Hot path (once per message of every consumer): written for speed.
     site, host = b.site, b.host
     if b.t1 < b.t0 or not (site in _TOKENS or _token(site)) or not (host in _TOKENS or _token(host)):
@@ -315,12 +324,13 @@ def _one_pass(b: Any) -> Batch:
     kind, picks, columns = _SHAPE[type(b)]
     values = _astuple(b)
     fields = {name: v for i, name in picks if (v := values[i]) is not _UNSET}
-    events = b.events
-    if columns is not None:
-        cols = _astuple(events)
-        events = {name: col for i, name in columns if (col := cols[i]) is not _UNSET}
-        if len(set(map(len, events.values()))) > 1:
-            raise SchemaError("column lengths")
+    if events is None:
+        events = b.events
+        if columns is not None:
+            cols = _astuple(events)
+            events = {name: col for i, name in columns if (col := cols[i]) is not _UNSET}
+            if len(set(map(len, events.values()))) > 1:
+                raise SchemaError("column lengths")
     return Batch(kind=kind, site=site, host=host, run=b.run, seq=b.seq, t0=b.t0, t1=b.t1,
                  events=events, fields=fields)
 
@@ -340,14 +350,14 @@ def _shape(cls: Any) -> tuple[str, tuple, tuple | None]:
     names = cls.__struct_fields__
     picks = tuple((names.index(n), n) for n in wire.ONE_PASS_FIELDS[kind])
     columns = None
-    if kind in ev.COLUMNAR:
+    if kind in ev.COLUMNAR and cls not in wire.ONE_PASS_HEADS:
         col_type = next(t for n, t in zip(names, msgspec.structs.fields(cls), strict=True)
                         if n == "events").type
         columns = tuple(enumerate(col_type.__struct_fields__))
     return kind, picks, columns
 
 
-_SHAPE = {cls: _shape(cls) for cls in wire.ONE_PASS_TYPES}
+_SHAPE = {cls: _shape(cls) for cls in wire.ONE_PASS_TYPES + wire.ONE_PASS_HEADS}
 _TOKENS: set[str] = set()
 """Site and host tokens already found valid (bounded): a fleet's hosts repeat on every batch."""
 _UNSET = msgspec.UNSET

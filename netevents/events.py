@@ -21,7 +21,7 @@ import base64
 import dataclasses
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,10 +357,10 @@ def json_view(obj: Any) -> Any:
     """A decoded batch or event with bytes as base64 strings: what ``tail --json`` prints."""
     if isinstance(obj, Mapping):  # dicts and decoded rows (netevents.wire.EventRow)
         return {k: json_view(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_view(v) for v in obj]
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(obj)).decode()
+    if isinstance(obj, (list, tuple)) or isinstance(obj, Sequence) and not isinstance(obj, str):
+        return [json_view(v) for v in obj]  # lists, tuples and decoded rows (netevents.lazy)
     return obj
 
 

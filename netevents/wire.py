@@ -293,17 +293,21 @@ class BatchStruct(msgspec.Struct, gc=False, forbid_unknown_fields=True, tag_fiel
     and their batch fields."""
 
 
-def _batch_struct(kind: str) -> Any:
+def _batch_struct(kind: str, head: bool = False) -> Any:
+    """The one-pass struct of a kind's batch; ``head``: the same with ``events`` only nil (the
+    envelope of a batch whose events netevents._cvalid validated, spliced out: netevents.lazy)."""
     k = KINDS[kind]
-    if k.columnar:
+    if head:
+        events: Any = None
+    elif k.columnar:
         fields = ev.fields_of(kind)
         cols = [(f.name, Annotated[list[mtype(f.metadata["wire"])], msgspec.Meta(
                     max_length=ev.MAX_ROWS)]) if f.metadata["required"] else
                 (f.name, Annotated[list[mtype(f.metadata["wire"])], msgspec.Meta(
                     max_length=ev.MAX_ROWS)] | msgspec.UnsetType, msgspec.UNSET) for f in fields]
         cols.sort(key=lambda item: len(item) == 3)
-        events: Any = msgspec.defstruct(f"{ev.RECORDS[kind].__name__}Columns", cols,
-                                        module=__name__, gc=False, forbid_unknown_fields=True)
+        events = msgspec.defstruct(f"{ev.RECORDS[kind].__name__}Columns", cols,
+                                   module=__name__, gc=False, forbid_unknown_fields=True)
         globals()[events.__name__] = events
     else:
         events = Annotated[list[k.row], msgspec.Meta(max_length=ev.MAX_ROWS)]
@@ -316,8 +320,9 @@ def _batch_struct(kind: str) -> Any:
         ("agent", str | msgspec.UnsetType, msgspec.UNSET)]
     spec += [(name, mtype(w) | msgspec.UnsetType, msgspec.UNSET)
              for name, (w, _doc) in ev.BATCH_FIELDS.get(kind, {}).items()]
-    return msgspec.defstruct(f"{ev.RECORDS[kind].__name__}Batch", spec, bases=(BatchStruct,),
-                             module=__name__, tag=kind, gc=False, forbid_unknown_fields=True)
+    name = f"{ev.RECORDS[kind].__name__}{'Head' if head else 'Batch'}"
+    return msgspec.defstruct(name, spec, bases=(BatchStruct,), module=__name__, tag=kind,
+                             gc=False, forbid_unknown_fields=True)
 
 
 _ONE_PASS = tuple(_batch_struct(kind) for kind, k in KINDS.items()
@@ -329,6 +334,8 @@ ONE_PASS_FIELDS = {cls.__struct_config__.tag: tuple(
     n for n in cls.__struct_fields__ if n not in ("v", "site", "host", "run", "seq", "t0", "t1",
                                                    "events")) for cls in _ONE_PASS}
 """Per kind, the batch fields of its one-pass struct (``boot``, ``agent``, the kind's own)."""
+ONE_PASS_HEADS = tuple(_batch_struct(cls.__struct_config__.tag, head=True) for cls in _ONE_PASS)
+"""The one-pass structs with ``events`` nil (each field as in ONE_PASS_TYPES, in the same order)."""
 
 
 def decode_columns(k: Kind, raw: Any, budget: list[int]) -> dict[str, list]:

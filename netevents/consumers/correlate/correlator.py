@@ -7,7 +7,7 @@ incidents the pieces make; the pieces hold the state.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ...codec import Batch
@@ -127,7 +127,7 @@ class Correlator:
         if kind == "gap":
             self.coverage.gaps(batch)
         elif kind == "frame":
-            if isinstance(batch.events, dict):  # columns; anything else is not read
+            if isinstance(batch.events, Mapping):  # columns; anything else is not read
                 self.coverage.frames(batch)
                 self.paths.frames(batch)
         elif kind == "ipstat":

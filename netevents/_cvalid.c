@@ -1,0 +1,610 @@
+/* netevents._cvalid: validate a batch's msgpack events against the v1 contract without building
+ * Python objects (the codec builds them lazily, on first access: netevents/lazy.py).
+ *
+ * The contract comes in as a type table generated in Python from the wire types of
+ * netevents/events.py (netevents/cvalid_table.py): a flat list of nodes, each a set of accepted
+ * msgpack types (integer, float, string, boolean, bin, nil, array, map, struct) with its bounds
+ * (minimum, enum, item/value node, max items, struct fields and which are required).
+ *
+ * The validator answers one question: does msgspec's typed one-pass decoder (netevents.wire.
+ * ONE_PASS) accept these events? "Yes" must be exactly right; "no" only sends the batch to the
+ * careful path, which accepts or explains it. So anything unusual (an unknown key, a repeated
+ * struct key, an extension type, free form) is a "no" here. Every read is bounds-checked, and
+ * recursion is bounded by the table's own nesting (top-level skipping by SKIP_DEPTH).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define A_INT 1u
+#define A_FLOAT 2u
+#define A_STR 4u
+#define A_BOOL 8u
+#define A_BIN 16u
+#define A_NIL 32u
+#define A_ARRAY 64u
+#define A_MAP 128u
+#define A_STRUCT 256u
+#define A_SCALARS (A_INT | A_FLOAT | A_STR | A_BOOL | A_BIN | A_NIL)
+
+#define MAX_FIELDS 64    /* struct fields tracked in one 64-bit mask */
+#define MAX_NODES 4096
+#define SKIP_DEPTH 32    /* nesting skipped at the top level before saying no */
+
+typedef struct {
+    const char *name;
+    Py_ssize_t len;
+    int node;
+    int next;               /* the field whose key followed this one last time (a guess), -1 */
+} Field;
+
+typedef struct {
+    unsigned accept;
+    int has_min;
+    int64_t min;
+    int items;              /* node of an array's items or a map's values, -1 */
+    uint64_t max_items;
+    int nenum, enum_off;    /* enum strings: fields[enum_off .. enum_off+nenum) (node unused) */
+    int nfields, field_off; /* struct fields: fields[field_off .. field_off+nfields) */
+    uint64_t required;
+    int first;              /* the field whose key came first last time (a guess) */
+} Node;
+
+typedef struct {
+    PyObject_HEAD
+    Node *nodes;
+    Field *fields;
+    int nnodes, nfields_total;
+    int columnar;           /* root is a struct of equal-length columns */
+    PyObject *keep;         /* the Python strings the names point into */
+} Table;
+
+typedef struct {
+    const uint8_t *p, *end;
+} Cur;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Reading */
+
+static inline int need(const Cur *c, size_t n) { return (size_t)(c->end - c->p) >= n; }
+
+static inline uint32_t be16(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
+static inline uint32_t be32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint64_t be64(const uint8_t *p) { return ((uint64_t)be32(p) << 32) | be32(p + 4); }
+
+/* A string/bin payload length after its type byte (width 1, 2 or 4 bytes). */
+static inline int read_len(Cur *c, int width, uint64_t *len) {
+    if (!need(c, (size_t)width)) return 0;
+    *len = width == 1 ? c->p[0] : width == 2 ? be16(c->p) : be32(c->p);
+    c->p += width;
+    return 1;
+}
+
+/* Strict UTF-8 (what CPython's decoder accepts: no overlongs, no surrogates, <= U+10FFFF). */
+static int utf8_ok(const uint8_t *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        if (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (!(w & 0x8080808080808080ull)) { i += 8; continue; }
+        }
+        uint8_t b = s[i];
+        if (b < 0x80) { i++; continue; }
+        if (b >= 0xC2 && b <= 0xDF) {
+            if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) return 0;
+            i += 2;
+        } else if (b >= 0xE0 && b <= 0xEF) {
+            if (i + 2 >= n) return 0;
+            uint8_t b1 = s[i + 1], b2 = s[i + 2];
+            if ((b1 & 0xC0) != 0x80 || (b2 & 0xC0) != 0x80) return 0;
+            if (b == 0xE0 && b1 < 0xA0) return 0;      /* overlong */
+            if (b == 0xED && b1 >= 0xA0) return 0;     /* surrogate */
+            i += 3;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            if (i + 3 >= n) return 0;
+            uint8_t b1 = s[i + 1], b2 = s[i + 2], b3 = s[i + 3];
+            if ((b1 & 0xC0) != 0x80 || (b2 & 0xC0) != 0x80 || (b3 & 0xC0) != 0x80) return 0;
+            if (b == 0xF0 && b1 < 0x90) return 0;      /* overlong */
+            if (b == 0xF4 && b1 >= 0x90) return 0;     /* over U+10FFFF */
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The string at the cursor (any width): its bytes, or 0 if it is not one. */
+static inline int read_str(Cur *c, const uint8_t **s, uint64_t *n) {
+    if (!need(c, 1)) return 0;
+    uint8_t b = *c->p++;
+    if ((b & 0xE0) == 0xA0) *n = b & 0x1F;
+    else if (b == 0xD9) { if (!read_len(c, 1, n)) return 0; }
+    else if (b == 0xDA) { if (!read_len(c, 2, n)) return 0; }
+    else if (b == 0xDB) { if (!read_len(c, 4, n)) return 0; }
+    else return 0;
+    if (!need(c, *n)) return 0;
+    *s = c->p;
+    c->p += *n;
+    return 1;
+}
+
+/* Container header: fills *n and returns A_ARRAY or A_MAP, or 0. */
+static inline unsigned read_container(Cur *c, uint64_t *n) {
+    if (!need(c, 1)) return 0;
+    uint8_t b = *c->p;
+    if ((b & 0xF0) == 0x90) { c->p++; *n = b & 0x0F; return A_ARRAY; }
+    if ((b & 0xF0) == 0x80) { c->p++; *n = b & 0x0F; return A_MAP; }
+    if (b == 0xDC || b == 0xDE) {
+        if (!need(c, 3)) return 0;
+        *n = be16(c->p + 1); c->p += 3;
+        return b == 0xDC ? A_ARRAY : A_MAP;
+    }
+    if (b == 0xDD || b == 0xDF) {
+        if (!need(c, 5)) return 0;
+        *n = be32(c->p + 1); c->p += 5;
+        return b == 0xDD ? A_ARRAY : A_MAP;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Validating */
+
+static int value(const Table *t, Node *nd, Cur *c);
+
+/* A string is a field's name or an enum's string (short: compared inline, 8 then 4 bytes at a
+ * time, not by a call to memcmp). */
+static inline int same(const Field *f, const uint8_t *s, uint64_t n) {
+    if ((uint64_t)f->len != n) return 0;
+    const uint8_t *name = (const uint8_t *)f->name;
+    for (; n >= 8; n -= 8, name += 8, s += 8) {
+        uint64_t x, y;
+        memcpy(&x, name, 8);
+        memcpy(&y, s, 8);
+        if (x != y) return 0;
+    }
+    if (n >= 4) {
+        uint32_t x, y;
+        memcpy(&x, name, 4);
+        memcpy(&y, s, 4);
+        if (x != y) return 0;
+        n -= 4, name += 4, s += 4;
+    }
+    for (; n; n--) if (*name++ != *s++) return 0;
+    return 1;
+}
+
+/* One scalar of node nd (always inlined: the loop over a column of scalars is the hot path). */
+static inline __attribute__((always_inline)) int scalar_(const Table *t, Node *nd, Cur *c) {
+    if (!need(c, 1)) return 0;
+    const uint8_t *p = c->p;
+    uint8_t b = p[0];
+    unsigned acc = nd->accept;
+    if (b <= 0x7F) {                                   /* positive fixint */
+        if (!(acc & A_INT) || (nd->has_min && (int64_t)b < nd->min)) return 0;
+        c->p = p + 1;
+        return 1;
+    }
+    if (b >= 0xE0) {                                   /* negative fixint */
+        if (!(acc & A_INT) || (nd->has_min && (int64_t)(int8_t)b < nd->min)) return 0;
+        c->p = p + 1;
+        return 1;
+    }
+    switch (b) {
+    case 0xCC: case 0xCD: case 0xCE: case 0xCF: {      /* uint 8..64: never below a minimum <= 0 */
+        size_t w = (size_t)1 << (b - 0xCC);
+        if (!(acc & A_INT) || !need(c, 1 + w)) return 0;
+        if (nd->has_min && nd->min > 0) {
+            uint64_t v = w == 1 ? p[1] : w == 2 ? be16(p + 1) : w == 4 ? be32(p + 1) : be64(p + 1);
+            if (v < (uint64_t)nd->min) return 0;
+        }
+        c->p = p + 1 + w;
+        return 1;
+    }
+    case 0xD0: case 0xD1: case 0xD2: case 0xD3: {      /* int 8..64 */
+        size_t w = (size_t)1 << (b - 0xD0);
+        if (!(acc & A_INT) || !need(c, 1 + w)) return 0;
+        if (nd->has_min) {
+            int64_t v = w == 1 ? (int8_t)p[1] : w == 2 ? (int16_t)be16(p + 1)
+                      : w == 4 ? (int32_t)be32(p + 1) : (int64_t)be64(p + 1);
+            if (v < nd->min) return 0;
+        }
+        c->p = p + 1 + w;
+        return 1;
+    }
+    case 0xCA: case 0xCB: {
+        size_t w = b == 0xCA ? 4 : 8;
+        if (!(acc & A_FLOAT) || !need(c, 1 + w)) return 0;
+        c->p = p + 1 + w;
+        return 1;
+    }
+    case 0xC0:
+        if (!(acc & A_NIL)) return 0;
+        c->p = p + 1;
+        return 1;
+    case 0xC2: case 0xC3:
+        if (!(acc & A_BOOL)) return 0;
+        c->p = p + 1;
+        return 1;
+    case 0xC4: case 0xC5: case 0xC6: {
+        uint64_t n;
+        if (!(acc & A_BIN)) return 0;
+        c->p = p + 1;
+        if (!read_len(c, b == 0xC4 ? 1 : b == 0xC5 ? 2 : 4, &n) || !need(c, n)) return 0;
+        c->p += n;
+        return 1;
+    }
+    default:
+        break;
+    }
+    if ((b & 0xE0) == 0xA0 || b == 0xD9 || b == 0xDA || b == 0xDB) {
+        const uint8_t *s;
+        uint64_t n;
+        if (!(acc & A_STR) || !read_str(c, &s, &n)) return 0;
+        if (nd->nenum) {                               /* an enum: one of its strings exactly */
+            const Field *e = t->fields + nd->enum_off;
+            for (int i = 0; i < nd->nenum; i++) if (same(e + i, s, n)) return 1;
+            return 0;
+        }
+        return utf8_ok(s, n);
+    }
+    return 0;  /* an extension type, 0xC1, or a container where a scalar belongs */
+}
+
+static int scalar(const Table *t, Node *nd, Cur *c) { return scalar_(t, nd, c); }
+
+/* n values of node nd (scalars in a loop of their own, or containers). */
+static int values(const Table *t, Node *nd, Cur *c, uint64_t n) {
+    if (nd->accept & ~A_SCALARS) {
+        for (uint64_t i = 0; i < n; i++) if (!value(t, nd, c)) return 0;
+    } else {
+        Cur l = *c;  /* a local cursor stays in registers through the loop */
+        for (uint64_t i = 0; i < n; i++) if (!scalar_(t, nd, &l)) return 0;
+        c->p = l.p;
+    }
+    return 1;
+}
+
+
+/* A struct (a map with only the node's field names, each at most once, the required ones present). */
+static int record(const Table *t, Node *nd, Cur *c, uint64_t n, const uint8_t **cols,
+                  uint64_t *rows_out) {
+    uint64_t seen = 0;
+    Field *f = t->fields + nd->field_off;
+    int nf = nd->nfields, prev = -1;
+    int64_t rows = -1;
+    for (uint64_t i = 0; i < n; i++) {
+        const uint8_t *s;
+        uint64_t len;
+        if (!read_str(c, &s, &len)) return 0;
+        /* Rows of a batch have their keys in the same order: guess the one that came after
+         * the previous key last time (a wrong guess costs only the scan). */
+        int j = prev < 0 ? nd->first : f[prev].next;
+        if (j < 0 || j >= nf || !same(f + j, s, len)) {
+            for (j = 0; j < nf && !same(f + j, s, len); j++) {}
+            if (j == nf) return 0;                     /* a key v1 does not know */
+            if (prev < 0) nd->first = j; else f[prev].next = j;
+        }
+        if ((seen >> j) & 1) return 0;                 /* a key repeated */
+        seen |= (uint64_t)1 << j;
+        prev = j;
+        Node *fn = t->nodes + f[j].node;
+        if (cols) {                                    /* a column: a list of equal length */
+            uint64_t m;
+            const uint8_t *start = c->p;
+            if (read_container(c, &m) != A_ARRAY || m > fn->max_items) return 0;
+            if (rows >= 0 && (uint64_t)rows != m) return 0;
+            rows = (int64_t)m;
+            if (!values(t, t->nodes + fn->items, c, m)) return 0;
+            cols[2 * j] = start;
+            cols[2 * j + 1] = c->p;
+        } else if (!(fn->accept & ~A_SCALARS) ? !scalar_(t, fn, c) : !value(t, fn, c)) {
+            return 0;
+        }
+    }
+    if ((seen & nd->required) != nd->required) return 0;
+    if (rows_out) *rows_out = rows < 0 ? 0 : (uint64_t)rows;
+    return 1;
+}
+
+/* One value of node nd: a scalar, or an array / map / struct of it. */
+static int value(const Table *t, Node *nd, Cur *c) {
+    uint64_t n;
+    if (!need(c, 1)) return 0;
+    uint8_t b = *c->p;
+    if (b == 0xC0 && (nd->accept & A_NIL)) { c->p++; return 1; }
+    if (!(nd->accept & (A_ARRAY | A_MAP | A_STRUCT))) return scalar(t, nd, c);
+    unsigned got = read_container(c, &n);
+    if (got == A_ARRAY && (nd->accept & A_ARRAY)) {
+        if (n > nd->max_items) return 0;
+        return values(t, t->nodes + nd->items, c, n);
+    }
+    if (got == A_MAP && (nd->accept & A_MAP)) {
+        if (n > nd->max_items) return 0;
+        Node *vn = t->nodes + nd->items;
+        for (uint64_t i = 0; i < n; i++) {
+            const uint8_t *s;
+            uint64_t len;
+            if (!read_str(c, &s, &len) || !utf8_ok(s, len)) return 0;
+            if (!value(t, vn, c)) return 0;
+        }
+        return 1;
+    }
+    if (got == A_MAP && (nd->accept & A_STRUCT)) return record(t, nd, c, n, NULL, NULL);
+    return 0;
+}
+
+/* Skip one well-formed msgpack value (any type but extensions), at most SKIP_DEPTH deep. */
+static int skip(Cur *c, int depth) {
+    uint64_t n;
+    if (depth > SKIP_DEPTH || !need(c, 1)) return 0;
+    uint8_t b = *c->p;
+    unsigned got = read_container(c, &n);
+    if (got) {
+        uint64_t items = got == A_MAP ? 2 * n : n;
+        if (items > (uint64_t)(c->end - c->p)) return 0;   /* each item is at least one byte */
+        for (uint64_t i = 0; i < items; i++) if (!skip(c, depth + 1)) return 0;
+        return 1;
+    }
+    static Node any = {A_SCALARS, 0, 0, -1, 0, 0, 0, 0, 0, 0};
+    if ((b & 0xE0) == 0xA0 || b == 0xD9 || b == 0xDA || b == 0xDB) {   /* a string, unchecked */
+        const uint8_t *s;
+        return read_str(c, &s, &n);
+    }
+    return scalar(NULL, &any, c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Python */
+
+static void Table_dealloc(Table *self) {
+    PyMem_Free(self->nodes);
+    PyMem_Free(self->fields);
+    Py_XDECREF(self->keep);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Table(nodes, columnar): nodes is a list of tuples
+ * (accept, minimum or None, items, max_items, enum: tuple[bytes], fields: tuple[(bytes, node, required)])
+ * and node 0 is the events value. */
+static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *spec;
+    int columnar;
+    if (!PyArg_ParseTuple(args, "O!p", &PyList_Type, &spec, &columnar)) return NULL;
+    Py_ssize_t nn = PyList_GET_SIZE(spec);
+    if (nn < 1 || nn > MAX_NODES) return PyErr_Format(PyExc_ValueError, "1..%d nodes", MAX_NODES);
+    Table *self = (Table *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->columnar = columnar;
+    self->keep = PyList_New(0);
+    self->nodes = PyMem_Calloc((size_t)nn, sizeof(Node));
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < nn; i++) {
+        PyObject *item = PyList_GET_ITEM(spec, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6) goto bad;
+        PyObject *e = PyTuple_GET_ITEM(item, 4), *f = PyTuple_GET_ITEM(item, 5);
+        if (!PyTuple_Check(e) || !PyTuple_Check(f)) goto bad;
+        total += PyTuple_GET_SIZE(e) + PyTuple_GET_SIZE(f);
+    }
+    self->fields = PyMem_Calloc((size_t)total + 1, sizeof(Field));
+    if (!self->keep || !self->nodes || !self->fields) { PyErr_NoMemory(); goto fail; }
+    int off = 0;
+    for (Py_ssize_t i = 0; i < nn; i++) {
+        PyObject *item = PyList_GET_ITEM(spec, i);
+        Node *nd = self->nodes + i;
+        PyObject *minimum = PyTuple_GET_ITEM(item, 1);
+        nd->accept = (unsigned)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(item, 0));
+        nd->has_min = minimum != Py_None;
+        nd->min = nd->has_min ? PyLong_AsLongLong(minimum) : 0;
+        nd->items = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 2));
+        nd->max_items = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 3));
+        if (PyErr_Occurred()) goto fail;
+        if ((nd->accept & (A_ARRAY | A_MAP)) && (nd->items < 0 || nd->items >= nn)) goto bad;
+        for (int part = 0; part < 2; part++) {
+            PyObject *seq = PyTuple_GET_ITEM(item, 4 + part);
+            Py_ssize_t m = PyTuple_GET_SIZE(seq);
+            if (part == 0) { nd->nenum = (int)m; nd->enum_off = off; }
+            else {
+                if (m > MAX_FIELDS) goto bad;
+                nd->nfields = (int)m; nd->field_off = off;
+            }
+            for (Py_ssize_t j = 0; j < m; j++, off++) {
+                PyObject *x = PyTuple_GET_ITEM(seq, j), *name = x;
+                if (part == 1) {
+                    if (!PyTuple_Check(x) || PyTuple_GET_SIZE(x) != 3) goto bad;
+                    name = PyTuple_GET_ITEM(x, 0);
+                    self->fields[off].node = (int)PyLong_AsLong(PyTuple_GET_ITEM(x, 1));
+                    if (PyErr_Occurred()) goto fail;
+                    if (self->fields[off].node < 0 || self->fields[off].node >= nn) goto bad;
+                    if (PyObject_IsTrue(PyTuple_GET_ITEM(x, 2)))
+                        nd->required |= (uint64_t)1 << j;
+                }
+                if (!PyBytes_Check(name) || PyList_Append(self->keep, name) < 0) goto bad;
+                self->fields[off].name = PyBytes_AS_STRING(name);
+                self->fields[off].len = PyBytes_GET_SIZE(name);
+            }
+        }
+    }
+    self->nnodes = (int)nn;
+    self->nfields_total = off;
+    if (columnar) {  /* node 0 a struct whose every field is an array (a column) */
+        Node *root = self->nodes;
+        if (!(root->accept & A_STRUCT)) goto bad;
+        for (int j = 0; j < root->nfields; j++) {
+            Node *col = self->nodes + self->fields[root->field_off + j].node;
+            if (!(col->accept & A_ARRAY)) goto bad;
+        }
+    }
+    return (PyObject *)self;
+bad:
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "malformed type table");
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* The events value at the cursor (moved past it) against table t: None (not sure: take the
+ * careful path), or for a list kind the number of rows, or for a columnar kind (rows, ((start,
+ * end) or None per field of node 0)), offsets from base. */
+static PyObject *validate_at(Table *t, Cur *cur, const uint8_t *base) {
+    Cur c = *cur;
+    Node *root = t->nodes;
+    const uint8_t *cols[2 * MAX_FIELDS];
+    uint64_t n = 0, rows = 0;
+    int ok;
+    if (t->columnar) {
+        memset(cols, 0, sizeof cols);
+        ok = read_container(&c, &n) == A_MAP && record(t, root, &c, n, cols, &rows);
+    } else {
+        const uint8_t *p = c.p;
+        ok = read_container(&c, &n) == A_ARRAY;
+        c.p = p;
+        ok = ok && value(t, root, &c);
+    }
+    if (!ok) Py_RETURN_NONE;
+    cur->p = c.p;
+    if (!t->columnar) return PyLong_FromUnsignedLongLong(n);
+    int nf = root->nfields;
+    PyObject *spans = PyTuple_New(nf);
+    if (!spans) return NULL;
+    for (int j = 0; j < nf; j++) {
+        PyObject *span = cols[2 * j] == NULL ? Py_NewRef(Py_None) : Py_BuildValue(
+            "nn", (Py_ssize_t)(cols[2 * j] - base), (Py_ssize_t)(cols[2 * j + 1] - base));
+        if (!span) { Py_DECREF(spans); return NULL; }
+        PyTuple_SET_ITEM(spans, j, span);
+    }
+    return Py_BuildValue("KN", (unsigned long long)rows, spans);
+}
+
+/* validate(buf, start, end): validate_at of buf[start:end), all of it. */
+static PyObject *Table_validate(Table *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &start, &end)) return NULL;
+    PyObject *out;
+    if (start < 0 || end > view.len || start > end) {
+        out = PyErr_Format(PyExc_ValueError, "events span out of range");
+    } else {
+        Cur c = {(const uint8_t *)view.buf + start, (const uint8_t *)view.buf + end};
+        out = validate_at(self, &c, view.buf);
+        if (out && out != Py_None && c.p != c.end) Py_SETREF(out, Py_NewRef(Py_None));
+    }
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef Table_methods[] = {
+    {"validate", (PyCFunction)Table_validate, METH_VARARGS,
+     "validate(buf, start, end): None, rows (list kinds) or (rows, column spans) (columnar)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netevents._cvalid.Table",
+    .tp_basicsize = sizeof(Table),
+    .tp_dealloc = (destructor)Table_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A kind's events type, compiled for validate().",
+    .tp_methods = Table_methods,
+    .tp_new = Table_new,
+};
+
+/* check(buf, kinds, tables) -> (i, start, end, validated) or None.
+ *
+ * One pass over a batch: buf must be exactly one msgpack map with string keys, its "kind" (a
+ * string, before "events": how netevents encodes) kinds[i], its "events" (once) valid by
+ * tables[i] (validated is what validate_span returns); the other values are only skipped (the
+ * codec decodes the envelope with msgspec, events spliced out). None if any of this fails. */
+static PyObject *check(PyObject *Py_UNUSED(mod), PyObject *args) {
+    Py_buffer view;
+    PyObject *kinds, *tables, *out = NULL, *found = NULL;
+    if (!PyArg_ParseTuple(args, "y*O!O!", &view, &PyTuple_Type, &kinds, &PyTuple_Type, &tables))
+        return NULL;
+    Py_ssize_t nk = PyTuple_GET_SIZE(kinds);
+    if (PyTuple_GET_SIZE(tables) != nk) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_ValueError, "as many tables as kinds");
+    }
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(kinds, i)) ||
+            !PyObject_TypeCheck(PyTuple_GET_ITEM(tables, i), &TableType)) {
+            PyBuffer_Release(&view);
+            return PyErr_Format(PyExc_TypeError, "kinds are bytes, tables Table");
+        }
+    }
+    const uint8_t *base = view.buf;
+    Cur c = {base, base + view.len};
+    const uint8_t *ev_start = NULL, *ev_end = NULL;
+    Py_ssize_t which = -1;
+    int have_kind = 0;
+    uint64_t n;
+    int ok = read_container(&c, &n) == A_MAP;
+    for (uint64_t i = 0; ok && i < n; i++) {
+        const uint8_t *s;
+        uint64_t len;
+        if (!(ok = read_str(&c, &s, &len))) break;
+        if (len == 4 && memcmp(s, "kind", 4) == 0) {
+            const uint8_t *k;
+            uint64_t klen;
+            if (have_kind || !read_str(&c, &k, &klen)) { ok = 0; break; }
+            have_kind = 1;
+            for (Py_ssize_t j = 0; j < nk; j++) {
+                PyObject *name = PyTuple_GET_ITEM(kinds, j);
+                if ((uint64_t)PyBytes_GET_SIZE(name) == klen &&
+                    memcmp(PyBytes_AS_STRING(name), k, klen) == 0) which = j;
+            }
+        } else if (len == 6 && memcmp(s, "events", 6) == 0) {
+            if (ev_start || which < 0) { ok = 0; break; }  /* twice, or before a known kind */
+            ev_start = c.p;
+            found = validate_at((Table *)PyTuple_GET_ITEM(tables, which), &c, base);
+            if (!found) goto done;
+            if (!(ok = found != Py_None)) break;
+            ev_end = c.p;
+        } else {
+            ok = skip(&c, 0);
+        }
+    }
+    if (ok && ev_end && c.p == c.end) {
+        out = Py_BuildValue("nnnO", which, (Py_ssize_t)(ev_start - base),
+                            (Py_ssize_t)(ev_end - base), found);
+    } else {
+        out = Py_NewRef(Py_None);
+    }
+done:
+    Py_XDECREF(found);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"check", check, METH_VARARGS,
+     "check(buf, kinds, tables): (i, start, end, validated) of a batch of kinds[i], or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "netevents._cvalid",
+    "Validation of v1 batch events in C, without building Python objects.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__cvalid(void) {
+    if (PyType_Ready(&TableType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    /* The table format and check()'s answer, bumped with either (and in netevents/lazy.py):
+     * lazy.py uses only a build it knows, so a checkout whose _cvalid.c changed but was not
+     * rebuilt decodes eagerly instead of misreading the old .so. */
+    if (PyModule_AddIntConstant(m, "ABI", 1) < 0 ||
+        PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
