@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
@@ -114,6 +115,7 @@ class Subscription:
         if self._started:
             return self
         self._started = True
+        _tune_gc()
         single_host = self.hosts[0] if len(self.hosts) == 1 else None
         for kind in self.kinds:
             subject = filter_subject(kind, self.site, single_host)
@@ -415,3 +417,20 @@ def _routes(nc: Any) -> dict[int, Any] | None:
     nc._process_msg = process_msg
     nc._netevents_routes = routes
     return routes
+
+
+GC_THRESHOLD = 50_000
+"""The young-generation threshold of a consumer process (:func:`_tune_gc`)."""
+
+
+def _tune_gc() -> None:
+    """Collect the young generation every :data:`GC_THRESHOLD` allocations, not every 700.
+
+    A consumer allocates a few dozen containers per batch (the batch, its fields and events,
+    what its state keeps of them) at thousands of batches a second, next to state of 10^5
+    and more objects: with CPython's default the cyclic collector ran hundreds of times a
+    second and took an eighth of a correlator's time. Almost all of it is freed by reference
+    counting anyway. Left alone when the process has set a threshold of its own."""
+    t0, t1, t2 = gc.get_threshold()
+    if t0 == 700:   # CPython's default
+        gc.set_threshold(GC_THRESHOLD, t1, t2)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import repeat
+from operator import itemgetter, sub
+from typing import Any, NamedTuple
 
 from ...codec import Batch
 from ...events import IncidentEvent
@@ -33,6 +35,9 @@ def _source_pair(src_a: int, src_b: int) -> str:
     return f"{SOURCE_NAMES.get(src_a, src_a)}->{SOURCE_NAMES.get(src_b, src_b)}"
 
 
+_INT = {int}
+_HOST, _TS, _TS_SRC = itemgetter(0), itemgetter(1), itemgetter(2)
+"""Fields of a Departure (a tuple), read in bulk."""
 _SOURCE_PAIRS: dict[tuple[int, int], str] = {}
 """(source of A's stamp, source of B's) -> :func:`_source_pair` (bounded: the hot path's)."""
 
@@ -44,8 +49,10 @@ def _quantile(values: list[int], q: float) -> int | None:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-@dataclass(slots=True)
-class Departure:
+class Departure(NamedTuple):
+    """A frame seen leaving ``host``, waiting for its arrival (a tuple: the hot path makes
+    them in bulk, ``tuple.__new__`` over zipped columns)."""
+
     host: str
     ts: int
     ts_src: int
@@ -57,8 +64,9 @@ class Departure:
     the way: its absence at the receiver proves nothing."""
 
 
-@dataclass(slots=True)
-class Arrival:
+class Arrival(NamedTuple):
+    """A frame seen arriving at ``host``, waiting for its departure."""
+
     host: str
     ts: int
     ts_src: int
@@ -157,6 +165,8 @@ class PathLoss:
                     [c[i] for i in mine] for c in (ts_c, tss_c, dir_c, src_c, dst_c, l4_c, sp_c,
                                                    dp_c, id_c, seq_c, head_c, len_c))
         fps = fingerprints(src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c)
+        if self._bulk(host, fps, ts_c, tss_c, dir_c, src_c, dst_c, l4_c):
+            return
         for fp, ts, tss, d, src, dst, l4, length in zip(
                 fps, ts_c, tss_c, dir_c, src_c, dst_c, l4_c, len_c,
                 strict=False):  # equal lengths: the codec checked them
@@ -227,6 +237,56 @@ class PathLoss:
                 pair.first_ts = ts
             elif ts > pair.last_ts:
                 pair.last_ts = ts
+
+    def _bulk(self, host: str, fps: list, ts_c: list, tss_c: list, dir_c: list, src_c: list,
+              dst_c: list, l4_c: list) -> bool:
+        """The batches nearly every frame is in, taken whole (what the loop of :meth:`frames`
+        would do, without a Python step per frame): every frame leaving toward one address with
+        none of them seen arriving yet, or every frame arriving (``dir`` 0) to be matched with
+        departures of one sender. False (nothing done) for anything else."""
+        n = len(fps)
+        if not n or None in fps or len(set(fps)) < n or set(map(type, ts_c)) != _INT \
+                or set(map(type, tss_c)) != _INT or src_c.count(src_c[0]) < n \
+                or dst_c.count(dst_c[0]) < n:
+            return False
+        departures = self.departures
+        if dir_c.count(PACKET_OUTGOING) == n:
+            if IPPROTO_TCP in l4_c or len(departures) + n > self.max_frames \
+                    or (self.arrivals and not self.arrivals.keys().isdisjoint(fps)) \
+                    or not departures.keys().isdisjoint(fps):
+                return False
+            src_t = addr_text(src_c[0])
+            self.directory.learn_addr(src_t, host)
+            departures.update(zip(fps, map(tuple.__new__, repeat(Departure), zip(
+                repeat(host, n), ts_c, tss_c, repeat(addr_text(dst_c[0]), n), repeat(src_t, n),
+                repeat(False, n)))))
+            return True
+        if dir_c.count(0) == n:
+            deps = list(map(departures.get, fps))
+            if None in deps:
+                return False
+            senders = set(map(_HOST, deps))
+            a = deps[0].host
+            if len(senders) > 1 or a == host:
+                return False
+            self.directory.learn_addr(addr_text(dst_c[0]), host)
+            for fp in fps:
+                del departures[fp]
+            p = self.pairs.get((a, host)) or self._pair(a, host)
+            p.delivered += n
+            sent = list(map(_TS, deps))
+            p.delays_ns.extend(map(sub, ts_c, sent))
+            srcs = set(map(_TS_SRC, deps))
+            if len(srcs) == 1 and tss_c.count(tss_c[0]) == n:
+                p.ts_sources[_source_pair(deps[0].ts_src, tss_c[0])] += n
+            else:
+                for dep, tss in zip(deps, tss_c, strict=True):
+                    p.ts_sources[_source_pair(dep.ts_src, tss)] += 1
+            first, last = min(sent), max(sent)
+            p.first_ts = first if p.first_ts is None else min(p.first_ts, first)
+            p.last_ts = last if p.last_ts is None else max(p.last_ts, last)
+            return True
+        return False
 
     def _pair(self, a: str, b: str) -> PairStats:
         p = self.pairs.get((a, b))

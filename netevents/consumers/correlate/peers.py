@@ -42,7 +42,7 @@ SUMMED = ("retrans_segs", "timeouts", "resets", "resets_in", "lost", "bytes_retr
 """The ipstat fields an episode adds up (only those the events carry)."""
 FLAGGING = ("retrans_segs", "timeouts", "resets", "resets_in", "lost")
 """Figures that open an episode (retransmits: at least ``min_retrans``; the others: any)."""
-_SUMMED = frozenset(SUMMED)
+_ABSENT = object()
 RECENT_DROPS_NS = 120 * NS
 """How long drops on a pair's flows wait for the episode they may belong to (stream time)."""
 
@@ -156,7 +156,11 @@ class PeerViews:
                     continue
             if t1 > ep.last_ts:
                 ep.last_ts = t1
-            figures = {f: v if type(v) is int else 0 for f, v in e.items() if f in _SUMMED}
+            figures = {}
+            for f in SUMMED:   # a get each: cheaper than items() of a row of ~25 fields
+                v = get(f, _ABSENT)
+                if v is not _ABSENT:
+                    figures[f] = v if type(v) is int else 0
             rtt = get("rtt_us")
             ep.queued.append((t1, figures, rtt if type(rtt) is int else None,
                               [str(x) for x in get("flags") or ()]))
