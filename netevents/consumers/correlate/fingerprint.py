@@ -54,39 +54,40 @@ def _l4_payload(head: bytes | None, l4: int | None) -> bytes:
 
 def fingerprint(src: bytes | None, dst: bytes | None, l4: int | None, sport: int | None,
                 dport: int | None, ip_id: int | None, tcp_seq: int | None,
-                head: bytes | None) -> bytes | None:
+                head: bytes | None) -> int | None:
     """The key of what stays the same on every hop (addresses, L4 protocol and ports, IP ID,
-    TCP sequence number, the first :data:`PAYLOAD_HASHED` bytes of L4 payload), as one bytes
-    object; None for frames without L3 keys.
+    TCP sequence number, the first :data:`PAYLOAD_HASHED` bytes of L4 payload); None for
+    frames without L3 keys.
 
-    The fields themselves, not a digest of them: a dict hashes the key anyway, and a
-    cryptographic digest per frame (every frame of the fleet, twice) was a third of the
-    matching's cost. At most ~100 bytes (IPv6) where a digest had 16: the maps holding keys
-    are bounded by count (``max_frames``)."""
+    A 64-bit hash of those fields (Python's: SipHash of the bytes, keyed per process), so a
+    key is only ever compared within one correlator process -- which is all it is for (its
+    maps of departures, arrivals and dropped packets). Two of the ~10^5 frames waiting at a
+    time share a key with a probability of the order of 10^-9; a cryptographic digest per
+    frame (every frame of the fleet, twice) was a third of the matching's cost, and
+    :func:`fingerprints` hashes a whole batch's columns without a Python step per frame."""
     if not src or not dst or l4 is None:
         return None
-    return _KEY % (src, dst, l4, sport, dport, ip_id, tcp_seq, _l4_payload(head, l4))
+    return _key((bytes(src), bytes(dst), l4, sport, dport, ip_id, tcp_seq, _l4_payload(head, l4)))
 
 
-_KEY = b"%b%b|%a|%a|%a|%a|%a|%b"
-"""src, dst (raw), l4, sport, dport, ip_id, tcp_seq (as text, None included), payload."""
+def _key(fields: tuple) -> int:
+    try:
+        return hash(fields)
+    except TypeError:   # a value no schema allows (a list ...): its text then
+        return hash(repr(fields))
 
 
 def fingerprints(src_c: list, dst_c: list, l4_c: list, sp_c: list, dp_c: list, id_c: list,
-                 seq_c: list, head_c: list) -> list[bytes | None]:
+                 seq_c: list, head_c: list) -> list[int | None]:
     """:func:`fingerprint` of every frame of a batch's columns (the same keys).
 
-    Hot loop (every frame of the fleet, twice: leaving and arriving): one pass without a call
-    per frame, the untagged IPv4 head (nearly every frame) read inline, anything else by
-    :func:`_l4_payload`."""
-    key, l4_payload = _KEY, _l4_payload
-    out: list[bytes | None] = []
-    append = out.append
-    for src, dst, l4, sport, dport, ip_id, tcp_seq, head in zip(
-            src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c, strict=False):
-        if not src or not dst or l4 is None:
-            append(None)
-            continue
+    Hot loop (every frame of the fleet, twice: leaving and arriving): the untagged IPv4 head
+    (nearly every frame) read inline, anything else by :func:`_l4_payload`; a batch whose
+    frames all have their L3 keys (nearly every batch) is hashed in one pass."""
+    l4_payload = _l4_payload
+    payloads: list[bytes] = []
+    append = payloads.append
+    for l4, head in zip(l4_c, head_c, strict=False):
         if type(head) is bytes and len(head) >= 34 and head[12] == 8 and head[13] == 0:
             off = 14 + (head[14] & 0x0F) * 4   # as _l4_payload: IPv4 without VLAN tags
             if l4 == IPPROTO_UDP:
@@ -95,14 +96,26 @@ def fingerprints(src_c: list, dst_c: list, l4_c: list, sp_c: list, dp_c: list, i
                 off += (head[off + 12] >> 4) * 4
             else:
                 off += 4
-            payload = head[off:off + PAYLOAD_HASHED]
+            append(head[off:off + PAYLOAD_HASHED])
         else:
-            payload = l4_payload(head, l4)
-        append(key % (src, dst, l4, sport, dport, ip_id, tcp_seq, payload))
-    return out
+            append(l4_payload(head, l4))
+    if all(src_c) and all(dst_c) and None not in l4_c and set(map(type, src_c)) == _BYTES \
+            and set(map(type, dst_c)) == _BYTES:
+        try:
+            return list(map(hash, zip(src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, payloads,
+                                      strict=False)))
+        except TypeError:
+            pass
+    return [None if not src or not dst or l4 is None
+            else _key((bytes(src), bytes(dst), l4, sport, dport, ip_id, tcp_seq, payload))
+            for src, dst, l4, sport, dport, ip_id, tcp_seq, payload in zip(
+                src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, payloads, strict=False)]
 
 
-def dropped_packet_fingerprint(event: dict) -> bytes | None:
+_BYTES = {bytes}
+
+
+def dropped_packet_fingerprint(event: dict) -> int | None:
     """The :func:`fingerprint` of the packet a sampled drop event carries, or None.
 
     Only the eBPF source's per-packet events qualify: their ``payload`` starts at the network

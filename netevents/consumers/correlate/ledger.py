@@ -76,7 +76,7 @@ class DropLedger:
         (last_ts, entity, machine, reason, location, how, count, (flow src, dst) or None)."""
         self._recent_total = 0
         self.totals: OrderedDict[tuple[str, str, str], list] = OrderedDict()
-        self.packets: OrderedDict[bytes, tuple[str, str, str]] = OrderedDict()
+        self.packets: OrderedDict[int, tuple[str, str, str]] = OrderedDict()
         """Fingerprint of a packet a sampled drop event carries -> (entity, machine, reason)."""
 
     def record(self, batch: Batch, e: dict) -> Drop | None:
@@ -179,7 +179,7 @@ class DropLedger:
         return [{"reason": r, "location": loc, "scope": s, "attribution": how, "count": n}
                 for (r, loc, s, how), n in agg.most_common(8)]
 
-    def explain_loss(self, fp: bytes, receiver: str, ts: int,
+    def explain_loss(self, fp: int, receiver: str, ts: int,
                      flow: tuple[str | None, str | None]) -> tuple[str | None, bool]:
         """The drop reason a frame (fingerprint ``fp``, sent at ``ts`` toward ``receiver``)
         that never arrived is put down to, and whether it is the drop event of that very

@@ -128,8 +128,8 @@ class PathLoss:
         self.report_ns = report_ns
         self.counts = counts
         self.evicted = evicted
-        self.departures: OrderedDict[bytes, Departure] = OrderedDict()
-        self.arrivals: OrderedDict[bytes, Arrival] = OrderedDict()
+        self.departures: OrderedDict[int, Departure] = OrderedDict()
+        self.arrivals: OrderedDict[int, Arrival] = OrderedDict()
         self.pairs: dict[tuple[str, str], PairStats] = {}
         self.reported_at: dict[tuple[str, str], int] = {}
 
@@ -308,7 +308,7 @@ class PathLoss:
         """Judge departures older than ``grace`` at ``now``; with ``flush`` (shutdown), without
         waiting for receivers whose capture is behind."""
         coverage = self.coverage
-        waiting: list[bytes] = []
+        waiting: list[int] = []
         for fp, dep in list(self.departures.items()):
             if now - dep.ts < self.grace_ns:
                 break
