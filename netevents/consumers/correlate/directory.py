@@ -66,6 +66,8 @@ class HostDirectory:
         self.last_seq: dict[tuple[str, str, str], int] = {}
         self.drop_publishers: set[str] = set()
         """Hosts that publish drop events (or whose status says they run a drop source)."""
+        self._host_addr_index: dict[str, dict[str, None]] = {}
+        """Host -> its addresses in :attr:`addr_host` (in that order): :meth:`addresses_of`."""
         self._machine_names: dict[str, str] = {}
         """Boot id -> its ``machine:<prefix>`` (:meth:`machine_of`; bounded, rebuilt)."""
         self._only_host_how: dict[str, str] = {}
@@ -144,6 +146,7 @@ class HostDirectory:
                     del self.claimed[gone]
                     if self.addr_host.get(gone) == host:
                         del self.addr_host[gone]
+                        self._unindex(gone, host)
             self.host_addrs[host] = frozenset(mine)
             for ad in sorted(mine):
                 if ad not in self.claimed and len(self.claimed) >= self.max_keys:
@@ -189,19 +192,35 @@ class HostDirectory:
         owner = self.claimed.get(addr)
         if owner is not None and owner != host:
             return
-        if addr in self.addr_host:
+        was = self.addr_host.get(addr)
+        if was is not None:
             self.addr_host.move_to_end(addr)
+            self._unindex(addr, was)
         elif len(self.addr_host) >= self.max_keys:
-            self.addr_host.popitem(last=False)
+            gone, gone_host = self.addr_host.popitem(last=False)
+            self._unindex(gone, gone_host)
             self.evicted["addresses"] += 1
         self.addr_host[addr] = host
+        mine = self._host_addr_index.get(host)
+        if mine is None:
+            mine = self._host_addr_index[host] = {}
+        mine[addr] = None
 
     def host_at(self, addr: str | None) -> str | None:
         """The host that has address ``addr``, if one was seen with it."""
         return self.addr_host.get(addr) if addr else None
 
     def addresses_of(self, host: str) -> list[str]:
-        return [ad for ad, h in self.addr_host.items() if h == host]
+        """The addresses ``host`` was seen with, in the order of :attr:`addr_host` (an index
+        kept along with it: a scan of every address cost each peer publication ~1000 steps)."""
+        return list(self._host_addr_index.get(host, ()))
+
+    def _unindex(self, addr: str, host: str) -> None:
+        mine = self._host_addr_index.get(host)
+        if mine is not None:
+            mine.pop(addr, None)
+            if not mine:
+                del self._host_addr_index[host]
 
     def machine_key(self, host: str) -> str:
         """The boot id of ``host``'s machine (the host itself while it is not known)."""
