@@ -130,9 +130,10 @@ class Subscription:
                                                   pending_bytes_limit=512 * 1024 * 1024)
                 self._subs.append(sub)
                 routes = _routes(self.bus.nc)
-                if routes is not None:
-                    routes[sub._id] = self._on_raw
-                    self._routed.append(sub._id)
+                sid = getattr(sub, "_id", None)
+                if routes is not None and sid is not None:
+                    routes[sid] = self._on_raw
+                    self._routed.append(sid)
             else:
                 with contextlib.suppress(BusError, TimeoutError):
                     # A read-only consumer may not create streams; they must exist then.
