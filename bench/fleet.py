@@ -153,6 +153,13 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
     asyncio.run(main())
 
 
+def _cpu_s() -> tuple[float, float]:
+    """CPU seconds this process has used (user, system): what a consumer costs, whatever
+    else the machine's cores are busy with."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime
+
+
 def consumer(name: str, url: str, duration: float, out: mp.Queue,
              partition: tuple[int, int] = (0, 1)) -> None:
     from netevents.bus import connect
@@ -211,7 +218,8 @@ def consumer(name: str, url: str, duration: float, out: mp.Queue,
                              unreceived=sub.unreceived, rejected=sum(sub.rejected.values()),
                              dropped=sub.dropped, slow_consumer_drops=lag["slow_consumer_drops"],
                              active_s=(last_rx - started) if started and last_rx else 0.0,
-                             maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                             maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                             cpu_s=_cpu_s())
                 if corr is not None:
                     stats.update(evicted=dict(corr.evicted), counts={k: v for k, v in corr.counts.items() if not k.startswith("incident")},
                                  delivered=sum(p.delivered for p in corr.pairs.values()),
@@ -301,7 +309,9 @@ def main() -> int:
                 f"slow-consumer drops {s['slow_consumer_drops']}, queue drops {s['dropped']}; "
                 f"max lag queued {s['max_queued']} pending {s['max_pending']} (Subscription.lag()), "
                 f"behind by up to {s['max_behind_s']:.1f} s (event time); "
-                f"peak RSS {s['maxrss_kb'] / 1024:.0f} MiB")
+                f"peak RSS {s['maxrss_kb'] / 1024:.0f} MiB; CPU {sum(s['cpu_s']):.1f} s "
+                f"(user {s['cpu_s'][0]:.1f}, system {s['cpu_s'][1]:.1f}; "
+                f"{sum(s['cpu_s']) / max(1, s['batches']) * 1e6:.0f} us per batch received)")
         line += (f"; received vs published: {s['batches']} / {expected} (difference "
                  f"{expected - s['batches']}); bus errors {s['bus_errors'] or 'none'}")
         if name.startswith("correlator"):

@@ -117,14 +117,16 @@ class FleetView:
         counter[key] += n
 
     def feed(self, batch: Batch) -> None:
+        # Hot path (every batch of the fleet): locals, each event field read once.
         n = len(batch)
-        self.batches[batch.kind] += 1
-        self.events[batch.kind] += n
-        self.per_host[batch.host][batch.kind] += n
+        kind, host = batch.kind, batch.host
+        self.batches[kind] += 1
+        self.events[kind] += n
+        self.per_host[host][kind] += n
         if batch.missed:
-            self.missed[(batch.host, batch.kind)] += batch.missed
+            self.missed[(host, kind)] += batch.missed
         self.directory.see(batch)
-        if batch.kind == "status":
+        if kind == "status":
             for e in batch.events:
                 key = (batch.host, batch.run)
                 if key not in self.agents:
@@ -138,12 +140,18 @@ class FleetView:
                 self.agents[key] = AgentHealth(batch.run, time.monotonic(), e)
                 if self.on_status is not None:
                     self.on_status(batch.host, e)
-        elif batch.kind == "drop":
+        elif kind == "drop":
+            drop_sites, max_keys = self.drop_sites, self.max_keys
             for e in batch.events:
-                key = (batch.host, str(e.get("reason")), str(e.get("location") or "?"))
-                self._bounded(self.drop_sites, key, int(e.get("count", 0)))
-                flow = e.get("flow")
-                if isinstance(flow, Mapping) and isinstance(flow.get("src"), str) \
+                get = e.get
+                key = (host, str(get("reason")), str(get("location") or "?"))
+                count = int(get("count", 0))
+                if key in drop_sites:
+                    drop_sites[key] += count
+                else:
+                    self._bounded(drop_sites, key, count)
+                flow = get("flow")
+                if flow is not None and isinstance(flow, Mapping) and isinstance(flow.get("src"), str) \
                         and isinstance(flow.get("dst"), str):
                     entity, _how = self.directory.attribute(batch, e)
                     fkey = (str(entity), flow["src"], flow["dst"])
@@ -157,29 +165,40 @@ class FleetView:
                         span[0], span[1] = min(span[0], first), max(span[1], last)
                     elif entity is not None:
                         self.evicted += 1
-        elif batch.kind == "netstat":
+        elif kind == "netstat":
             for e in batch.events:
                 for name, d in (e.get("deltas") or {}).items():
                     self._bounded(self.counters, (batch.host, e.get("group", "?"), name), int(d))
-        elif batch.kind == "ipstat":
+        elif kind == "ipstat":
+            peers, peer_span, t0, t1 = self.peers, self.peer_span, batch.t0, batch.t1
             for e in batch.events:
-                pkey = (batch.host, str(e.get("peer")))
-                self._bounded(self.peers, pkey, int(e.get("retrans_segs", 0)))
-                if e.get("timeouts"):
-                    self._bounded(self.peer_timeouts, pkey, int(e["timeouts"]))
-                span = self.peer_span.get(pkey)
+                get = e.get
+                peer = str(get("peer"))
+                pkey = (host, peer)
+                retrans = int(get("retrans_segs", 0))
+                if pkey in peers:
+                    peers[pkey] += retrans
+                else:
+                    self._bounded(peers, pkey, retrans)
+                timeouts = get("timeouts")
+                if timeouts:
+                    self._bounded(self.peer_timeouts, pkey, int(timeouts))
+                span = peer_span.get(pkey)
                 if span is not None:
-                    span[0], span[1] = min(span[0], batch.t0), max(span[1], batch.t1)
-                elif pkey in self.peers:
-                    self.peer_span[pkey] = [batch.t0, batch.t1]
+                    if t0 < span[0]:
+                        span[0] = t0
+                    if t1 > span[1]:
+                        span[1] = t1
+                elif pkey in peers:
+                    peer_span[pkey] = [t0, t1]
                 for field, way in (("resets", "sent"), ("resets_in", "received")):
-                    if e.get(field):
-                        self._bounded(self.peer_resets, (batch.host, str(e.get("peer")), way),
-                                      int(e[field]))
-        elif batch.kind == "gap":
+                    resets = get(field)
+                    if resets:
+                        self._bounded(self.peer_resets, (host, peer, way), int(resets))
+        elif kind == "gap":
             for e in batch.events:
                 self.gaps[batch.host] += int(e.get("lost", 0))
-        elif batch.kind == "incident":
+        elif kind == "incident":
             for e in batch.events:
                 self.incidents.append((batch.host, e))
                 self.incident_counts[str(e.get("type"))] += 1

@@ -109,29 +109,33 @@ class Correlator:
 
     def feed(self, batch: Batch) -> list[IncidentEvent]:
         """Take one batch; returns the incidents it completes (most come from :meth:`tick`)."""
-        self.counts[batch.kind] += 1
+        kind = batch.kind
+        self.counts[kind] += 1
         if batch.t1 > self.stream_time:
             self.stream_time = batch.t1
         self.directory.see(batch)
-        kind = batch.kind
-        if kind == "drop":
-            out = []
-            for e in batch.events:
-                drop = self.drops.record(batch, e)
-                if drop is not None:
-                    self.peers.drop(drop, e.get("flow"))
-                    inc = self.storms.observe(drop, batch.host)
-                    if inc is not None:
-                        out.append(self._made(inc))
-            return out
-        if kind == "gap":
-            self.coverage.gaps(batch)
-        elif kind == "frame":
+        if kind == "frame":
             if isinstance(batch.events, Mapping):  # columns; anything else is not read
                 self.coverage.frames(batch)
                 self.paths.frames(batch)
+        elif kind == "drop":
+            out = []
+            record, peer_drop, observe = self.drops.record, self.peers.drop, self.storms.observe
+            host = batch.host
+            for e in batch.events:
+                drop = record(batch, e)
+                if drop is not None:
+                    flow = e.get("flow")
+                    if flow is not None:
+                        peer_drop(drop, flow)
+                    inc = observe(drop, host)
+                    if inc is not None:
+                        out.append(self._made(inc))
+            return out
         elif kind == "ipstat":
             return [self._made(inc) for inc in self.peers.feed(batch)]
+        elif kind == "gap":
+            self.coverage.gaps(batch)
         return []
 
     def tick(self, now: int, *, flush: bool = False) -> list[IncidentEvent]:

@@ -82,13 +82,25 @@ class CaptureCoverage:
         if batch.missed:  # frame batches of this host we never saw: their time is a hole
             prev = self.frame_progress.get(host, batch.t0)
             self.capture_gaps[host].append((prev, batch.t0, "missed-batches"))
-        ring = ring_key(host, batch.run, batch.fields.get("iface"), batch.fields.get("worker"))
-        self._follow(host, ring)
+        fields = batch.fields
+        ring = ring_key(host, batch.run, fields.get("iface"), fields.get("worker"))
+        rings = self.ring_progress.get(host)
+        if rings is None or ring not in rings:
+            self._follow(host, ring)
+            rings = self.ring_progress[host]
         # an agent without gaps_before (older) is taken at its word: it owes nothing
-        self.hold.hold(ring, gaps_owed(batch.fields), batch.t1, (host, batch.t0, batch.t1))
-        self._progress(self.hold.release())
-        if self.hold.waiting(ring):
-            self.counts["frame_batches_held_for_gaps"] += 1
+        owed = gaps_owed(fields)
+        hold = self.hold
+        if not hold.waiting(ring) and (owed is None or owed <= hold.seen(ring)):
+            # Nothing of the ring is held and its records are in: the batch would leave the
+            # hold at once (the hot path, without going through it).
+            if batch.t1 > rings[ring]:
+                rings[ring] = batch.t1
+        else:
+            hold.hold(ring, owed, batch.t1, (host, batch.t0, batch.t1))
+            self._progress(hold.release())
+            if hold.waiting(ring):
+                self.counts["frame_batches_held_for_gaps"] += 1
         self._host_progress(host)
 
     def expire(self, now: int) -> None:
@@ -124,8 +136,10 @@ class CaptureCoverage:
 
     def _host_progress(self, host: str) -> None:
         best, cap = 0, None
+        waiting = self.hold.waiting
         for ring, progress in self.ring_progress.get(host, {}).items():
-            best = max(best, progress)
-            if self.hold.waiting(ring):
+            if progress > best:
+                best = progress
+            if waiting(ring):
                 cap = progress if cap is None else min(cap, progress)
         self.frame_progress[host] = best if cap is None else min(best, cap)

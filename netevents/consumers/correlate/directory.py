@@ -66,33 +66,49 @@ class HostDirectory:
         self.last_seq: dict[tuple[str, str, str], int] = {}
         self.drop_publishers: set[str] = set()
         """Hosts that publish drop events (or whose status says they run a drop source)."""
+        self._host_addr_index: dict[str, dict[str, None]] = {}
+        """Host -> its addresses in :attr:`addr_host` (in that order): :meth:`addresses_of`."""
+        self._machine_names: dict[str, str] = {}
+        """Boot id -> its ``machine:<prefix>`` (:meth:`machine_of`; bounded, rebuilt)."""
+        self._only_host_how: dict[str, str] = {}
+        """Source -> the attribution text of a kernel-wide drop on a machine of one host."""
 
     def see(self, batch: Batch) -> None:
         """Learn the machine a batch's host runs on, the batches of it that were missed, how
         far its batches are in, and (status) its own addresses."""
-        known = self.host_boot.get(batch.host)
+        host, kind, t1 = batch.host, batch.kind, batch.t1
+        known = self.host_boot.get(host)
         # A batch without a boot id (older agents, consumers' own batches) keeps what is known.
-        boot = str(batch.fields.get("boot") or known or batch.host)
+        boot = batch.fields.get("boot") or known or host
+        if known != boot:
+            boot = str(boot)
         if known != boot:
             if known is None and len(self.host_boot) >= self.max_keys:
                 self.evicted["hosts"] += 1
             else:
                 if known is not None:
-                    self.boot_hosts.get(known, set()).discard(batch.host)
-                self.host_boot[batch.host] = boot
-                self.boot_hosts.setdefault(boot, set()).add(batch.host)
+                    self.boot_hosts.get(known, set()).discard(host)
+                self.host_boot[host] = boot
+                self.boot_hosts.setdefault(boot, set()).add(host)
         if batch.missed:
-            self.missed[(batch.host, batch.kind)] += batch.missed
-        key = (batch.host, batch.kind)
-        if batch.t1 > self.progress.get(key, 0):
-            if key in self.progress or len(self.progress) < self.max_keys:
-                self.progress[key] = batch.t1
-        rkey = (batch.host, batch.run, batch.kind)
-        if rkey in self.last_seq or len(self.last_seq) < self.max_keys:
-            self.last_seq[rkey] = max(self.last_seq.get(rkey, 0), batch.seq)
-        if batch.kind == "drop" and len(self.drop_publishers) < self.max_keys:
-            self.drop_publishers.add(batch.host)
-        elif batch.kind == "status":
+            self.missed[(host, kind)] += batch.missed
+        key = (host, kind)
+        progress = self.progress
+        if t1 > progress.get(key, 0):
+            if key in progress or len(progress) < self.max_keys:
+                progress[key] = t1
+        rkey = (host, batch.run, kind)
+        last_seq = self.last_seq
+        seq = last_seq.get(rkey)
+        if seq is None:
+            if len(last_seq) < self.max_keys:
+                last_seq[rkey] = batch.seq
+        elif batch.seq > seq:
+            last_seq[rkey] = batch.seq
+        if kind == "drop":
+            if host not in self.drop_publishers and len(self.drop_publishers) < self.max_keys:
+                self.drop_publishers.add(host)
+        elif kind == "status":
             for e in batch.events:
                 if isinstance(e, Mapping):
                     self.learn_status(batch, e)
@@ -130,6 +146,7 @@ class HostDirectory:
                     del self.claimed[gone]
                     if self.addr_host.get(gone) == host:
                         del self.addr_host[gone]
+                        self._unindex(gone, host)
             self.host_addrs[host] = frozenset(mine)
             for ad in sorted(mine):
                 if ad not in self.claimed and len(self.claimed) >= self.max_keys:
@@ -175,19 +192,35 @@ class HostDirectory:
         owner = self.claimed.get(addr)
         if owner is not None and owner != host:
             return
-        if addr in self.addr_host:
+        was = self.addr_host.get(addr)
+        if was is not None:
             self.addr_host.move_to_end(addr)
+            self._unindex(addr, was)
         elif len(self.addr_host) >= self.max_keys:
-            self.addr_host.popitem(last=False)
+            gone, gone_host = self.addr_host.popitem(last=False)
+            self._unindex(gone, gone_host)
             self.evicted["addresses"] += 1
         self.addr_host[addr] = host
+        mine = self._host_addr_index.get(host)
+        if mine is None:
+            mine = self._host_addr_index[host] = {}
+        mine[addr] = None
 
     def host_at(self, addr: str | None) -> str | None:
         """The host that has address ``addr``, if one was seen with it."""
         return self.addr_host.get(addr) if addr else None
 
     def addresses_of(self, host: str) -> list[str]:
-        return [ad for ad, h in self.addr_host.items() if h == host]
+        """The addresses ``host`` was seen with, in the order of :attr:`addr_host` (an index
+        kept along with it: a scan of every address cost each peer publication ~1000 steps)."""
+        return list(self._host_addr_index.get(host, ()))
+
+    def _unindex(self, addr: str, host: str) -> None:
+        mine = self._host_addr_index.get(host)
+        if mine is not None:
+            mine.pop(addr, None)
+            if not mine:
+                del self._host_addr_index[host]
 
     def machine_key(self, host: str) -> str:
         """The boot id of ``host``'s machine (the host itself while it is not known)."""
@@ -195,7 +228,13 @@ class HostDirectory:
 
     def machine_of(self, host: str) -> str:
         """The machine-wide entity of ``host``'s machine: ``machine:<boot id prefix>``."""
-        return f"machine:{self.machine_key(host)[:8]}"
+        key = self.host_boot.get(host) or host
+        name = self._machine_names.get(key)
+        if name is None:
+            if len(self._machine_names) >= self.max_keys:
+                self._machine_names.clear()
+            name = self._machine_names[key] = f"machine:{key[:8]}"
+        return name
 
     def missing_for(self, hosts: list[str] | set[str], kinds: list[str]) -> dict[str, int]:
         """``{"host/kind": batches missed}`` for every host and kind an incident used."""
@@ -205,24 +244,34 @@ class HostDirectory:
         """(entity, how) a drop event belongs to: a host token, ``machine:<boot>``, or
         ``netns:<name>`` for a namespace that is no host of the fleet; entity None for a
         namespace outside ``namespaces`` (its drops are counted in :attr:`foreign`)."""
-        source = event.get("source")
+        get = event.get
+        source = get("source")
         if source not in KERNEL_WIDE:
-            netns = event.get("netns")
+            netns = get("netns")
             if isinstance(netns, int) and netns not in self.netns_host:
                 if len(self.netns_host) >= self.max_keys:
                     self.netns_host.pop(next(iter(self.netns_host)))
                     self.evicted["netns"] += 1
                 self.netns_host[netns] = batch.host
             return batch.host, f"{source}: counters of {batch.host}'s own namespace"
-        name = event.get("netns_name")
+        name = get("netns_name")
         if isinstance(name, str) and name in self.host_boot:
             return name, f"{source}: netns_name {name}"
-        netns = event.get("netns")
+        netns = get("netns")
         machine = self.machine_key(batch.host)
-        for key in ((machine, netns), (machine, name)):
-            owner = self.machine_netns.get(key) if isinstance(key[1], (int, str)) else None
-            if owner is not None:
-                return owner, f"{source}: netns {key[1]} is {owner}'s (its status)"
+        if self.machine_netns and (netns is not None or name is not None):
+            for key in ((machine, netns), (machine, name)):
+                owner = self.machine_netns.get(key) if isinstance(key[1], (int, str)) else None
+                if owner is not None:
+                    return owner, f"{source}: netns {key[1]} is {owner}'s (its status)"
+        if netns is None and name is None:
+            sharing = self.boot_hosts.get(machine, ())
+            if len(sharing) <= 1:   # the common case, without a text made per event
+                how = self._only_host_how.get(source)
+                if how is None:
+                    how = self._only_host_how[source] = (
+                        f"{source}: kernel-wide, the only host seen on its machine")
+                return batch.host, how
         if isinstance(netns, int) and netns in self.netns_host:
             return self.netns_host[netns], f"{source}: netns inode {netns}"
         if isinstance(name, str) and name and name != "root":

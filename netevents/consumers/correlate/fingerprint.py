@@ -3,7 +3,6 @@ one host's capture can be matched with the same frame arriving at another's."""
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import socket
 from collections.abc import Mapping
@@ -55,46 +54,68 @@ def _l4_payload(head: bytes | None, l4: int | None) -> bytes:
 
 def fingerprint(src: bytes | None, dst: bytes | None, l4: int | None, sport: int | None,
                 dport: int | None, ip_id: int | None, tcp_seq: int | None,
-                head: bytes | None) -> bytes | None:
-    """A 16-byte digest of what stays the same on every hop; None for frames without L3 keys."""
+                head: bytes | None) -> int | None:
+    """The key of what stays the same on every hop (addresses, L4 protocol and ports, IP ID,
+    TCP sequence number, the first :data:`PAYLOAD_HASHED` bytes of L4 payload); None for
+    frames without L3 keys.
+
+    A 64-bit hash of those fields (Python's: SipHash of the bytes, keyed per process), so a
+    key is only ever compared within one correlator process -- which is all it is for (its
+    maps of departures, arrivals and dropped packets). Two of the ~10^5 frames waiting at a
+    time share a key with a probability of the order of 10^-9; a cryptographic digest per
+    frame (every frame of the fleet, twice) was a third of the matching's cost, and
+    :func:`fingerprints` hashes a whole batch's columns without a Python step per frame."""
     if not src or not dst or l4 is None:
         return None
-    return hashlib.blake2b(b"".join((bytes(src), bytes(dst), repr((l4, sport, dport, ip_id, tcp_seq)).encode(),
-                                     _l4_payload(head, l4))), digest_size=16).digest()
+    return _key((bytes(src), bytes(dst), l4, sport, dport, ip_id, tcp_seq, _l4_payload(head, l4)))
+
+
+def _key(fields: tuple) -> int:
+    try:
+        return hash(fields)
+    except TypeError:   # a value no schema allows (a list ...): its text then
+        return hash(repr(fields))
 
 
 def fingerprints(src_c: list, dst_c: list, l4_c: list, sp_c: list, dp_c: list, id_c: list,
-                 seq_c: list, head_c: list) -> list[bytes | None]:
-    """:func:`fingerprint` of every frame of a batch's columns (the same digests).
+                 seq_c: list, head_c: list) -> list[int | None]:
+    """:func:`fingerprint` of every frame of a batch's columns (the same keys).
 
-    Hot loop (every frame of the fleet, twice: leaving and arriving): one pass without a call
-    per frame, the untagged IPv4 head (nearly every frame) read inline, anything else by
-    :func:`_l4_payload`."""
-    blake2b, join, l4_payload = hashlib.blake2b, b"".join, _l4_payload
-    out: list[bytes | None] = []
-    append = out.append
-    for src, dst, l4, sport, dport, ip_id, tcp_seq, head in zip(
-            src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c, strict=False):
-        if not src or not dst or l4 is None:
-            append(None)
-            continue
+    Hot loop (every frame of the fleet, twice: leaving and arriving): the untagged IPv4 head
+    (nearly every frame) read inline, anything else by :func:`_l4_payload`; a batch whose
+    frames all have their L3 keys (nearly every batch) is hashed in one pass."""
+    l4_payload = _l4_payload
+    payloads: list[bytes] = []
+    append = payloads.append
+    for l4, head in zip(l4_c, head_c, strict=False):
         if type(head) is bytes and len(head) >= 34 and head[12] == 8 and head[13] == 0:
             off = 14 + (head[14] & 0x0F) * 4   # as _l4_payload: IPv4 without VLAN tags
-            if l4 == IPPROTO_TCP and len(head) >= off + 13:
-                off += (head[off + 12] >> 4) * 4
-            elif l4 == IPPROTO_UDP:
+            if l4 == IPPROTO_UDP:
                 off += 8
+            elif l4 == IPPROTO_TCP and len(head) >= off + 13:
+                off += (head[off + 12] >> 4) * 4
             else:
                 off += 4
-            payload = head[off:off + PAYLOAD_HASHED]
+            append(head[off:off + PAYLOAD_HASHED])
         else:
-            payload = l4_payload(head, l4)
-        append(blake2b(join((bytes(src), bytes(dst), repr((l4, sport, dport, ip_id, tcp_seq)).encode(),
-                             payload)), digest_size=16).digest())
-    return out
+            append(l4_payload(head, l4))
+    if all(src_c) and all(dst_c) and None not in l4_c and set(map(type, src_c)) == _BYTES \
+            and set(map(type, dst_c)) == _BYTES:
+        try:
+            return list(map(hash, zip(src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, payloads,
+                                      strict=False)))
+        except TypeError:
+            pass
+    return [None if not src or not dst or l4 is None
+            else _key((bytes(src), bytes(dst), l4, sport, dport, ip_id, tcp_seq, payload))
+            for src, dst, l4, sport, dport, ip_id, tcp_seq, payload in zip(
+                src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, payloads, strict=False)]
 
 
-def dropped_packet_fingerprint(event: dict) -> bytes | None:
+_BYTES = {bytes}
+
+
+def dropped_packet_fingerprint(event: dict) -> int | None:
     """The :func:`fingerprint` of the packet a sampled drop event carries, or None.
 
     Only the eBPF source's per-packet events qualify: their ``payload`` starts at the network

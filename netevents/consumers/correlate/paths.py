@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import repeat
+from operator import itemgetter, sub
+from typing import Any, NamedTuple
 
 from ...codec import Batch
 from ...events import IncidentEvent
@@ -33,6 +35,13 @@ def _source_pair(src_a: int, src_b: int) -> str:
     return f"{SOURCE_NAMES.get(src_a, src_a)}->{SOURCE_NAMES.get(src_b, src_b)}"
 
 
+_INT = {int}
+_HOST, _TS, _TS_SRC = itemgetter(0), itemgetter(1), itemgetter(2)
+"""Fields of a Departure (a tuple), read in bulk."""
+_SOURCE_PAIRS: dict[tuple[int, int], str] = {}
+"""(source of A's stamp, source of B's) -> :func:`_source_pair` (bounded: the hot path's)."""
+
+
 def _quantile(values: list[int], q: float) -> int | None:
     if not values:
         return None
@@ -40,8 +49,10 @@ def _quantile(values: list[int], q: float) -> int | None:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-@dataclass(slots=True)
-class Departure:
+class Departure(NamedTuple):
+    """A frame seen leaving ``host``, waiting for its arrival (a tuple: the hot path makes
+    them in bulk, ``tuple.__new__`` over zipped columns)."""
+
     host: str
     ts: int
     ts_src: int
@@ -53,8 +64,9 @@ class Departure:
     the way: its absence at the receiver proves nothing."""
 
 
-@dataclass(slots=True)
-class Arrival:
+class Arrival(NamedTuple):
+    """A frame seen arriving at ``host``, waiting for its departure."""
+
     host: str
     ts: int
     ts_src: int
@@ -116,8 +128,8 @@ class PathLoss:
         self.report_ns = report_ns
         self.counts = counts
         self.evicted = evicted
-        self.departures: OrderedDict[bytes, Departure] = OrderedDict()
-        self.arrivals: OrderedDict[bytes, Arrival] = OrderedDict()
+        self.departures: OrderedDict[int, Departure] = OrderedDict()
+        self.arrivals: OrderedDict[int, Arrival] = OrderedDict()
         self.pairs: dict[tuple[str, str], PairStats] = {}
         self.reported_at: dict[tuple[str, str], int] = {}
 
@@ -139,14 +151,11 @@ class PathLoss:
         learn = self.directory.learn_addr
         part_n, part_k = self.partition.n, self.partition.k
         arrivals, departures, max_frames = self.arrivals, self.departures, self.max_frames
-        delivered, counts, evicted = self._delivered, self.counts, self.evicted
+        counts, evicted = self.counts, self.evicted
         texts: dict[Any, str | None] = {}
-
-        def text(raw: Any) -> str | None:
-            t = texts.get(raw, texts)
-            if t is texts:
-                t = texts[raw] = addr_text(raw)
-            return t  # type: ignore[return-value]
+        learned = None   # the address last learned as this host's (a batch's frames share it)
+        pair_key = pair = None  # the pair last delivered on, its stats (likewise)
+        pair_get, source_pairs = self.pairs.get, _SOURCE_PAIRS
 
         if part_n > 1:  # only this member's paths (both directions of a pair go together)
             mine = [i for i, (a, b) in enumerate(zip(src_c, dst_c, strict=False)) if a and b
@@ -156,6 +165,8 @@ class PathLoss:
                     [c[i] for i in mine] for c in (ts_c, tss_c, dir_c, src_c, dst_c, l4_c, sp_c,
                                                    dp_c, id_c, seq_c, head_c, len_c))
         fps = fingerprints(src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c)
+        if self._bulk(host, fps, ts_c, tss_c, dir_c, src_c, dst_c, l4_c):
+            return
         for fp, ts, tss, d, src, dst, l4, length in zip(
                 fps, ts_c, tss_c, dir_c, src_c, dst_c, l4_c, len_c,
                 strict=False):  # equal lengths: the codec checked them
@@ -163,32 +174,119 @@ class PathLoss:
                 continue
             ts, tss = int(ts), int(tss or 0)
             if d == PACKET_OUTGOING:
-                src_t = text(src)
-                learn(src_t, host)
+                src_t = texts.get(src, texts)
+                if src_t is texts:
+                    src_t = texts[src] = addr_text(src)
+                if src_t is not learned:
+                    learn(src_t, host)
+                    learned = src_t
                 arr = arrivals.pop(fp, None)
                 if arr is not None:
-                    delivered(host, arr.host, ts, tss, arr.ts, arr.ts_src)
-                    continue
-                if fp in departures:
+                    a, b, ts_b, tss_b = host, arr.host, arr.ts, arr.ts_src
+                    tss_a = tss
+                elif fp in departures:
                     counts["duplicate_fingerprints"] += 1
                     continue
-                if len(departures) >= max_frames:
-                    departures.popitem(last=False)
-                    evicted["frames"] += 1
-                departures[fp] = Departure(host, ts, tss, text(dst), src_t,
-                                           l4 == IPPROTO_TCP and (length or 0) > MAX_FRAME)
+                else:
+                    if len(departures) >= max_frames:
+                        departures.popitem(last=False)
+                        evicted["frames"] += 1
+                    dst_t = texts.get(dst, texts)
+                    if dst_t is texts:
+                        dst_t = texts[dst] = addr_text(dst)
+                    departures[fp] = Departure(host, ts, tss, dst_t, src_t,
+                                               l4 == IPPROTO_TCP and (length or 0) > MAX_FRAME)
+                    continue
             elif d in ARRIVING:
                 if d == 0:
-                    learn(text(dst), host)
+                    dst_t = texts.get(dst, texts)
+                    if dst_t is texts:
+                        dst_t = texts[dst] = addr_text(dst)
+                    if dst_t is not learned:
+                        learn(dst_t, host)
+                        learned = dst_t
                 dep = departures.get(fp)
                 if dep is not None and dep.host != host:
                     del departures[fp]
-                    delivered(dep.host, host, dep.ts, dep.ts_src, ts, tss)
+                    a, b, ts_b, tss_b = dep.host, host, ts, tss
+                    ts, tss_a = dep.ts, dep.ts_src
+                else:
+                    if len(arrivals) >= max_frames:
+                        arrivals.popitem(last=False)
+                        evicted["frames"] += 1
+                    arrivals[fp] = Arrival(host, ts, tss)
                     continue
-                if len(arrivals) >= max_frames:
-                    arrivals.popitem(last=False)
-                    evicted["frames"] += 1
-                arrivals[fp] = Arrival(host, ts, tss)
+            else:
+                continue
+            # delivered: a -> b, departed at ts (clock source tss_a), arrived at ts_b (tss_b)
+            if pair_key is None or pair_key[0] != a or pair_key[1] != b:
+                pair_key = (a, b)
+                pair = pair_get(pair_key) or self._pair(a, b)
+            pair.delivered += 1
+            pair.delays_ns.append(ts_b - ts)
+            sp = source_pairs.get((tss_a, tss_b))
+            if sp is None:
+                sp = _source_pair(tss_a, tss_b)
+                if len(source_pairs) < 64:
+                    source_pairs[(tss_a, tss_b)] = sp
+            pair.ts_sources[sp] += 1
+            first = pair.first_ts
+            if first is None:
+                pair.first_ts = pair.last_ts = ts
+            elif ts < first:
+                pair.first_ts = ts
+            elif ts > pair.last_ts:
+                pair.last_ts = ts
+
+    def _bulk(self, host: str, fps: list, ts_c: list, tss_c: list, dir_c: list, src_c: list,
+              dst_c: list, l4_c: list) -> bool:
+        """The batches nearly every frame is in, taken whole (what the loop of :meth:`frames`
+        would do, without a Python step per frame): every frame leaving toward one address with
+        none of them seen arriving yet, or every frame arriving (``dir`` 0) to be matched with
+        departures of one sender. False (nothing done) for anything else."""
+        n = len(fps)
+        if not n or None in fps or len(set(fps)) < n or set(map(type, ts_c)) != _INT \
+                or set(map(type, tss_c)) != _INT or src_c.count(src_c[0]) < n \
+                or dst_c.count(dst_c[0]) < n:
+            return False
+        departures = self.departures
+        if dir_c.count(PACKET_OUTGOING) == n:
+            if IPPROTO_TCP in l4_c or len(departures) + n > self.max_frames \
+                    or (self.arrivals and not self.arrivals.keys().isdisjoint(fps)) \
+                    or not departures.keys().isdisjoint(fps):
+                return False
+            src_t = addr_text(src_c[0])
+            self.directory.learn_addr(src_t, host)
+            departures.update(zip(fps, map(tuple.__new__, repeat(Departure), zip(
+                repeat(host, n), ts_c, tss_c, repeat(addr_text(dst_c[0]), n), repeat(src_t, n),
+                repeat(False, n)))))
+            return True
+        if dir_c.count(0) == n:
+            deps = list(map(departures.get, fps))
+            if None in deps:
+                return False
+            senders = set(map(_HOST, deps))
+            a = deps[0].host
+            if len(senders) > 1 or a == host:
+                return False
+            self.directory.learn_addr(addr_text(dst_c[0]), host)
+            for fp in fps:
+                del departures[fp]
+            p = self.pairs.get((a, host)) or self._pair(a, host)
+            p.delivered += n
+            sent = list(map(_TS, deps))
+            p.delays_ns.extend(map(sub, ts_c, sent))
+            srcs = set(map(_TS_SRC, deps))
+            if len(srcs) == 1 and tss_c.count(tss_c[0]) == n:
+                p.ts_sources[_source_pair(deps[0].ts_src, tss_c[0])] += n
+            else:
+                for dep, tss in zip(deps, tss_c, strict=True):
+                    p.ts_sources[_source_pair(dep.ts_src, tss)] += 1
+            first, last = min(sent), max(sent)
+            p.first_ts = first if p.first_ts is None else min(p.first_ts, first)
+            p.last_ts = last if p.last_ts is None else max(p.last_ts, last)
+            return True
+        return False
 
     def _pair(self, a: str, b: str) -> PairStats:
         p = self.pairs.get((a, b))
@@ -210,7 +308,7 @@ class PathLoss:
         """Judge departures older than ``grace`` at ``now``; with ``flush`` (shutdown), without
         waiting for receivers whose capture is behind."""
         coverage = self.coverage
-        waiting: list[bytes] = []
+        waiting: list[int] = []
         for fp, dep in list(self.departures.items()):
             if now - dep.ts < self.grace_ns:
                 break

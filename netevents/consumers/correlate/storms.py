@@ -69,7 +69,7 @@ class StormTracker:
         """A drop (as the ledger took it) reported by host ``reporter``; the incident it makes
         or updates, if any."""
         key = (drop.reason, drop.location)
-        if not self.partition.owns(f"{drop.reason}|{drop.location}".encode()):
+        if self.partition.n > 1 and not self.partition.owns(f"{drop.reason}|{drop.location}".encode()):
             return None  # another member's storm
         storm = self.storms.get(key)
         if storm is None:
