@@ -162,9 +162,11 @@ def _cpu_s() -> tuple[float, float]:
 
 def consumer(name: str, url: str, duration: float, out: mp.Queue,
              partition: tuple[int, int] = (0, 1)) -> None:
-    from netevents.bus import connect
+    from netevents.bus import connect, tune_gc
     from netevents.consumers.correlate import INPUT_KINDS, Correlator
     from netevents.consumers.view import FleetView
+
+    tune_gc()  # as the netevents commands do
 
     async def main() -> None:
         corr = Correlator(grace=2.0, partition=partition) if name.startswith("correlator") else None

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from .. import __version__
+from ..bus import tune_gc
 from ..errors import BusError, CapabilityError, ConfigError, NeteventsError
 from .agent_commands import add_host_parsers, add_tool_parsers
 from .consumer_commands import add_archive_parsers, add_fleet_parsers, add_reader_parsers
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"netevents {args.command}: %(message)s", stream=sys.stderr)
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     logging.getLogger("pyroute2").setLevel(logging.ERROR)
+    tune_gc()  # consumers (and the agent) make many short-lived objects per batch
     try:
         return asyncio.run(args.func(args))
     except ConfigError as exc:

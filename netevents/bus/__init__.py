@@ -20,6 +20,9 @@ Map of the package:
     history.py       replay by start time: ephemeral consumers, --since/--until parsing, the
                      stop rule, what a window asks for that a stream no longer holds
 
+``tune_gc()`` sets the young-generation GC threshold a busy consumer process wants (the
+``netevents`` commands call it; the library never does by itself).
+
 nats-py and OS errors are translated into :class:`~netevents.errors.BusError`.
 """
 
@@ -27,11 +30,11 @@ from .client import Bus, connect
 from .intake import Intake
 from .server import EmbeddedServer, find_nats_server, stop_process
 from .streams import stream_configs
-from .subscription import Subscription
+from .subscription import Subscription, tune_gc
 from .urls import DEFAULT_URL, Credentials, default_url, redact_url, split_url_credentials
 
 __all__ = [
     "DEFAULT_URL", "Bus", "Credentials", "EmbeddedServer", "Intake", "Subscription", "connect",
     "default_url", "find_nats_server", "redact_url", "split_url_credentials", "stop_process",
-    "stream_configs",
+    "stream_configs", "tune_gc",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 import time
 from collections import Counter
@@ -115,7 +116,6 @@ class Subscription:
         if self._started:
             return self
         self._started = True
-        _tune_gc()
         single_host = self.hosts[0] if len(self.hosts) == 1 else None
         for kind in self.kinds:
             subject = filter_subject(kind, self.site, single_host)
@@ -382,6 +382,9 @@ class Subscription:
         await self.close()
 
 
+_PROCESS_MSG_ARGS = ("sid", "subject", "reply", "data", "headers")
+
+
 def _routes(nc: Any) -> dict[int, Any] | None:
     """Subscription id -> ``handler(subject, data)`` for the core subscriptions of ``nc``: their
     messages go from nats-py's protocol parser straight to the handler.
@@ -399,6 +402,11 @@ def _routes(nc: Any) -> dict[int, Any] | None:
         return routes
     slow = getattr(nc, "_process_msg", None)
     if slow is None or not hasattr(nc, "stats") or not hasattr(nc, "_error_cb"):
+        return None
+    try:  # the parser's call as this module knows it, or nats-py's own path
+        if tuple(inspect.signature(slow).parameters) != _PROCESS_MSG_ARGS:
+            return None
+    except (TypeError, ValueError):
         return None
     routes = {}
     stats = nc.stats
@@ -421,11 +429,13 @@ def _routes(nc: Any) -> dict[int, Any] | None:
 
 
 GC_THRESHOLD = 50_000
-"""The young-generation threshold of a consumer process (:func:`_tune_gc`)."""
+"""The young-generation threshold of a consumer process (:func:`tune_gc`)."""
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Collect the young generation every :data:`GC_THRESHOLD` allocations, not every 700.
+    The ``netevents`` commands call it at start; a program of its own that consumes a busy
+    bus may call it too (the library never changes the interpreter's settings by itself).
 
     A consumer allocates a few dozen containers per batch (the batch, its fields and events,
     what its state keeps of them) at thousands of batches a second, next to state of 10^5

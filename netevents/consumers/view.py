@@ -141,7 +141,7 @@ class FleetView:
                 if self.on_status is not None:
                     self.on_status(batch.host, e)
         elif kind == "drop":
-            drop_sites, max_keys = self.drop_sites, self.max_keys
+            drop_sites = self.drop_sites
             for e in batch.events:
                 get = e.get
                 key = (host, str(get("reason")), str(get("location") or "?"))

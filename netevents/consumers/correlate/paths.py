@@ -259,7 +259,7 @@ class PathLoss:
             self.directory.learn_addr(src_t, host)
             departures.update(zip(fps, map(tuple.__new__, repeat(Departure), zip(
                 repeat(host, n), ts_c, tss_c, repeat(addr_text(dst_c[0]), n), repeat(src_t, n),
-                repeat(False, n)))))
+                repeat(False, n), strict=True)), strict=True))
             return True
         if dir_c.count(0) == n:
             deps = list(map(departures.get, fps))
