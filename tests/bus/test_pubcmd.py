@@ -1,0 +1,43 @@
+"""The one-copy publish commands (netevents/bus/pubcmd.py) against nats-py's own."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from netevents.bus import pubcmd
+
+nats_command = pytest.importorskip("nats.protocol.command")
+
+
+def _theirs():
+    return importlib.reload(nats_command)  # nats-py's functions, as shipped
+
+
+@pytest.mark.parametrize("payload", [b"", b"x", b"\r\n", bytes(range(256)) * 4000,
+                                     bytearray(b"abc"), memoryview(b"view")])
+@pytest.mark.parametrize("reply", ["", "_INBOX.u.abc.1"])
+def test_same_bytes_as_nats_py(payload, reply) -> None:
+    theirs = _theirs()
+    hdr = bytearray(b"NATS/1.0\r\nNats-Msg-Id: h:r:frame:12:abc\r\n\r\n")
+    assert pubcmd.pub_cmd("netevents.v1.frame.s.h", reply, payload) == \
+        theirs.pub_cmd("netevents.v1.frame.s.h", reply, payload)
+    assert pubcmd.hpub_cmd("netevents.v1.frame.s.h", reply, hdr, payload) == \
+        theirs.hpub_cmd("netevents.v1.frame.s.h", reply, hdr, payload)
+
+
+def test_install_only_over_equivalent_functions(monkeypatch) -> None:
+    theirs = _theirs()
+    monkeypatch.setattr(pubcmd, "_installed", False)
+    # a nats-py whose command differs is left alone
+    monkeypatch.setattr(theirs, "hpub_cmd", lambda subject, reply, hdr, payload: b"other")
+    assert pubcmd.install() is False
+    assert theirs.hpub_cmd is not pubcmd.hpub_cmd
+    # so is one with another signature
+    monkeypatch.setattr(theirs, "hpub_cmd", lambda s, r, h, p, x=0: b"")
+    assert pubcmd.install() is False
+    _theirs()
+    assert pubcmd.install() is True
+    assert nats_command.hpub_cmd is pubcmd.hpub_cmd and nats_command.pub_cmd is pubcmd.pub_cmd
+    assert pubcmd.install() is True  # once per process
