@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import time
 from dataclasses import dataclass
 
 from netevents.errors import CapabilityError
+from netevents.heap import keep_heap
 
 from . import hwtstamp
 from .cwalk import SOURCE_NAME, FrameWalker, open_walker
@@ -221,34 +221,6 @@ class RingCapture:
                         ring={"packets": acc.packets, "drops": acc.drops,
                               "freezes": acc.freezes},
                         gaps_before={"records": acc.records_reported, "lost": acc.lost_reported})
-
-
-def keep_heap() -> None:
-    """Large buffers from the heap, and freed ones kept for the next batch (glibc mallopt).
-
-    Each frame batch makes a few ~1 MB buffers (the packed columns, the encoded batch, the
-    bus client's command). glibc serves such sizes with fresh mmaps and unmaps them on free,
-    so every batch paid a page fault per 4 KiB page of every copy (a fifth of the capture's
-    CPU). Process-wide, bounded: the heap keeps at most M_TRIM_THRESHOLD free at its top.
-    Does nothing where libc has no mallopt.
-    """
-    global _heap_kept
-    if _heap_kept:
-        return
-    _heap_kept = True
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # the largest glibc allows (HEAP_MAX_SIZE / 2)
-    mallopt(M_TRIM_THRESHOLD, 64 << 20)
-
-
-# glibc malloc.h
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-_heap_kept = False
 
 
 def _user(mm, block_off: int) -> bool:
