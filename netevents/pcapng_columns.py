@@ -6,9 +6,10 @@
   snap length) give blocks of one size and layout. One record template with every constant in
   place is repeated ``n`` times, then each varying field is written for all records at once:
   an ``array('I')`` built from the column (by a C-level ``map`` where a value is derived)
-  assigned into a strided ``memoryview`` of 32-bit words; the heads, joined, are copied in the
-  same strided way. No Python code runs per frame, which is what takes the writer past
-  2 M frames/s (bench/pcapng.py). Little-endian hosts only (:data:`RUNS`).
+  assigned into a strided slice of the run's blocks held as an ``array('I')`` of 32-bit words
+  (a plain copy loop; a strided ``memoryview`` only for the byte-wide and unaligned fields);
+  the heads are laid out by one join. No Python code runs per frame, which is what takes the
+  writer past 2 M frames/s (bench/pcapng.py). Little-endian hosts only (:data:`RUNS`).
 - **Block by block** (:func:`_blocks`): short runs, mixed option shapes, ``None`` heads or
   lengths, values that need masking, big-endian hosts. Per frame one precompiled struct for the
   28-byte head and one for the whole option tail.
@@ -82,8 +83,9 @@ def _run(chunk: Callable[[Any], None], if_id: int, ts: Sequence[int],
     The heads are joined with the constant bytes between two heads (a tail and the next
     block's head, varying fields zero) as the separator: one C-level join lays out every
     block with its data in place. The varying fields are then written per column into strided
-    views: 64-bit values (timestamp, packet id) through ``array('Q')`` seen as 32-bit word
-    pairs, the flags through ``bytes.translate`` of the directions, the rest ``array('I')``."""
+    slices of the blocks as 32-bit words: the timestamps through ``array('Q')`` read as word
+    pairs, the flags (``bytes.translate`` of the directions) and the hash (at an odd offset)
+    through memoryviews, the rest ``array('I')``."""
     q, h = _cut(queues, lo, hi), _cut(hashes, lo, hi)
     try:
         qs: array | None = array("I", q)
