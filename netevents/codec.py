@@ -188,8 +188,30 @@ def _wire_events(kind: str, events: Any) -> Any:
 _NO_BYTES = msgspec.Raw(b"")
 
 
-def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
-    """Encode a batch to msgpack.
+class EncodedParts:
+    """An encoded batch as buffers to be concatenated, some lent by its PackedColumns (kept
+    alive, and so lent, as long as this object): what a bus client whose publish command joins
+    them itself (netevents.bus.pubcmd) sends without an encoded copy of its own.
+    ``bytes(it)`` is the encoded batch."""
+
+    __slots__ = ("parts", "size", "_events")
+
+    def __init__(self, parts: list, size: int, events: PackedColumns) -> None:
+        self.parts = parts
+        self.size = size
+        self._events = events
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES, *,
+                 parts: bool = False) -> Any:
+    """Encode a batch to msgpack: bytes, or with ``parts`` (and packed columns) an
+    :class:`EncodedParts` holding the column buffers as they are.
 
     Raises:
         OversizeError: if the encoded batch is larger than ``max_bytes`` (split it and retry).
@@ -208,6 +230,14 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
             # columns' encoding after it: one copy of the ~MB column bytes, one join.
             doc["events"] = _NO_BYTES
             head = ENCODER.encode(doc)
+            if parts:
+                chunks = [head, *events.chunks()]
+                size = sum(map(len, chunks))
+                if size > max_bytes:
+                    raise OversizeError(
+                        f"{batch.kind} batch of {len(batch)} events encodes to {size} bytes, "
+                        f"over the {max_bytes}-byte limit")
+                return EncodedParts(chunks, size, events)
             data = b"".join([head, *events.chunks()])
             events._encoded_in(data, len(head))
         else:
@@ -433,5 +463,5 @@ def _check_lengths(kind: str, columns: dict[str, list]) -> None:
                                   f"values, expected {first}")
 
 
-__all__ = ["Batch", "CodecError", "HEADER_ROOM", "MAX_BATCH_BYTES", "MAX_PAYLOAD", "PackedColumns", "columns_of", "decode_batch",
+__all__ = ["Batch", "CodecError", "EncodedParts", "HEADER_ROOM", "MAX_BATCH_BYTES", "MAX_PAYLOAD", "PackedColumns", "columns_of", "decode_batch",
            "encode_batch"]

@@ -148,6 +148,12 @@ class Bus:
             raise BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}") from exc
 
     @property
+    def accepts_parts(self) -> bool:
+        """:meth:`publish_raw` takes an :class:`~netevents.codec.EncodedParts` as ``data``
+        (the publish command joins its buffers: bus/pubcmd.py)."""
+        return pubcmd.installed()
+
+    @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
 

@@ -19,19 +19,31 @@ import inspect
 import logging
 from typing import Any
 
+from ..codec import EncodedParts
+
 log = logging.getLogger("netevents.bus")
 
 _CRLF = b"\r\n"
 
 
 def pub_cmd(subject: str, reply: str, payload: Any) -> bytes:
-    return b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, _CRLF))
+    line = f"PUB {subject} {reply} {len(payload)}\r\n".encode()
+    if type(payload) is EncodedParts:
+        return b"".join([line, *payload.parts, _CRLF])
+    return b"".join((line, payload, _CRLF))
 
 
 def hpub_cmd(subject: str, reply: str, hdr: Any, payload: Any) -> bytes:
     hdr_len = len(hdr)
-    return b"".join((f"HPUB {subject} {reply} {hdr_len} {hdr_len + len(payload)}\r\n".encode(),
-                     hdr, payload, _CRLF))
+    line = f"HPUB {subject} {reply} {hdr_len} {hdr_len + len(payload)}\r\n".encode()
+    if type(payload) is EncodedParts:  # a batch's buffers: joined here, the one copy
+        return b"".join([line, hdr, *payload.parts, _CRLF])
+    return b"".join((line, hdr, payload, _CRLF))
+
+
+def installed() -> bool:
+    """Are these in place (so a publish may carry an :class:`EncodedParts`)?"""
+    return _installed
 
 
 _PROBES_PUB = [(s, r, p) for s in ("a", "netevents.v1.frame.s.h") for r in ("", "_INBOX.x.1")

@@ -41,3 +41,29 @@ def test_install_only_over_equivalent_functions(monkeypatch) -> None:
     assert pubcmd.install() is True
     assert nats_command.hpub_cmd is pubcmd.hpub_cmd and nats_command.pub_cmd is pubcmd.pub_cmd
     assert pubcmd.install() is True  # once per process
+
+
+def test_encoded_parts_give_the_same_command_as_bytes() -> None:
+    import msgpack
+
+    from netevents.codec import Batch, EncodedParts, PackedColumns, encode_batch
+
+    cols = {"ts": [1, 2, 3], "head": [b"a", b"bb", b"ccc"]}
+    released = []
+
+    def batch(events):
+        return Batch(kind="frame", site="s", host="h", run="r", seq=1, t0=1, t1=3,
+                     events=events, fields={"iface": "eth0"})
+
+    body = msgpack.packb(cols, use_bin_type=True)
+    whole = encode_batch(batch(PackedColumns(body, 3)))
+    lent = PackedColumns(None, 3, [body[:5], memoryview(body)[5:]], lambda: released.append(1))
+    enc = encode_batch(batch(lent), parts=True)
+    assert isinstance(enc, EncodedParts) and len(enc) == len(whole) and bytes(enc) == whole
+    hdr = bytearray(b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n")
+    assert pubcmd.hpub_cmd("a.b", "_INBOX.1", hdr, enc) == pubcmd.hpub_cmd("a.b", "_INBOX.1", hdr, whole)
+    assert pubcmd.pub_cmd("a.b", "", enc) == pubcmd.pub_cmd("a.b", "", whole)
+    del lent
+    assert not released  # the encoded parts still lend the buffers
+    del enc
+    assert released == [1]

@@ -167,7 +167,7 @@ class _CBatch:
             self.lib.nw_batch_free(ptr)
 
 
-SPARE_BATCHES = 2
+SPARE_BATCHES = 4
 """C batches a walker keeps for reuse once their frames are published (their buffers have
 grown to a batch's size: reusing them spares the regrowth)."""
 
