@@ -34,7 +34,6 @@ sys.path.insert(0, str(_HERE.parent))
 from netevents.pcapng import PcapngWriter, pkttype_flags, read_pcapng  # noqa: E402
 from tests.framegen import T0, eth_ipv4_udp  # noqa: E402
 
-
 BATCH = 1024
 """Frames per batch for netevents' writer (the archive writes batch by batch)."""
 
