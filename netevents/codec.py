@@ -13,7 +13,7 @@ events`` plus optional batch fields (``boot``, ``agent``, kind-specific ones fro
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -98,16 +98,58 @@ class PackedColumns(Mapping):
 
     The C block walker (netevents/agent/capture/cwalk.py) writes frame columns as msgpack directly, so a
     frame never becomes Python objects on the agent's hot path; :func:`encode_batch` splices
-    ``packed`` into the batch as is. Read as a mapping (tests, in-process consumers) it decodes
+    the encoding into the batch as is. Read as a mapping (tests, in-process consumers) it decodes
     once, on first access, to exactly the lists the encoding came from.
+
+    The encoding is ``packed`` (bytes), or, from the C walker, ``parts``: buffers lent by their
+    maker whose concatenation is the encoding, and ``release``, called once when they are no
+    longer needed: :func:`encode_batch` joins them with the batch's envelope in one copy and
+    gives them back at once (``packed`` is then read from the encoded batch), as does a first
+    use of ``packed`` (a join) or the end of this object.
     """
 
-    __slots__ = ("packed", "rows", "_cols")
+    __slots__ = ("_packed", "rows", "_cols", "_parts", "_release", "_within")
 
-    def __init__(self, packed: bytes, rows: int) -> None:
-        self.packed = packed
+    def __init__(self, packed: bytes | None, rows: int, parts: list | None = None,
+                 release: Callable[[], None] | None = None) -> None:
+        if (packed is None) == (parts is None):
+            raise ValueError("PackedColumns: packed or parts, one of them")
+        self._packed = packed
         self.rows = rows
         self._cols: dict[str, list] | None = None
+        self._parts = parts
+        self._release = release
+        self._within: tuple[bytes, int] | None = None
+
+    @property
+    def packed(self) -> bytes:
+        if self._packed is None:
+            if self._within is not None:
+                data, at = self._within
+                self._packed, self._within = data[at:], None
+            else:
+                self._packed = b"".join(self._parts)  # type: ignore[arg-type]
+                self._free()
+        return self._packed
+
+    def _encoded_in(self, data: bytes, at: int) -> None:
+        """The encoding is now ``data[at:]`` (an encoded batch): the lent parts go back."""
+        if self._packed is None:
+            self._within = (data, at)
+            self._free()
+
+    def chunks(self) -> list:
+        """Buffers whose concatenation is the encoding (valid while this object lives)."""
+        return self._parts if self._parts is not None else [self.packed]
+
+    def _free(self) -> None:
+        self._parts = None
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __del__(self) -> None:
+        self._free()
 
     def _decoded(self) -> dict[str, list]:
         if self._cols is None:
@@ -145,8 +187,33 @@ def _wire_events(kind: str, events: Any) -> Any:
     return [e if isinstance(e, (dict, msgspec.Struct)) else ev.to_wire(e) for e in events]
 
 
-def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
-    """Encode a batch to msgpack.
+_NO_BYTES = msgspec.Raw(b"")
+
+
+class EncodedParts:
+    """An encoded batch as buffers to be concatenated, some lent by its PackedColumns (kept
+    alive, and so lent, as long as this object): what a bus client whose publish command joins
+    them itself (netevents.bus.pubcmd) sends without an encoded copy of its own.
+    ``bytes(it)`` is the encoded batch."""
+
+    __slots__ = ("parts", "size", "_events")
+
+    def __init__(self, parts: list, size: int, events: PackedColumns) -> None:
+        self.parts = parts
+        self.size = size
+        self._events = events
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES, *,
+                 parts: bool = False) -> Any:
+    """Encode a batch to msgpack: bytes, or with ``parts`` (and packed columns) an
+    :class:`EncodedParts` holding the column buffers as they are.
 
     Raises:
         OversizeError: if the encoded batch is larger than ``max_bytes`` (split it and retry).
@@ -155,16 +222,32 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES) -> bytes:
     check_token(batch.site, "site")
     check_token(batch.host, "host")
     events = batch.events
-    packed = isinstance(events, PackedColumns) or (
+    walked = isinstance(events, PackedColumns)  # from the C walker: buffers it lends
+    packed = walked or (  # or decoded lazily, unchanged: the bytes it came in
         isinstance(events, (lazy.LazyColumns, lazy.LazyRows)) and events.raw is not None)
     doc = {**batch.fields, "v": batch.v, "kind": batch.kind, "site": batch.site,
            "host": batch.host, "run": batch.run, "seq": batch.seq, "t0": batch.t0,
            "t1": batch.t1, "events": events if packed else _wire_events(batch.kind, events)}
-    if packed:  # its encoding is made (decoded lazily: the bytes it came in)
-        doc["events"] = msgspec.Raw(events.packed if isinstance(events, PackedColumns)
-                                    else events.raw)
     try:
-        data = ENCODER.encode(doc)
+        if walked and "events" not in batch.fields:
+            # The envelope with an empty placeholder for the events (the last key), then the
+            # columns' encoding after it: one copy of the ~MB column bytes, one join.
+            doc["events"] = _NO_BYTES
+            head = ENCODER.encode(doc)
+            if parts:
+                chunks = [head, *events.chunks()]
+                size = sum(map(len, chunks))
+                if size > max_bytes:
+                    raise OversizeError(
+                        f"{batch.kind} batch of {len(batch)} events encodes to {size} bytes, "
+                        f"over the {max_bytes}-byte limit")
+                return EncodedParts(chunks, size, events)
+            data = b"".join([head, *events.chunks()])
+            events._encoded_in(data, len(head))
+        else:
+            if packed:
+                doc["events"] = msgspec.Raw(events.packed if walked else events.raw)
+            data = ENCODER.encode(doc)
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise SchemaError(f"{batch.kind} batch cannot be encoded: {exc}") from None
     if len(data) > max_bytes:
@@ -390,5 +473,5 @@ def _check_lengths(kind: str, columns: dict[str, list]) -> None:
                                   f"values, expected {first}")
 
 
-__all__ = ["Batch", "CodecError", "HEADER_ROOM", "MAX_BATCH_BYTES", "MAX_PAYLOAD", "PackedColumns", "columns_of", "decode_batch",
+__all__ = ["Batch", "CodecError", "EncodedParts", "HEADER_ROOM", "MAX_BATCH_BYTES", "MAX_PAYLOAD", "PackedColumns", "columns_of", "decode_batch",
            "encode_batch"]

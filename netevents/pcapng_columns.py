@@ -6,9 +6,10 @@
   snap length) give blocks of one size and layout. One record template with every constant in
   place is repeated ``n`` times, then each varying field is written for all records at once:
   an ``array('I')`` built from the column (by a C-level ``map`` where a value is derived)
-  assigned into a strided ``memoryview`` of 32-bit words; the heads, joined, are copied in the
-  same strided way. No Python code runs per frame, which is what takes the writer past
-  2 M frames/s (bench/pcapng.py). Little-endian hosts only (:data:`RUNS`).
+  assigned into a strided slice of the run's blocks held as an ``array('I')`` of 32-bit words
+  (a plain copy loop; a strided ``memoryview`` only for the byte-wide and unaligned fields);
+  the heads are laid out by one join. No Python code runs per frame, which is what takes the
+  writer past 2 M frames/s (bench/pcapng.py). Little-endian hosts only (:data:`RUNS`).
 - **Block by block** (:func:`_blocks`): short runs, mixed option shapes, ``None`` heads or
   lengths, values that need masking, big-endian hosts. Per frame one precompiled struct for the
   28-byte head and one for the whole option tail.
@@ -54,7 +55,7 @@ def encode_frames(buf: bytearray, chunk: Callable[[Any], None], if_id: int, ts: 
     id is ``pid0 + i`` (mod 2**64), its flags ``flags_of[dirs[i]]`` (0 outside the table)."""
     if RUNS and hi - lo >= MIN_RUN:
         try:
-            caplens = list(map(len, heads[lo:hi]))
+            caplens = list(map(len, _cut(heads, lo, hi)))
         except TypeError:  # a None head: block by block
             caplens = None
         if caplens is not None:
@@ -82,9 +83,10 @@ def _run(chunk: Callable[[Any], None], if_id: int, ts: Sequence[int],
     The heads are joined with the constant bytes between two heads (a tail and the next
     block's head, varying fields zero) as the separator: one C-level join lays out every
     block with its data in place. The varying fields are then written per column into strided
-    views: 64-bit values (timestamp, packet id) through ``array('Q')`` seen as 32-bit word
-    pairs, the flags through ``bytes.translate`` of the directions, the rest ``array('I')``."""
-    q, h = queues[lo:hi], hashes[lo:hi]
+    slices of the blocks as 32-bit words: the timestamps through ``array('Q')`` read as word
+    pairs, the flags (``bytes.translate`` of the directions) and the hash (at an odd offset)
+    through memoryviews, the rest ``array('I')``."""
+    q, h = _cut(queues, lo, hi), _cut(hashes, lo, hi)
     try:
         qs: array | None = array("I", q)
     except TypeError:  # a None: no queue option if all are None, else mixed shapes
@@ -113,38 +115,48 @@ def _run(chunk: Callable[[Any], None], if_id: int, ts: Sequence[int],
     parts[-4 if has_q else -1] = first & ~_M32  # the high word: a constant of the run
     head = EPB_HEAD.pack(6, total, if_id, 0, 0, caplen, 0)
     end = bytes(pad) + tail.pack(*parts, 0, 0, total)
+    lens = _cut(lens, lo, hi)
     try:
-        wire = array("I", lens[lo:hi])
-        stamps = memoryview(array("Q", ts[lo:hi])).cast("B").cast("I")  # lo, hi word pairs
+        wire = array("I", lens)
+        stamps = array("I")  # lo, hi word pairs
+        stamps.frombytes(memoryview(array("Q", _cut(ts, lo, hi))).cast("B"))
         pids = array("I", range(first & _M32, (last & _M32) + 1))
-        flags = bytes(dirs[lo:hi]).translate(_flag_table(flags_of))
+        flags = bytes(_cut(dirs, lo, hi)).translate(_flag_table(flags_of))
         hs = array("I", h) if has_h else None  # type: ignore[arg-type]
     except (OverflowError, TypeError, ValueError):
         return False  # a value outside its field (or None): block by block, as packet() does
-    if min(lens[lo:hi]) < caplen:
+    if min(lens) < caplen:
         return False  # orig len below caplen: raised to caplen block by block
     # One join lays every block out: b"", the heads, b"" joined with (end + head) is
     # end head h0 end head h1 ... end head h(n-1) end head; without its first len(end) and
     # last len(head) bytes, that is the run's blocks (their varying fields still zero).
-    joined = bytearray(end + head).join([b"", *heads[lo:hi], b""])  # type: ignore[list-item]
-    mb = memoryview(joined)[len(end):len(joined) - len(head)]
-    m = mb.cast("I")
+    joined = (end + head).join([b"", *_cut(heads, lo, hi), b""])  # type: ignore[list-item]
+    # As 32-bit words in an array: its strided slice assignment is a plain copy loop, a few
+    # times faster than a memoryview's (the join's bytes are copied once more for it).
+    m = array("I")
+    m.frombytes(memoryview(joined)[len(end):len(joined) - len(head)])
+    del joined
     stride = total // 4
     m[3::stride] = stamps[1::2]
     m[4::stride] = stamps[0::2]
     m[6::stride] = wire
-    mb[t0 + at_f::total] = flags
     m[(t0 + at_p) // 4::stride] = pids
     if qs is not None:
         m[(t0 + at_q) // 4::stride] = qs
+    mb = memoryview(m).cast("B")
+    mb[t0 + at_f::total] = flags
     if hs is not None:  # the hash sits at an odd offset: a word view starting there
         at = t0 + at_h
         odd = mb[at:at + (hi - lo - 1) * total + 4].cast("I")
         odd[::stride] = hs
         odd.release()
-    m.release()
     chunk(mb)
     return True
+
+
+def _cut(column: Sequence[Any], lo: int, hi: int) -> Sequence[Any]:
+    """Rows ``lo:hi`` of a column: the column itself when that is all of it (no copy)."""
+    return column if lo == 0 and hi == len(column) else column[lo:hi]
 
 
 _FLAG_TABLES: dict[tuple[int, ...], bytes] = {}

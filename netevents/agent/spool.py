@@ -263,7 +263,10 @@ class ReliablePublisher:
             self._task = asyncio.get_running_loop().create_task(self._sender(), name="publisher")
 
     async def publish(self, batch: Batch) -> None:
-        data = encode_batch(batch, max_bytes=self.bus.max_payload)
+        # As buffers (the frame columns not copied until the publish command joins them)
+        # when the bus takes them; bytes before they go to the spool.
+        data = encode_batch(batch, max_bytes=self.bus.max_payload,
+                            parts=getattr(self.bus, "accepts_parts", False))
         # The keyed id: only this run can make it (so no other host can have JetStream drop
         # it as a duplicate), and the spooled record keeps it for every retry and replay.
         item = (event_subject(batch.kind, batch.site, batch.host), keyed_msg_id(self._msg_key, batch),
@@ -285,6 +288,8 @@ class ReliablePublisher:
             self._spool_one(item)
 
     def _spool_one(self, item: tuple[str, str, int, bytes]) -> None:
+        if not isinstance(item[3], bytes):
+            item = (*item[:3], bytes(item[3]))  # EncodedParts
         if self.spool.append(*item):
             self.spooled += 1
 
@@ -334,6 +339,7 @@ class ReliablePublisher:
                     self._queue.popleft()
             elif self._queue and self._queue[0][1] == msg_id:
                 self._to_spool()  # the failed batch is at the head: it goes first
+            data = None  # an EncodedParts lends the capture's buffers while it is referenced
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything is on the bus, or ``timeout``; what is left stays spooled."""

@@ -24,6 +24,7 @@ import nats.js.errors
 from ..codec import HEADER_ROOM, MAX_BATCH_BYTES, Batch, encode_batch
 from ..errors import BusError
 from ..subjects import event_subject
+from . import pubcmd
 from .streams import stream_configs
 from .subscription import Subscription
 from .urls import Credentials, default_url, redact_url, split_url_credentials
@@ -147,6 +148,12 @@ class Bus:
             raise BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}") from exc
 
     @property
+    def accepts_parts(self) -> bool:
+        """:meth:`publish_raw` takes an :class:`~netevents.codec.EncodedParts` as ``data``
+        (the publish command joins its buffers: bus/pubcmd.py)."""
+        return pubcmd.installed()
+
+    @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
 
@@ -220,6 +227,7 @@ async def connect(url: str | None = None, *, name: str = "netevents", connect_ti
         ConfigError: if a credentials or TLS file is missing.
     """
     url = url or default_url()
+    pubcmd.install()  # the publish commands copy a payload once (pubcmd.py)
     auth = (credentials or Credentials()).options()
     server_url, url_auth = split_url_credentials(url)
     auth.update(url_auth)

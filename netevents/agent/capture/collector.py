@@ -4,8 +4,9 @@ A thin asyncio shell around :class:`~netevents.agent.capture.ring.CaptureRing` (
 :func:`~netevents.agent.capture.ring.walk_block` and :class:`~netevents.agent.capture.gaps.GapAccountant`
 (sans-IO). The ring's fd is watched with ``loop.add_reader``; each wake-up drains every block the
 kernel has handed over: walk it, place any gap before it, read ``PACKET_STATISTICS`` (once per
-block, while still holding it), release it. Frames go out column-wise, one batch per drain (or
-per ``max_batch`` frames). On stop the socket is detached first, the last partial block is left
+block, while still holding it), release it. Frames go out column-wise, one batch per
+``max_batch`` frames, or, at the end of a drain, once the batch's first frames have waited
+``batch_wait`` (a timer sends a batch that no later drain completes). On stop the socket is detached first, the last partial block is left
 to retire, everything is drained and a final statistics read closes the accounting exactly.
 """
 
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import time
 from dataclasses import dataclass
 
 from netevents.errors import CapabilityError
+from netevents.heap import keep_heap
 
 from . import hwtstamp
 from .cwalk import SOURCE_NAME, FrameWalker, open_walker
@@ -45,6 +46,11 @@ class CaptureOptions:
     """Seconds to pause after each block: a deliberately slow consumer (tests, benchmarks)."""
     walker: str = "auto"
     """Block walker: ``auto`` (C if it builds, else Python), ``c`` or ``python`` (cwalk.py)."""
+    batch_wait: float = 0.2
+    """Seconds a frame batch may wait for the next drains to fill it (at most; a fuller batch
+    goes at once). Each batch costs the agent a fixed amount of work (encode, publish, the
+    JetStream ack): at 100k frames/s a batch per 50 ms block retirement cost as much CPU as
+    the frames themselves (bench/capture.py). 0: one batch per drain."""
 
 
 class RingCapture:
@@ -66,6 +72,10 @@ class RingCapture:
         # 8 MiB message limit whatever the snap length (the runner splits one that is not).
         self.batch_frames = max(1, min(opts.max_batch, (4 << 20) // (opts.ring.snaplen + 96)))
         self.walker: FrameWalker | None = None
+        self._batch_first = 0
+        """Frame number (GapAccountant) of the first frame of the batch being built."""
+        self._held_since = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     @property
     def loss_place(self) -> str:
@@ -130,6 +140,9 @@ class RingCapture:
             if self.invariant_error:
                 log.warning("%s: accounting does not close: %s", cfg_name(self), self.invariant_error)
         finally:
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
             ring.close()
             self.stop_seconds = time.monotonic() - started
             self.finished.set()
@@ -146,7 +159,8 @@ class RingCapture:
         assert walker is not None
         acc = self.accountant
         mm = ring.mm
-        batch_first = acc.next_frame
+        loop = asyncio.get_running_loop()
+        completed = False
         try:
             while (off := ring.ready_block()) is not None:
                 start = len(walker)
@@ -154,7 +168,8 @@ class RingCapture:
                 first, gaps = acc.on_block(info.seq, info.walked, info.first_ts, info.last_ts,
                                            bool(info.status & TP_STATUS_LOSING))
                 if start == 0:
-                    batch_first = first
+                    self._batch_first = first
+                    self._held_since = loop.time()
                 for gap in gaps:
                     self._emit_gap(sink, gap)
                 # Two reads per block, one holding it and one just after releasing it, each with
@@ -172,16 +187,31 @@ class RingCapture:
                              info.seq + 1 if _user(mm, off) else info.seq)
                 self.frames += info.walked
                 if len(walker) >= self.batch_frames:
-                    self._emit_frames(sink, walker, batch_first)
+                    self._emit_frames(sink, walker)
                 if pace:
                     # Let the batcher publish between blocks: a full ring is ~50k frames of work.
                     await asyncio.sleep(self.opts.block_delay)
+            completed = True
         finally:
-            # also when cancelled mid-drain: every walked frame is published
+            # also when cancelled mid-drain, and on stop (pace off): every walked frame is
+            # published; otherwise a young batch waits for the next drains (or its timer)
             if len(walker):
-                self._emit_frames(sink, walker, batch_first)
+                wait = self._held_since + self.opts.batch_wait - loop.time()
+                if not (completed and pace) or wait <= 0:
+                    self._emit_frames(sink, walker)
+                elif self._flush_timer is None:
+                    self._flush_timer = loop.call_later(wait, self._flush_held, sink)
 
-    def _emit_frames(self, sink, walker: FrameWalker, first_frame: int) -> None:
+    def _flush_held(self, sink) -> None:
+        self._flush_timer = None
+        if self.walker is not None and len(self.walker):
+            self._emit_frames(sink, self.walker)
+
+    def _emit_frames(self, sink, walker: FrameWalker) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        first_frame = self._batch_first
         cols, t0, t1 = walker.take(
             self.opts.worker if self.opts.ring.fanout_group is not None else None)
         acc = self.accountant
@@ -191,34 +221,6 @@ class RingCapture:
                         ring={"packets": acc.packets, "drops": acc.drops,
                               "freezes": acc.freezes},
                         gaps_before={"records": acc.records_reported, "lost": acc.lost_reported})
-
-
-def keep_heap() -> None:
-    """Large buffers from the heap, and freed ones kept for the next batch (glibc mallopt).
-
-    Each frame batch makes a few ~1 MB buffers (the packed columns, the encoded batch, the
-    bus client's command). glibc serves such sizes with fresh mmaps and unmaps them on free,
-    so every batch paid a page fault per 4 KiB page of every copy (a fifth of the capture's
-    CPU). Process-wide, bounded: the heap keeps at most M_TRIM_THRESHOLD free at its top.
-    Does nothing where libc has no mallopt.
-    """
-    global _heap_kept
-    if _heap_kept:
-        return
-    _heap_kept = True
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # the largest glibc allows (HEAP_MAX_SIZE / 2)
-    mallopt(M_TRIM_THRESHOLD, 64 << 20)
-
-
-# glibc malloc.h
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-_heap_kept = False
 
 
 def _user(mm, block_off: int) -> bool:

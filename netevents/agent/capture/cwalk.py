@@ -22,6 +22,7 @@ the library is not loaded and the reason says how to rebuild.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.machinery
 import logging
@@ -149,8 +150,34 @@ _MAP_HEADER = _PACK.pack_map_header(len(COLUMNS))
 _KEYS = {name: _PACK.pack(name) for name in COLUMNS}
 
 
+class _CBatch:
+    """One batch of walker.c (``nw_batch``: the growing column buffers), freed with this object."""
+
+    __slots__ = ("lib", "ptr")
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self.ptr = lib.nw_batch_new()
+        if not self.ptr:
+            raise MemoryError("C walker batch")
+
+    def __del__(self) -> None:
+        ptr, self.ptr = getattr(self, "ptr", None), None
+        if ptr:
+            self.lib.nw_batch_free(ptr)
+
+
+SPARE_BATCHES = 4
+"""C batches a walker keeps for reuse once their frames are published (their buffers have
+grown to a batch's size: reusing them spares the regrowth)."""
+
+
 class CWalker:
     """Frames of whole blocks -> msgpack column bodies, in C (see walker.c).
+
+    :meth:`take` lends the batch's C buffers to the :class:`PackedColumns` it returns (no copy
+    there: :func:`~netevents.codec.encode_batch` copies them once, into the encoded batch) and
+    walks on into another C batch; the lent one comes back for reuse when that object goes.
 
     Raises (from the constructor): BuildError, like :func:`load`.
     """
@@ -159,19 +186,14 @@ class CWalker:
 
     def __init__(self) -> None:
         self._lib = load()
-        self._batch = self._lib.nw_batch_new()
-        if not self._batch:
-            raise MemoryError("C walker batch")
+        self._cur = _CBatch(self._lib)
+        self._batch = self._cur.ptr
+        self._spare: list[_CBatch] = []
         self._info = _Block()
         self._info_ref = ctypes.byref(self._info)
         self._rows = 0
         self._first_ts = 0
         self._last_ts = 0
-
-    def __del__(self) -> None:
-        batch, self._batch = getattr(self, "_batch", None), None
-        if batch:
-            self._lib.nw_batch_free(batch)
 
     def __len__(self) -> int:
         return self._rows
@@ -203,11 +225,12 @@ class CWalker:
                          i.last_ts if i.walked else None, i.walked)
 
     def take(self, queue: int | None) -> tuple[PackedColumns, int, int]:
-        # Written for speed: each column body is copied once, by one join straight from the C
-        # buffers (views: no string_at copy, no zero-filled buffer) into the batch's bytes (a
-        # batch is ~1 MB: every copy shows).
-        lib, batch, n = self._lib, self._batch, self._rows
+        # Written for speed (a batch is a few MB: every copy shows): the column bodies are
+        # read-only views of the C buffers (no copy here), which the PackedColumns holds with
+        # the C batch until it is encoded (one copy, in encode_batch) or joined.
+        lib, cur, n = self._lib, self._cur, self._rows
         size = ctypes.c_size_t()
+        size_ref = ctypes.byref(size)
         array = _PACK.pack_array_header(n)
         parts: list = [_MAP_HEADER]
         i = 0
@@ -216,15 +239,21 @@ class CWalker:
             if name == "queue":
                 parts.append(_PACK.pack(queue) * n)
                 continue
-            ptr = lib.nw_batch_col(batch, i, ctypes.byref(size))
+            ptr = lib.nw_batch_col(cur.ptr, i, size_ref)
             if size.value:
                 parts.append(_view(ptr, size.value, _PyBUF_READ))
             i += 1
-        packed = b"".join(parts)
-        del parts  # the views into the C buffers go before the buffers are reused
-        lib.nw_batch_reset(batch)
+        self._cur = self._spare.pop() if self._spare else _CBatch(lib)
+        self._batch = self._cur.ptr
         self._rows = 0
-        return PackedColumns(packed, n), self._first_ts, self._last_ts
+        return (PackedColumns(None, n, parts, functools.partial(self._give_back, cur)),
+                self._first_ts, self._last_ts)
+
+    def _give_back(self, cbatch: _CBatch) -> None:
+        """A lent C batch is no longer read (its views are gone): keep it for reuse, or free it."""
+        if len(self._spare) < SPARE_BATCHES:
+            self._lib.nw_batch_reset(cbatch.ptr)
+            self._spare.append(cbatch)
 
 
 def open_walker(choice: str = "auto") -> tuple[FrameWalker, str, bool]:
