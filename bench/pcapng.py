@@ -31,6 +31,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
+from netevents.heap import keep_heap  # noqa: E402
 from netevents.pcapng import PcapngWriter, pkttype_flags, read_pcapng  # noqa: E402
 from tests.framegen import T0, eth_ipv4_udp  # noqa: E402
 
@@ -55,6 +56,7 @@ def make_frames(n: int) -> dict[str, list]:
 
 
 def bench_netevents(cols, path: Path) -> None:
+    keep_heap()  # as `netevents archive` does
     out = open(path, "wb")
     w = PcapngWriter(userappl="bench")
     w.add_interface("eth0", description="bench", snaplen=96)

@@ -1,6 +1,6 @@
 """Large buffers from the heap, and freed ones kept for the next batch (glibc ``mallopt``).
 
-The capture agent and the PcapNG writer make a few buffers of 0.1-4 MB per batch (packed
+The capture agent and `netevents archive` (its PcapNG writer) make a few buffers of 0.1-4 MB per batch (packed
 columns, encoded batches, the bus client's command; runs of EPBs and the bytes written). glibc
 serves such sizes with fresh mmaps and unmaps them on free (or trims them off the heap top), so
 every batch paid a page fault per 4 KiB page of every copy: a fifth of the capture's CPU, and

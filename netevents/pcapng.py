@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CodecError
-from .heap import keep_heap
 from .pcapng_columns import encode_frames
 
 # -- block types (draft-ietf-opsawg-pcapng, "Block Types") ------------------------------------
@@ -160,7 +159,6 @@ class PcapngWriter:
 
     def __init__(self, *, userappl: str | None = None, hardware: str | None = None,
                  os: str | None = None, comment: str | None = None) -> None:
-        keep_heap()  # runs of blocks are ~100 KB buffers: no mmap and page faults per batch
         self.buf = bytearray()
         self._chunks: list = []  # whole runs of blocks made elsewhere, ahead of ``buf``
         self.interfaces: list[InterfaceInfo] = []

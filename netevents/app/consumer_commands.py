@@ -74,6 +74,9 @@ async def cmd_top(args: argparse.Namespace) -> int:
 
 async def cmd_archive(args: argparse.Namespace) -> int:
     from ..consumers.archive import run_archive
+    from ..heap import keep_heap
+
+    keep_heap()  # runs of blocks are ~100 KB buffers: no fresh mmap and page faults per batch
 
     for pattern in args.host or ():
         check_pattern(pattern, "host")
