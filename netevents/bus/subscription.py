@@ -215,16 +215,14 @@ class Subscription:
     def _on_raw(self, subject: bytes, data: bytes) -> None:
         """A message of a core subscription, straight from the client's protocol parser
         (:func:`_routes`): decoded and queued at once."""
-        batch = self.intake.accept(subject.decode(), data)
-        if batch is None:
-            return
-        try:
-            self._queue.put_nowait((batch, None))
-        except asyncio.QueueFull:
-            self.dropped += 1
+        self._put(self.intake.accept(subject.decode(), data))
 
     async def _on_msg(self, msg: Any) -> None:
-        batch = self.accept(msg.subject, msg.data)
+        self._put(self.intake.accept(msg.subject, msg.data))
+
+    def _put(self, batch: Batch | None) -> None:
+        """Queue an accepted batch (None: rejected or filtered, already counted); what does
+        not fit the bounded queue is counted in ``dropped``."""
         if batch is None:
             return
         try:
