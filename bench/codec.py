@@ -74,35 +74,25 @@ def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, ...]:
     """(encode, decode+validate, decode+validate+make every value, decode+validate without
     the C validator, anchor packb, anchor unpackb) events/s and the batch size."""
     b = make_batch(kind, 1, events)
-    t = time.perf_counter()
-    for _ in range(repeat):
-        data = encode_batch(b)
-    enc = k * repeat / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for _ in range(repeat):
-        decode_batch(data)
-    dec = k * repeat / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for _ in range(repeat):
-        read_all(decode_batch(data))
-    dec_all = k * repeat / (time.perf_counter() - t)
-    eager, lazy.ENABLED = lazy.ENABLED, False  # the same without the C validator, in this run
-    try:
+
+    def rate(step) -> float:
         t = time.perf_counter()
         for _ in range(repeat):
-            decode_batch(data)
-        dec_eager = k * repeat / (time.perf_counter() - t)
+            step()
+        return k * repeat / (time.perf_counter() - t)
+
+    data = encode_batch(b)
+    enc = rate(lambda: encode_batch(b))
+    dec = rate(lambda: decode_batch(data))
+    dec_all = rate(lambda: read_all(decode_batch(data)))
+    eager, lazy.ENABLED = lazy.ENABLED, False  # the same without the C validator, in this run
+    try:
+        dec_eager = rate(lambda: decode_batch(data))
     finally:
         lazy.ENABLED = eager
     doc = msgpack.unpackb(data)
-    t = time.perf_counter()
-    for _ in range(repeat):
-        msgpack.packb(doc, use_bin_type=True)
-    anchor_enc = k * repeat / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for _ in range(repeat):
-        msgpack.unpackb(data)
-    anchor_dec = k * repeat / (time.perf_counter() - t)
+    anchor_enc = rate(lambda: msgpack.packb(doc, use_bin_type=True))
+    anchor_dec = rate(lambda: msgpack.unpackb(data))
     return enc, dec, dec_all, dec_eager, anchor_enc, anchor_dec, len(data)
 
 

@@ -236,11 +236,7 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES, *,
             head = ENCODER.encode(doc)
             if parts:
                 chunks = [head, *events.chunks()]
-                size = sum(map(len, chunks))
-                if size > max_bytes:
-                    raise OversizeError(
-                        f"{batch.kind} batch of {len(batch)} events encodes to {size} bytes, "
-                        f"over the {max_bytes}-byte limit")
+                size = _fits(batch, sum(map(len, chunks)), max_bytes)
                 return EncodedParts(chunks, size, events)
             data = b"".join([head, *events.chunks()])
             events._encoded_in(data, len(head))
@@ -250,11 +246,17 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES, *,
             data = ENCODER.encode(doc)
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise SchemaError(f"{batch.kind} batch cannot be encoded: {exc}") from None
-    if len(data) > max_bytes:
-        raise OversizeError(
-            f"{batch.kind} batch of {len(batch)} events encodes to {len(data)} bytes, "
-            f"over the {max_bytes}-byte limit")
+    _fits(batch, len(data), max_bytes)
     return data
+
+
+def _fits(batch: Batch, size: int, max_bytes: int) -> int:
+    """``size``, the encoded size of ``batch``; OversizeError if it is over ``max_bytes``."""
+    if size > max_bytes:
+        raise OversizeError(
+            f"{batch.kind} batch of {len(batch)} events encodes to {size} bytes, "
+            f"over the {max_bytes}-byte limit")
+    return size
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,13 @@ class RingOrderHold:
         """Gap records of ``ring`` counted so far (those given up on included)."""
         return self._seen.get(ring, 0)
 
+    def passes(self, ring: Hashable, owed: int | None) -> bool:
+        """Would a batch of ``ring`` owing ``owed`` records leave at once (nothing of the ring
+        held, its records in)? Then a caller may take it without holding it."""
+        if type(owed) is not int:
+            owed = self._unannounced
+        return owed is not None and ring not in self._queues and owed <= self._seen.get(ring, 0)
+
     def waiting(self, ring: Hashable) -> bool:
         """Does ``ring`` have a batch held?"""
         return ring in self._queues

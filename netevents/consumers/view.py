@@ -146,10 +146,7 @@ class FleetView:
                 get = e.get
                 key = (host, str(get("reason")), str(get("location") or "?"))
                 count = int(get("count", 0))
-                if key in drop_sites:
-                    drop_sites[key] += count
-                else:
-                    self._bounded(drop_sites, key, count)
+                self._bounded(drop_sites, key, count)
                 flow = get("flow")
                 if flow is not None and isinstance(flow, Mapping) and isinstance(flow.get("src"), str) \
                         and isinstance(flow.get("dst"), str):
@@ -157,10 +154,10 @@ class FleetView:
                     fkey = (str(entity), flow["src"], flow["dst"])
                     if entity is not None and (fkey in self.flow_drops
                                                or len(self.flow_drops) < self.max_keys):
-                        self.flow_drops.setdefault(fkey, Counter())[
-                            (key[1], key[2])] += int(e.get("count", 0))
-                        first = e.get("first_ts") if type(e.get("first_ts")) is int else batch.t0
-                        last = e.get("last_ts") if type(e.get("last_ts")) is int else batch.t1
+                        self.flow_drops.setdefault(fkey, Counter())[(key[1], key[2])] += count
+                        first, last = get("first_ts"), get("last_ts")
+                        first = first if type(first) is int else batch.t0
+                        last = last if type(last) is int else batch.t1
                         span = self.flow_span.setdefault(fkey, [first, last])
                         span[0], span[1] = min(span[0], first), max(span[1], last)
                     elif entity is not None:
@@ -175,11 +172,7 @@ class FleetView:
                 get = e.get
                 peer = str(get("peer"))
                 pkey = (host, peer)
-                retrans = int(get("retrans_segs", 0))
-                if pkey in peers:
-                    peers[pkey] += retrans
-                else:
-                    self._bounded(peers, pkey, retrans)
+                self._bounded(peers, pkey, int(get("retrans_segs", 0)))
                 timeouts = get("timeouts")
                 if timeouts:
                     self._bounded(self.peer_timeouts, pkey, int(timeouts))

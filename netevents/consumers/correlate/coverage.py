@@ -91,9 +91,7 @@ class CaptureCoverage:
         # an agent without gaps_before (older) is taken at its word: it owes nothing
         owed = gaps_owed(fields)
         hold = self.hold
-        if not hold.waiting(ring) and (owed is None or owed <= hold.seen(ring)):
-            # Nothing of the ring is held and its records are in: the batch would leave the
-            # hold at once (the hot path, without going through it).
+        if hold.passes(ring, owed):  # the hot path: it would leave the hold at once
             if batch.t1 > rings[ring]:
                 rings[ring] = batch.t1
         else:

@@ -79,9 +79,7 @@ class HostDirectory:
         host, kind, t1 = batch.host, batch.kind, batch.t1
         known = self.host_boot.get(host)
         # A batch without a boot id (older agents, consumers' own batches) keeps what is known.
-        boot = batch.fields.get("boot") or known or host
-        if known != boot:
-            boot = str(boot)
+        boot = str(batch.fields.get("boot") or known or host)
         if known != boot:
             if known is None and len(self.host_boot) >= self.max_keys:
                 self.evicted["hosts"] += 1

@@ -108,12 +108,7 @@ class DropLedger:
                     self.packets.popitem(last=False)
                     self.evicted["dropped_packets"] += 1
                 self.packets[fp] = (entity, machine, reason)
-        key = (entity, reason, location)
-        row = self.totals.get(key)
-        if row is None:
-            self._tally(entity, reason, location, how, count)
-        else:
-            row[0] += count
+        self._tally(entity, reason, location, how, count)
         return Drop(entity, how, reason, location, first, last, count)
 
     def _tally(self, entity: str, reason: str, location: str, how: str, count: int) -> None:
@@ -140,8 +135,6 @@ class DropLedger:
             self.recent.move_to_end(machine_key)
         recent.append(record)
         self._recent_total += 1
-        if self._recent_total <= self.max_recent:
-            return
         while self._recent_total > self.max_recent:
             key, oldest = next(iter(self.recent.items()))
             oldest.popleft()

@@ -38,8 +38,6 @@ def _source_pair(src_a: int, src_b: int) -> str:
 _INT = {int}
 _HOST, _TS, _TS_SRC = itemgetter(0), itemgetter(1), itemgetter(2)
 """Fields of a Departure (a tuple), read in bulk."""
-_SOURCE_PAIRS: dict[tuple[int, int], str] = {}
-"""(source of A's stamp, source of B's) -> :func:`_source_pair` (bounded: the hot path's)."""
 
 
 def _quantile(values: list[int], q: float) -> int | None:
@@ -153,9 +151,14 @@ class PathLoss:
         arrivals, departures, max_frames = self.arrivals, self.departures, self.max_frames
         counts, evicted = self.counts, self.evicted
         texts: dict[Any, str | None] = {}
+        delivered = self._delivered
         learned = None   # the address last learned as this host's (a batch's frames share it)
-        pair_key = pair = None  # the pair last delivered on, its stats (likewise)
-        pair_get, source_pairs = self.pairs.get, _SOURCE_PAIRS
+
+        def text(raw: Any) -> str | None:
+            t = texts.get(raw, texts)
+            if t is texts:
+                t = texts[raw] = addr_text(raw)
+            return t  # type: ignore[return-value]
 
         if part_n > 1:  # only this member's paths (both directions of a pair go together)
             mine = [i for i, (a, b) in enumerate(zip(src_c, dst_c, strict=False)) if a and b
@@ -174,69 +177,37 @@ class PathLoss:
                 continue
             ts, tss = int(ts), int(tss or 0)
             if d == PACKET_OUTGOING:
-                src_t = texts.get(src, texts)
-                if src_t is texts:
-                    src_t = texts[src] = addr_text(src)
+                src_t = text(src)
                 if src_t is not learned:
                     learn(src_t, host)
                     learned = src_t
                 arr = arrivals.pop(fp, None)
                 if arr is not None:
-                    a, b, ts_b, tss_b = host, arr.host, arr.ts, arr.ts_src
-                    tss_a = tss
-                elif fp in departures:
+                    delivered(host, arr.host, ts, tss, arr.ts, arr.ts_src)
+                    continue
+                if fp in departures:
                     counts["duplicate_fingerprints"] += 1
                     continue
-                else:
-                    if len(departures) >= max_frames:
-                        departures.popitem(last=False)
-                        evicted["frames"] += 1
-                    dst_t = texts.get(dst, texts)
-                    if dst_t is texts:
-                        dst_t = texts[dst] = addr_text(dst)
-                    departures[fp] = Departure(host, ts, tss, dst_t, src_t,
-                                               l4 == IPPROTO_TCP and (length or 0) > MAX_FRAME)
-                    continue
+                if len(departures) >= max_frames:
+                    departures.popitem(last=False)
+                    evicted["frames"] += 1
+                departures[fp] = Departure(host, ts, tss, text(dst), src_t,
+                                           l4 == IPPROTO_TCP and (length or 0) > MAX_FRAME)
             elif d in ARRIVING:
                 if d == 0:
-                    dst_t = texts.get(dst, texts)
-                    if dst_t is texts:
-                        dst_t = texts[dst] = addr_text(dst)
+                    dst_t = text(dst)
                     if dst_t is not learned:
                         learn(dst_t, host)
                         learned = dst_t
                 dep = departures.get(fp)
                 if dep is not None and dep.host != host:
                     del departures[fp]
-                    a, b, ts_b, tss_b = dep.host, host, ts, tss
-                    ts, tss_a = dep.ts, dep.ts_src
-                else:
-                    if len(arrivals) >= max_frames:
-                        arrivals.popitem(last=False)
-                        evicted["frames"] += 1
-                    arrivals[fp] = Arrival(host, ts, tss)
+                    delivered(dep.host, host, dep.ts, dep.ts_src, ts, tss)
                     continue
-            else:
-                continue
-            # delivered: a -> b, departed at ts (clock source tss_a), arrived at ts_b (tss_b)
-            if pair_key is None or pair_key[0] != a or pair_key[1] != b:
-                pair_key = (a, b)
-                pair = pair_get(pair_key) or self._pair(a, b)
-            pair.delivered += 1
-            pair.delays_ns.append(ts_b - ts)
-            sp = source_pairs.get((tss_a, tss_b))
-            if sp is None:
-                sp = _source_pair(tss_a, tss_b)
-                if len(source_pairs) < 64:
-                    source_pairs[(tss_a, tss_b)] = sp
-            pair.ts_sources[sp] += 1
-            first = pair.first_ts
-            if first is None:
-                pair.first_ts = pair.last_ts = ts
-            elif ts < first:
-                pair.first_ts = ts
-            elif ts > pair.last_ts:
-                pair.last_ts = ts
+                if len(arrivals) >= max_frames:
+                    arrivals.popitem(last=False)
+                    evicted["frames"] += 1
+                arrivals[fp] = Arrival(host, ts, tss)
 
     def _bulk(self, host: str, fps: list, ts_c: list, tss_c: list, dir_c: list, src_c: list,
               dst_c: list, l4_c: list) -> bool:
@@ -282,9 +253,8 @@ class PathLoss:
             else:
                 for dep, tss in zip(deps, tss_c, strict=True):
                     p.ts_sources[_source_pair(dep.ts_src, tss)] += 1
-            first, last = min(sent), max(sent)
-            p.first_ts = first if p.first_ts is None else min(p.first_ts, first)
-            p.last_ts = last if p.last_ts is None else max(p.last_ts, last)
+            p.seen(min(sent))
+            p.seen(max(sent))
             return True
         return False
 

@@ -146,10 +146,8 @@ class PeerViews:
                 continue  # another member's peer incident (the view is kept for its lookups)
             ep = episodes.get(key)
             if ep is None:
-                r = get("retrans_segs")
-                if not ((r if type(r) is int else 0) >= min_retrans
-                        or any(type(v) is int and v > 0
-                               for v in map(get, FLAGGING[1:]))):  # not a red flag
+                if not (_num(get("retrans_segs")) >= min_retrans
+                        or any(_num(v) > 0 for v in map(get, FLAGGING[1:]))):  # not a red flag
                     continue
                 ep = self._open(host, peer, t0, t1)
                 if ep is None:
@@ -160,7 +158,7 @@ class PeerViews:
             for f in SUMMED:   # a get each: cheaper than items() of a row of ~25 fields
                 v = get(f, _ABSENT)
                 if v is not _ABSENT:
-                    figures[f] = v if type(v) is int else 0
+                    figures[f] = _num(v)
             rtt = get("rtt_us")
             ep.queued.append((t1, figures, rtt if type(rtt) is int else None,
                               [str(x) for x in get("flags") or ()]))
