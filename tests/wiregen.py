@@ -4,6 +4,8 @@ text, empty maps, free-form details)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import strategies as st
 
 from netevents import events as ev
@@ -62,3 +64,13 @@ def valid_doc(draw, kind: str) -> dict:
     return doc
 
 
+def paths_in(obj: Any, path: tuple = ()) -> list[tuple]:
+    """Every path (keys and indices) into a document's maps and lists, the root's () first."""
+    out = [path]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += paths_in(v, (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += paths_in(v, (*path, i))
+    return out

@@ -27,7 +27,7 @@ from netevents import events as ev
 from netevents.codec import Batch, decode_batch, encode_batch
 from netevents.errors import CodecError
 from netevents.wire import ENCODER
-from tests.wiregen import JSON, valid_doc
+from tests.wiregen import JSON, paths_in, valid_doc
 
 
 class Bin(str):
@@ -91,21 +91,10 @@ def codec_accepts(data: bytes) -> bool:
     return True
 
 
-def _containers(obj: Any, path: tuple = ()) -> list[tuple]:
-    out = [path]
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out += _containers(v, (*path, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out += _containers(v, (*path, i))
-    return out
-
-
 @st.composite
 def mutated_doc(draw, kind: str) -> dict:
     doc = draw(valid_doc(kind))
-    paths = [p for p in _containers(doc) if p]
+    paths = [p for p in paths_in(doc) if p]
     path = draw(st.sampled_from(paths))
     parent = doc
     for step in path[:-1]:

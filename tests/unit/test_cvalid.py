@@ -29,7 +29,7 @@ from netevents import events as ev
 from netevents import lazy, wire
 from netevents.codec import Batch, decode_batch, encode_batch
 from netevents.errors import CodecError
-from tests.wiregen import JSON, valid_doc
+from tests.wiregen import JSON, paths_in, valid_doc
 
 ONE_PASS_KINDS = [cls.__struct_config__.tag for cls in wire.ONE_PASS_TYPES]
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -89,17 +89,6 @@ BAD_UTF8 = [b"\xed\xa0\x80zz", b"\xc0\x80zzz", b"\xf4\x90\x80\x80z", b"\xe0\x80\
 MARK = "\u2603MR"  # 5 bytes of UTF-8 the mutation overwrites
 
 
-def _paths(obj: Any, path: tuple = ()) -> list[tuple]:
-    out = [path]
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out += _paths(v, (*path, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out += _paths(v, (*path, i))
-    return out
-
-
 def deep(n: int) -> Any:
     value: Any = 1
     for _ in range(n):
@@ -124,7 +113,7 @@ def mutated(draw, kind: str) -> bytes:
         for f in ev.fields_of(kind):
             if f.name not in doc["events"] and draw(st.booleans()):
                 doc["events"][f.name] = [None] * len(doc["events"]["ts"]) if n else []
-    paths = [p for p in _paths(doc) if p]
+    paths = [p for p in paths_in(doc) if p]
     for _ in range(draw(st.integers(1, 2))):
         path = draw(st.sampled_from(paths))
         parent = doc
