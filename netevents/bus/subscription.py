@@ -238,7 +238,10 @@ class Subscription:
         while not self._closing:
             try:
                 msgs = await psub.fetch(64, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats' and asyncio's
+                # nats-py raises a bare asyncio.TimeoutError when its no-wait probe took the
+                # whole timeout (a loaded machine): that once ended this loop, and the durable
+                # stopped delivering for good.
                 continue
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 if self._closing:

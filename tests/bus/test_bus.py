@@ -98,6 +98,34 @@ def test_host_globs_filter_and_durable_consumers_resume(nats_url):
     assert nothing is None
 
 
+def test_a_durable_keeps_delivering_after_a_fetch_times_out_as_asyncio_does(nats_url, monkeypatch):
+    """nats-py's fetch raises a bare asyncio.TimeoutError (not its own) when its no-wait probe
+    takes the whole timeout, as happens on a loaded machine: the pull loop must take it as "no
+    messages yet", not end (the durable would stop delivering for good)."""
+    from nats.js.client import JetStreamContext
+
+    fetch = JetStreamContext.PullSubscription.fetch
+    raised = []
+
+    async def slow_first(self, *args, **kwargs):
+        if not raised:
+            raised.append(1)
+            raise asyncio.TimeoutError
+        return await fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", slow_first)
+
+    async def main():
+        async with connect(nats_url, streams=True) as bus:
+            async with bus.subscribe(kinds=["drop"], hosts=["late-1"], durable="late") as sub:
+                await bus.publish(batch("late-1", 1), ack=True)
+                return await sub.next(10), raised
+
+    got, raised_ = asyncio.run(main())
+    assert raised_ == [1]
+    assert got is not None and (got.host, got.seq) == ("late-1", 1)
+
+
 def test_streams_are_created_idempotently_by_racing_processes(nats_url):
     async def main():
         async with connect(nats_url) as a, connect(nats_url) as b:
