@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import struct
 import zlib
 from collections import Counter, deque
@@ -33,7 +32,7 @@ from typing import Any
 
 import msgpack
 
-from netevents.bus.client import keyed_msg_id
+from netevents.bus.client import MsgIdKey
 from netevents.codec import Batch, encode_batch
 from netevents.errors import BusError, ConfigError
 from netevents.subjects import event_subject
@@ -243,7 +242,7 @@ class ReliablePublisher:
         self.replayed = 0
         self._task: asyncio.Task | None = None
         self._warned = False
-        self._msg_key = secrets.token_bytes(32)
+        self._msg_id = MsgIdKey()
         """The per-run secret of the batches' ``Nats-Msg-Id``s; never leaves this process."""
 
     @property
@@ -269,7 +268,7 @@ class ReliablePublisher:
                             parts=getattr(self.bus, "accepts_parts", False))
         # The keyed id: only this run can make it (so no other host can have JetStream drop
         # it as a duplicate), and the spooled record keeps it for every retry and replay.
-        item = (event_subject(batch.kind, batch.site, batch.host), keyed_msg_id(self._msg_key, batch),
+        item = (event_subject(batch.kind, batch.site, batch.host), self._msg_id(batch),
                 len(batch), data)
         self.start()
         if self.degraded or len(self._queue) >= self.max_inflight:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import hashlib
 import logging
 import os
 import re
@@ -35,14 +35,27 @@ _SUBJECT_USER = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"', re.I)
 
 
-def keyed_msg_id(key: bytes, batch: Batch) -> str:
-    """A ``Nats-Msg-Id`` only the holder of ``key`` can make: the readable
-    ``host:run:kind:seq`` plus an HMAC of it. JetStream's duplicate window is per stream, so
-    with plain ids any host that learnt another's run id could publish that host's future ids
-    first and have its real batches dropped as duplicates; with a per-run secret it cannot,
-    and a retry of the same batch (same key) still gets the same id."""
-    plain = batch.msg_id
-    return f"{plain}:{hmac.digest(key, plain.encode(), 'sha256').hex()[:32]}"
+class MsgIdKey:
+    """A per-connection (or per-run) secret that makes ``Nats-Msg-Id``s only its holder can
+    make: the readable ``host:run:kind:seq`` plus a keyed BLAKE2b (128 bits) of it.
+
+    JetStream's duplicate window is per stream, so with plain ids any host that learnt another's
+    run id could publish that host's future ids first and have its real batches dropped as
+    duplicates; with a secret it cannot, and a retry of the same batch (same key) still gets the
+    same id. Keyed BLAKE2b is a MAC by design, and a copy of the keyed state costs ~1 us a batch
+    where HMAC-SHA256 cost ~4 us (the fleet benchmark's publishers spent ~12% of their CPU there).
+    """
+
+    __slots__ = ("_mac",)
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._mac = hashlib.blake2b(key=secret or secrets.token_bytes(32), digest_size=16)
+
+    def __call__(self, batch: Batch) -> str:
+        plain = batch.msg_id
+        mac = self._mac.copy()
+        mac.update(plain.encode())
+        return f"{plain}:{mac.hexdigest()}"
 
 
 def batch_limit(server_max_payload: int | None) -> int:
@@ -70,7 +83,7 @@ class Bus:
         self.violations: dict[str, str] = {}
         """Subject (lower case, as nats-py reports it) -> the refused verb (``publish``,
         ``subscribe``)."""
-        self._msg_key = secrets.token_bytes(32)
+        self._msg_id = MsgIdKey()
 
     def violation(self, subject: str) -> str | None:
         """A sentence naming the user and subject if the server refused ``subject`` to us."""
@@ -117,8 +130,8 @@ class Bus:
 
     # -- publishing ----------------------------------------------------------------------------
     def msg_id(self, batch: Batch) -> str:
-        """This connection's keyed ``Nats-Msg-Id`` of ``batch`` (:func:`keyed_msg_id`)."""
-        return keyed_msg_id(self._msg_key, batch)
+        """This connection's keyed ``Nats-Msg-Id`` of ``batch`` (:class:`MsgIdKey`)."""
+        return self._msg_id(batch)
 
     async def publish(self, batch: Batch, *, ack: bool = False, timeout: float = 5.0,
                       msg_id: str | None = None) -> None:
