@@ -457,7 +457,8 @@ static inline void copy(uint8_t *p, const char *s, size_t n) {
 }
 
 /* A str or bin: header then payload. */
-static inline int put_raw(Out *o, const char *data, Py_ssize_t len, int bin) {
+static inline __attribute__((always_inline)) int put_raw(Out *o, const char *data,
+                                                         Py_ssize_t len, int bin) {
     if ((uint64_t)len > 0xFFFFFFFFu) return 0;
     if (!room(o, (size_t)len + 5)) return -1;
     if (bin) header(o, (size_t)len, 0, 0, 0xC4, 0xC5, 0xC6);
@@ -467,7 +468,7 @@ static inline int put_raw(Out *o, const char *data, Py_ssize_t len, int bin) {
     return 1;
 }
 
-static inline int put_str(Out *o, PyObject *s) {
+static inline __attribute__((always_inline)) int put_str(Out *o, PyObject *s) {
     const char *data;
     Py_ssize_t len;
     int got = utf8_of(s, &data, &len);
