@@ -428,19 +428,37 @@ static inline void header(Out *o, size_t n, uint8_t small, size_t fix_max, uint8
     else { p[0] = b32; put32(p + 1, (uint32_t)n); o->p = p + 5; }
 }
 
-/* A str's UTF-8: compact ASCII read in place, others through CPython's cached UTF-8. 1, 0 (not
- * UTF-8: a lone surrogate), -1 (MemoryError). */
+/* Whether a str holds a surrogate (then it has no UTF-8). Looked for here, not left to
+ * CPython's encoder, whose UnicodeEncodeError is an object the collector tracks: making one
+ * may run a collection, and finalizers, in the middle of encode(). */
+static __attribute__((noinline)) int has_surrogate(PyObject *s) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *u = PyUnicode_2BYTE_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++) if ((u[i] & 0xF800) == 0xD800) return 1;
+    } else if (kind == PyUnicode_4BYTE_KIND) {
+        const Py_UCS4 *u = PyUnicode_4BYTE_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++) if ((u[i] & 0xFFFFF800u) == 0xD800) return 1;
+    }
+    return 0;  /* one byte a character (Latin-1): none */
+}
+
+/* A str's UTF-8: compact ASCII read in place, others through CPython's cached UTF-8 (made
+ * once, kept in the str, as msgspec has it made). 1, 0 (not UTF-8: a lone surrogate), -1
+ * (MemoryError). */
 static inline int utf8_of(PyObject *s, const char **data, Py_ssize_t *len) {
     if (PyUnicode_IS_COMPACT_ASCII(s)) {
         *data = (const char *)PyUnicode_DATA(s);
         *len = PyUnicode_GET_LENGTH(s);
         return 1;
     }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(s) < 0) return -1;  /* (a legacy str: made ready, allocating only) */
+#endif
+    if (has_surrogate(s)) return 0;
     *data = PyUnicode_AsUTF8AndSize(s, len);
-    if (*data) return 1;
-    if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
-    PyErr_Clear();
-    return 0;
+    return *data ? 1 : -1;                  /* now only a MemoryError */
 }
 
 /* n bytes (room made): short ones (keys, names) by two overlapping moves, not a call. */
@@ -509,14 +527,10 @@ static inline int put_int(Out *o, PyObject *v) {
 #else
     int overflow;
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (overflow) {
-        if (overflow < 0) return 0;                    /* below -2**63 */
+    if (overflow) {  /* (sized first: an OverflowError, like any exception, may collect) */
+        if (overflow < 0 || _PyLong_NumBits(v) > 64) return 0;   /* below -2**63, over 2**64-1 */
         unsigned long long u = PyLong_AsUnsignedLongLong(v);
-        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
-            if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
-            PyErr_Clear();
-            return 0;                                  /* over 2**64 - 1 */
-        }
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) return -1;
         p[0] = 0xCF; put64(p + 1, u); o->p = p + 9;
         return 1;
     }
