@@ -3,7 +3,8 @@
     python bench/codec.py [--batches N] [--events-per-batch K]
 
 1. events/s encoded and decoded (with full validation against the v1 contract) on one core,
-   for drop-like batches (list of maps) and frame-like batches (column-wise, 96-byte heads),
+   for drop-like batches (list of maps) and frame-like batches (column-wise, 96-byte heads);
+   encoding also without the C encoder (netevents._cvalid.encode: msgspec alone), with the ratio;
    next to the anchor: ``msgpack.packb`` / ``msgpack.unpackb`` of the same document (no
    validation at all), with the ratio. With the C validator (netevents._cvalid) decoded events
    are made on first access (netevents.lazy), so "decode+validate" makes none of them; "+ make
@@ -71,8 +72,9 @@ def read_all(b: Batch) -> None:
 
 
 def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, ...]:
-    """(encode, decode+validate, decode+validate+make every value, decode+validate without
-    the C validator, anchor packb, anchor unpackb) events/s and the batch size."""
+    """(encode, encode without the C encoder, decode+validate, decode+validate+make every
+    value, decode+validate without the C validator, anchor packb, anchor unpackb) events/s and
+    the batch size."""
     b = make_batch(kind, 1, events)
 
     def rate(step) -> float:
@@ -85,15 +87,16 @@ def codec_rates(kind: str, events, k: int, repeat: int) -> tuple[float, ...]:
     enc = rate(lambda: encode_batch(b))
     dec = rate(lambda: decode_batch(data))
     dec_all = rate(lambda: read_all(decode_batch(data)))
-    eager, lazy.ENABLED = lazy.ENABLED, False  # the same without the C validator, in this run
+    eager, lazy.ENABLED = lazy.ENABLED, False  # the same without the C extension, in this run
     try:
+        enc_msgspec = rate(lambda: encode_batch(b))
         dec_eager = rate(lambda: decode_batch(data))
     finally:
         lazy.ENABLED = eager
     doc = msgpack.unpackb(data)
     anchor_enc = rate(lambda: msgpack.packb(doc, use_bin_type=True))
     anchor_dec = rate(lambda: msgpack.unpackb(data))
-    return enc, dec, dec_all, dec_eager, anchor_enc, anchor_dec, len(data)
+    return enc, enc_msgspec, dec, dec_all, dec_eager, anchor_enc, anchor_dec, len(data)
 
 
 async def end_to_end(url: str, kind: str, events, k: int, n: int) -> tuple[float, float]:
@@ -159,10 +162,12 @@ async def main() -> None:
     print(f"codec, one core, {k} events per batch (C validator: "
           f"{'on, events made lazily' if lazy.ENABLED else 'not built: eager decoding'})")
     for kind, events in cases.items():
-        enc, dec, dec_all, dec_eager, a_enc, a_dec, size = codec_rates(
+        enc, enc_msgspec, dec, dec_all, dec_eager, a_enc, a_dec, size = codec_rates(
             kind, events, k, repeat=max(20, 200_000 // k))
         print(f"  {kind:<6} encode {enc:>12,.0f} events/s   decode+validate {dec:>12,.0f} events/s   "
               f"({size / k:.0f} bytes/event)")
+        print(f"  {'':<6} encode without the C encoder (msgspec) {enc_msgspec:>12,.0f} events/s   "
+              f"ratio {enc / enc_msgspec:.2f}")
         print(f"  {'':<6} decode+validate + make every value {dec_all:>12,.0f} events/s   "
               f"eager (no C validator) {dec_eager:>12,.0f} events/s   ratio {dec / dec_eager:.2f}")
         print(f"  {'':<6} anchor msgpack.packb {a_enc:>12,.0f}   msgpack.unpackb (no validation) "

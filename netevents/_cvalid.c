@@ -18,6 +18,15 @@
 #include <stdint.h>
 #include <string.h>
 
+/* CPython 3.11's dict table and int digits, read directly by encode() (other versions go
+ * through PyDict_Next and PyLong_AsLongLongAndOverflow). */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(Py_LIMITED_API)
+#define ENC_CPY311 1
+#define Py_BUILD_CORE 1
+#include "internal/pycore_dict.h"
+#undef Py_BUILD_CORE
+#endif
+
 #define A_INT 1u
 #define A_FLOAT 2u
 #define A_STR 4u
@@ -361,6 +370,281 @@ static int skip(Cur *c, int depth) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Encoding
+ *
+ * encode(obj): msgpack of a value made of exact dict (str keys), list, tuple, str, int, float,
+ * bool, None and bytes, byte for byte what msgspec.msgpack.encode makes of it (shortest
+ * headers, float64, uint forms for ints >= 0). Anything else (a subclass, another type, an int
+ * or a container msgpack cannot hold, a str that is not UTF-8, nesting over ENC_DEPTH) is a
+ * "no": None, and the caller asks msgspec, which encodes it or raises what it raises today.
+ *
+ * It never calls Python code (no __index__, no __str__, no protocol) and allocates nothing the
+ * garbage collector tracks (so no collection, no finalizer), so nothing can change the value
+ * while it is read: a list's items and a dict's entries are read as they are, without holding
+ * references. */
+
+#define ENC_DEPTH 32
+#define ENC_SLACK 64   /* bytes made room for with each value (the largest header or scalar: 9) */
+
+typedef struct {
+    PyObject *bytes;       /* the output (refcount 1, resized as it grows, then to its length) */
+    uint8_t *p, *end;      /* where the next byte goes, and the end of its room */
+} Out;
+
+static Py_ssize_t enc_hint = 256;  /* the room a call starts with: the last call's length */
+
+/* Room for n more bytes (at least doubling). 0 with MemoryError set (bytes freed). */
+static __attribute__((noinline)) int grow(Out *o, size_t n) {
+    uint8_t *start = (uint8_t *)PyBytes_AS_STRING(o->bytes);
+    size_t used = (size_t)(o->p - start), cap = (size_t)(o->end - start);
+    if (n > (size_t)PY_SSIZE_T_MAX - used) { PyErr_NoMemory(); Py_CLEAR(o->bytes); return 0; }
+    size_t want = used + n;
+    if (cap <= (size_t)PY_SSIZE_T_MAX / 2 && want < 2 * cap) want = 2 * cap;
+    if (_PyBytes_Resize(&o->bytes, (Py_ssize_t)want) < 0) return 0;  /* it freed the bytes */
+    start = (uint8_t *)PyBytes_AS_STRING(o->bytes);
+    o->p = start + used;
+    o->end = start + want;
+    return 1;
+}
+
+static inline int room(Out *o, size_t n) {
+    return (size_t)(o->end - o->p) >= n || grow(o, n);
+}
+
+static inline void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline void put32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+static inline void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
+
+/* A header with a length: fix (small + n, under fix_max), then 8-, 16-, 32-bit forms at b8
+ * (b8 0: none, as for arrays and maps), b8 + 1, b8 + 2. Room for 5 bytes is made. */
+static inline void header(Out *o, size_t n, uint8_t small, size_t fix_max, uint8_t b8, uint8_t b16,
+                          uint8_t b32) {
+    uint8_t *p = o->p;
+    if (n < fix_max) { *p = (uint8_t)(small + n); o->p = p + 1; }
+    else if (b8 && n < 256) { p[0] = b8; p[1] = (uint8_t)n; o->p = p + 2; }
+    else if (n < 65536) { p[0] = b16; put16(p + 1, (uint32_t)n); o->p = p + 3; }
+    else { p[0] = b32; put32(p + 1, (uint32_t)n); o->p = p + 5; }
+}
+
+/* Whether a str holds a surrogate (then it has no UTF-8). Looked for here, not left to
+ * CPython's encoder, whose UnicodeEncodeError is an object the collector tracks: making one
+ * may run a collection, and finalizers, in the middle of encode(). */
+static __attribute__((noinline)) int has_surrogate(PyObject *s) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *u = PyUnicode_2BYTE_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++) if ((u[i] & 0xF800) == 0xD800) return 1;
+    } else if (kind == PyUnicode_4BYTE_KIND) {
+        const Py_UCS4 *u = PyUnicode_4BYTE_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++) if ((u[i] & 0xFFFFF800u) == 0xD800) return 1;
+    }
+    return 0;  /* one byte a character (Latin-1): none */
+}
+
+/* A str's UTF-8: compact ASCII read in place, others through CPython's cached UTF-8 (made
+ * once, kept in the str, as msgspec has it made). 1, 0 (not UTF-8: a lone surrogate), -1
+ * (MemoryError). */
+static inline int utf8_of(PyObject *s, const char **data, Py_ssize_t *len) {
+    if (PyUnicode_IS_COMPACT_ASCII(s)) {
+        *data = (const char *)PyUnicode_DATA(s);
+        *len = PyUnicode_GET_LENGTH(s);
+        return 1;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(s) < 0) return -1;  /* (a legacy str: made ready, allocating only) */
+#endif
+    if (has_surrogate(s)) return 0;
+    *data = PyUnicode_AsUTF8AndSize(s, len);
+    return *data ? 1 : -1;                  /* now only a MemoryError */
+}
+
+/* n bytes (room made): short ones (keys, names) by two overlapping moves, not a call. */
+static inline void copy(uint8_t *p, const char *s, size_t n) {
+    if (n <= 16) {
+        if (n >= 8) { memcpy(p, s, 8); memcpy(p + n - 8, s + n - 8, 8); }
+        else if (n >= 4) { memcpy(p, s, 4); memcpy(p + n - 4, s + n - 4, 4); }
+        else for (size_t i = 0; i < n; i++) p[i] = (uint8_t)s[i];
+    } else if (n <= 32) {
+        memcpy(p, s, 16); memcpy(p + n - 16, s + n - 16, 16);
+    } else {
+        memcpy(p, s, n);
+    }
+}
+
+/* A str or bin: header then payload. */
+static inline __attribute__((always_inline)) int put_raw(Out *o, const char *data,
+                                                         Py_ssize_t len, int bin) {
+    if ((uint64_t)len > 0xFFFFFFFFu) return 0;
+    if (!room(o, (size_t)len + 5)) return -1;
+    if (bin) header(o, (size_t)len, 0, 0, 0xC4, 0xC5, 0xC6);
+    else header(o, (size_t)len, 0xA0, 32, 0xD9, 0xDA, 0xDB);
+    copy(o->p, data, (size_t)len);
+    o->p += len;
+    return 1;
+}
+
+static inline __attribute__((always_inline)) int put_str(Out *o, PyObject *s) {
+    const char *data;
+    Py_ssize_t len;
+    int got = utf8_of(s, &data, &len);
+    return got == 1 ? put_raw(o, data, len, 0) : got;
+}
+
+/* An exact int (room for 9 bytes made). */
+static inline int put_int(Out *o, PyObject *v) {
+    uint8_t *p = o->p;
+#ifdef ENC_CPY311
+    /* Up to 3 digits of 30 bits, the top one under 16 (magnitudes below 2**64): sign in
+     * ob_size, which counts the digits. */
+    Py_ssize_t size = Py_SIZE(v);
+    const digit *d = ((PyLongObject *)v)->ob_digit;
+    Py_ssize_t nd = size < 0 ? -size : size;
+    if (nd <= 3 && (nd < 3 || d[2] < 16)) {
+        uint64_t mag = nd == 0 ? 0 : d[0];
+        if (nd >= 2) mag |= (uint64_t)d[1] << PyLong_SHIFT;
+        if (nd == 3) mag |= (uint64_t)d[2] << (2 * PyLong_SHIFT);
+        if (size >= 0) {
+            if (mag < 128) { p[0] = (uint8_t)mag; o->p = p + 1; }
+            else if (mag < 256) { p[0] = 0xCC; p[1] = (uint8_t)mag; o->p = p + 2; }
+            else if (mag < 65536) { p[0] = 0xCD; put16(p + 1, (uint32_t)mag); o->p = p + 3; }
+            else if (mag <= 0xFFFFFFFFu) { p[0] = 0xCE; put32(p + 1, (uint32_t)mag); o->p = p + 5; }
+            else { p[0] = 0xCF; put64(p + 1, mag); o->p = p + 9; }
+            return 1;
+        }
+        if (mag > ((uint64_t)1 << 63)) return 0;         /* below -2**63 */
+        int64_t x = (int64_t)(0 - mag);                  /* -2**63 included (wraps exactly) */
+        if (x >= -32) { p[0] = (uint8_t)(int8_t)x; o->p = p + 1; }
+        else if (x >= -128) { p[0] = 0xD0; p[1] = (uint8_t)(int8_t)x; o->p = p + 2; }
+        else if (x >= -32768) { p[0] = 0xD1; put16(p + 1, (uint32_t)(uint16_t)(int16_t)x); o->p = p + 3; }
+        else if (x >= -2147483648ll) { p[0] = 0xD2; put32(p + 1, (uint32_t)(int32_t)x); o->p = p + 5; }
+        else { p[0] = 0xD3; put64(p + 1, (uint64_t)x); o->p = p + 9; }
+        return 1;
+    }
+    return 0;  /* more digits, or a top digit of 16 or more: 2**64 or more in magnitude */
+#else
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) {  /* (sized first: an OverflowError, like any exception, may collect) */
+        if (overflow < 0 || _PyLong_NumBits(v) > 64) return 0;   /* below -2**63, over 2**64-1 */
+        unsigned long long u = PyLong_AsUnsignedLongLong(v);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        p[0] = 0xCF; put64(p + 1, u); o->p = p + 9;
+        return 1;
+    }
+    if (x >= 0) {
+        if (x < 128) { p[0] = (uint8_t)x; o->p = p + 1; }
+        else if (x < 256) { p[0] = 0xCC; p[1] = (uint8_t)x; o->p = p + 2; }
+        else if (x < 65536) { p[0] = 0xCD; put16(p + 1, (uint32_t)x); o->p = p + 3; }
+        else if (x <= 0xFFFFFFFFll) { p[0] = 0xCE; put32(p + 1, (uint32_t)x); o->p = p + 5; }
+        else { p[0] = 0xCF; put64(p + 1, (uint64_t)x); o->p = p + 9; }
+    } else {
+        if (x >= -32) { p[0] = (uint8_t)(int8_t)x; o->p = p + 1; }
+        else if (x >= -128) { p[0] = 0xD0; p[1] = (uint8_t)(int8_t)x; o->p = p + 2; }
+        else if (x >= -32768) { p[0] = 0xD1; put16(p + 1, (uint32_t)(uint16_t)(int16_t)x); o->p = p + 3; }
+        else if (x >= -2147483648ll) { p[0] = 0xD2; put32(p + 1, (uint32_t)(int32_t)x); o->p = p + 5; }
+        else { p[0] = 0xD3; put64(p + 1, (uint64_t)x); o->p = p + 9; }
+    }
+    return 1;
+#endif
+}
+
+static int put_items(Out *o, PyObject **items, Py_ssize_t n, int depth);
+static int put_map(Out *o, PyObject *d, int depth);
+
+/* One value: 1 (written), 0 (not one encode() takes: the caller says None), -1 (MemoryError).
+ * Inlined in the loops over items and entries; containers are calls. */
+static inline __attribute__((always_inline)) int put_value_(Out *o, PyObject *v, int depth) {
+    PyTypeObject *t = Py_TYPE(v);
+    if (t == &PyUnicode_Type) return put_str(o, v);
+    if (!room(o, ENC_SLACK)) return -1;                /* for any scalar or header below */
+    if (t == &PyLong_Type) return put_int(o, v);
+    if (v == Py_None) { *o->p++ = 0xC0; return 1; }
+    if (t == &PyFloat_Type) {
+        uint64_t bits;
+        double x = PyFloat_AS_DOUBLE(v);
+        memcpy(&bits, &x, 8);
+        o->p[0] = 0xCB;
+        put64(o->p + 1, bits);
+        o->p += 9;
+        return 1;
+    }
+    if (v == Py_True) { *o->p++ = 0xC3; return 1; }
+    if (v == Py_False) { *o->p++ = 0xC2; return 1; }
+    if (t == &PyBytes_Type) return put_raw(o, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), 1);
+    if (depth >= ENC_DEPTH) return 0;
+    if (t == &PyDict_Type) return put_map(o, v, depth + 1);
+    if (t == &PyList_Type) return put_items(o, PySequence_Fast_ITEMS(v), PyList_GET_SIZE(v), depth + 1);
+    if (t == &PyTuple_Type) return put_items(o, PySequence_Fast_ITEMS(v), PyTuple_GET_SIZE(v), depth + 1);
+    return 0;
+}
+
+static int put_value(Out *o, PyObject *v, int depth) { return put_value_(o, v, depth); }
+
+/* n items of an array (a list's or a tuple's). */
+static int put_items(Out *o, PyObject **items, Py_ssize_t n, int depth) {
+    if ((uint64_t)n > 0xFFFFFFFFu) return 0;
+    if (!room(o, ENC_SLACK)) return -1;
+    header(o, (size_t)n, 0x90, 16, 0, 0xDC, 0xDD);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int got = put_value_(o, items[i], depth);
+        if (got != 1) return got;
+    }
+    return 1;
+}
+
+/* One entry of a map: its key (a str exactly), then its value. */
+static inline __attribute__((always_inline)) int put_entry(Out *o, PyObject *k, PyObject *v,
+                                                           int depth) {
+    if (Py_TYPE(k) != &PyUnicode_Type) return 0;
+    int got = put_str(o, k);
+    return got == 1 ? put_value_(o, v, depth) : got;
+}
+
+static int put_map(Out *o, PyObject *d, int depth) {
+    Py_ssize_t n = PyDict_GET_SIZE(d);
+    if ((uint64_t)n > 0xFFFFFFFFu) return 0;
+    if (!room(o, ENC_SLACK)) return -1;
+    header(o, (size_t)n, 0x80, 16, 0, 0xDE, 0xDF);
+#ifdef ENC_CPY311
+    /* A combined table (every dict but an instance's __dict__): its entries in order, the
+     * deleted ones (value NULL) skipped, as PyDict_Next does. */
+    PyDictObject *mp = (PyDictObject *)d;
+    if (mp->ma_values == NULL) {
+        PyDictKeysObject *dk = mp->ma_keys;
+        Py_ssize_t ne = dk->dk_nentries;
+        if (dk->dk_kind == DICT_KEYS_UNICODE) {
+            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(dk);
+            for (Py_ssize_t i = 0; i < ne; i++) {
+                if (ep[i].me_value == NULL) continue;
+                int got = put_entry(o, ep[i].me_key, ep[i].me_value, depth);
+                if (got != 1) return got;
+            }
+            return 1;
+        }
+        if (dk->dk_kind == DICT_KEYS_GENERAL) {
+            PyDictKeyEntry *ep = DK_ENTRIES(dk);
+            for (Py_ssize_t i = 0; i < ne; i++) {
+                if (ep[i].me_value == NULL) continue;
+                int got = put_entry(o, ep[i].me_key, ep[i].me_value, depth);
+                if (got != 1) return got;
+            }
+            return 1;
+        }
+    }
+#endif
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        int got = put_entry(o, k, v, depth);
+        if (got != 1) return got;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Python */
 
 static void Table_dealloc(Table *self) {
@@ -583,7 +867,32 @@ done:
     return out;
 }
 
+/* encode(obj) -> bytes or None: the Encoding section's. */
+static PyObject *encode(PyObject *Py_UNUSED(mod), PyObject *obj) {
+    Out o;
+    o.bytes = PyBytes_FromStringAndSize(NULL, enc_hint);
+    if (!o.bytes) return NULL;
+    uint8_t *start = (uint8_t *)PyBytes_AS_STRING(o.bytes);
+    o.p = start;
+    o.end = start + enc_hint;
+    int got = put_value(&o, obj, 0);
+    if (got != 1) {
+        Py_XDECREF(o.bytes);  /* NULL if a resize failed */
+        if (got == 0) Py_RETURN_NONE;
+        return NULL;
+    }
+    Py_ssize_t len = o.p - (uint8_t *)PyBytes_AS_STRING(o.bytes);
+    /* The next call starts with room for this one's length and a quarter (batches of a kind
+     * repeat their size), within 256 bytes .. 4 MiB. */
+    enc_hint = len < (1 << 22) ? len + len / 4 + 256 : (1 << 22);
+    if (_PyBytes_Resize(&o.bytes, len) < 0) return NULL;
+    return o.bytes;
+}
+
 static PyMethodDef methods[] = {
+    {"encode", encode, METH_O,
+     "encode(obj): msgspec.msgpack.encode(obj)'s bytes for exact dict/list/tuple/str/int/float/"
+     "bool/None/bytes values, else None"},
     {"check", check, METH_VARARGS,
      "check(buf, kinds, tables): (i, start, end, validated) of a batch of kinds[i], or None"},
     {NULL, NULL, 0, NULL},
@@ -601,7 +910,7 @@ PyMODINIT_FUNC PyInit__cvalid(void) {
     /* The table format and check()'s answer, bumped with either (and in netevents/lazy.py):
      * lazy.py uses only a build it knows, so a checkout whose _cvalid.c changed but was not
      * rebuilt decodes eagerly instead of misreading the old .so. */
-    if (PyModule_AddIntConstant(m, "ABI", 1) < 0 ||
+    if (PyModule_AddIntConstant(m, "ABI", 2) < 0 ||
         PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -31,8 +31,8 @@ import msgspec
 from . import cvalid_table, wire
 from . import events as ev
 
-_ABI = 1
-"""The table format and answers of _cvalid.c this module speaks (its ``ABI``)."""
+_ABI = 2
+"""The table format and answers of _cvalid.c this module speaks (its ``ABI``; 2: ``encode``)."""
 
 
 def _load() -> Any:
@@ -61,6 +61,10 @@ AVAILABLE = _cvalid is not None
 """Whether the C validator is built (a test makes sure a checkout's build has it)."""
 ENABLED = AVAILABLE and os.environ.get("NETEVENTS_CVALID", "1") != "0"
 """Whether the codec uses it (``NETEVENTS_CVALID=0`` turns it off; tests compare the two)."""
+encode = _cvalid.encode if _cvalid is not None else None
+"""``msgspec.msgpack.encode``'s bytes for a value of exact dicts (str keys), lists, tuples, str,
+int, float, bool, None and bytes, made in C; None for anything else (msgspec then encodes it,
+or raises). The codec uses it when :data:`ENABLED`."""
 
 _HEAD = msgspec.msgpack.Decoder(Union[wire.ONE_PASS_HEADS])  # type: ignore[valid-type]  # noqa: UP007
 _NIL = b"\xc0"
