@@ -494,36 +494,43 @@ static inline __attribute__((always_inline)) int put_str(Out *o, PyObject *s) {
 }
 
 /* An exact int (room for 9 bytes made). */
-static inline int put_int(Out *o, PyObject *v) {
+/* An int >= 0 in its shortest form: positive fixint, uint 8..64 (room made). */
+static inline void put_uint(Out *o, uint64_t x) {
     uint8_t *p = o->p;
+    if (x < 128) { p[0] = (uint8_t)x; o->p = p + 1; }
+    else if (x < 256) { p[0] = 0xCC; p[1] = (uint8_t)x; o->p = p + 2; }
+    else if (x < 65536) { p[0] = 0xCD; put16(p + 1, (uint32_t)x); o->p = p + 3; }
+    else if (x <= 0xFFFFFFFFu) { p[0] = 0xCE; put32(p + 1, (uint32_t)x); o->p = p + 5; }
+    else { p[0] = 0xCF; put64(p + 1, x); o->p = p + 9; }
+}
+
+/* An int < 0 in its shortest form: negative fixint, int 8..64 (room made). */
+static inline void put_neg(Out *o, int64_t x) {
+    uint8_t *p = o->p;
+    if (x >= -32) { p[0] = (uint8_t)(int8_t)x; o->p = p + 1; }
+    else if (x >= -128) { p[0] = 0xD0; p[1] = (uint8_t)(int8_t)x; o->p = p + 2; }
+    else if (x >= -32768) { p[0] = 0xD1; put16(p + 1, (uint32_t)(uint16_t)(int16_t)x); o->p = p + 3; }
+    else if (x >= -2147483648ll) { p[0] = 0xD2; put32(p + 1, (uint32_t)(int32_t)x); o->p = p + 5; }
+    else { p[0] = 0xD3; put64(p + 1, (uint64_t)x); o->p = p + 9; }
+}
+
+/* An exact int (room for 9 bytes made). */
+static inline int put_int(Out *o, PyObject *v) {
 #ifdef ENC_CPY311
     /* Up to 3 digits of 30 bits, the top one under 16 (magnitudes below 2**64): sign in
      * ob_size, which counts the digits. */
     Py_ssize_t size = Py_SIZE(v);
     const digit *d = ((PyLongObject *)v)->ob_digit;
     Py_ssize_t nd = size < 0 ? -size : size;
-    if (nd <= 3 && (nd < 3 || d[2] < 16)) {
-        uint64_t mag = nd == 0 ? 0 : d[0];
-        if (nd >= 2) mag |= (uint64_t)d[1] << PyLong_SHIFT;
-        if (nd == 3) mag |= (uint64_t)d[2] << (2 * PyLong_SHIFT);
-        if (size >= 0) {
-            if (mag < 128) { p[0] = (uint8_t)mag; o->p = p + 1; }
-            else if (mag < 256) { p[0] = 0xCC; p[1] = (uint8_t)mag; o->p = p + 2; }
-            else if (mag < 65536) { p[0] = 0xCD; put16(p + 1, (uint32_t)mag); o->p = p + 3; }
-            else if (mag <= 0xFFFFFFFFu) { p[0] = 0xCE; put32(p + 1, (uint32_t)mag); o->p = p + 5; }
-            else { p[0] = 0xCF; put64(p + 1, mag); o->p = p + 9; }
-            return 1;
-        }
-        if (mag > ((uint64_t)1 << 63)) return 0;         /* below -2**63 */
-        int64_t x = (int64_t)(0 - mag);                  /* -2**63 included (wraps exactly) */
-        if (x >= -32) { p[0] = (uint8_t)(int8_t)x; o->p = p + 1; }
-        else if (x >= -128) { p[0] = 0xD0; p[1] = (uint8_t)(int8_t)x; o->p = p + 2; }
-        else if (x >= -32768) { p[0] = 0xD1; put16(p + 1, (uint32_t)(uint16_t)(int16_t)x); o->p = p + 3; }
-        else if (x >= -2147483648ll) { p[0] = 0xD2; put32(p + 1, (uint32_t)(int32_t)x); o->p = p + 5; }
-        else { p[0] = 0xD3; put64(p + 1, (uint64_t)x); o->p = p + 9; }
-        return 1;
-    }
-    return 0;  /* more digits, or a top digit of 16 or more: 2**64 or more in magnitude */
+    if (nd > 3 || (nd == 3 && d[2] >= 16))
+        return 0;  /* more digits, or a top digit of 16 or more: 2**64 or more in magnitude */
+    uint64_t mag = nd == 0 ? 0 : d[0];
+    if (nd >= 2) mag |= (uint64_t)d[1] << PyLong_SHIFT;
+    if (nd == 3) mag |= (uint64_t)d[2] << (2 * PyLong_SHIFT);
+    if (size >= 0) { put_uint(o, mag); return 1; }
+    if (mag > ((uint64_t)1 << 63)) return 0;            /* below -2**63 */
+    put_neg(o, (int64_t)(0 - mag));                     /* -2**63 included (wraps exactly) */
+    return 1;
 #else
     int overflow;
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
@@ -531,22 +538,11 @@ static inline int put_int(Out *o, PyObject *v) {
         if (overflow < 0 || _PyLong_NumBits(v) > 64) return 0;   /* below -2**63, over 2**64-1 */
         unsigned long long u = PyLong_AsUnsignedLongLong(v);
         if (u == (unsigned long long)-1 && PyErr_Occurred()) return -1;
-        p[0] = 0xCF; put64(p + 1, u); o->p = p + 9;
+        put_uint(o, u);
         return 1;
     }
-    if (x >= 0) {
-        if (x < 128) { p[0] = (uint8_t)x; o->p = p + 1; }
-        else if (x < 256) { p[0] = 0xCC; p[1] = (uint8_t)x; o->p = p + 2; }
-        else if (x < 65536) { p[0] = 0xCD; put16(p + 1, (uint32_t)x); o->p = p + 3; }
-        else if (x <= 0xFFFFFFFFll) { p[0] = 0xCE; put32(p + 1, (uint32_t)x); o->p = p + 5; }
-        else { p[0] = 0xCF; put64(p + 1, (uint64_t)x); o->p = p + 9; }
-    } else {
-        if (x >= -32) { p[0] = (uint8_t)(int8_t)x; o->p = p + 1; }
-        else if (x >= -128) { p[0] = 0xD0; p[1] = (uint8_t)(int8_t)x; o->p = p + 2; }
-        else if (x >= -32768) { p[0] = 0xD1; put16(p + 1, (uint32_t)(uint16_t)(int16_t)x); o->p = p + 3; }
-        else if (x >= -2147483648ll) { p[0] = 0xD2; put32(p + 1, (uint32_t)(int32_t)x); o->p = p + 5; }
-        else { p[0] = 0xD3; put64(p + 1, (uint64_t)x); o->p = p + 9; }
-    }
+    if (x >= 0) put_uint(o, (uint64_t)x);
+    else put_neg(o, x);
     return 1;
 #endif
 }
@@ -615,24 +611,20 @@ static int put_map(Out *o, PyObject *d, int depth) {
     if (mp->ma_values == NULL) {
         PyDictKeysObject *dk = mp->ma_keys;
         Py_ssize_t ne = dk->dk_nentries;
-        if (dk->dk_kind == DICT_KEYS_UNICODE) {
-            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(dk);
-            for (Py_ssize_t i = 0; i < ne; i++) {
-                if (ep[i].me_value == NULL) continue;
-                int got = put_entry(o, ep[i].me_key, ep[i].me_value, depth);
-                if (got != 1) return got;
-            }
-            return 1;
-        }
-        if (dk->dk_kind == DICT_KEYS_GENERAL) {
-            PyDictKeyEntry *ep = DK_ENTRIES(dk);
-            for (Py_ssize_t i = 0; i < ne; i++) {
-                if (ep[i].me_value == NULL) continue;
-                int got = put_entry(o, ep[i].me_key, ep[i].me_value, depth);
-                if (got != 1) return got;
-            }
-            return 1;
-        }
+        /* The same loop over either entry type (a str-keys-only table, or a general one). */
+#define PUT_ENTRIES(type, entries)                                                     \
+        do {                                                                           \
+            type *ep = entries(dk);                                                    \
+            for (Py_ssize_t i = 0; i < ne; i++) {                                      \
+                if (ep[i].me_value == NULL) continue;                                  \
+                int got = put_entry(o, ep[i].me_key, ep[i].me_value, depth);           \
+                if (got != 1) return got;                                              \
+            }                                                                          \
+            return 1;                                                                  \
+        } while (0)
+        if (dk->dk_kind == DICT_KEYS_UNICODE) PUT_ENTRIES(PyDictUnicodeEntry, DK_UNICODE_ENTRIES);
+        if (dk->dk_kind == DICT_KEYS_GENERAL) PUT_ENTRIES(PyDictKeyEntry, DK_ENTRIES);
+#undef PUT_ENTRIES
     }
 #endif
     Py_ssize_t pos = 0;

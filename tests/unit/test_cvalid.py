@@ -423,18 +423,24 @@ def test_lazy_events_change_as_the_eager_list_and_dict_and_encode_as_changed():
     assert len(drop) == 1 and drop.events == [{"count": 2, "source": "ebpf"}]
 
 
-def test_without_the_extension_the_codec_decodes_eagerly():
-    """A wheel built without a compiler has no netevents._cvalid: the codec decodes as before."""
+def test_without_the_extension_the_codec_decodes_eagerly_and_msgspec_encodes():
+    """A wheel built without a compiler has no netevents._cvalid: the codec decodes as before,
+    and encodes with msgspec alone (the same bytes as with the C encoder)."""
     code = ("import sys; sys.modules['netevents._cvalid'] = None\n"
-            "import msgpack\nfrom netevents import lazy\nfrom netevents.codec import decode_batch\n"
-            "assert not lazy.AVAILABLE and not lazy.ENABLED\n"
+            "import msgpack\nfrom netevents import lazy\n"
+            "from netevents.codec import Batch, decode_batch, encode_batch\n"
+            "assert not lazy.AVAILABLE and not lazy.ENABLED and lazy.encode is None\n"
             "doc = {'v': 1, 'kind': 'frame', 'site': 's', 'host': 'h', 'run': 'r', 'seq': 1,"
             " 't0': 1, 't1': 2, 'events': {'ts': [1, 2]}}\n"
             "b = decode_batch(msgpack.packb(doc))\n"
             "assert type(b.events) is dict and b.events == {'ts': [1, 2]}\n"
             "doc.update(kind='drop', events=[{'count': 1, 'source': 'netdm'}])\n"
             "b = decode_batch(msgpack.packb(doc))\n"
-            "assert type(b.events) is list and len(b) == 1\nprint('eager')")
+            "assert type(b.events) is list and len(b) == 1\n"
+            "print(encode_batch(Batch(kind='drop', site='s', host='h', run='r', seq=1, t0=1, t1=2,"
+            " events=[{'count': 1, 'source': 'netdm'}])).hex())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert out.stdout.strip() == "eager", out.stderr
+    with_c = encode_batch(Batch(kind="drop", site="s", host="h", run="r", seq=1, t0=1, t1=2,
+                                events=[{"count": 1, "source": "netdm"}]))
+    assert out.stdout.strip() == with_c.hex(), out.stderr
