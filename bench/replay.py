@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import os
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,10 +95,12 @@ def _view_digest(view) -> str:
 
 
 def replay(path: str, only: str | None, repeat: int) -> None:
+    from netevents.bus import tune_gc
     from netevents.bus.intake import Intake
     from netevents.consumers.correlate import INPUT_KINDS, Correlator
     from netevents.consumers.view import FleetView
 
+    tune_gc()  # as the bench's consumers do
     msgs = messages(path)
     for _ in range(repeat):
         for name in ("correlator", "view"):

@@ -67,11 +67,17 @@ class Batch:
     missed: int = 0
 
     def __len__(self) -> int:
-        if isinstance(self.events, (PackedColumns, lazy.LazyColumns)):
-            return self.events.rows
-        if isinstance(self.events, Mapping):
-            return len(next(iter(self.events.values()), ()))
-        return len(self.events)
+        events = self.events
+        kind = type(events)
+        # The decoded types first, by exact type: isinstance against an ABC is a Python call
+        # (ABCMeta.__instancecheck__), and consumers take the length of every batch.
+        if kind is lazy.LazyRows or kind is list:
+            return len(events)
+        if kind is lazy.LazyColumns or kind is PackedColumns:
+            return events.rows
+        if is_columns(events):
+            return len(next(iter(events.values()), ()))
+        return len(events)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """The events one dict at a time, also for columnar batches."""
@@ -418,6 +424,18 @@ def _one_pass(b: Any, events: Any = None) -> Batch:
                 raise SchemaError("column lengths")
     return Batch(kind=kind, site=site, host=host, run=b.run, seq=b.seq, t0=b.t0, t1=b.t1,
                  events=events, fields=fields)
+
+
+def is_columns(events: Any) -> bool:
+    """Whether a batch's events are columns (a ``Mapping`` of name -> list), as a columnar
+    kind's are: the decoded types are told by exact type first (isinstance against the ABC
+    is a Python call, on the hot path of every consumer)."""
+    kind = type(events)
+    if kind is lazy.LazyColumns or kind is dict:
+        return True
+    if kind is lazy.LazyRows or kind is list:
+        return False
+    return isinstance(events, Mapping)
 
 
 def _token(value: str) -> bool:

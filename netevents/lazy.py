@@ -98,6 +98,16 @@ class LazyColumns(MutableMapping):
             col = self._cols[name] = self._decoders[name].decode(self._buf[start:end])
         return col
 
+    def get(self, name: str, default: Any = None) -> Any:
+        # Mapping.get would try __getitem__ and catch its KeyError, two Python calls per
+        # column: consumers read every column of every frame batch through get.
+        col = self._cols.get(name)
+        if col is None:
+            if name not in self._spans:
+                return default
+            col = self[name]
+        return col
+
     def __setitem__(self, name: str, col: Any) -> None:
         self._cols[name] = col
         self._spans.setdefault(name, None)

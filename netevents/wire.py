@@ -16,8 +16,9 @@ agents make) and otherwise takes them again key by key to keep the unknown ones
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal, NotRequired, Required, TypedDict, Union
 
 import msgspec
@@ -161,6 +162,40 @@ class EventRow(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 
 
 Mapping.register(EventRow)
+
+
+ABSENT = msgspec.UNSET
+"""What :func:`reader` gives for a key an event does not have (false, like None)."""
+
+
+def reader(*names: str) -> Callable[[Any], tuple]:
+    """A function giving the values of ``names`` in an event (any ``Mapping``) as a tuple,
+    :data:`ABSENT` for a key the event does not have.
+
+    For consumers' hot paths, which read several fields of every event: an
+    :class:`EventRow` (nearly every decoded event) is read by one ``attrgetter`` call, in C,
+    where ``e.get(name)`` is a Python call per name; any other mapping (a dict: an event with
+    keys v1 does not know) by a ``get`` per name."""
+    getters: dict[type, Callable[[Any], tuple]] = {}
+
+    def read(event: Any) -> tuple:
+        cls = type(event)
+        getter = getters.get(cls)
+        if getter is None:
+            getter = getters[cls] = _getter(cls, names)
+        return getter(event)
+
+    return read
+
+
+def _getter(cls: type, names: tuple[str, ...]) -> Callable[[Any], tuple]:
+    if issubclass(cls, EventRow) and cls._names.issuperset(names):
+        # a field absent on the wire is UNSET (= ABSENT) in the row
+        if len(names) == 1:
+            get_one = operator.attrgetter(names[0])
+            return lambda event: (get_one(event),)
+        return operator.attrgetter(*names)
+    return lambda event: tuple([event.get(name, ABSENT) for name in names])
 
 
 def _row_struct(name: str, names: list[str], spec: list) -> type[EventRow]:
