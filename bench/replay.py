@@ -111,7 +111,7 @@ def replay(path: str, only: str | None, repeat: int) -> None:
             view = FleetView() if name == "view" else None
             incidents = batches = 0
             next_tick = None
-            t_intake = t_feed = 0.0
+            t_intake = t_feed = t_tick = 0.0
             digest = hashlib.sha256()
             clock = time.process_time
             for subject, data in msgs:
@@ -128,7 +128,9 @@ def replay(path: str, only: str | None, repeat: int) -> None:
                         next_tick = corr.stream_time
                     if corr.stream_time >= next_tick:  # once a second of stream time
                         next_tick = corr.stream_time + NS
+                        c2 = clock()
                         made = made + corr.tick(corr.stream_time)
+                        t_tick += clock() - c2
                     for inc in made:
                         digest.update(_incident_text(inc))
                     incidents += len(made)
@@ -145,7 +147,8 @@ def replay(path: str, only: str | None, repeat: int) -> None:
                     digest.update(_incident_text(inc))
                 incidents += len(made)
                 pairs = corr.pairs.values()
-                line += (f"; delivered {sum(p.delivered for p in pairs)}, lost "
+                line += (f"; of which tick {t_tick / batches * 1e6:.1f} us"
+                         f"; delivered {sum(p.delivered for p in pairs)}, lost "
                          f"{sum(p.lost for p in pairs)}, unknown {sum(p.unknown for p in pairs)}, "
                          f"incidents {incidents} (digest {digest.hexdigest()[:16]}); counts "
                          f"{dict(sorted(corr.counts.items()))}; evicted {dict(corr.evicted)}")

@@ -85,6 +85,11 @@ class LazyColumns(MutableMapping):
         once changed."""
 
     @property
+    def decoded(self) -> int:
+        """Columns made Python objects so far (read, or set by the program)."""
+        return len(self._cols)
+
+    @property
     def rows(self) -> int:
         """Values in each column (the validator's count, decoding nothing)."""
         if self.raw is None:

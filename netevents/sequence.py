@@ -61,6 +61,8 @@ class RunState:
     """No batch has followed the last jump (or the first batch) in order yet."""
     contradicted: int = 0
     """A status announced this many batches, fewer than the unconfirmed position (0: none)."""
+    tally: Tally | None = None
+    """The run's (host, kind) totals (kept here: observe reads them for every batch)."""
 
 
 @dataclass(slots=True)
@@ -98,43 +100,51 @@ class SequenceTracker:
         self.evicted = 0
 
     def observe(self, host: str, run: str, kind: str, seq: int) -> int:
+        # Hot path (every batch a consumer takes): one lookup for a run already seen.
         key = (host, run, kind)
-        tally = self._tally.get((host, kind))
-        if tally is None:
-            tally = self._tally[(host, kind)] = Tally()
-        state = self._runs.get(key)
+        runs = self._runs
+        state = runs.get(key)
         if state is None:
-            self._runs[key] = RunState(first_seq=seq, last_seq=seq)
-            if len(self._runs) > self.max_runs:
-                gone, _ = self._runs.popitem(last=False)
+            tally = self._tally_of(host, kind)
+            runs[key] = RunState(first_seq=seq, last_seq=seq, tally=tally)
+            if len(runs) > self.max_runs:
+                gone, _ = runs.popitem(last=False)
                 self._announced.pop(gone, None)
                 self.evicted += 1
             tally.runs += 1
             tally.received += 1
             tally.before_join += seq - 1
             return 0
-        self._runs.move_to_end(key)
-        if seq > state.last_seq + self.max_jump or seq < state.last_seq - self.max_jump:
+        runs.move_to_end(key)
+        tally = state.tally
+        last = state.last_seq
+        if seq > last + self.max_jump or seq < last - self.max_jump:
             return self._implausible(state, tally, host, kind, seq)
         state.alt_count = 0
-        if seq <= state.last_seq:
+        if seq <= last:
             if state.contradicted and state.jump_from < seq <= state.contradicted:
                 return self._retract(state, tally, host, kind, seq)
             state.duplicates += 1
             tally.duplicates += 1
             return -1
-        gap = seq - state.last_seq - 1
+        gap = seq - last - 1
         if gap:
-            state.jump_from, state.jump_gap, state.unconfirmed = state.last_seq, gap, True
+            state.jump_from, state.jump_gap, state.unconfirmed = last, gap, True
+            state.missed += gap
+            tally.missed += gap
         else:
             state.unconfirmed = False
         state.contradicted = 0
         state.last_seq = seq
         state.received += 1
-        state.missed += gap
         tally.received += 1
-        tally.missed += gap
         return gap
+
+    def _tally_of(self, host: str, kind: str) -> Tally:
+        tally = self._tally.get((host, kind))
+        if tally is None:
+            tally = self._tally[(host, kind)] = Tally()
+        return tally
 
     def _retract(self, state: RunState, tally: Tally, host: str, kind: str, seq: int) -> int:
         """The run's status said fewer batches exist than the position: the batch that put the
@@ -197,9 +207,9 @@ class SequenceTracker:
             state = self._runs[key]
             state.last_seq = max(state.last_seq, last_seq)
             return
+        tally = self._tally_of(host, kind)
         self._runs[key] = RunState(first_seq=last_seq, last_seq=last_seq, received=0,
-                                   unconfirmed=False)
-        tally = self._tally.setdefault((host, kind), Tally())
+                                   unconfirmed=False, tally=tally)
         tally.runs += 1
 
     def announce(self, host: str, run: str, kind: str, published: int) -> None:
