@@ -160,42 +160,42 @@ class EventRow(msgspec.Struct, gc=False, forbid_unknown_fields=True):
         """The event as the dict it came from (a copy a program may change)."""
         return dict(self.items())
 
+    ABSENT: ClassVar[Any] = msgspec.UNSET
+    """What :meth:`reader` gives for a key an event does not have (false, like None)."""
+
+    @staticmethod
+    def reader(*names: str) -> Callable[[Any], tuple]:
+        """A function giving the values of ``names`` in an event (any ``Mapping``) as a
+        tuple, :attr:`ABSENT` for a key the event does not have.
+
+        For consumers' hot paths, which read several fields of every event: a row (nearly
+        every decoded event) is read by one ``attrgetter`` call, in C, where ``e.get(name)``
+        is a Python call per name; any other mapping (a dict: an event with keys v1 does not
+        know) by a ``get`` per name."""
+        getters: dict[type, Callable[[Any], tuple]] = {}
+
+        def read(event: Any) -> tuple:
+            cls = type(event)
+            getter = getters.get(cls)
+            if getter is None:
+                getter = getters[cls] = EventRow._getter(cls, names)
+            return getter(event)
+
+        return read
+
+    @staticmethod
+    def _getter(cls: type, names: tuple[str, ...]) -> Callable[[Any], tuple]:
+        if issubclass(cls, EventRow) and cls._names.issuperset(names):
+            # a field absent on the wire is UNSET (= ABSENT) in the row
+            if len(names) == 1:
+                get_one = operator.attrgetter(names[0])
+                return lambda event: (get_one(event),)
+            return operator.attrgetter(*names)
+        absent = EventRow.ABSENT
+        return lambda event: tuple([event.get(name, absent) for name in names])
+
 
 Mapping.register(EventRow)
-
-
-ABSENT = msgspec.UNSET
-"""What :func:`reader` gives for a key an event does not have (false, like None)."""
-
-
-def reader(*names: str) -> Callable[[Any], tuple]:
-    """A function giving the values of ``names`` in an event (any ``Mapping``) as a tuple,
-    :data:`ABSENT` for a key the event does not have.
-
-    For consumers' hot paths, which read several fields of every event: an
-    :class:`EventRow` (nearly every decoded event) is read by one ``attrgetter`` call, in C,
-    where ``e.get(name)`` is a Python call per name; any other mapping (a dict: an event with
-    keys v1 does not know) by a ``get`` per name."""
-    getters: dict[type, Callable[[Any], tuple]] = {}
-
-    def read(event: Any) -> tuple:
-        cls = type(event)
-        getter = getters.get(cls)
-        if getter is None:
-            getter = getters[cls] = _getter(cls, names)
-        return getter(event)
-
-    return read
-
-
-def _getter(cls: type, names: tuple[str, ...]) -> Callable[[Any], tuple]:
-    if issubclass(cls, EventRow) and cls._names.issuperset(names):
-        # a field absent on the wire is UNSET (= ABSENT) in the row
-        if len(names) == 1:
-            get_one = operator.attrgetter(names[0])
-            return lambda event: (get_one(event),)
-        return operator.attrgetter(*names)
-    return lambda event: tuple([event.get(name, ABSENT) for name in names])
 
 
 def _row_struct(name: str, names: list[str], spec: list) -> type[EventRow]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import Batch
-from ..wire import ABSENT, reader
+from ..wire import EventRow
 from .correlate.directory import HostDirectory
 
 # Host counters that say something about loss, shown first in the netstat view.
@@ -28,8 +28,9 @@ LOSS_COUNTERS = (
 )
 
 
-_read_drop = reader("reason", "location", "count", "flow")
-_read_ipstat = reader("peer", "retrans_segs", "timeouts", "resets", "resets_in")
+ABSENT = EventRow.ABSENT
+_read_drop = EventRow.reader("reason", "location", "count", "flow")
+_read_ipstat = EventRow.reader("peer", "retrans_segs", "timeouts", "resets", "resets_in")
 """The fields of the events :meth:`FleetView.feed` tallies (ABSENT: not in the event)."""
 
 STATE_ABBREV = {"running": "ok", "starting": "starting", "unavailable": "n/a", "failed": "FAILED", "stopped": "stopped"}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ...codec import Batch
-from ...wire import reader
+from ...wire import EventRow
 from .directory import HostDirectory
 from .fingerprint import dropped_packet_fingerprint
 
@@ -41,7 +41,7 @@ def can_explain_path_loss(reason: str, scope: str) -> bool:
 
 
 
-_read_drop = reader("count", "reason", "location", "first_ts", "last_ts", "flow", "payload")
+_read_drop = EventRow.reader("count", "reason", "location", "first_ts", "last_ts", "flow", "payload")
 """The fields of a drop event :meth:`DropLedger.record` reads."""
 
 

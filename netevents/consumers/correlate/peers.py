@@ -30,7 +30,7 @@ from typing import Any
 
 from ...codec import Batch
 from ...events import IncidentEvent
-from ...wire import ABSENT, reader
+from ...wire import EventRow
 from .directory import HostDirectory
 from .ledger import Drop, DropLedger
 from .partition import Partition
@@ -45,7 +45,8 @@ FLAGGING = ("retrans_segs", "timeouts", "resets", "resets_in", "lost")
 """Figures that open an episode (retransmits: at least ``min_retrans``; the others: any).
 The first of :data:`SUMMED`, in the same order (feed reads them there)."""
 assert SUMMED[:len(FLAGGING)] == FLAGGING and FLAGGING[0] == "retrans_segs"
-_read_ipstat = reader("peer", "local", "rtt_us", "flags", *SUMMED)
+ABSENT = EventRow.ABSENT
+_read_ipstat = EventRow.reader("peer", "local", "rtt_us", "flags", *SUMMED)
 """An ipstat event's fields :meth:`PeerViews.feed` reads (one call for a decoded row)."""
 RECENT_DROPS_NS = 120 * NS
 """How long drops on a pair's flows wait for the episode they may belong to (stream time)."""
