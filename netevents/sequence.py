@@ -38,6 +38,7 @@ next batch in order confirms the position.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 REJECTED = -2
@@ -233,12 +234,18 @@ class SequenceTracker:
     def unreceived(self, host: str | None = None, kind: str | None = None) -> int:
         """Batches announced by their run's status but neither received nor counted missed:
         still on the way while the run lives, lost for good once the consumer has drained."""
+        # Every run announced is read (a subscription's lag() asks every second): the
+        # filter is applied only when asked for.
+        announced: Iterable[tuple[tuple[str, str, str], int]] = self._announced.items()
+        if host is not None or kind is not None:
+            announced = [(key, n) for key, n in announced
+                         if (host is None or key[0] == host) and (kind is None or key[2] == kind)]
         total = 0
-        for key, n in self._announced.items():
-            if (host is None or key[0] == host) and (kind is None or key[2] == kind):
-                state = self._runs.get(key)
-                if state is not None and n > state.last_seq:
-                    total += n - state.last_seq
+        runs = self._runs
+        for key, n in announced:
+            state = runs.get(key)
+            if state is not None and n > state.last_seq:
+                total += n - state.last_seq
         return total
 
     def missed(self, host: str | None = None, kind: str | None = None) -> int:

@@ -221,10 +221,14 @@ class PeerViews:
         the peer host's drops have reached; past ``max_wait`` (or at ``flush``) all of them,
         saying the drops are late."""
         out = []
+        # Every open episode is looked at (thousands, every tick): the two times it is
+        # compared with are worked out once.
+        quiet_after = now - self.window_ns  # last window at or before it: quiet
+        reported_after = now - self.report_ns  # published after it: not yet again
         for key, ep in list(self.episodes.items()):
-            quiet = flush or now - ep.last_ts >= self.window_ns
+            quiet = flush or ep.last_ts <= quiet_after
             if not quiet and (not ep.queued or (ep.published_at is not None
-                                                and now - ep.published_at < self.report_ns)):
+                                                and ep.published_at > reported_after)):
                 continue
             if ep.b is None and ep.cut is None:
                 self._peer_host(ep)
