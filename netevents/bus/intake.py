@@ -120,7 +120,7 @@ class Intake:
         the lazy columns read one by one; a consumer that reads none (a view, a relay) keeps
         the lazy columns, which cost it nothing."""
         last = self._columns.get(kind)
-        if last is not None and last.decoded * 2 >= len(last):
+        if last is not None and (read := last.decoded) and read * 2 >= len(last):
             self._read_whole.add(kind)
         self._columns[kind] = columns
 
