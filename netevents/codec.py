@@ -67,11 +67,17 @@ class Batch:
     missed: int = 0
 
     def __len__(self) -> int:
-        if isinstance(self.events, (PackedColumns, lazy.LazyColumns)):
-            return self.events.rows
-        if isinstance(self.events, Mapping):
-            return len(next(iter(self.events.values()), ()))
-        return len(self.events)
+        events = self.events
+        kind = type(events)
+        # The decoded types first, by exact type: isinstance against an ABC is a Python call
+        # (ABCMeta.__instancecheck__), and consumers take the length of every batch.
+        if kind is lazy.LazyRows or kind is list:
+            return len(events)
+        if kind is lazy.LazyColumns or kind is PackedColumns:
+            return events.rows
+        if is_columns(events):
+            return len(next(iter(events.values()), ()))
+        return len(events)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """The events one dict at a time, also for columnar batches."""
@@ -305,11 +311,17 @@ def _str(head: dict, name: str) -> Any:
 _MISSING = object()
 
 
-def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATCH_BYTES) -> Batch:
+def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATCH_BYTES, *,
+                 lazy_events: bool = True) -> Batch:
     """Decode and validate one batch against the v1 contract (``schemas/v1``).
 
     Bounded: at most ``max_bytes``, containers and free-form values within the limits of
     :mod:`netevents.events` (``MAX_ROWS``, ``MAX_MAP``, ...), checked as the data is read.
+
+    ``lazy_events=False`` makes the events Python objects at once, in the one pass that
+    decodes the envelope (the same values): for a reader that reads all of them, which the
+    lazy events (:mod:`netevents.lazy`) would cost the C validation and then a decoder call per
+    column -- twice the one pass, for a correlator's frame batches.
 
     Raises:
         OversizeError: if ``data`` is larger than ``max_bytes`` (checked before parsing).
@@ -325,7 +337,7 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
             f", got {_first_type(data[0])}" if data else ", got nothing"))
     if data[0] != 0xDF and (data[0] < 0x90 or int.from_bytes(data[1:3]) <= ev.MAX_ENVELOPE_KEYS):
         try:
-            if lazy.ENABLED and (found := lazy.decode(data)) is not None:
+            if lazy_events and lazy.ENABLED and (found := lazy.decode(data)) is not None:
                 return _one_pass(*found)  # validated in C, events made objects when read
             return _one_pass(wire.ONE_PASS.decode(data))
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, SchemaError):
@@ -425,8 +437,21 @@ def _one_pass(b: Any, events: Any = None) -> Batch:
             events = {name: col for i, name in columns if (col := cols[i]) is not _UNSET}
             if len(set(map(len, events.values()))) > 1:
                 raise SchemaError("column lengths")
-    return Batch(kind=kind, site=site, host=host, run=b.run, seq=b.seq, t0=b.t0, t1=b.t1,
-                 events=events, fields=fields)
+    # by position (kind, site, host, run, seq, t0, t1, events, fields): a third of the cost
+    # of the dataclass's __init__ by keyword
+    return Batch(kind, site, host, b.run, b.seq, b.t0, b.t1, events, fields)
+
+
+def is_columns(events: Any) -> bool:
+    """Whether a batch's events are columns (a ``Mapping`` of name -> list), as a columnar
+    kind's are: the decoded types are told by exact type first (isinstance against the ABC
+    is a Python call, on the hot path of every consumer)."""
+    kind = type(events)
+    if kind is lazy.LazyColumns or kind is dict:
+        return True
+    if kind is lazy.LazyRows or kind is list:
+        return False
+    return isinstance(events, Mapping)
 
 
 def _token(value: str) -> bool:

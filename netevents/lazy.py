@@ -89,6 +89,11 @@ class LazyColumns(MutableMapping):
         once changed."""
 
     @property
+    def decoded(self) -> int:
+        """Columns made Python objects so far (read, or set by the program)."""
+        return len(self._cols)
+
+    @property
     def rows(self) -> int:
         """Values in each column (the validator's count, decoding nothing)."""
         if self.raw is None:
@@ -100,6 +105,16 @@ class LazyColumns(MutableMapping):
         if col is None:
             start, end = self._spans[name]  # KeyError for a column the batch does not have
             col = self._cols[name] = self._decoders[name].decode(self._buf[start:end])
+        return col
+
+    def get(self, name: str, default: Any = None) -> Any:
+        # Mapping.get would try __getitem__ and catch its KeyError, two Python calls per
+        # column: consumers read every column of every frame batch through get.
+        col = self._cols.get(name)
+        if col is None:
+            if name not in self._spans:
+                return default
+            col = self[name]
         return col
 
     def __setitem__(self, name: str, col: Any) -> None:

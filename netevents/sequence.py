@@ -38,6 +38,7 @@ next batch in order confirms the position.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 REJECTED = -2
@@ -61,6 +62,8 @@ class RunState:
     """No batch has followed the last jump (or the first batch) in order yet."""
     contradicted: int = 0
     """A status announced this many batches, fewer than the unconfirmed position (0: none)."""
+    tally: Tally | None = None
+    """The run's (host, kind) totals (kept here: observe reads them for every batch)."""
 
 
 @dataclass(slots=True)
@@ -98,43 +101,51 @@ class SequenceTracker:
         self.evicted = 0
 
     def observe(self, host: str, run: str, kind: str, seq: int) -> int:
+        # Hot path (every batch a consumer takes): one lookup for a run already seen.
         key = (host, run, kind)
-        tally = self._tally.get((host, kind))
-        if tally is None:
-            tally = self._tally[(host, kind)] = Tally()
-        state = self._runs.get(key)
+        runs = self._runs
+        state = runs.get(key)
         if state is None:
-            self._runs[key] = RunState(first_seq=seq, last_seq=seq)
-            if len(self._runs) > self.max_runs:
-                gone, _ = self._runs.popitem(last=False)
+            tally = self._tally_of(host, kind)
+            runs[key] = RunState(first_seq=seq, last_seq=seq, tally=tally)
+            if len(runs) > self.max_runs:
+                gone, _ = runs.popitem(last=False)
                 self._announced.pop(gone, None)
                 self.evicted += 1
             tally.runs += 1
             tally.received += 1
             tally.before_join += seq - 1
             return 0
-        self._runs.move_to_end(key)
-        if seq > state.last_seq + self.max_jump or seq < state.last_seq - self.max_jump:
+        runs.move_to_end(key)
+        tally = state.tally
+        last = state.last_seq
+        if seq > last + self.max_jump or seq < last - self.max_jump:
             return self._implausible(state, tally, host, kind, seq)
         state.alt_count = 0
-        if seq <= state.last_seq:
+        if seq <= last:
             if state.contradicted and state.jump_from < seq <= state.contradicted:
                 return self._retract(state, tally, host, kind, seq)
             state.duplicates += 1
             tally.duplicates += 1
             return -1
-        gap = seq - state.last_seq - 1
+        gap = seq - last - 1
         if gap:
-            state.jump_from, state.jump_gap, state.unconfirmed = state.last_seq, gap, True
+            state.jump_from, state.jump_gap, state.unconfirmed = last, gap, True
+            state.missed += gap
+            tally.missed += gap
         else:
             state.unconfirmed = False
         state.contradicted = 0
         state.last_seq = seq
         state.received += 1
-        state.missed += gap
         tally.received += 1
-        tally.missed += gap
         return gap
+
+    def _tally_of(self, host: str, kind: str) -> Tally:
+        tally = self._tally.get((host, kind))
+        if tally is None:
+            tally = self._tally[(host, kind)] = Tally()
+        return tally
 
     def _retract(self, state: RunState, tally: Tally, host: str, kind: str, seq: int) -> int:
         """The run's status said fewer batches exist than the position: the batch that put the
@@ -197,9 +208,9 @@ class SequenceTracker:
             state = self._runs[key]
             state.last_seq = max(state.last_seq, last_seq)
             return
+        tally = self._tally_of(host, kind)
         self._runs[key] = RunState(first_seq=last_seq, last_seq=last_seq, received=0,
-                                   unconfirmed=False)
-        tally = self._tally.setdefault((host, kind), Tally())
+                                   unconfirmed=False, tally=tally)
         tally.runs += 1
 
     def announce(self, host: str, run: str, kind: str, published: int) -> None:
@@ -223,12 +234,18 @@ class SequenceTracker:
     def unreceived(self, host: str | None = None, kind: str | None = None) -> int:
         """Batches announced by their run's status but neither received nor counted missed:
         still on the way while the run lives, lost for good once the consumer has drained."""
+        # Every run announced is read (a subscription's lag() asks every second): the
+        # filter is applied only when asked for.
+        announced: Iterable[tuple[tuple[str, str, str], int]] = self._announced.items()
+        if host is not None or kind is not None:
+            announced = [(key, n) for key, n in announced
+                         if (host is None or key[0] == host) and (kind is None or key[2] == kind)]
         total = 0
-        for key, n in self._announced.items():
-            if (host is None or key[0] == host) and (kind is None or key[2] == kind):
-                state = self._runs.get(key)
-                if state is not None and n > state.last_seq:
-                    total += n - state.last_seq
+        runs = self._runs
+        for key, n in announced:
+            state = runs.get(key)
+            if state is not None and n > state.last_seq:
+                total += n - state.last_seq
         return total
 
     def missed(self, host: str | None = None, kind: str | None = None) -> int:

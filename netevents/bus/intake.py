@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from .. import events as ev
 from ..codec import MAX_BATCH_BYTES, Batch, decode_batch
 from ..errors import CodecError, SubjectError
+from ..lazy import LazyColumns
 from ..sequence import REJECTED, SequenceTracker
 from ..subjects import host_matches, parse_subject
 
@@ -56,6 +57,10 @@ class Intake:
         self._retracted = 0
         self._subjects: dict[str, tuple[str, str, str]] = {}
         """Subjects already parsed (bounded): a fleet's subjects repeat on every batch."""
+        self._columns: dict[str, LazyColumns] = {}
+        """Per columnar kind, the lazy columns of the last batch accepted (:meth:`_watch`)."""
+        self._read_whole: set[str] = set()
+        """Columnar kinds whose columns the consumer reads (most of them): decoded at once."""
 
     def accept(self, subject: str, data: bytes) -> Batch | None:
         """Decode one message; return None (and count why) when it is rejected or filtered.
@@ -64,8 +69,9 @@ class Intake:
         were not received just before it.
         """
         try:
-            batch = decode_batch(data, max_bytes=MAX_BATCH_BYTES)
             parsed = self._subjects.get(subject)
+            batch = decode_batch(data, max_bytes=MAX_BATCH_BYTES, lazy_events=parsed is None
+                                 or parsed[0] not in self._read_whole)
             if parsed is None:
                 parsed = parse_subject(subject)
                 if len(self._subjects) >= 65536:
@@ -100,10 +106,23 @@ class Intake:
             self.shared_holes += missed
             missed = 0
         batch.missed = missed
+        if type(batch.events) is LazyColumns:
+            self._watch(batch.kind, batch.events)
         # A member's tail is the other members' share, so it does not follow announcements.
         if batch.kind == "status" and not self.shared:
             self._announce(batch)
         return batch
+
+    def _watch(self, kind: str, columns: LazyColumns) -> None:
+        """Learn whether the consumer reads the columns of ``kind``'s batches (the last one it
+        was given): one that read half of them or more (a correlator reads every column of
+        every frame batch) has that kind decoded in one pass from then on, which costs half of
+        the lazy columns read one by one; a consumer that reads none (a view, a relay) keeps
+        the lazy columns, which cost it nothing."""
+        last = self._columns.get(kind)
+        if last is not None and (read := last.decoded) and read * 2 >= len(last):
+            self._read_whole.add(kind)
+        self._columns[kind] = columns
 
     def _reject(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1

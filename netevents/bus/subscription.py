@@ -310,7 +310,10 @@ class Subscription:
                 await msg.ack()
         if self.finished:
             raise StopAsyncIteration
-        batch, msg = await self._queue.get()
+        queue = self._queue
+        # a batch that is ready is taken as Queue.get would take it, without its coroutine
+        # (the hot path of a busy consumer)
+        batch, msg = await queue.get() if queue.empty() else queue.get_nowait()
         if batch is None:
             self.finished = True
             await self.close()   # the replay consumers go at once, also for a bare async for

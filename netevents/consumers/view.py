@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import Batch
+from ..wire import EventRow
 from .correlate.directory import HostDirectory
 
 # Host counters that say something about loss, shown first in the netstat view.
@@ -26,6 +27,11 @@ LOSS_COUNTERS = (
     ("link", "rx_dropped"), ("link", "tx_dropped"), ("link", "rx_missed_errors"), ("qdisc", "drops"),
 )
 
+
+ABSENT = EventRow.ABSENT
+_read_drop = EventRow.reader("reason", "location", "count", "flow")
+_read_ipstat = EventRow.reader("peer", "retrans_segs", "timeouts", "resets", "resets_in")
+"""The fields of the events :meth:`FleetView.feed` tallies (ABSENT: not in the event)."""
 
 STATE_ABBREV = {"running": "ok", "starting": "starting", "unavailable": "n/a", "failed": "FAILED", "stopped": "stopped"}
 """How the hosts view writes a source's state (the reason of one that is not running follows
@@ -88,6 +94,8 @@ class FleetView:
         self.peer_sort = "retrans"
         self.agents: dict[tuple[str, str], AgentHealth] = {}
         """(host, run) -> the last status of that agent run (capture workers are runs too)."""
+        self._runs_of: dict[str, list[str]] = {}
+        """host -> its runs in :attr:`agents`, in the order they came."""
         self.missed: Counter[tuple[str, str]] = Counter()
         self.evicted = 0
         self.feed_errors = 0
@@ -128,34 +136,37 @@ class FleetView:
         self.directory.see(batch)
         if kind == "status":
             for e in batch.events:
-                key = (batch.host, batch.run)
+                key = (host, batch.run)
                 if key not in self.agents:
                     # A new run of a host whose previous run never said goodbye: that run was
                     # killed (or its final status is lost); what it made after its last status
                     # cannot be known, and the view says so instead of staying silent.
-                    for (host, run), health in self.agents.items():
-                        if host == batch.host and not health.status.get("final") \
+                    # (The host's runs from an index: a walk of every agent for each new
+                    # run was quadratic in the fleet's size.)
+                    for run in self._runs_of.get(host, ()):
+                        health = self.agents.get((host, run))
+                        if health is not None and not health.status.get("final") \
                                 and run not in self.unclean_ends.get(host, ()):
                             self.unclean_ends.setdefault(host, []).append(run)
+                    self._runs_of.setdefault(host, []).append(batch.run)
                 self.agents[key] = AgentHealth(batch.run, time.monotonic(), e)
                 if self.on_status is not None:
-                    self.on_status(batch.host, e)
+                    self.on_status(host, e)
         elif kind == "drop":
             drop_sites = self.drop_sites
             for e in batch.events:
-                get = e.get
-                key = (host, str(get("reason")), str(get("location") or "?"))
-                count = int(get("count", 0))
+                reason, location, count, flow = _read_drop(e)
+                key = (host, str(None if reason is ABSENT else reason), str(location or "?"))
+                count = 0 if count is ABSENT else int(count)
                 self._bounded(drop_sites, key, count)
-                flow = get("flow")
-                if flow is not None and isinstance(flow, Mapping) and isinstance(flow.get("src"), str) \
+                if flow and isinstance(flow, Mapping) and isinstance(flow.get("src"), str) \
                         and isinstance(flow.get("dst"), str):
                     entity, _how = self.directory.attribute(batch, e)
                     fkey = (str(entity), flow["src"], flow["dst"])
                     if entity is not None and (fkey in self.flow_drops
                                                or len(self.flow_drops) < self.max_keys):
                         self.flow_drops.setdefault(fkey, Counter())[(key[1], key[2])] += count
-                        first, last = get("first_ts"), get("last_ts")
+                        first, last = e.get("first_ts"), e.get("last_ts")
                         first = first if type(first) is int else batch.t0
                         last = last if type(last) is int else batch.t1
                         span = self.flow_span.setdefault(fkey, [first, last])
@@ -169,11 +180,10 @@ class FleetView:
         elif kind == "ipstat":
             peers, peer_span, t0, t1 = self.peers, self.peer_span, batch.t0, batch.t1
             for e in batch.events:
-                get = e.get
-                peer = str(get("peer"))
+                peer, retrans, timeouts, resets_out, resets_in = _read_ipstat(e)
+                peer = str(None if peer is ABSENT else peer)
                 pkey = (host, peer)
-                self._bounded(peers, pkey, int(get("retrans_segs", 0)))
-                timeouts = get("timeouts")
+                self._bounded(peers, pkey, 0 if retrans is ABSENT else int(retrans))
                 if timeouts:
                     self._bounded(self.peer_timeouts, pkey, int(timeouts))
                 span = peer_span.get(pkey)
@@ -184,8 +194,7 @@ class FleetView:
                         span[1] = t1
                 elif pkey in peers:
                     peer_span[pkey] = [t0, t1]
-                for field, way in (("resets", "sent"), ("resets_in", "received")):
-                    resets = get(field)
+                for resets, way in ((resets_out, "sent"), (resets_in, "received")):
                     if resets:
                         self._bounded(self.peer_resets, (host, peer, way), int(resets))
         elif kind == "gap":

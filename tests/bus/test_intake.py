@@ -174,3 +174,29 @@ def test_a_seq_the_runs_status_contradicts_is_rejected_as_sequence_and_nothing_i
     assert [intake.accept(*msg(batch(seq=s))).missed for s in (4, 5, 6)] == [0, 0, 0]
     assert intake.rejected == {"sequence": 1} and "announced" in intake.last_error
     assert intake.missed == 0 and intake.unreceived == 0
+
+
+@pytest.mark.skipif(not __import__("netevents.lazy").lazy.ENABLED, reason="no C validator")
+def test_a_consumer_that_reads_the_columns_gets_them_decoded_in_one_pass_with_equal_values():
+    from netevents.lazy import LazyColumns
+    from tests.framegen import frame_batch
+
+    def feed(intake, reads):
+        got = []
+        for seq in range(1, 4):
+            b = frame_batch("web-1", "run1", seq, seq * 8, 8)
+            out = intake.accept(event_subject("frame", b.site, b.host), encode_batch(b))
+            for name in reads:
+                out.events[name]
+            got.append(out)
+        return got
+
+    readers = feed(Intake(["frame"]), ("ts", "src", "dst", "l4", "sport", "dport", "ip_id",
+                                         "tcp_seq", "head", "dir", "ts_src", "len", "caplen"))
+    # taking the second batch, the intake sees the first one's columns were read: the batches
+    # after it are decoded at once
+    assert [type(b.events) for b in readers] == [LazyColumns, LazyColumns, dict]
+    idle = feed(Intake(["frame"]), ())  # a consumer that reads none keeps them lazy
+    assert [type(b.events) for b in idle] == [LazyColumns] * 3
+    assert [dict(b.events) for b in readers] == [dict(b.events) for b in idle]
+    assert [len(b) for b in readers] == [len(b) for b in idle] == [8, 8, 8]

@@ -129,3 +129,17 @@ def test_wrong_types_anywhere_only_raise_codec_errors(value):
             decode_batch(raw(good_doc(**{key: value})))
         except CodecError:
             pass
+
+
+def test_eventrow_reader_gives_what_get_gives_or_absent_for_rows_and_dicts():
+    from netevents.wire import EventRow
+
+    b = decode_batch(encode_batch(Batch(kind="ipstat", site="s", host="h", run="r", seq=1, t0=1,
+                                        t1=2, events=[{"peer": "10.0.0.1", "retrans_segs": 3}])))
+    row = b.events[0]
+    read = EventRow.reader("peer", "retrans_segs", "timeouts")
+    for event in (row, dict(row)):
+        peer, retrans, timeouts = read(event)
+        assert (peer, retrans) == ("10.0.0.1", 3) and timeouts is EventRow.ABSENT
+        assert not timeouts  # absent reads as false, like get's None
+    assert EventRow.reader("peer")(row) == ("10.0.0.1",)

@@ -7,10 +7,10 @@ incidents the pieces make; the pieces hold the state.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from typing import Any
 
-from ...codec import Batch
+from ...codec import Batch, is_columns
 from ...events import IncidentEvent
 from .coverage import CaptureCoverage
 from .directory import HostDirectory
@@ -115,7 +115,7 @@ class Correlator:
             self.stream_time = batch.t1
         self.directory.see(batch)
         if kind == "frame":
-            if isinstance(batch.events, Mapping):  # columns; anything else is not read
+            if is_columns(batch.events):  # anything else is not read
                 self.coverage.frames(batch)
                 self.paths.frames(batch)
         elif kind == "drop":

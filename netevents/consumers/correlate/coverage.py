@@ -133,9 +133,14 @@ class CaptureCoverage:
         return hosts
 
     def _host_progress(self, host: str) -> None:
+        rings = self.ring_progress.get(host, {})
+        if not self.hold:  # nothing held (nearly always): no ring holds the host back
+            # (a ring's progress starts at 0 and never goes down: the loop's ``best``)
+            self.frame_progress[host] = max(rings.values(), default=0)
+            return
         best, cap = 0, None
         waiting = self.hold.waiting
-        for ring, progress in self.ring_progress.get(host, {}).items():
+        for ring, progress in rings.items():
             if progress > best:
                 best = progress
             if waiting(ring):

@@ -30,6 +30,7 @@ from typing import Any
 
 from ...codec import Batch
 from ...events import IncidentEvent
+from ...wire import EventRow
 from .directory import HostDirectory
 from .ledger import Drop, DropLedger
 from .partition import Partition
@@ -41,8 +42,12 @@ SUMMED = ("retrans_segs", "timeouts", "resets", "resets_in", "lost", "bytes_retr
           "closed")
 """The ipstat fields an episode adds up (only those the events carry)."""
 FLAGGING = ("retrans_segs", "timeouts", "resets", "resets_in", "lost")
-"""Figures that open an episode (retransmits: at least ``min_retrans``; the others: any)."""
-_ABSENT = object()
+"""Figures that open an episode (retransmits: at least ``min_retrans``; the others: any).
+The first of :data:`SUMMED`, in the same order (feed reads them there)."""
+assert SUMMED[:len(FLAGGING)] == FLAGGING and FLAGGING[0] == "retrans_segs"
+ABSENT = EventRow.ABSENT
+_read_ipstat = EventRow.reader("peer", "local", "rtt_us", "flags", *SUMMED)
+"""An ipstat event's fields :meth:`PeerViews.feed` reads (one call for a decoded row)."""
 RECENT_DROPS_NS = 120 * NS
 """How long drops on a pair's flows wait for the episode they may belong to (stream time)."""
 
@@ -125,12 +130,10 @@ class PeerViews:
         max_keys, min_retrans = self.max_keys, self.min_retrans
         owns = None if self.partition.n == 1 else self.partition.owns
         for e in batch.events:
-            get = e.get
-            peer = get("peer")
+            peer, local, rtt, flags, *summed = _read_ipstat(e)
             if not isinstance(peer, str):
                 directory.bad_input["ipstat.peer"] += 1
                 continue
-            local = get("local")
             if local:
                 directory.learn_addr(str(local), host)
             key = (host, peer)
@@ -146,22 +149,17 @@ class PeerViews:
                 continue  # another member's peer incident (the view is kept for its lookups)
             ep = episodes.get(key)
             if ep is None:
-                if not (_num(get("retrans_segs")) >= min_retrans
-                        or any(_num(v) > 0 for v in map(get, FLAGGING[1:]))):  # not a red flag
+                if not (_num(summed[0]) >= min_retrans  # retrans_segs, then the other flags
+                        or any(_num(v) > 0 for v in summed[1:len(FLAGGING)])):  # not a red flag
                     continue
                 ep = self._open(host, peer, t0, t1)
                 if ep is None:
                     continue
             if t1 > ep.last_ts:
                 ep.last_ts = t1
-            figures = {}
-            for f in SUMMED:   # a get each: cheaper than items() of a row of ~25 fields
-                v = get(f, _ABSENT)
-                if v is not _ABSENT:
-                    figures[f] = _num(v)
-            rtt = get("rtt_us")
+            figures = {f: _num(v) for f, v in zip(SUMMED, summed, strict=True) if v is not ABSENT}
             ep.queued.append((t1, figures, rtt if type(rtt) is int else None,
-                              [str(x) for x in get("flags") or ()]))
+                              [str(x) for x in flags or ()]))
         return []
 
     def _open(self, a: str, peer: str, t0: int, t1: int) -> Episode | None:
@@ -223,10 +221,14 @@ class PeerViews:
         the peer host's drops have reached; past ``max_wait`` (or at ``flush``) all of them,
         saying the drops are late."""
         out = []
+        # Every open episode is looked at (thousands, every tick): the two times it is
+        # compared with are worked out once.
+        quiet_after = now - self.window_ns  # last window at or before it: quiet
+        reported_after = now - self.report_ns  # published after it: not yet again
         for key, ep in list(self.episodes.items()):
-            quiet = flush or now - ep.last_ts >= self.window_ns
+            quiet = flush or ep.last_ts <= quiet_after
             if not quiet and (not ep.queued or (ep.published_at is not None
-                                                and now - ep.published_at < self.report_ns)):
+                                                and ep.published_at > reported_after)):
                 continue
             if ep.b is None and ep.cut is None:
                 self._peer_host(ep)
