@@ -493,43 +493,50 @@ static inline __attribute__((always_inline)) int put_str(Out *o, PyObject *s) {
     return got == 1 ? put_raw(o, data, len, 0) : got;
 }
 
-/* An exact int (room for 9 bytes made). */
-/* An int >= 0 in its shortest form: positive fixint, uint 8..64 (room made). */
-static inline void put_uint(Out *o, uint64_t x) {
-    uint8_t *p = o->p;
-    if (x < 128) { p[0] = (uint8_t)x; o->p = p + 1; }
-    else if (x < 256) { p[0] = 0xCC; p[1] = (uint8_t)x; o->p = p + 2; }
-    else if (x < 65536) { p[0] = 0xCD; put16(p + 1, (uint32_t)x); o->p = p + 3; }
-    else if (x <= 0xFFFFFFFFu) { p[0] = 0xCE; put32(p + 1, (uint32_t)x); o->p = p + 5; }
-    else { p[0] = 0xCF; put64(p + 1, x); o->p = p + 9; }
+/* An int >= 0 in its shortest form at p (room made): positive fixint, uint 8..64; where the
+ * next byte goes. */
+static inline uint8_t *uint_at(uint8_t *p, uint64_t x) {
+    if (x < 128) { p[0] = (uint8_t)x; return p + 1; }
+    if (x < 256) { p[0] = 0xCC; p[1] = (uint8_t)x; return p + 2; }
+    if (x < 65536) { p[0] = 0xCD; put16(p + 1, (uint32_t)x); return p + 3; }
+    if (x <= 0xFFFFFFFFu) { p[0] = 0xCE; put32(p + 1, (uint32_t)x); return p + 5; }
+    p[0] = 0xCF; put64(p + 1, x); return p + 9;
 }
 
-/* An int < 0 in its shortest form: negative fixint, int 8..64 (room made). */
-static inline void put_neg(Out *o, int64_t x) {
-    uint8_t *p = o->p;
-    if (x >= -32) { p[0] = (uint8_t)(int8_t)x; o->p = p + 1; }
-    else if (x >= -128) { p[0] = 0xD0; p[1] = (uint8_t)(int8_t)x; o->p = p + 2; }
-    else if (x >= -32768) { p[0] = 0xD1; put16(p + 1, (uint32_t)(uint16_t)(int16_t)x); o->p = p + 3; }
-    else if (x >= -2147483648ll) { p[0] = 0xD2; put32(p + 1, (uint32_t)(int32_t)x); o->p = p + 5; }
-    else { p[0] = 0xD3; put64(p + 1, (uint64_t)x); o->p = p + 9; }
+/* An int < 0 in its shortest form at p (room made): negative fixint, int 8..64. */
+static inline uint8_t *neg_at(uint8_t *p, int64_t x) {
+    if (x >= -32) { p[0] = (uint8_t)(int8_t)x; return p + 1; }
+    if (x >= -128) { p[0] = 0xD0; p[1] = (uint8_t)(int8_t)x; return p + 2; }
+    if (x >= -32768) { p[0] = 0xD1; put16(p + 1, (uint32_t)(uint16_t)(int16_t)x); return p + 3; }
+    if (x >= -2147483648ll) { p[0] = 0xD2; put32(p + 1, (uint32_t)(int32_t)x); return p + 5; }
+    p[0] = 0xD3; put64(p + 1, (uint64_t)x); return p + 9;
 }
 
-/* An exact int (room for 9 bytes made). */
-static inline int put_int(Out *o, PyObject *v) {
 #ifdef ENC_CPY311
-    /* Up to 3 digits of 30 bits, the top one under 16 (magnitudes below 2**64): sign in
-     * ob_size, which counts the digits. */
+/* An exact int at p (room for 9 bytes made), read from its digits: where the next byte goes,
+ * or NULL for one msgpack cannot hold. Up to 3 digits of 30 bits, the top one under 16
+ * (magnitudes below 2**64); the sign in ob_size, which counts the digits. */
+static inline uint8_t *int_at(uint8_t *p, PyObject *v) {
     Py_ssize_t size = Py_SIZE(v);
     const digit *d = ((PyLongObject *)v)->ob_digit;
     Py_ssize_t nd = size < 0 ? -size : size;
     if (nd > 3 || (nd == 3 && d[2] >= 16))
-        return 0;  /* more digits, or a top digit of 16 or more: 2**64 or more in magnitude */
+        return NULL;  /* more digits, or a top digit of 16 or more: 2**64 or more in magnitude */
     uint64_t mag = nd == 0 ? 0 : d[0];
     if (nd >= 2) mag |= (uint64_t)d[1] << PyLong_SHIFT;
     if (nd == 3) mag |= (uint64_t)d[2] << (2 * PyLong_SHIFT);
-    if (size >= 0) { put_uint(o, mag); return 1; }
-    if (mag > ((uint64_t)1 << 63)) return 0;            /* below -2**63 */
-    put_neg(o, (int64_t)(0 - mag));                     /* -2**63 included (wraps exactly) */
+    if (size >= 0) return uint_at(p, mag);
+    if (mag > ((uint64_t)1 << 63)) return NULL;          /* below -2**63 */
+    return neg_at(p, (int64_t)(0 - mag));               /* -2**63 included (wraps exactly) */
+}
+#endif
+
+/* An exact int (room for 9 bytes made). */
+static inline int put_int(Out *o, PyObject *v) {
+#ifdef ENC_CPY311
+    uint8_t *p = int_at(o->p, v);
+    if (!p) return 0;
+    o->p = p;
     return 1;
 #else
     int overflow;
@@ -538,11 +545,10 @@ static inline int put_int(Out *o, PyObject *v) {
         if (overflow < 0 || _PyLong_NumBits(v) > 64) return 0;   /* below -2**63, over 2**64-1 */
         unsigned long long u = PyLong_AsUnsignedLongLong(v);
         if (u == (unsigned long long)-1 && PyErr_Occurred()) return -1;
-        put_uint(o, u);
+        o->p = uint_at(o->p, u);
         return 1;
     }
-    if (x >= 0) put_uint(o, (uint64_t)x);
-    else put_neg(o, x);
+    o->p = x >= 0 ? uint_at(o->p, (uint64_t)x) : neg_at(o->p, x);
     return 1;
 #endif
 }
