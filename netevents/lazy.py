@@ -165,6 +165,11 @@ class LazyRows(MutableSequence):
         """The events' msgpack encoding as received (the encoder splices it back as is), None
         once changed."""
 
+    @property
+    def decoded(self) -> int:
+        """Rows made Python objects so far: all of them once one was read, else none."""
+        return 0 if self._list is None else len(self._list)
+
     def _rows(self) -> list:
         if self._list is None:
             self._list = self._decoder.decode(self.raw)

@@ -17,9 +17,11 @@ from collections.abc import Iterable, Mapping
 from .. import events as ev
 from ..codec import MAX_BATCH_BYTES, Batch, decode_batch
 from ..errors import CodecError, SubjectError
-from ..lazy import LazyColumns
+from ..lazy import LazyColumns, LazyRows
 from ..sequence import REJECTED, SequenceTracker
 from ..subjects import host_matches, parse_subject
+
+_LAZY = (LazyColumns, LazyRows)
 
 log = logging.getLogger("netevents.bus")
 
@@ -57,10 +59,10 @@ class Intake:
         self._retracted = 0
         self._subjects: dict[str, tuple[str, str, str]] = {}
         """Subjects already parsed (bounded): a fleet's subjects repeat on every batch."""
-        self._columns: dict[str, LazyColumns] = {}
-        """Per columnar kind, the lazy columns of the last batch accepted (:meth:`_watch`)."""
+        self._last: dict[str, LazyColumns | LazyRows] = {}
+        """Per kind, the lazy events of the last batch accepted (:meth:`_watch`)."""
         self._read_whole: set[str] = set()
-        """Columnar kinds whose columns the consumer reads (most of them): decoded at once."""
+        """Kinds whose events the consumer reads (most columns, or the rows): decoded at once."""
 
     def accept(self, subject: str, data: bytes) -> Batch | None:
         """Decode one message; return None (and count why) when it is rejected or filtered.
@@ -106,23 +108,24 @@ class Intake:
             self.shared_holes += missed
             missed = 0
         batch.missed = missed
-        if type(batch.events) is LazyColumns:
+        if type(batch.events) in _LAZY:
             self._watch(batch.kind, batch.events)
         # A member's tail is the other members' share, so it does not follow announcements.
         if batch.kind == "status" and not self.shared:
             self._announce(batch)
         return batch
 
-    def _watch(self, kind: str, columns: LazyColumns) -> None:
-        """Learn whether the consumer reads the columns of ``kind``'s batches (the last one it
-        was given): one that read half of them or more (a correlator reads every column of
-        every frame batch) has that kind decoded in one pass from then on, which costs half of
-        the lazy columns read one by one; a consumer that reads none (a view, a relay) keeps
-        the lazy columns, which cost it nothing."""
-        last = self._columns.get(kind)
+    def _watch(self, kind: str, events: LazyColumns | LazyRows) -> None:
+        """Learn whether the consumer reads the events of ``kind``'s batches (the last one it
+        was given): one that read half of the columns or more, or the rows (a correlator reads
+        every column of every frame batch, and the rows of every other kind), has that kind
+        decoded in one pass from then on, which costs about half of the C check followed by the
+        lazy events' own decoding; a consumer that reads none (a relay, a counter) keeps the
+        lazy events, which cost it nothing."""
+        last = self._last.get(kind)
         if last is not None and (read := last.decoded) and read * 2 >= len(last):
             self._read_whole.add(kind)
-        self._columns[kind] = columns
+        self._last[kind] = events
 
     def _reject(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1

@@ -200,3 +200,26 @@ def test_a_consumer_that_reads_the_columns_gets_them_decoded_in_one_pass_with_eq
     assert [type(b.events) for b in idle] == [LazyColumns] * 3
     assert [dict(b.events) for b in readers] == [dict(b.events) for b in idle]
     assert [len(b) for b in readers] == [len(b) for b in idle] == [8, 8, 8]
+
+
+@pytest.mark.skipif(not __import__("netevents.lazy").lazy.ENABLED, reason="no C validator")
+def test_a_consumer_that_reads_the_rows_gets_them_decoded_in_one_pass_with_equal_values():
+    from netevents.lazy import LazyRows
+
+    def feed(intake, read):
+        got = []
+        for seq in range(1, 4):
+            b = batch(seq=seq, events=[{"count": seq, "source": "counter", "reason": "QDISC_DROP"},
+                                       {"count": 2, "source": "ebpf", "location": "x+0x1"}])
+            out = intake.accept(event_subject("drop", b.site, b.host), encode_batch(b))
+            if read:
+                list(out.events)
+            got.append(out)
+        return got
+
+    readers = feed(Intake(["drop"]), read=True)
+    assert [type(b.events) for b in readers] == [LazyRows, LazyRows, list]
+    idle = feed(Intake(["drop"]), read=False)  # a consumer that reads none keeps them lazy
+    assert [type(b.events) for b in idle] == [LazyRows] * 3
+    assert [list(b.events) for b in readers] == [list(b.events) for b in idle]
+    assert [len(b) for b in readers] == [len(b) for b in idle] == [2, 2, 2]
