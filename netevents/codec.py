@@ -223,6 +223,8 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES, *,
 
     Raises:
         OversizeError: if the encoded batch is larger than ``max_bytes`` (split it and retry).
+        SchemaError: if a value cannot be encoded (an int past 64 bits, an object msgpack has no
+            form for, a string holding a lone surrogate).
         SubjectError: if site or host is not a valid token.
     """
     check_token(batch.site, "site")
@@ -261,6 +263,10 @@ def encode_batch(batch: Batch, max_bytes: int = MAX_BATCH_BYTES, *,
             data = ENCODER.encode(doc)
     except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise SchemaError(f"{batch.kind} batch cannot be encoded: {exc}") from None
+    except UnicodeEncodeError as exc:  # a lone surrogate (os.fsdecode's for a byte not UTF-8)
+        raise SchemaError(f"{batch.kind} batch cannot be encoded: a string holds "
+                          f"{exc.object[exc.start:exc.end]!r}, which UTF-8 cannot encode "
+                          f"({exc.reason})") from None
     _fits(batch, len(data), max_bytes)
     return data
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from netevents import __version__
 from netevents import events as ev
 from netevents.codec import Batch
-from netevents.errors import BusError, CapabilityError, OversizeError
+from netevents.errors import BusError, CapabilityError, OversizeError, SchemaError
 
 from .base import Collector
 
@@ -125,6 +125,9 @@ class AgentRunner:
         self.losses.setdefault(place, 0)
 
     def state(self, source: str, state: str, reason: str = "") -> None:
+        # A reason may quote what the kernel named (a path, an interface) as os.fsdecode made
+        # it: a byte that is not UTF-8 is kept as its escape, so the status can be encoded.
+        reason = reason.encode("utf-8", "backslashreplace").decode() if reason else ""
         self.sources[source] = {"state": state, "reason": reason} if reason else {"state": state}
 
     def addresses(self, table: dict[str, list[str]], inodes: dict[str, int]) -> None:
@@ -200,14 +203,16 @@ class AgentRunner:
         try:
             async with self._publish_lock:
                 await self.publisher.publish(batch)
-        except OversizeError:
+        except (OversizeError, SchemaError) as exc:
             if n > 1:
-                # Give the sequence number back and publish two halves instead.
+                # Give the sequence number back and publish two halves instead: a batch too
+                # large, or the event that cannot be encoded, ends up alone.
                 self.seq[kind] -= 1
                 for part in _halves(events, t0, t1, fields):
                     await self._publish(kind, *part)
                 return
-            self._count_publish_loss(kind, n, "batch too large even alone")
+            why = str(exc) if isinstance(exc, SchemaError) else "batch too large even alone"
+            self._count_publish_loss(kind, n, why)
             return
         except BusError as exc:
             self._count_publish_loss(kind, n, str(exc))
@@ -251,7 +256,7 @@ class AgentRunner:
         try:
             async with self._publish_lock:
                 await self.publisher.publish(batch)
-        except BusError as exc:
+        except (BusError, SchemaError, OversizeError) as exc:
             self.published["status"] -= 1
             self.published_events["status"] -= 1
             self._count_publish_loss("status", 1, str(exc))

@@ -153,3 +153,42 @@ def test_an_oversize_frame_batch_is_split_by_rows_never_lost():
     assert [r["ts"] for r in rows] == whole.events["ts"]
     assert all(b.t0 == b.events["ts"][0] and b.t1 == b.events["ts"][-1] for b in frames)
     assert runner.losses["publish.frame"] == 0
+
+
+def test_an_event_that_cannot_be_encoded_is_lost_alone_and_counted():
+    # A name read from the kernel as os.fsdecode reads it: an undecodable byte becomes a lone
+    # surrogate, which msgpack's str cannot hold. The batch is split until that event is alone.
+    class Odd:
+        name = "odd"
+
+        async def run(self, sink):
+            for i in range(10):
+                event = {"count": i + 1, "source": "counter"}
+                if i == 6:
+                    event["iface"] = b"eth\xff".decode(errors="surrogateescape")
+                sink.emit("drop", event)
+            await asyncio.sleep(0.3)  # a later batch of the same kind still goes out
+            sink.emit("drop", {"count": 100, "source": "counter"})
+            await asyncio.Event().wait()
+
+    runner, bus = run([Odd()], 0.6)
+    counts = sorted(e["count"] for b in bus.batches("drop") for e in b.events)
+    assert counts == [1, 2, 3, 4, 5, 6, 8, 9, 10, 100]
+    assert runner.losses["publish.drop"] == 1
+    final = bus.batches("status")[-1].events[0]
+    assert final["lost"]["publish.drop"] == 1
+
+
+def test_a_reason_quoting_an_undecodable_name_still_goes_out_in_the_status():
+    class Fails:
+        name = "fails"
+
+        async def run(self, sink):
+            name = b"/sys/class/net/eth\xff".decode(errors="surrogateescape")
+            raise CapabilityError("tracefs", f"cannot read {name}")
+
+    runner, bus = run([Fails(), Burst(3)], 0.4)
+    final = bus.batches("status")[-1].events[0]
+    assert final["sources"]["fails"] == {"state": "unavailable",
+                                         "reason": "cannot read /sys/class/net/eth\\udcff"}
+    assert final["final"] is True and runner.losses["publish.status"] == 0
