@@ -59,12 +59,17 @@ typedef struct {
     int nfields, field_off; /* struct fields: fields[field_off .. field_off+nfields) */
     uint64_t required;
     int first;              /* the field whose key came first last time (a guess) */
+    uint8_t *fast;          /* [256] a scalar node's values by first byte: the length of one
+                             * that is valid whatever follows (fixints in bounds, nil, bool,
+                             * float, ints no minimum can refuse); 0: read it in full (scalar_) */
 } Node;
 
 typedef struct {
     PyObject_HEAD
     Node *nodes;
     Field *fields;
+    uint8_t *fast;          /* the nodes' fast tables, 256 bytes each (kept apart: a Node stays
+                             * small, and the nodes a row's fields visit share cache lines) */
     int nnodes, nfields_total;
     int columnar;           /* root is a struct of equal-length columns */
     PyObject *keep;         /* the Python strings the names point into */
@@ -268,16 +273,57 @@ static inline __attribute__((always_inline)) int scalar_(const Table *t, Node *n
 
 static int scalar(const Table *t, Node *nd, Cur *c) { return scalar_(t, nd, c); }
 
-/* n values of node nd (scalars in a loop of their own, or containers). */
+/* n values of node nd (scalars in a loop of their own, or containers).
+ *
+ * A column of scalars is mostly values whose first byte says all (nd->fast), and mostly runs of
+ * one form (a column of timestamps, of ports, of small flags): a run is taken with the next
+ * value's place known in advance (the same length again), so its loads do not wait for one
+ * another as the read of one value after the other does. */
 static int values(const Table *t, Node *nd, Cur *c, uint64_t n) {
     if (nd->accept & ~A_SCALARS) {
         for (uint64_t i = 0; i < n; i++) if (!value(t, nd, c)) return 0;
-    } else {
-        Cur l = *c;  /* a local cursor stays in registers through the loop */
-        for (uint64_t i = 0; i < n; i++) if (!scalar_(t, nd, &l)) return 0;
-        c->p = l.p;
+        return 1;
     }
+    Cur l = *c;  /* a local cursor stays in registers through the loop */
+    const uint8_t *fast = nd->fast;
+    for (uint64_t i = 0; i < n;) {
+        if (l.p < l.end) {
+            uint8_t b = *l.p;
+            size_t w = fast[b];
+            if (w && (size_t)(l.end - l.p) >= w) {
+                const uint8_t *q = l.p + w;
+                uint64_t k = 1, m = n - i;
+                if (w == 1)    /* one-byte values: any of them, not only b again */
+                    for (; k < m && q < l.end && fast[*q] == 1; k++) q++;
+                else
+                    for (; k < m && (size_t)(l.end - q) >= w && *q == b; k++) q += w;
+                l.p = q;
+                i += k;
+                continue;
+            }
+        }
+        if (!scalar_(t, nd, &l)) return 0;
+        i++;
+    }
+    c->p = l.p;
     return 1;
+}
+
+/* nd->fast: for each first byte, the length of a value that scalar_ would accept whatever its
+ * other bytes are, else 0. */
+static void fast_lengths(Node *nd) {
+    unsigned acc = nd->accept;
+    uint8_t *w = nd->fast;  /* zeroed */
+    if (acc & ~A_SCALARS) return;
+    if (acc & A_INT) {
+        for (int b = 0; b <= 0x7F; b++) if (!nd->has_min || b >= nd->min) w[b] = 1;
+        for (int b = 0xE0; b <= 0xFF; b++) if (!nd->has_min || (int8_t)b >= nd->min) w[b] = 1;
+        if (!nd->has_min || nd->min <= 0) w[0xCC] = 2, w[0xCD] = 3, w[0xCE] = 5, w[0xCF] = 9;
+        if (!nd->has_min) w[0xD0] = 2, w[0xD1] = 3, w[0xD2] = 5, w[0xD3] = 9;
+    }
+    if (acc & A_FLOAT) w[0xCA] = 5, w[0xCB] = 9;
+    if (acc & A_NIL) w[0xC0] = 1;
+    if (acc & A_BOOL) w[0xC2] = 1, w[0xC3] = 1;
 }
 
 
@@ -648,6 +694,7 @@ static int put_map(Out *o, PyObject *d, int depth) {
 static void Table_dealloc(Table *self) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->fields);
+    PyMem_Free(self->fast);
     Py_XDECREF(self->keep);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -666,6 +713,7 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     self->columnar = columnar;
     self->keep = PyList_New(0);
     self->nodes = PyMem_Calloc((size_t)nn, sizeof(Node));
+    self->fast = PyMem_Calloc((size_t)nn, 256);
     Py_ssize_t total = 0;
     for (Py_ssize_t i = 0; i < nn; i++) {
         PyObject *item = PyList_GET_ITEM(spec, i);
@@ -675,7 +723,7 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         total += PyTuple_GET_SIZE(e) + PyTuple_GET_SIZE(f);
     }
     self->fields = PyMem_Calloc((size_t)total + 1, sizeof(Field));
-    if (!self->keep || !self->nodes || !self->fields) { PyErr_NoMemory(); goto fail; }
+    if (!self->keep || !self->nodes || !self->fields || !self->fast) { PyErr_NoMemory(); goto fail; }
     int off = 0;
     for (Py_ssize_t i = 0; i < nn; i++) {
         PyObject *item = PyList_GET_ITEM(spec, i);
@@ -687,6 +735,8 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         nd->items = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 2));
         nd->max_items = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 3));
         if (PyErr_Occurred()) goto fail;
+        nd->fast = self->fast + 256 * i;
+        fast_lengths(nd);
         if ((nd->accept & (A_ARRAY | A_MAP)) && (nd->items < 0 || nd->items >= nn)) goto bad;
         for (int part = 0; part < 2; part++) {
             PyObject *seq = PyTuple_GET_ITEM(item, 4 + part);
