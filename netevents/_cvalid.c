@@ -47,6 +47,9 @@ typedef struct {
     Py_ssize_t len;
     int node;
     int next;               /* the field whose key followed this one last time (a guess), -1 */
+    int key_len;            /* the name as msgpack writes it (fixstr) fits 16 bytes: their */
+    uint64_t key[2], mask[2]; /* count, and as two words in memory order; 0: a longer name */
+    const uint8_t *fast;    /* its node's fast table when that node is a scalar's, else NULL */
 } Field;
 
 typedef struct {
@@ -337,20 +340,35 @@ static int record(const Table *t, Node *nd, Cur *c, uint64_t n, const uint8_t **
     for (uint64_t i = 0; i < n; i++) {
         const uint8_t *s;
         uint64_t len;
-        if (!read_str(c, &s, &len)) return 0;
         /* Rows of a batch have their keys in the same order: guess the one that came after
-         * the previous key last time (a wrong guess costs only the scan). */
+         * the previous key last time, and compare the key's bytes with the guess's as
+         * msgpack writes it (two masked words); a wrong guess costs only the scan. */
         int j = prev < 0 ? nd->first : f[prev].next;
+        if (j >= 0 && j < nf && f[j].key_len && need(c, 16)) {
+            uint64_t x0, x1;
+            memcpy(&x0, c->p, 8);
+            memcpy(&x1, c->p + 8, 8);
+            if (((x0 & f[j].mask[0]) == f[j].key[0]) & ((x1 & f[j].mask[1]) == f[j].key[1])) {
+                c->p += f[j].key_len;
+                goto known;
+            }
+        }
+        if (!read_str(c, &s, &len)) return 0;
         if (j < 0 || j >= nf || !same(f + j, s, len)) {
             for (j = 0; j < nf && !same(f + j, s, len); j++) {}
             if (j == nf) return 0;                     /* a key v1 does not know */
             if (prev < 0) nd->first = j; else f[prev].next = j;
         }
+    known:
         if ((seen >> j) & 1) return 0;                 /* a key repeated */
         seen |= (uint64_t)1 << j;
         prev = j;
         Node *fn = t->nodes + f[j].node;
-        if (cols) {                                    /* a column: a list of equal length */
+        if (f[j].fast) {                               /* a scalar: its first byte may say all */
+            size_t w = c->p < c->end ? f[j].fast[*c->p] : 0;
+            if (w && (size_t)(c->end - c->p) >= w) c->p += w;
+            else if (!scalar_(t, fn, c)) return 0;
+        } else if (cols) {                                    /* a column: a list of equal length */
             uint64_t m;
             const uint8_t *start = c->p;
             if (read_container(c, &m) != A_ARRAY || m > fn->max_items) return 0;
@@ -359,7 +377,7 @@ static int record(const Table *t, Node *nd, Cur *c, uint64_t n, const uint8_t **
             if (!values(t, t->nodes + fn->items, c, m)) return 0;
             cols[2 * j] = start;
             cols[2 * j + 1] = c->p;
-        } else if (!(fn->accept & ~A_SCALARS) ? !scalar_(t, fn, c) : !value(t, fn, c)) {
+        } else if (!value(t, fn, c)) {
             return 0;
         }
     }
@@ -691,6 +709,19 @@ static int put_map(Out *o, PyObject *d, int depth) {
 /* ------------------------------------------------------------------------------------------ */
 /* Python */
 
+/* f's key_len, key and mask (see Field). */
+static void key_words(Field *f) {
+    uint8_t key[16] = {0}, mask[16] = {0};
+    f->key_len = 0;
+    if (f->len > 15) return;
+    key[0] = (uint8_t)(0xA0 | f->len);
+    memcpy(key + 1, f->name, (size_t)f->len);
+    memset(mask, 0xFF, (size_t)f->len + 1);
+    memcpy(f->key, key, 16);
+    memcpy(f->mask, mask, 16);
+    f->key_len = (int)f->len + 1;
+}
+
 static void Table_dealloc(Table *self) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->fields);
@@ -760,11 +791,20 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
                 if (!PyBytes_Check(name) || PyList_Append(self->keep, name) < 0) goto bad;
                 self->fields[off].name = PyBytes_AS_STRING(name);
                 self->fields[off].len = PyBytes_GET_SIZE(name);
+                key_words(self->fields + off);
             }
         }
     }
     self->nnodes = (int)nn;
     self->nfields_total = off;
+    for (Py_ssize_t i = 0; i < nn; i++) {  /* struct fields of a scalar node: its fast table */
+        Node *nd = self->nodes + i;
+        for (int j = 0; j < nd->nfields; j++) {
+            Field *fj = self->fields + nd->field_off + j;
+            Node *fn = self->nodes + fj->node;
+            fj->fast = (fn->accept & ~A_SCALARS) ? NULL : fn->fast;
+        }
+    }
     if (columnar) {  /* node 0 a struct whose every field is an array (a column) */
         Node *root = self->nodes;
         if (!(root->accept & A_STRUCT)) goto bad;
