@@ -361,7 +361,9 @@ def decode_batch(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BATC
     except (msgspec.DecodeError, RecursionError):
         v = "(unreadable)"
     if type(v) is not int or v != ev.VERSION:  # 1.0 and True are not 1 here
-        raise VersionError(f"wire version {v!r} is not supported (this reader speaks v1)")
+        # (an extension value named by its type code: its repr would hold an address)
+        shown = f"msgpack extension type {v.code}" if type(v) is msgspec.msgpack.Ext else repr(v)
+        raise VersionError(f"wire version {shown} is not supported (this reader speaks v1)")
     kind = _str(head, "kind")
     k = wire.KINDS.get(kind) if type(kind) is str else None
     if k is None:

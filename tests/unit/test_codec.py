@@ -73,6 +73,7 @@ def test_unknown_keys_are_kept_and_ignored():
     (raw(good_doc())[:-3], MalformedError, "msgpack"),
     (raw([1, 2, 3]), MalformedError, "must be a msgpack map"),
     (raw(good_doc(v=2)), VersionError, "wire version 2"),
+    (raw(good_doc(v=msgpack.ExtType(5, b"x"))), VersionError, "wire version msgpack extension type 5 "),
     (raw({k: v for k, v in good_doc().items() if k != "v"}), SchemaError, "'v'"),
     (raw(good_doc(kind="nope")), SchemaError, "unknown kind"),
     (raw(good_doc(host="a.b")), SchemaError, "invalid host 'a.b'"),
