@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from netevents import events as ev
 from netevents import lazy, wire
 from netevents.codec import Batch, decode_batch, encode_batch
+from netevents.cvalid_table import columns
 from netevents.errors import CodecError
 from tests.wiregen import JSON, paths_in, valid_doc
 
@@ -230,14 +231,14 @@ def test_columns_of_runs_in_every_spelling_get_the_same_verdict(kind, data):
     """The validator takes a run of values of one form in a column without reading them one
     after the other (_cvalid.c ``values``): runs of every spelling of edge values, with a value
     out of range, of another type or truncated anywhere in them, decide as the one pass does."""
-    from netevents.cvalid_table import columns
     name = data.draw(st.sampled_from(columns(kind)))
     runs = data.draw(st.lists(st.tuples(st.sampled_from(RUN_VALUES), st.integers(0, 2**32),
                                         st.integers(1, 40)), min_size=1, max_size=6))
     n = sum(k for _, _, k in runs)
     body = b"".join(spell(v, random.Random(seed)) * k for v, seed, k in runs)
-    agree(column_batch(kind, name, n, body))
-    agree(column_batch(kind, name, n, body)[:-data.draw(st.integers(1, 9))])  # and cut short
+    batch = column_batch(kind, name, n, body)
+    agree(batch)
+    agree(batch[:-data.draw(st.integers(1, 9))])  # and cut short
 
 
 def column_batch(kind: str, name: str, n: int, body: bytes) -> bytes:
@@ -250,7 +251,6 @@ def column_batch(kind: str, name: str, n: int, body: bytes) -> bytes:
 
 @pytest.mark.parametrize("kind", [k for k in ONE_PASS_KINDS if k in ev.COLUMNAR])
 def test_a_run_of_one_int_in_each_spelling_is_accepted_in_c_where_the_column_takes_it(kind):
-    from netevents.cvalid_table import columns
     taken = 0
     for name in columns(kind):
         for v in (5, -5, 0):
