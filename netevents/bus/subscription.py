@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import inspect
 import logging
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from ..codec import Batch
 from ..errors import BusError
 from ..sequence import SequenceTracker
 from ..subjects import filter_subject
-from . import history
+from . import history, inbound
 from .intake import Intake
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ class Subscription:
         self._queue: asyncio.Queue[tuple[Batch, Any]] = asyncio.Queue(maxsize=queue_size)
         self._subs: list[Any] = []
         self._routed: list[int] = []
-        """Subscription ids whose messages come through :meth:`_on_raw` (:func:`_routes`)."""
+        """Subscription ids whose messages come through :meth:`_on_raw` (:func:`.inbound.routes`)."""
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self._closing = False
@@ -129,7 +128,7 @@ class Subscription:
                                                   pending_msgs_limit=self.pending_limit,
                                                   pending_bytes_limit=512 * 1024 * 1024)
                 self._subs.append(sub)
-                routes = _routes(self.bus.nc)
+                routes = inbound.routes(self.bus.nc)
                 sid = getattr(sub, "_id", None)
                 if routes is not None and sid is not None:
                     routes[sid] = self._on_raw
@@ -214,7 +213,7 @@ class Subscription:
 
     def _on_raw(self, subject: bytes, data: bytes) -> None:
         """A message of a core subscription, straight from the client's protocol parser
-        (:func:`_routes`): decoded and queued at once."""
+        (:func:`.inbound.routes`): decoded and queued at once."""
         self._put(self.intake.accept(subject.decode(), data))
 
     async def _on_msg(self, msg: Any) -> None:
@@ -367,7 +366,7 @@ class Subscription:
             if msg is not None:
                 with contextlib.suppress(Exception):
                     await msg.nak()
-        routes = _routes(self.bus.nc) if self._routed else None
+        routes = inbound.routes(self.bus.nc) if self._routed else None
         for sid in self._routed:
             routes.pop(sid, None)
         self._routed.clear()
@@ -384,52 +383,6 @@ class Subscription:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-_PROCESS_MSG_ARGS = ("sid", "subject", "reply", "data", "headers")
-
-
-def _routes(nc: Any) -> dict[int, Any] | None:
-    """Subscription id -> ``handler(subject, data)`` for the core subscriptions of ``nc``: their
-    messages go from nats-py's protocol parser straight to the handler.
-
-    nats-py's own path costs more per message than decoding it: a header parse (every
-    batch carries ``Nats-Msg-Id``), a ``Msg`` object, a queue put and get, a task switch and
-    a callback coroutine. A subscription of many small batches (the correlator's, a fleet
-    view's) spent a quarter of its time there. The handler queues decoded batches itself
-    (bounded: what does not fit is ``dropped``), so nothing waits in nats-py's pending queue
-    (``pending`` stays 0). Installed once per connection (it wraps ``nc._process_msg``);
-    other subscriptions (JetStream pulls, requests) take nats-py's path. None when this
-    nats-py has no ``_process_msg`` to wrap: nats-py's path then."""
-    routes = getattr(nc, "_netevents_routes", None)
-    if routes is not None:
-        return routes
-    slow = getattr(nc, "_process_msg", None)
-    if slow is None or not hasattr(nc, "stats") or not hasattr(nc, "_error_cb"):
-        return None
-    try:  # the parser's call as this module knows it, or nats-py's own path
-        if tuple(inspect.signature(slow).parameters) != _PROCESS_MSG_ARGS:
-            return None
-    except (TypeError, ValueError):
-        return None
-    routes = {}
-    stats = nc.stats
-
-    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes,
-                          headers: bytes | None) -> None:
-        route = routes.get(sid)
-        if route is None:
-            return await slow(sid, subject, reply, data, headers)
-        stats["in_msgs"] += 1
-        stats["in_bytes"] += len(data)
-        try:
-            route(subject, data)
-        except Exception as exc:  # noqa: BLE001 - as nats-py does with a callback's error
-            await nc._error_cb(exc)
-
-    nc._process_msg = process_msg
-    nc._netevents_routes = routes
-    return routes
 
 
 GC_THRESHOLD = 50_000
