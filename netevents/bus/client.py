@@ -142,8 +142,15 @@ class Bus:
         defaults to :meth:`msg_id` (the same for a retry of the batch on this connection).
         """
         data = encode_batch(batch, max_bytes=self.max_payload)
-        await self.publish_raw(event_subject(batch.kind, batch.site, batch.host), data,
-                               msg_id or self.msg_id(batch), ack=ack, timeout=timeout)
+        subject = event_subject(batch.kind, batch.site, batch.host)
+        msg_id = msg_id or self.msg_id(batch)
+        if not ack:
+            try:
+                if await pubcmd.publish_with_id(self.nc, subject, data, msg_id):
+                    return
+            except (nats.errors.Error, OSError) as exc:
+                raise self._publish_failed(subject, exc) from exc
+        await self.publish_raw(subject, data, msg_id, ack=ack, timeout=timeout)
 
     async def publish_raw(self, subject: str, data: bytes, msg_id: str | None = None, *,
                           ack: bool = False, timeout: float = 5.0) -> None:
@@ -155,10 +162,13 @@ class Bus:
             else:
                 await self.nc.publish(subject, data, headers=headers)
         except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-            refused = self.violation(subject)
-            if refused:
-                raise BusError(f"publish to {subject} refused: {refused}") from exc
-            raise BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}") from exc
+            raise self._publish_failed(subject, exc) from exc
+
+    def _publish_failed(self, subject: str, exc: Exception) -> BusError:
+        refused = self.violation(subject)
+        if refused:
+            return BusError(f"publish to {subject} refused: {refused}")
+        return BusError(f"publish to {subject} failed: {type(exc).__name__}: {exc}")
 
     @property
     def accepts_parts(self) -> bool:

@@ -67,3 +67,60 @@ def test_encoded_parts_give_the_same_command_as_bytes() -> None:
     assert not released  # the encoded parts still lend the buffers
     del enc
     assert released == [1]
+
+
+def _client(sent: list):
+    from nats.aio.client import Client
+
+    nc = Client()
+    nc._status = Client.CONNECTED
+    nc._max_payload = 1 << 20
+
+    async def send(cmd, priority=False):
+        sent.append(bytes(cmd))
+
+    nc._send_command = send
+    return nc
+
+
+@pytest.mark.parametrize("payload", [b"", b"x\r\n", bytes(range(256)) * 100])
+def test_a_publish_with_an_id_sends_what_nats_py_sends(payload) -> None:
+    import asyncio
+
+    pubcmd.install()
+    ours, theirs = [], []
+    msg_id = "web-1:3f2a:frame:17:" + "ab" * 16
+    subject = "netevents.v1.frame.dc1.web-1"
+    nc = _client(ours)
+    assert asyncio.run(pubcmd.publish_with_id(nc, subject, payload, msg_id)) is True
+    ref = _client(theirs)
+    asyncio.run(ref.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}))
+    assert ours == theirs and len(ours) == 1
+    assert nc.stats["out_msgs"] == ref.stats["out_msgs"] == 1
+    assert nc.stats["out_bytes"] == ref.stats["out_bytes"] == len(payload)
+
+
+def test_a_publish_with_an_id_raises_what_nats_py_raises_or_leaves_it_to_nats_py() -> None:
+    import asyncio
+
+    from nats.aio.client import Client
+
+    pubcmd.install()
+    sent = []
+    nc = _client(sent)
+    with pytest.raises(nats_errors().MaxPayloadError):
+        asyncio.run(pubcmd.publish_with_id(nc, "s.t", b"x" * (nc._max_payload + 1), "id"))
+    nc._status = Client.CLOSED
+    with pytest.raises(nats_errors().ConnectionClosedError):
+        asyncio.run(pubcmd.publish_with_id(nc, "s.t", b"x", "id"))
+    nc._status = Client.CONNECTED
+    # an id nats-py would rewrite (spaces stripped, line ends removed) goes through nats-py
+    for odd in (" id", "a\r\nX-Evil: 1", "", "é"):
+        assert asyncio.run(pubcmd.publish_with_id(nc, "s.t", b"x", odd)) is False
+    assert sent == []
+
+
+def nats_errors():
+    import nats.errors
+
+    return nats.errors
