@@ -15,7 +15,7 @@ publishes (what agents without JetStream acks do); the consumers are core subscr
 
 Consumer processes: the Correlator (every input kind it uses; ``--correlators N`` runs N of them
 as ``--partition K/N`` members, each reading the whole stream and judging its share of the
-paths) and a FleetView (every kind).
+paths) and a FleetView (every kind; ``--no-view`` leaves it out).
 Each reports batches and events received, its missed batches (sequence holes, per the
 tracker), the largest lag it saw (Subscription.lag()), slow-consumer drops and its peak RSS.
 The publishers report exactly what they sent, so "missed" is checked against the count: a
@@ -41,11 +41,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 NS = 1_000_000_000
 
 
-def _head(src: bytes, dst: bytes, ip_id: int, n: int) -> bytes:
-    payload = f"bench {n:012d}".encode().ljust(48, b".")
-    udp = struct.pack("!HHHH", 4000, 5000, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ip_id, 0, 64, 17, 0, src, dst)
-    return (b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp)[:96]
+_PAYLOAD = 48
+_UDP_LEN = 8 + _PAYLOAD
+
+
+def _head_parts(src: bytes, dst: bytes) -> tuple[bytes, bytes]:
+    """What a frame head of ``src -> dst`` has before and after its IP ID (:func:`_head`)."""
+    pre = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + struct.pack("!BBH", 0x45, 0, 20 + _UDP_LEN)
+    post = struct.pack("!HBBH4s4s", 0, 64, 17, 0, src, dst) + struct.pack("!HHHH", 4000, 5000,
+                                                                          _UDP_LEN, 0)
+    return pre, post
+
+
+def _head(parts: tuple[bytes, bytes], ip_id: int, n: int) -> bytes:
+    """An Ethernet/IPv4/UDP head (90 bytes) whose payload names frame ``n``: made of the
+    agent's constant parts (the simulator's CPU is taken from the consumers' cores)."""
+    return b"".join((parts[0], ip_id.to_bytes(2, "big"), parts[1],
+                     b"bench %012d" % n)).ljust(14 + 20 + _UDP_LEN, b".")
 
 
 def _frames(rows: list[tuple]) -> dict[str, list]:
@@ -71,6 +83,10 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
         me = bytes([10, 100 + i // 65536, (i // 256) % 256, i % 256])
         j = (i + 1) % total_agents
         nxt = bytes([10, 100 + j // 65536, (j // 256) % 256, j % 256])
+        parts = _head_parts(me, nxt)
+        # what every window publishes the same (the simulator's CPU is the consumers' loss)
+        locations = [f"site_{k}+0x{(i % 7) * 16:x}" for k in range(3)]
+        peers = [f"10.200.{(i + k) % 256}.{k}" for k in range(4)]
         period = 1.0 / rate
         await asyncio.sleep((i % 997) / 997 * period)  # spread the agents over the period
         w = 0
@@ -110,16 +126,14 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
 
             await pub("drop", [{"count": 1 + (w + k) % 5, "source": "tracepoint",
                                 "reason": ("NETFILTER_DROP", "TCP_CSUM", "QDISC_DROP")[k],
-                                "location": f"site_{k}+0x{(i % 7) * 16:x}", "first_ts": now - NS // 2,
+                                "location": locations[k], "first_ts": now - NS // 2,
                                 "last_ts": now} for k in range(3)], mode="alert")
-            await pub("ipstat", [{"peer": f"10.200.{(i + k) % 256}.{k}", "retrans_segs": (w * k) % 3,
+            await pub("ipstat", [{"peer": peers[k], "retrans_segs": (w * k) % 3,
                                   "segs_out": 100, "sockets": 2} for k in range(4)])
             if n_frames:
-                rows = []
-                for _ in range(n_frames):
-                    frame_no += 1
-                    ip_id = frame_no & 0xFFFF
-                    rows.append((now, 4, me, nxt, ip_id, _head(me, nxt, ip_id, frame_no)))
+                rows = [(now, 4, me, nxt, n & 0xFFFF, _head(parts, n & 0xFFFF, n))
+                        for n in range(frame_no + 1, frame_no + n_frames + 1)]
+                frame_no += n_frames
                 await pub("frame", _frames(rows), iface="eth0", worker=0, first_frame=frame_no)
                 # the same frames arriving at the next agent (a sibling task's host); every 100th of the stream never arrives (1% lost)
                 first = frame_no - len(rows) + 1
@@ -242,6 +256,9 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1.0, help="windows per agent per second (default 1)")
     ap.add_argument("--correlators", type=int, default=1,
                     help="correlator processes sharing the work as --partition K/N members (default 1)")
+    ap.add_argument("--no-view", action="store_true",
+                    help="run the correlator(s) without the FleetView consumer (what the "
+                         "correlator sustains when it does not share the cores with a view)")
     ap.add_argument("--url", help="use this server instead of starting one")
     args = ap.parse_args()
 
@@ -258,11 +275,12 @@ def main() -> int:
     try:
         n = max(1, args.correlators)
         names = ["correlator"] if n == 1 else [f"correlator-{k}of{n}" for k in range(n)]
-        for k, name in enumerate(names + ["view"]):
+        consumers = names + ([] if args.no_view else ["view"])
+        for k, name in enumerate(consumers):
             p = ctx.Process(target=consumer, args=(name, url, args.duration, q, (k % n, n)))
             p.start()
             procs.append(p)
-        for _ in range(len(names) + 1):
+        for _ in consumers:
             q.get(timeout=60)
         share = (args.agents + args.procs - 1) // args.procs
         pubs = []
@@ -282,7 +300,7 @@ def main() -> int:
         pub_rss = []
         pub_cpu: list[float] = []
         consumed: dict[str, dict] = {}
-        while len(consumed) < len(names) + 1 or len(pub_rss) < len(pubs):
+        while len(consumed) < len(consumers) or len(pub_rss) < len(pubs):
             msg = q.get(timeout=args.duration + 900)
             if msg[0] == "published":
                 published["batches"] += msg[2]["batches"]
