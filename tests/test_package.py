@@ -61,6 +61,8 @@ def test_the_wheel_carries_the_ebpf_object_the_walker_schemas_and_sample_configs
     assert "netevents/bus/_cnats.c" in names
     assert [n for n in names if n.startswith("netevents/bus/_cnats.") and n.endswith(".so")], \
         "the C NATS reader extension was not built into the wheel"
+    assert [n for n in names if n.startswith("netevents/consumers/correlate/_cfinger.")
+            and n.endswith(".so")], "the C fingerprint extension was not built into the wheel"
     assert len(SCHEMAS) >= 7
     for src in SOURCES:
         assert f"netevents/agent/{src}/sample.toml" in names
@@ -76,6 +78,7 @@ def test_the_sdist_builds_the_wheel_and_carries_the_tests_and_deployments():
               "deploy/systemd/netevents-agent.service", "deploy/Containerfile",
               "tests/conftest.py", "tests/agent/drops/testdata/net_dm/dwdump-sample.pcap",
               "netevents/agent/capture/walker.c", "netevents/_cvalid.c", "netevents/bus/_cnats.c",
+              "netevents/consumers/correlate/_cfinger.c",
               "netevents/agent/drops/ebpf/kfree_skb.bpf.o"):
         assert f in names, f
 
@@ -173,6 +176,7 @@ def test_a_wheel_built_without_a_compiler_runs_the_python_walker_and_says_why(tm
         assert not [n for n in z.namelist() if "_cwalker" in n and n.endswith(".so")]
         assert not [n for n in z.namelist() if "_cvalid" in n and n.endswith(".so")]
         assert not [n for n in z.namelist() if "_cnats" in n and n.endswith(".so")]
+        assert not [n for n in z.namelist() if "_cfinger" in n and n.endswith(".so")]
         assert "netevents/agent/drops/ebpf/kfree_skb.bpf.o" in z.namelist()
         z.extractall(tmp_path / "site")
     code = ("import netevents; from netevents.agent.capture import cwalk; "
@@ -183,13 +187,16 @@ def test_a_wheel_built_without_a_compiler_runs_the_python_walker_and_says_why(tm
             "'run': 'r', 'seq': 1, 't0': 1, 't1': 2, 'events': {'ts': [1, 2]}}))\n"
             "print(lazy.AVAILABLE, type(b.events).__name__, len(b))\n"
             # without the C reader a connection's messages are read by the same scan in Python
-            "from netevents.bus import inbound; print(inbound.scan is inbound.scan_py)")
+            "from netevents.bus import inbound; print(inbound.scan is inbound.scan_py)\n"
+            # and frame fingerprints in Python
+            "import importlib; f = importlib.import_module('netevents.consumers.correlate.fingerprint')\n"
+            "print(f._cfingerprints)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
-    where, why, codec, py_reader = p.stdout.strip().splitlines()
+    where, why, codec, py_reader, cfinger = p.stdout.strip().splitlines()
     assert where.startswith(str(tmp_path / "site"))
     assert codec == "False dict 2"
-    assert py_reader == "True"
+    assert py_reader == "True" and cfinger == "None"
     assert why == ("C block walker unavailable (not built when netevents was installed (no C "
                    "compiler then: Debian package gcc; reinstall netevents to build it)); "
                    "using the pure-Python walker")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +31,8 @@ def _l4_payload(head: bytes | None, l4: int | None) -> bytes:
     so the headers are skipped: the invariant header fields are already in the fingerprint. For
     protocols without ports (ICMP) the L4 header past type/code/checksum is kept (echo id, seq).
     """
-    if not head or len(head) < 14:
-        return b""
+    if not isinstance(head, (bytes, bytearray, memoryview)) or len(head) < 14:
+        return b""   # no head, or a value no schema allows
     et = (head[12] << 8) | head[13]
     off = 14
     while et in (ETH_P_8021Q, ETH_P_8021AD) and len(head) >= off + 4:
@@ -59,60 +60,58 @@ def fingerprint(src: bytes | None, dst: bytes | None, l4: int | None, sport: int
     TCP sequence number, the first :data:`PAYLOAD_HASHED` bytes of L4 payload); None for
     frames without L3 keys.
 
-    A 64-bit hash of those fields (Python's: SipHash of the bytes, keyed per process), so a
-    key is only ever compared within one correlator process -- which is all it is for (its
-    maps of departures, arrivals and dropped packets). Two of the ~10^5 frames waiting at a
-    time share a key with a probability of the order of 10^-9; a cryptographic digest per
-    frame (every frame of the fleet, twice) was a third of the matching's cost, and
-    :func:`fingerprints` hashes a whole batch's columns without a Python step per frame."""
+    A 64-bit hash of those fields (Python's hash of their bytes, :func:`_key`: SipHash, keyed
+    per process), so a key is only ever compared within one correlator process -- which is
+    all it is for (its maps of departures, arrivals and dropped packets). Two of the ~10^5
+    frames waiting at a time share a key with a probability of the order of 10^-9; a
+    cryptographic digest per frame (every frame of the fleet, twice) was a third of the
+    matching's cost, and :func:`fingerprints` hashes a whole batch's columns in one call."""
     if not src or not dst or l4 is None:
         return None
-    return _key((bytes(src), bytes(dst), l4, sport, dport, ip_id, tcp_seq, _l4_payload(head, l4)))
+    return _key(src, dst, l4, sport, dport, ip_id, tcp_seq, _l4_payload(head, l4))
 
 
-def _key(fields: tuple) -> int:
+_INTS = struct.Struct("<qqqqqB")
+
+
+def _key(src: Any, dst: Any, l4: Any, sport: Any, dport: Any, ip_id: Any, tcp_seq: Any,
+         payload: bytes) -> int:
+    """``hash()`` of the frame's fields as bytes: the lengths and bytes of the addresses, the
+    five numbers as int64 (little-endian), a byte flagging which of the last four are None,
+    then the payload. What ``_cfinger.fingerprints`` hashes, byte for byte (hash(bytes) and
+    the C function share CPython's ``_Py_HashBytes``), so a frame has one key whichever path
+    made it."""
     try:
-        return hash(fields)
-    except TypeError:   # a value no schema allows (a list ...): its text then
-        return hash(repr(fields))
+        src, dst = bytes(src), bytes(dst)
+        flags = (sport is None) | (dport is None) << 1 | (ip_id is None) << 2 | (tcp_seq is None) << 3
+        return hash(b"".join((bytes((len(src),)), src, bytes((len(dst),)), dst, _INTS.pack(
+            l4, sport or 0, dport or 0, ip_id or 0, tcp_seq or 0, flags), payload)))
+    except (TypeError, ValueError, struct.error, OverflowError):
+        # a value no schema allows (a list, an address of 256 bytes ...): its text then
+        return hash(repr((src, dst, l4, sport, dport, ip_id, tcp_seq, payload)))
 
 
 def fingerprints(src_c: list, dst_c: list, l4_c: list, sp_c: list, dp_c: list, id_c: list,
                  seq_c: list, head_c: list) -> list[int | None]:
     """:func:`fingerprint` of every frame of a batch's columns (the same keys).
 
-    Hot loop (every frame of the fleet, twice: leaving and arriving): the untagged IPv4 head
-    (nearly every frame) read inline, anything else by :func:`_l4_payload`; a batch whose
-    frames all have their L3 keys (nearly every batch) is hashed in one pass."""
-    l4_payload = _l4_payload
-    payloads: list[bytes] = []
-    append = payloads.append
-    for l4, head in zip(l4_c, head_c, strict=False):
-        if type(head) is bytes and len(head) >= 34 and head[12] == 8 and head[13] == 0:
-            off = 14 + (head[14] & 0x0F) * 4   # as _l4_payload: IPv4 without VLAN tags
-            if l4 == IPPROTO_UDP:
-                off += 8
-            elif l4 == IPPROTO_TCP and len(head) >= off + 13:
-                off += (head[off + 12] >> 4) * 4
-            else:
-                off += 4
-            append(head[off:off + PAYLOAD_HASHED])
-        else:
-            append(l4_payload(head, l4))
-    if all(src_c) and all(dst_c) and None not in l4_c and set(map(type, src_c)) == _BYTES \
-            and set(map(type, dst_c)) == _BYTES:
-        try:
-            return list(map(hash, zip(src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, payloads,
-                                      strict=False)))
-        except TypeError:
-            pass
+    Hot path (every frame of the fleet, twice: leaving and arriving): in C
+    (``_cfinger.fingerprints``) for columns of the types the codec gives; in Python, frame
+    by frame, for anything else (or without the extension)."""
+    if _cfingerprints is not None:
+        keys = _cfingerprints(src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c)
+        if keys is not None:
+            return keys
     return [None if not src or not dst or l4 is None
-            else _key((bytes(src), bytes(dst), l4, sport, dport, ip_id, tcp_seq, payload))
-            for src, dst, l4, sport, dport, ip_id, tcp_seq, payload in zip(
-                src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, payloads, strict=False)]
+            else _key(src, dst, l4, sport, dport, ip_id, tcp_seq, _l4_payload(head, l4))
+            for src, dst, l4, sport, dport, ip_id, tcp_seq, head in zip(
+                src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c, strict=False)]
 
 
-_BYTES = {bytes}
+try:
+    from ._cfinger import fingerprints as _cfingerprints
+except ImportError:  # built without a C compiler: the same keys in Python
+    _cfingerprints = None
 
 
 def dropped_packet_fingerprint(event: dict) -> int | None:
