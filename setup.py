@@ -44,25 +44,17 @@ class BuildPyWithSchemas(build_py):
             shutil.copy(schema, target / schema.name)
 
 
-setup(cmdclass={"build_py": BuildPyWithSchemas}, ext_modules=[Extension(
-    "netevents.agent.capture._cwalker",
-    sources=[f"{CAPTURE}/walker.c", f"{CAPTURE}/walker_id.c"],
-    define_macros=[("NW_WALKER_SHA256", f'"{WALKER_SHA256}"')],
-    extra_compile_args=["-O2"],
-    optional=True,
-), Extension(
-    "netevents._cvalid",
-    sources=["netevents/_cvalid.c"],
-    extra_compile_args=["-O2"],
-    optional=True,
-), Extension(
-    "netevents.bus._cnats",
-    sources=["netevents/bus/_cnats.c"],
-    extra_compile_args=["-O2"],
-    optional=True,
-), Extension(
-    "netevents.consumers.correlate._cfinger",
-    sources=["netevents/consumers/correlate/_cfinger.c"],
-    extra_compile_args=["-O2"],
-    optional=True,
-)])
+def _extension(name: str, *sources: str, **options: object) -> Extension:
+    """An optional extension: without a compiler the install goes on, and its Python path is
+    used."""
+    return Extension(name, sources=list(sources), extra_compile_args=["-O2"], optional=True,
+                     **options)
+
+
+setup(cmdclass={"build_py": BuildPyWithSchemas}, ext_modules=[
+    _extension("netevents.agent.capture._cwalker", f"{CAPTURE}/walker.c", f"{CAPTURE}/walker_id.c",
+               define_macros=[("NW_WALKER_SHA256", f'"{WALKER_SHA256}"')]),
+    _extension("netevents._cvalid", "netevents/_cvalid.c"),
+    _extension("netevents.bus._cnats", "netevents/bus/_cnats.c"),
+    _extension("netevents.consumers.correlate._cfinger", "netevents/consumers/correlate/_cfinger.c"),
+])

@@ -111,17 +111,26 @@ def routes(nc: Any) -> dict[int, Any] | None:
         route = table.get(sid)
         if route is None:
             return await slow(sid, subject, reply, data, headers)
-        stats["in_msgs"] += 1
-        stats["in_bytes"] += len(data)
-        try:
-            route(subject, data)
-        except Exception as exc:  # noqa: BLE001 - as nats-py does with a callback's error
-            await nc._error_cb(exc)
+        failed = _deliver(stats, route, subject, data)
+        if failed is not None:
+            await nc._error_cb(failed)
 
     nc._process_msg = process_msg
     nc._netevents_routes = table
     _install_reader(nc, table, slow)
     return table
+
+
+def _deliver(stats: dict, route: Any, subject: bytes, data: bytes) -> Exception | None:
+    """Hand a message to its handler, counted as nats-py counts one; the handler's exception
+    is returned for the connection's error callback (as nats-py does with a callback's)."""
+    stats["in_msgs"] += 1
+    stats["in_bytes"] += len(data)
+    try:
+        route(subject, data)
+    except Exception as exc:  # noqa: BLE001 - reported, never ends the read loop
+        return exc
+    return None
 
 
 def _install_reader(nc: Any, table: dict[int, Any], slow: Any) -> bool:
@@ -155,13 +164,8 @@ def _install_reader(nc: Any, table: dict[int, Any], slow: Any) -> bool:
                 route = table.get(sid)
                 if route is None:
                     await slow(sid, subject, reply, payload, headers)
-                    continue
-                stats["in_msgs"] += 1
-                stats["in_bytes"] += len(payload)
-                try:
-                    route(subject, payload)
-                except Exception as exc:  # noqa: BLE001 - as nats-py does with a callback's error
-                    await nc._error_cb(exc)
+                elif (failed := _deliver(stats, route, subject, payload)) is not None:
+                    await nc._error_cb(failed)
             if stop == END or ps.buf is not buf:   # all read, or the connection was reset
                 return
             if stop == MALFORMED:
