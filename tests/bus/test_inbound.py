@@ -190,3 +190,58 @@ def test_a_real_servers_traffic_comes_through_the_reader(nats_url) -> None:
     assert [b.events[0]["count"] for b in got] == list(range(1, n + 1))
     assert missed == 0 and rejected == 0
     assert in_msgs == n + n // 500   # the batches and the replies
+
+
+def test_the_reader_goes_on_after_the_server_is_killed_and_restarted(tmp_path) -> None:
+    """A reconnect resets nats-py's parser (a new buffer, maybe a message cut in half): the
+    reader reads the new connection's messages, and the sequence tracker counts what was
+    published while the subscriber was away."""
+    import os
+    import signal
+    import socket
+
+    from netevents.bus import EmbeddedServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = EmbeddedServer(tmp_path / "store", port=port)
+    url = server.start_blocking()
+
+    def drop(seq):
+        return Batch(kind="drop", site="dc1", host="web-1", run="r", seq=seq, t0=1, t1=2,
+                     events=[{"count": seq, "source": "counter", "reason": "X" * 2000}])
+
+    async def main():
+        async with connect(url) as bus:
+            async with bus.subscribe(kinds=["drop"]) as sub:
+                async with connect(url, name="before") as pub:
+                    for seq in range(1, 501):
+                        await pub.publish(drop(seq))
+                    await pub.flush()
+                    before = [await sub.next(10) for _ in range(500)]
+                os.kill(server.proc.pid, signal.SIGKILL)
+                server.proc.wait()
+                await asyncio.sleep(1)
+                await asyncio.to_thread(server.start_blocking)
+                for _ in range(100):   # the subscriber's connection comes back by itself
+                    if bus.nc.is_connected:
+                        break
+                    await asyncio.sleep(0.1)
+                await bus.nc.flush(timeout=10)   # its SUB is in place before the publishing
+                async with connect(url, name="after") as pub:
+                    for seq in range(601, 1101):   # 100 published while it was away
+                        await pub.publish(drop(seq))
+                    await pub.flush()
+                    after = [await sub.next(10) for _ in range(500)]
+                assert bus.nc._ps.parse.__qualname__.startswith("_install_reader")  # still ours
+                return before, after, sub.missed, sum(sub.rejected.values()), bus.errors
+
+    try:
+        before, after, missed, rejected, errors = asyncio.run(main())
+    finally:
+        server.stop_blocking()
+    assert [b.seq for b in before] == list(range(1, 501))
+    assert [b.seq for b in after] == list(range(601, 1101))
+    assert after[0].missed == 100 and missed == 100 and rejected == 0
+    assert errors["disconnected"] >= 1
