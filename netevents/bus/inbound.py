@@ -26,6 +26,9 @@ import inspect
 import logging
 from typing import Any
 
+from nats.errors import ProtocolError
+from nats.protocol import parser as nats_parser
+
 log = logging.getLogger("netevents.bus")
 
 _PROCESS_MSG_ARGS = ("sid", "subject", "reply", "data", "headers")
@@ -137,13 +140,8 @@ def _install_reader(nc: Any, table: dict[int, Any], slow: Any) -> bool:
     """Put :func:`scan` in front of the connection's parser (``nc._ps.parse``); False (nats-py's
     parser kept) when the parser is not the one this module knows."""
     ps = getattr(nc, "_ps", None)
-    try:
-        from nats.errors import ProtocolError
-        from nats.protocol import parser as nats_parser
-        awaiting_line = nats_parser.AWAITING_CONTROL_LINE
-    except (ImportError, AttributeError):
-        return False
-    if ps is None or type(getattr(ps, "buf", None)) is not bytearray \
+    awaiting_line = getattr(nats_parser, "AWAITING_CONTROL_LINE", None)
+    if ps is None or awaiting_line is None or type(getattr(ps, "buf", None)) is not bytearray \
             or not hasattr(ps, "state") or not inspect.iscoroutinefunction(getattr(ps, "parse", None)):
         log.debug("nats-py's protocol parser kept (not the one netevents knows)")
         return False

@@ -198,14 +198,11 @@ def test_the_reader_goes_on_after_the_server_is_killed_and_restarted(tmp_path) -
     published while the subscriber was away."""
     import os
     import signal
-    import socket
 
     from netevents.bus import EmbeddedServer
+    from tests.deploy.servers import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = EmbeddedServer(tmp_path / "store", port=port)
+    server = EmbeddedServer(tmp_path / "store", port=free_port())
     url = server.start_blocking()
 
     def drop(seq):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 
+import nats.errors
 import pytest
 
 from netevents.bus import pubcmd
@@ -85,8 +87,6 @@ def _client(sent: list):
 
 @pytest.mark.parametrize("payload", [b"", b"x\r\n", bytes(range(256)) * 100])
 def test_a_publish_with_an_id_sends_what_nats_py_sends(payload) -> None:
-    import asyncio
-
     pubcmd.install()
     ours, theirs = [], []
     msg_id = "web-1:3f2a:frame:17:" + "ab" * 16
@@ -101,26 +101,18 @@ def test_a_publish_with_an_id_sends_what_nats_py_sends(payload) -> None:
 
 
 def test_a_publish_with_an_id_raises_what_nats_py_raises_or_leaves_it_to_nats_py() -> None:
-    import asyncio
-
     from nats.aio.client import Client
 
     pubcmd.install()
     sent = []
     nc = _client(sent)
-    with pytest.raises(nats_errors().MaxPayloadError):
+    with pytest.raises(nats.errors.MaxPayloadError):
         asyncio.run(pubcmd.publish_with_id(nc, "s.t", b"x" * (nc._max_payload + 1), "id"))
     nc._status = Client.CLOSED
-    with pytest.raises(nats_errors().ConnectionClosedError):
+    with pytest.raises(nats.errors.ConnectionClosedError):
         asyncio.run(pubcmd.publish_with_id(nc, "s.t", b"x", "id"))
     nc._status = Client.CONNECTED
     # an id nats-py would rewrite (spaces stripped, line ends removed) goes through nats-py
     for odd in (" id", "a\r\nX-Evil: 1", "", "é"):
         assert asyncio.run(pubcmd.publish_with_id(nc, "s.t", b"x", odd)) is False
     assert sent == []
-
-
-def nats_errors():
-    import nats.errors
-
-    return nats.errors

@@ -102,10 +102,7 @@ def fingerprints(src_c: list, dst_c: list, l4_c: list, sp_c: list, dp_c: list, i
         keys = _cfingerprints(src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c)
         if keys is not None:
             return keys
-    return [None if not src or not dst or l4 is None
-            else _key(src, dst, l4, sport, dport, ip_id, tcp_seq, _l4_payload(head, l4))
-            for src, dst, l4, sport, dport, ip_id, tcp_seq, head in zip(
-                src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c, strict=False)]
+    return list(map(fingerprint, src_c, dst_c, l4_c, sp_c, dp_c, id_c, seq_c, head_c))
 
 
 try:
