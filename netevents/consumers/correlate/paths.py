@@ -97,6 +97,66 @@ class PairStats:
         self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
 
 
+def match_whole(departures: OrderedDict, arrivals: OrderedDict, max_frames: int,
+                departure: type, host: str, fps: list, ts_c: list, tss_c: list, dir_c: list,
+                src_c: list, dst_c: list, l4_c: list, src_t: str | None,
+                dst_t: str | None) -> None | bool | tuple:
+    """A frame batch of ``host`` matched whole, or None (nothing changed: the loop of
+    :meth:`PathLoss.frames` takes it). The reference of ``_cfinger.bulk``, which the matching
+    uses when built.
+
+    - Every frame leaving (``dir`` 4) from one address toward one address, with ints for
+      stamps, distinct keys, no TCP (a TCP frame may be an offload super-packet), none of them
+      seen arriving or departed yet and room for all: each becomes a ``departure`` (host, ts,
+      ts_src, ``dst_t``, ``src_t``, False). True.
+    - Every frame arriving (``dir`` 0) at one address, each the departure of one sender other
+      than ``host``: those departures are removed. (sender, the delays, the first and last
+      departure stamps, the pair of stamp sources when they are all the same, else a list of
+      the pairs per frame).
+    """
+    n = len(fps)
+    if not n or None in fps or len(set(fps)) < n or set(map(type, fps)) != _INT \
+            or set(map(type, ts_c)) != _INT or set(map(type, tss_c)) != _INT \
+            or src_c.count(src_c[0]) < n or dst_c.count(dst_c[0]) < n:
+        return None
+    if _all_int(dir_c, PACKET_OUTGOING):
+        if set(map(type, l4_c)) != _INT or IPPROTO_TCP in l4_c or len(departures) + n > max_frames \
+                or (arrivals and not arrivals.keys().isdisjoint(fps)) \
+                or not departures.keys().isdisjoint(fps):
+            return None
+        departures.update(zip(fps, map(tuple.__new__, repeat(departure), zip(
+            repeat(host, n), ts_c, tss_c, repeat(dst_t, n), repeat(src_t, n),
+            repeat(False, n), strict=True)), strict=True))
+        return True
+    if not _all_int(dir_c, 0):
+        return None
+    deps = list(map(departures.get, fps))
+    if None in deps or set(map(type, map(_TS, deps))) != _INT:
+        return None
+    a = deps[0].host
+    if a == host or len(set(map(_HOST, deps))) > 1:
+        return None
+    for fp in fps:
+        del departures[fp]
+    sent = list(map(_TS, deps))
+    srcs = list(map(_TS_SRC, deps))
+    sources: tuple | list = (srcs[0], tss_c[0])
+    if srcs.count(srcs[0]) < n or tss_c.count(tss_c[0]) < n:
+        sources = list(zip(srcs, tss_c, strict=True))
+    return a, list(map(sub, ts_c, sent)), min(sent), max(sent), sources
+
+
+def _all_int(col: list, value: int) -> bool:
+    """Every item of ``col`` is the int ``value`` (an int, not a float or bool equal to it)."""
+    return col.count(value) == len(col) and set(map(type, col)) == _INT
+
+
+try:
+    from ._cfinger import bulk as _match_whole
+except ImportError:  # built without a C compiler: the same matching in Python
+    _match_whole = match_whole
+
+
 class PathLoss:
     """Departures and arrivals waiting for their match, per pair of hosts the verdicts.
 
@@ -214,49 +274,34 @@ class PathLoss:
         """The batches nearly every frame is in, taken whole (what the loop of :meth:`frames`
         would do, without a Python step per frame): every frame leaving toward one address with
         none of them seen arriving yet, or every frame arriving (``dir`` 0) to be matched with
-        departures of one sender. False (nothing done) for anything else."""
+        departures of one sender. False (nothing done) for anything else.
+
+        The matching is one call (:func:`match_whole`, in C when built); what it finds is put
+        down here."""
         n = len(fps)
-        if not n or None in fps or len(set(fps)) < n or set(map(type, ts_c)) != _INT \
-                or set(map(type, tss_c)) != _INT or src_c.count(src_c[0]) < n \
-                or dst_c.count(dst_c[0]) < n:
+        if not n:
             return False
-        departures = self.departures
-        if dir_c.count(PACKET_OUTGOING) == n:
-            if IPPROTO_TCP in l4_c or len(departures) + n > self.max_frames \
-                    or (self.arrivals and not self.arrivals.keys().isdisjoint(fps)) \
-                    or not departures.keys().isdisjoint(fps):
-                return False
-            src_t = addr_text(src_c[0])
+        src_t, dst_t = addr_text(src_c[0]), addr_text(dst_c[0])
+        got = _match_whole(self.departures, self.arrivals, self.max_frames, Departure, host, fps,
+                           ts_c, tss_c, dir_c, src_c, dst_c, l4_c, src_t, dst_t)
+        if got is None:
+            return False
+        if got is True:
             self.directory.learn_addr(src_t, host)
-            departures.update(zip(fps, map(tuple.__new__, repeat(Departure), zip(
-                repeat(host, n), ts_c, tss_c, repeat(addr_text(dst_c[0]), n), repeat(src_t, n),
-                repeat(False, n), strict=True)), strict=True))
             return True
-        if dir_c.count(0) == n:
-            deps = list(map(departures.get, fps))
-            if None in deps:
-                return False
-            senders = set(map(_HOST, deps))
-            a = deps[0].host
-            if len(senders) > 1 or a == host:
-                return False
-            self.directory.learn_addr(addr_text(dst_c[0]), host)
-            for fp in fps:
-                del departures[fp]
-            p = self.pairs.get((a, host)) or self._pair(a, host)
-            p.delivered += n
-            sent = list(map(_TS, deps))
-            p.delays_ns.extend(map(sub, ts_c, sent))
-            srcs = set(map(_TS_SRC, deps))
-            if len(srcs) == 1 and tss_c.count(tss_c[0]) == n:
-                p.ts_sources[_source_pair(deps[0].ts_src, tss_c[0])] += n
-            else:
-                for dep, tss in zip(deps, tss_c, strict=True):
-                    p.ts_sources[_source_pair(dep.ts_src, tss)] += 1
-            p.seen(min(sent))
-            p.seen(max(sent))
-            return True
-        return False
+        a, delays, first, last, sources = got
+        self.directory.learn_addr(dst_t, host)
+        p = self.pairs.get((a, host)) or self._pair(a, host)
+        p.delivered += n
+        p.delays_ns.extend(delays)
+        if type(sources) is tuple:  # every frame's stamps from the same pair of clocks
+            p.ts_sources[_source_pair(*sources)] += n
+        else:
+            for src_a, src_b in sources:
+                p.ts_sources[_source_pair(src_a, src_b)] += 1
+        p.seen(first)
+        p.seen(last)
+        return True
 
     def _pair(self, a: str, b: str) -> PairStats:
         p = self.pairs.get((a, b))
