@@ -120,17 +120,13 @@ class Correlator:
                 self.paths.frames(batch)
         elif kind == "drop":
             out = []
-            record, peer_drop, observe = self.drops.record, self.peers.drop, self.storms.observe
-            host = batch.host
-            for e in batch.events:
-                drop = record(batch, e)
-                if drop is not None:
-                    flow = e.get("flow")
-                    if flow is not None:
-                        peer_drop(drop, flow)
-                    inc = observe(drop, host)
-                    if inc is not None:
-                        out.append(self._made(inc))
+            peer_drop, observe, host = self.peers.drop, self.storms.observe, batch.host
+            for drop, flow in self.drops.record_batch(batch):
+                if flow is not None:
+                    peer_drop(drop, flow)
+                inc = observe(drop, host)
+                if inc is not None:
+                    out.append(self._made(inc))
             return out
         elif kind == "ipstat":
             return [self._made(inc) for inc in self.peers.feed(batch)]

@@ -18,6 +18,11 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from ...codec import Batch
+from ...wire import EventRow
+
+_read_place = EventRow.reader("source", "netns", "netns_name", "count")
+"""The fields of a drop event that say where it belongs (:meth:`HostDirectory.attribute`)."""
+ABSENT = EventRow.ABSENT
 
 KERNEL_WIDE = frozenset({"tracepoint", "netdm", "ebpf", "dwdump"})
 
@@ -242,21 +247,28 @@ class HostDirectory:
         """(entity, how) a drop event belongs to: a host token, ``machine:<boot>``, or
         ``netns:<name>`` for a namespace that is no host of the fleet; entity None for a
         namespace outside ``namespaces`` (its drops are counted in :attr:`foreign`)."""
-        get = event.get
-        source = get("source")
+        return self.attribute_of(batch.host, *_read_place(event))
+
+    def attribute_of(self, host: str, source: Any, netns: Any, name: Any,
+                     count: Any) -> tuple[str | None, str]:
+        """:meth:`attribute` of a drop event of ``host`` given its ``source``, ``netns``,
+        ``netns_name`` and ``count`` (each None or ABSENT when it has none)."""
+        if source is ABSENT:
+            source = None
         if source not in KERNEL_WIDE:
-            netns = get("netns")
             if isinstance(netns, int) and netns not in self.netns_host:
                 if len(self.netns_host) >= self.max_keys:
                     self.netns_host.pop(next(iter(self.netns_host)))
                     self.evicted["netns"] += 1
-                self.netns_host[netns] = batch.host
-            return batch.host, f"{source}: counters of {batch.host}'s own namespace"
-        name = get("netns_name")
+                self.netns_host[netns] = host
+            return host, f"{source}: counters of {host}'s own namespace"
         if isinstance(name, str) and name in self.host_boot:
             return name, f"{source}: netns_name {name}"
-        netns = get("netns")
-        machine = self.machine_key(batch.host)
+        if netns is ABSENT:
+            netns = None
+        if name is ABSENT:
+            name = None
+        machine = self.machine_key(host)
         if self.machine_netns and (netns is not None or name is not None):
             for key in ((machine, netns), (machine, name)):
                 owner = self.machine_netns.get(key) if isinstance(key[1], (int, str)) else None
@@ -269,19 +281,19 @@ class HostDirectory:
                 if how is None:
                     how = self._only_host_how[source] = (
                         f"{source}: kernel-wide, the only host seen on its machine")
-                return batch.host, how
+                return host, how
         if isinstance(netns, int) and netns in self.netns_host:
             return self.netns_host[netns], f"{source}: netns inode {netns}"
         if isinstance(name, str) and name and name != "root":
             if self.namespaces is not None and name not in self.namespaces:
                 if name in self.foreign or len(self.foreign) < self.max_keys:
-                    self.foreign[name] += int(event.get("count") or 0)
+                    self.foreign[name] += int(count or 0)
                 return None, f"{source}: netns_name {name} (outside this correlator's scope)"
             # a namespace that is no host of the fleet (a router or bridge on the path)
             return f"netns:{name}", f"{source}: netns_name {name} (not a fleet host)"
-        boot = self.machine_key(batch.host)
+        boot = self.machine_key(host)
         sharing = self.boot_hosts.get(boot, ())
         if len(sharing) <= 1:
-            return batch.host, f"{source}: kernel-wide, the only host seen on its machine"
+            return host, f"{source}: kernel-wide, the only host seen on its machine"
         return f"machine:{boot[:8]}", (f"{source}: machine-wide (kernel-wide source, namespace not "
                                       f"told; machine of {', '.join(sorted(sharing))})")

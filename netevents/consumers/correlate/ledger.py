@@ -41,8 +41,10 @@ def can_explain_path_loss(reason: str, scope: str) -> bool:
 
 
 
-_read_drop = EventRow.reader("count", "reason", "location", "first_ts", "last_ts", "flow", "payload")
-"""The fields of a drop event :meth:`DropLedger.record` reads."""
+_read_drop = EventRow.reader("count", "reason", "location", "first_ts", "last_ts", "flow", "payload",
+                             "source", "netns", "netns_name")
+"""The fields of a drop event :meth:`DropLedger.record_batch` reads (with those that place it)."""
+_ABSENT = EventRow.ABSENT
 
 
 class Drop(NamedTuple):
@@ -84,37 +86,45 @@ class DropLedger:
         self.packets: OrderedDict[int, tuple[str, str, str]] = OrderedDict()
         """Fingerprint of a packet a sampled drop event carries -> (entity, machine, reason)."""
 
-    def record(self, batch: Batch, e: dict) -> Drop | None:
-        """Take one drop event of ``batch``; None for one that counts no drop."""
-        # Hot path (every drop event of the fleet): each field read once, all in one call
-        # (ABSENT, like None, is false; it is no Mapping).
-        count, reason, location, first, last, flow, payload = _read_drop(e)
-        count = int(count or 0)
-        if count <= 0:
-            return None
+    def record_batch(self, batch: Batch) -> list[tuple[Drop, Any]]:
+        """Take the drop events of ``batch``: (the drop as taken, the event's ``flow`` or None)
+        for each that counts a drop and is in scope."""
+        # Hot path (every drop event of the fleet): what is the batch's worked out once, each
+        # event's fields read in one call (ABSENT, like None, is false; it is no Mapping).
         d = self.directory
-        entity, how = d.attribute(batch, e)
-        if entity is None:  # a namespace outside the correlator's scope (counted there)
-            return None
-        reason = str(reason or "NOT_SPECIFIED")
-        location = str(location or "?")
-        first = int(first or batch.t0)
-        last = int(last or batch.t1)
-        machine_key = d.machine_key(batch.host)
-        machine = d.machine_of(batch.host)
-        if flow is not None and not isinstance(flow, Mapping):
-            flow = None
-        pair = (flow.get("src"), flow.get("dst")) if flow else None
-        self._remember(machine_key, (last, entity, machine, reason, location, how, count, pair))
-        if count == 1 and flow is not None and payload:
-            fp = dropped_packet_fingerprint(e)
-            if fp is not None:
-                if len(self.packets) >= self.max_packets:
-                    self.packets.popitem(last=False)
-                    self.evicted["dropped_packets"] += 1
-                self.packets[fp] = (entity, machine, reason)
-        self._tally(entity, reason, location, how, count)
-        return Drop(entity, how, reason, location, first, last, count)
+        host, t0, t1 = batch.host, batch.t0, batch.t1
+        machine_key, machine = d.machine_key(host), d.machine_of(host)
+        place, remember, tally, packets = d.attribute_of, self._remember, self._tally, self.packets
+        out = []
+        for e in batch.events:
+            count, reason, location, first, last, flow, payload, source, netns, name = _read_drop(e)
+            count = int(count or 0)
+            if count <= 0:
+                continue
+            entity, how = place(host, source, netns, name, count)
+            if entity is None:  # a namespace outside the correlator's scope (counted there)
+                continue
+            reason = str(reason or "NOT_SPECIFIED")
+            location = str(location or "?")
+            first = int(first or t0)
+            last = int(last or t1)
+            if flow is _ABSENT:  # (before the check of a Mapping: a Python call, for an ABC)
+                flow = None
+            elif flow is not None and not isinstance(flow, Mapping):
+                flow = None
+            pair = (flow.get("src"), flow.get("dst")) if flow else None
+            remember(machine_key, (last, entity, machine, reason, location, how, count, pair))
+            if count == 1 and flow is not None and payload:
+                fp = dropped_packet_fingerprint(e)
+                if fp is not None:
+                    if len(packets) >= self.max_packets:
+                        packets.popitem(last=False)
+                        self.evicted["dropped_packets"] += 1
+                    packets[fp] = (entity, machine, reason)
+            tally(entity, reason, location, how, count)
+            out.append((tuple.__new__(Drop, (entity, how, reason, location, first, last, count)),
+                        flow))
+        return out
 
     def _tally(self, entity: str, reason: str, location: str, how: str, count: int) -> None:
         key = (entity, reason, location)

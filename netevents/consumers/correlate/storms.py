@@ -91,7 +91,12 @@ class StormTracker:
             entry.first_ts = first
         if last > entry.last_ts:
             entry.last_ts = last
-        if not joined and entity in storm.reported:
+        if entity in storm.reported:
+            if joined:
+                # back after a quiet window, in an episode that named it already: the storm
+                # is looked at once at the next tick (due), not by a scan of its hosts per
+                # event -- after a consumer's gap every host comes back at once
+                storm.dirty = True
             return None  # counts grow in an episode already reported: no new incident
         if storm.reported and last - storm.last_report < self.report_ns:
             storm.dirty = True  # a host joined a reported storm: one update per interval

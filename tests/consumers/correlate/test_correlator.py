@@ -439,6 +439,31 @@ def test_storm_updates_are_rate_limited_and_listed_hosts_capped():
     assert storms[0].details["episode"] == made[0].details["episode"]
 
 
+def test_hosts_back_after_a_quiet_window_cost_one_look_at_the_storm_not_one_per_host():
+    """A consumer's gap (or a lull) longer than the window: every host of a reported storm comes
+    back at once. No incident per host, and the storm's hosts are scanned once, at the tick."""
+    c, seq = Correlator(window=10, storm_hosts=2, report_interval=5), Seq()
+    hosts = [f"h{i:03d}" for i in range(200)]
+    made = []
+    for i, h in enumerate(hosts):
+        made += c.feed(drop(h, seq(h, "drop"), "TCP_CSUM", "x", 1, T0 + i * NS // 100, source="counter"))
+    made += tick(c, T0 + 6 * NS)
+    assert [i.details["hosts_total"] for i in made] == [2, 200]
+    scans = []
+    check = c.storms._check
+    c.storms._check = lambda *a: scans.append(a) or check(*a)
+    back = T0 + 40 * NS  # every entry is older than the window
+    for h in hosts:
+        assert c.feed(drop(h, seq(h, "drop"), "TCP_CSUM", "x", 1, back, source="counter")) == []
+    assert scans == []
+    assert [i for i in tick(c, back + NS) if i.type == "drop_storm"] == []  # the same episode
+    assert len(scans) == 1
+    # a host never named before still makes an update of the episode at once
+    out = c.feed(drop("new", seq("new", "drop"), "TCP_CSUM", "x", 1, back + 7 * NS, source="counter"))
+    assert [i.details["hosts_total"] for i in out] == [201]
+    assert out[0].details["episode"] == made[0].details["episode"]
+
+
 def test_partitioned_members_share_the_work_and_together_judge_what_one_would():
     # 12 hosts in a ring, each sending 10 frames a second to the next, of which every 7th
     # never arrives; drops of 3 kinds on every host; retransmits toward the next host.
