@@ -52,8 +52,16 @@ RECENT_DROPS_NS = 120 * NS
 """How long drops on a pair's flows wait for the episode they may belong to (stream time)."""
 
 
-def _num(v: Any) -> int:
-    return v if type(v) is int else 0
+def _red_flag(summed: list | tuple, min_retrans: int) -> bool:
+    """Whether an ipstat event's :data:`SUMMED` figures open an episode: retransmits at least
+    ``min_retrans``, or any of the other :data:`FLAGGING` figures above 0."""
+    retrans = summed[0]
+    if (retrans if type(retrans) is int else 0) >= min_retrans:
+        return True
+    for v in summed[1:len(FLAGGING)]:
+        if type(v) is int and v > 0:
+            return True
+    return False
 
 
 @dataclass
@@ -149,15 +157,15 @@ class PeerViews:
                 continue  # another member's peer incident (the view is kept for its lookups)
             ep = episodes.get(key)
             if ep is None:
-                if not (_num(summed[0]) >= min_retrans  # retrans_segs, then the other flags
-                        or any(_num(v) > 0 for v in summed[1:len(FLAGGING)])):  # not a red flag
+                if not _red_flag(summed, min_retrans):
                     continue
                 ep = self._open(host, peer, t0, t1)
                 if ep is None:
                     continue
             if t1 > ep.last_ts:
                 ep.last_ts = t1
-            figures = {f: _num(v) for f, v in zip(SUMMED, summed, strict=True) if v is not ABSENT}
+            figures = {f: v if type(v) is int else 0  # a value of another type counts 0
+                       for f, v in zip(SUMMED, summed, strict=True) if v is not ABSENT}
             ep.queued.append((t1, figures, rtt if type(rtt) is int else None,
                               [str(x) for x in flags or ()]))
         return []
