@@ -973,7 +973,51 @@ static PyObject *encode(PyObject *Py_UNUSED(mod), PyObject *obj) {
     return o.bytes;
 }
 
+/* pick(values, picks, unset, same_length) -> dict or None: {name: values[i] for (i, name) in
+ * picks if values[i] is not unset} (the codec's one-pass batch: its fields, and a columnar
+ * kind's columns); with same_length, None when the values picked differ in length. */
+static PyObject *pick(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "pick(values: tuple, picks: tuple, unset, same_length)");
+        return NULL;
+    }
+    PyObject *values = args[0], *picks = args[1], *unset = args[2];
+    int same = PyObject_IsTrue(args[3]);
+    if (same < 0) return NULL;
+    Py_ssize_t nv = PyTuple_GET_SIZE(values), np = PyTuple_GET_SIZE(picks), length = -1;
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    for (Py_ssize_t k = 0; k < np; k++) {
+        PyObject *p = PyTuple_GET_ITEM(picks, k);
+        if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != 2) goto bad;
+        Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(p, 0));
+        if (i == -1 && PyErr_Occurred()) goto fail;
+        if (i < 0 || i >= nv) goto bad;
+        PyObject *v = PyTuple_GET_ITEM(values, i);
+        if (v == unset) continue;
+        if (same) {
+            Py_ssize_t n = PyList_CheckExact(v) ? PyList_GET_SIZE(v) : PyObject_Size(v);
+            if (n < 0) goto fail;
+            if (length >= 0 && n != length) {
+                Py_DECREF(out);
+                Py_RETURN_NONE;
+            }
+            length = n;
+        }
+        if (PyDict_SetItem(out, PyTuple_GET_ITEM(p, 1), v) < 0) goto fail;
+    }
+    return out;
+bad:
+    PyErr_SetString(PyExc_TypeError, "pick(): picks must be (index into values, name) pairs");
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"pick", (PyCFunction)(void (*)(void))pick, METH_FASTCALL,
+     "pick(values, picks, unset, same_length): {name: values[i] for (i, name) in picks if "
+     "values[i] is not unset}; with same_length, None when their lengths differ"},
     {"encode", encode, METH_O,
      "encode(obj): msgspec.msgpack.encode(obj)'s bytes for exact dict/list/tuple/str/int/float/"
      "bool/None/bytes values, else None"},
@@ -994,7 +1038,7 @@ PyMODINIT_FUNC PyInit__cvalid(void) {
     /* The table format and check()'s answer, bumped with either (and in netevents/lazy.py):
      * lazy.py uses only a build it knows, so a checkout whose _cvalid.c changed but was not
      * rebuilt decodes eagerly instead of misreading the old .so. */
-    if (PyModule_AddIntConstant(m, "ABI", 2) < 0 ||
+    if (PyModule_AddIntConstant(m, "ABI", 3) < 0 ||
         PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -31,8 +31,9 @@ import msgspec
 from . import cvalid_table, wire
 from . import events as ev
 
-_ABI = 2
-"""The table format and answers of _cvalid.c this module speaks (its ``ABI``; 2: ``encode``)."""
+_ABI = 3
+"""The table format and answers of _cvalid.c this module speaks (its ``ABI``; 2: ``encode``;
+3: ``pick``)."""
 
 
 def _load() -> Any:
@@ -65,6 +66,11 @@ encode = _cvalid.encode if _cvalid is not None else None
 """``msgspec.msgpack.encode``'s bytes for a value of exact dicts (str keys), lists, tuples, str,
 int, float, bool, None and bytes, made in C; None for anything else (msgspec then encodes it,
 or raises). The codec uses it when :data:`ENABLED`."""
+
+pick = _cvalid.pick if ENABLED else None
+"""``{name: values[i] for i, name in picks if values[i] is not unset}`` in one call (the codec's
+one-pass batch fields and columns); with ``same_length``, None when the values picked differ
+in length. None when the codec does not use the extension."""
 
 _HEAD = msgspec.msgpack.Decoder(Union[wire.ONE_PASS_HEADS])  # type: ignore[valid-type]  # noqa: UP007
 _NIL = b"\xc0"

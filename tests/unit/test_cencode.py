@@ -379,3 +379,53 @@ def test_memory_does_not_grow_over_many_encodes():
     finally:
         tracemalloc.stop()
     assert grown < 64 * 1024, grown
+
+
+# -- pick: the one-pass batch's fields and columns ---------------------------------------------
+
+_PICKED = st.lists(st.one_of(st.just(msgspec.UNSET), st.none(), st.integers(), st.text(max_size=3),
+                             st.lists(st.integers(), max_size=4), st.binary(max_size=4)),
+                   max_size=8)
+
+
+@SETTINGS
+@given(_PICKED, st.data())
+def test_pick_makes_the_dict_of_the_comprehension(values, data):
+    picks = data.draw(st.lists(st.tuples(st.integers(0, max(0, len(values) - 1)),
+                                         st.text(min_size=1, max_size=3)), max_size=len(values),
+                               unique_by=lambda p: p[1])  # names are unique, as in the codec
+                      if values else st.just([]))
+    values, picks = tuple(values), tuple(picks)
+    want = {name: v for i, name in picks if (v := values[i]) is not msgspec.UNSET}
+    assert lazy.pick(values, picks, msgspec.UNSET, False) == want
+    same = len({len(v) for v in want.values()}) <= 1 if all(
+        hasattr(v, "__len__") for v in want.values()) else None
+    if same is not None:  # lengths only of what has one
+        assert lazy.pick(values, picks, msgspec.UNSET, True) == (want if same else None)
+
+
+def test_pick_refuses_what_is_no_index_and_name_pair():
+    for picks in (((5, "a"),), ((-1, "a"),), (("0", "a"),), ((0,),), (0,)):
+        with pytest.raises((TypeError, IndexError)):
+            lazy.pick((1, 2), picks, msgspec.UNSET, False)
+    with pytest.raises(TypeError):  # a value without a length, where lengths are compared
+        lazy.pick((1, [2]), ((0, "a"), (1, "b")), msgspec.UNSET, True)
+    with pytest.raises(TypeError):
+        lazy.pick([1], (), msgspec.UNSET, False)
+
+
+def test_a_frame_batch_with_columns_of_unequal_length_is_rejected_with_pick_and_without(monkeypatch):
+    from netevents.codec import SchemaError
+    from netevents.wire import ENCODER
+
+    doc = {"v": 1, "kind": "frame", "site": "s", "host": "h", "run": "r", "seq": 1, "t0": 1,
+           "t1": 2, "iface": "eth0", "worker": 0, "first_frame": 1,
+           "events": {"ts": [1, 2], "caplen": [1, 1], "len": [1, 1], "head": [b"x"]}}
+    data = ENCODER.encode(doc)
+    for pick in (lazy.pick, None):
+        monkeypatch.setattr("netevents.codec._pick", pick)
+        with pytest.raises(SchemaError, match="has 1 values, expected 2"):
+            decode_batch(data, lazy_events=False)
+        doc["events"]["head"].append(b"y")
+        assert decode_batch(ENCODER.encode(doc), lazy_events=False).events["head"] == [b"x", b"y"]
+        doc["events"]["head"].pop()
