@@ -237,16 +237,20 @@ def decode(data: Any) -> tuple[Any, Any] | None:
     if columns is None:
         return head, LazyRows(wire.KINDS[kind].rows, buf[start:end], validated)
     rows, spans = validated
-    present = {name: span for name, span in zip(columns, spans, strict=True) if span is not None}
+    # {name: span} of the columns present (a span is None for one the batch does not have)
+    present = pick(spans, columns, None, False) if pick is not None else {
+        name: span for i, name in columns if (span := spans[i]) is not None}
     return head, LazyColumns(buf, present, wire.KINDS[kind].columns, rows, buf[start:end])
 
 
 def _kinds() -> dict[type, tuple[str, tuple | None]]:
-    """Per envelope struct: (kind, its columns in the C table's order, for columnar kinds)."""
+    """Per envelope struct: (kind, its columns as (index, name) in the C table's order, for
+    columnar kinds)."""
     out = {}
     for cls in wire.ONE_PASS_HEADS:
         kind = cls.__struct_config__.tag
-        out[cls] = (kind, cvalid_table.columns(kind) if kind in ev.COLUMNAR else None)
+        out[cls] = (kind, tuple(enumerate(cvalid_table.columns(kind))) if kind in ev.COLUMNAR
+                    else None)
     return out
 
 
