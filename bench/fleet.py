@@ -342,6 +342,16 @@ def main() -> int:
             line += (f"; frames matched {s['delivered']}, judged lost {s['lost']}, unknown {s['unknown']}, incidents {s['incidents']}, "
                      f"evicted {s['evicted'] or 'nothing'}; {s['counts']}")
         print(line)
+    # What each process would need to keep up, from its own CPU per batch: the machine's
+    # cores must hold the sum (the server's share comes on top of it).
+    rate = published["batches"] / args.duration
+    need = {"publishers": sum(pub_cpu) / args.duration}
+    for name, s in consumed.items():
+        need[name] = sum(s["cpu_s"]) / max(1, s["batches"]) * rate
+    print(f"cores needed at {rate:,.0f} batches/s offered: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in need.items())
+          + f"; {sum(need.values()):.2f} in all, not counting nats-server, on "
+          f"{os.cpu_count()} cores")
     if n > 1:
         members = [consumed[m] for m in names]
         print(f"{n} partitioned correlators together: frames matched "
