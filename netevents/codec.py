@@ -437,23 +437,13 @@ def _one_pass(b: Any, events: Any = None) -> Batch:
         raise SchemaError("envelope")
     kind, picks, columns = _SHAPE[type(b)]
     values = _astuple(b)
-    if _pick is not None:  # the same dicts, made in C (lazy.pick)
-        fields = _pick(values, picks, _UNSET, False)
-        if events is None:
-            events = b.events
-            if columns is not None:
-                events = _pick(_astuple(events), columns, _UNSET, True)
-                if events is None:
-                    raise SchemaError("column lengths")
-    else:
-        fields = {name: v for i, name in picks if (v := values[i]) is not _UNSET}
-        if events is None:
-            events = b.events
-            if columns is not None:
-                cols = _astuple(events)
-                events = {name: col for i, name in columns if (col := cols[i]) is not _UNSET}
-                if len(set(map(len, events.values()))) > 1:
-                    raise SchemaError("column lengths")
+    fields = _pick(values, picks, _UNSET, False)
+    if events is None:
+        events = b.events
+        if columns is not None:
+            events = _pick(_astuple(events), columns, _UNSET, True)
+            if events is None:
+                raise SchemaError("column lengths")
     # by position (kind, site, host, run, seq, t0, t1, events, fields): a third of the cost
     # of the dataclass's __init__ by keyword
     return Batch(kind, site, host, b.run, b.seq, b.t0, b.t1, events, fields)
@@ -497,7 +487,8 @@ _SHAPE = {cls: _shape(cls) for cls in wire.ONE_PASS_TYPES + wire.ONE_PASS_HEADS}
 _TOKENS: set[str] = set()
 """Site and host tokens already found valid (bounded): a fleet's hosts repeat on every batch."""
 _UNSET = msgspec.UNSET
-_pick = lazy.pick
+_pick = lazy.pick or lazy.pick_py
+"""The set fields of a decoded struct as a dict (in C when the codec uses the extension)."""
 _astuple = msgspec.structs.astuple
 _TOKEN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_TOKEN}}}\Z")
 _ANY_SMALL = msgspec.msgpack.Decoder()

@@ -67,10 +67,20 @@ encode = _cvalid.encode if _cvalid is not None else None
 int, float, bool, None and bytes, made in C; None for anything else (msgspec then encodes it,
 or raises). The codec uses it when :data:`ENABLED`."""
 
+
+
+def pick_py(values: tuple, picks: tuple, unset: Any, same_length: bool) -> dict | None:
+    """``{name: values[i] for i, name in picks if values[i] is not unset}`` (the codec's
+    one-pass batch fields and columns, a lazy batch's column spans); with ``same_length``,
+    None when the values picked differ in length. :data:`pick` makes the same in C."""
+    out = {name: v for i, name in picks if (v := values[i]) is not unset}
+    if same_length and len(set(map(len, out.values()))) > 1:
+        return None
+    return out
+
+
 pick = _cvalid.pick if ENABLED else None
-"""``{name: values[i] for i, name in picks if values[i] is not unset}`` in one call (the codec's
-one-pass batch fields and columns); with ``same_length``, None when the values picked differ
-in length. None when the codec does not use the extension."""
+""":func:`pick_py` in one C call; None when the codec does not use the extension."""
 
 _HEAD = msgspec.msgpack.Decoder(Union[wire.ONE_PASS_HEADS])  # type: ignore[valid-type]  # noqa: UP007
 _NIL = b"\xc0"
@@ -238,8 +248,7 @@ def decode(data: Any) -> tuple[Any, Any] | None:
         return head, LazyRows(wire.KINDS[kind].rows, buf[start:end], validated)
     rows, spans = validated
     # {name: span} of the columns present (a span is None for one the batch does not have)
-    present = pick(spans, columns, None, False) if pick is not None else {
-        name: span for i, name in columns if (span := spans[i]) is not None}
+    present = (pick or pick_py)(spans, columns, None, False)
     return head, LazyColumns(buf, present, wire.KINDS[kind].columns, rows, buf[start:end])
 
 

@@ -32,8 +32,8 @@ from nats.protocol import parser as nats_parser
 log = logging.getLogger("netevents.bus")
 
 _PROCESS_MSG_ARGS = ("sid", "subject", "reply", "data", "headers")
-MAX_CONTROL_LINE = 4096
-"""nats-py's longest control line (``MAX_CONTROL_LINE_SIZE``), also the server's default."""
+MAX_CONTROL_LINE = nats_parser.MAX_CONTROL_LINE_SIZE
+"""nats-py's longest control line (4096, also the server's default; _cnats.c has the same)."""
 
 END, OTHER, MALFORMED = 0, 1, 2
 """Why :func:`scan` stopped: the buffer ends (or its last message is incomplete), another

@@ -422,7 +422,7 @@ def test_a_frame_batch_with_columns_of_unequal_length_is_rejected_with_pick_and_
            "t1": 2, "iface": "eth0", "worker": 0, "first_frame": 1,
            "events": {"ts": [1, 2], "caplen": [1, 1], "len": [1, 1], "head": [b"x"]}}
     data = ENCODER.encode(doc)
-    for pick in (lazy.pick, None):
+    for pick in (lazy.pick, lazy.pick_py):
         monkeypatch.setattr("netevents.codec._pick", pick)
         with pytest.raises(SchemaError, match="has 1 values, expected 2"):
             decode_batch(data, lazy_events=False)

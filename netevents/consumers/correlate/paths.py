@@ -115,7 +115,7 @@ def match_whole(departures: OrderedDict, arrivals: OrderedDict, max_frames: int,
       the pairs per frame).
     """
     n = len(fps)
-    if not n or None in fps or len(set(fps)) < n or set(map(type, fps)) != _INT \
+    if not n or len(set(fps)) < n or set(map(type, fps)) != _INT \
             or set(map(type, ts_c)) != _INT or set(map(type, tss_c)) != _INT \
             or src_c.count(src_c[0]) < n or dst_c.count(dst_c[0]) < n:
         return None
