@@ -41,6 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from netevents.codec import Batch  # noqa: E402 - from this checkout (the path above)
+
 NS = 1_000_000_000
 
 
@@ -100,28 +102,25 @@ class _Agent:
         self.events = 0
 
     def _batch(self, kind: str, events, now: int, host: str | None = None,
-               run: str | None = None, **fields):
-        from netevents.codec import Batch
-
+               run: str | None = None, t0: int | None = None, **fields) -> Batch:
+        """The next batch of ``kind`` from ``host``'s run (this agent's own by default), over
+        the second before ``now`` unless ``t0`` says otherwise."""
         host = host or self.host
         key = f"{host}/{kind}"
         seq = self.seq[key] = self.seq.get(key, 0) + 1
-        b = Batch(kind=kind, site="bench", host=host, run=run or self.run, seq=seq, t0=now - NS,
-                  t1=now, events=events, fields=fields)
+        b = Batch(kind=kind, site="bench", host=host, run=run or self.run, seq=seq,
+                  t0=now - NS if t0 is None else t0, t1=now, events=events, fields=fields)
         self.events += len(b)
         return b
 
-    def _status(self, host: str, run: str, counts: dict, uptime: float, final: bool = False):
-        from netevents.codec import Batch
-
-        key = f"{host}/status"
-        seq = self.seq[key] = self.seq.get(key, 0) + 1
+    def _status(self, host: str, run: str, counts: dict, uptime: float,
+                final: bool = False) -> Batch:
         now = time.time_ns()
-        self.events += 1
-        return Batch(kind="status", site="bench", host=host, run=run, seq=seq, t0=now, t1=now,
-                     events=[{"version": "bench", "uptime": uptime, "final": final,
-                              "published": {**counts, "status": seq},
-                              "lost": {"queue.drop": 0, "publish.frame": 0}}])
+        seq = self.seq.get(f"{host}/status", 0) + 1  # the one _batch gives it
+        return self._batch("status", [{"version": "bench", "uptime": uptime, "final": final,
+                                       "published": {**counts, "status": seq},
+                                       "lost": {"queue.drop": 0, "publish.frame": 0}}],
+                           now, host=host, run=run, t0=now)
 
     def _own_status(self, final: bool = False):
         counts = {k.split("/")[1]: n for k, n in self.seq.items()

@@ -487,7 +487,7 @@ _SHAPE = {cls: _shape(cls) for cls in wire.ONE_PASS_TYPES + wire.ONE_PASS_HEADS}
 _TOKENS: set[str] = set()
 """Site and host tokens already found valid (bounded): a fleet's hosts repeat on every batch."""
 _UNSET = msgspec.UNSET
-_pick = lazy.pick or lazy.pick_py
+_pick = lazy.pick_any
 """The set fields of a decoded struct as a dict (in C when the codec uses the extension)."""
 _astuple = msgspec.structs.astuple
 _TOKEN = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_TOKEN}}}\Z")

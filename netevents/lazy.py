@@ -81,6 +81,8 @@ def pick_py(values: tuple, picks: tuple, unset: Any, same_length: bool) -> dict 
 
 pick = _cvalid.pick if ENABLED else None
 """:func:`pick_py` in one C call; None when the codec does not use the extension."""
+pick_any = pick or pick_py
+""":data:`pick`, else :func:`pick_py`: what the codec and :func:`decode` call."""
 
 _HEAD = msgspec.msgpack.Decoder(Union[wire.ONE_PASS_HEADS])  # type: ignore[valid-type]  # noqa: UP007
 _NIL = b"\xc0"
@@ -248,7 +250,7 @@ def decode(data: Any) -> tuple[Any, Any] | None:
         return head, LazyRows(wire.KINDS[kind].rows, buf[start:end], validated)
     rows, spans = validated
     # {name: span} of the columns present (a span is None for one the batch does not have)
-    present = (pick or pick_py)(spans, columns, None, False)
+    present = pick_any(spans, columns, None, False)
     return head, LazyColumns(buf, present, wire.KINDS[kind].columns, rows, buf[start:end])
 
 
