@@ -2,13 +2,15 @@
 and a FleetView aggregator consuming.
 
     python bench/fleet.py [--agents 1000] [--duration 60] [--procs 2] [--frames 8] [--rate 1]
-                          [--correlators N]
+                          [--correlators N] [--no-view] [--tick 0.005]
 
 Layout (the choice the brief asks to state): ``--procs`` publisher processes, each with ONE
 NATS connection carrying its share of the agents (1000 agents = 2 processes x 500), so the
 machine's 2 cores are not spent on 1000 interpreters; one scheduler per process publishes each
 agent's window when it is due (a task and a timer per agent cost the consumers' cores a third of
-the publishers' CPU more). Every agent has its own
+the publishers' CPU more), waking at most every ``--tick`` (5 ms) for all the windows due by then
+(a wakeup for each of the 1500 windows a second a process has at rate 3 cost a quarter more).
+Every agent has its own
 host token and run id and publishes real v1 batches through netevents.codec every 1/rate s:
 ``drop`` (3 events), ``ipstat`` (4 peers), ``frame`` (column-wise, ``--frames`` rows leaving
 it toward the next agent, and the same frames arriving at that agent with 1% missing: the
@@ -174,11 +176,13 @@ class _Agent:
 
 
 def publisher(index: int, url: str, agents: range, total_agents: int, duration: float, rate: float,
-              n_frames: int, out: mp.Queue) -> None:
+              n_frames: int, tick: float, out: mp.Queue) -> None:
     """One publisher process: its agents' windows on one connection, each agent every
     ``1/rate`` s from its own offset (spread over the period). One scheduler wakes for the
-    agents that are due, instead of a task and a timer per agent: the same batches at the same
-    times, for less of the CPU the consumers share."""
+    agents that are due, instead of a task and a timer per agent, and at most every ``tick``
+    seconds: a window leaves up to ``tick`` after its time, and the next one is still due one
+    period after its time (the schedule does not drift). The same batches, for less of the CPU
+    the consumers share."""
     from netevents.bus import connect
 
     async def main() -> None:
@@ -195,7 +199,7 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
             while due:
                 delay = due[0][0] - loop.time()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(max(delay, tick))
                 now = loop.time()
                 while due and due[0][0] <= now:
                     at, k = heapq.heappop(due)
@@ -221,6 +225,18 @@ def _cpu_s() -> tuple[float, float]:
     else the machine's cores are busy with."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime, ru.ru_stime
+
+
+def _server_cpu_s(server) -> float | None:
+    """CPU seconds the embedded nats-server has used (user + system, from /proc by its pid);
+    None for a server this bench did not start."""
+    if server is None or server.proc is None:
+        return None
+    try:
+        fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def consumer(name: str, url: str, duration: float, out: mp.Queue,
@@ -307,12 +323,16 @@ def main() -> int:
     ap.add_argument("--no-view", action="store_true",
                     help="run the correlator(s) without the FleetView consumer (what the "
                          "correlator sustains when it does not share the cores with a view)")
+    ap.add_argument("--tick", type=float, default=0.005,
+                    help="a publisher process wakes at most this often (seconds) and publishes "
+                         "every window due by then (default 0.005; 0: a wakeup per window)")
     ap.add_argument("--url", help="use this server instead of starting one")
     args = ap.parse_args()
 
     from netevents.bus import EmbeddedServer
 
     server = None
+    server_cpu = None
     url = args.url
     if url is None:
         server = EmbeddedServer(port=0)
@@ -335,14 +355,16 @@ def main() -> int:
         for k in range(args.procs):
             r = range(k * share, min(args.agents, (k + 1) * share))
             p = ctx.Process(target=publisher, args=(k, url, r, args.agents, args.duration, args.rate,
-                                                    args.frames, q))
+                                                    args.frames, max(0.0, args.tick), q))
             p.start()
             pubs.append(p)
         for _ in pubs:
             q.get(timeout=60)
         t0 = time.monotonic()
+        server_cpu0 = _server_cpu_s(server)
         print(f"fleet bench: {args.agents} simulated agents in {args.procs} publisher processes "
-              f"(one NATS connection each, agents scheduled in turn), {args.duration:g} s, server {url}",
+              f"(one NATS connection each, agents scheduled in turn, a wakeup every "
+              f"{max(0.0, args.tick) * 1e3:g} ms at most), {args.duration:g} s, server {url}",
               flush=True)
         published = {"batches": 0, "events": 0}
         pub_rss = []
@@ -358,6 +380,9 @@ def main() -> int:
             elif msg[0] == "consumed":
                 consumed[msg[1]] = msg[2]
         wall = time.monotonic() - t0
+        server_cpu = _server_cpu_s(server)
+        if server_cpu is not None and server_cpu0 is not None:
+            server_cpu -= server_cpu0
         for p in procs + pubs:
             p.join(timeout=10)
     finally:
@@ -391,15 +416,18 @@ def main() -> int:
                      f"evicted {s['evicted'] or 'nothing'}; {s['counts']}")
         print(line)
     # What each process would need to keep up, from its own CPU per batch: the machine's
-    # cores must hold the sum (the server's share comes on top of it).
+    # cores must hold the sum.
     rate = published["batches"] / args.duration
     need = {"publishers": sum(pub_cpu) / args.duration}
     for name, s in consumed.items():
         need[name] = sum(s["cpu_s"]) / max(1, s["batches"]) * rate
+    if server_cpu is not None:  # all it did for the run's batches (in, and out to each consumer)
+        need["nats-server"] = server_cpu / args.duration
     print(f"cores needed at {rate:,.0f} batches/s offered: "
           + ", ".join(f"{k} {v:.2f}" for k, v in need.items())
-          + f"; {sum(need.values()):.2f} in all, not counting nats-server, on "
-          f"{os.cpu_count()} cores")
+          + f"; {sum(need.values()):.2f} in all"
+          + ("" if server_cpu is not None else ", not counting nats-server")
+          + f", on {os.cpu_count()} cores")
     if n > 1:
         members = [consumed[m] for m in names]
         print(f"{n} partitioned correlators together: frames matched "
