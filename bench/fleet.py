@@ -9,7 +9,8 @@ NATS connection carrying its share of the agents (1000 agents = 2 processes x 50
 machine's 2 cores are not spent on 1000 interpreters; one scheduler per process publishes each
 agent's window when it is due (a task and a timer per agent cost the consumers' cores a third of
 the publishers' CPU more), waking at most every ``--tick`` (5 ms) for all the windows due by then
-(a wakeup for each of the 1500 windows a second a process has at rate 3 cost a quarter more).
+(a wakeup for each of the 1500 windows a second a process has at rate 3 cost a quarter more
+when the machine had room; when it has none, the wakeups bunch up by themselves).
 Every agent has its own
 host token and run id and publishes real v1 batches through netevents.codec every 1/rate s:
 ``drop`` (3 events), ``ipstat`` (4 peers), ``frame`` (column-wise, ``--frames`` rows leaving
