@@ -189,13 +189,12 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
     async def main() -> None:
         batches = 0
         sims = [_Agent(i, total_agents, rate, n_frames) for i in agents]
-        period = 1.0 / rate
         async with connect(url, name=f"bench-pub-{index}") as bus:
             out.put(("ready", index))
             loop = asyncio.get_running_loop()
             start = loop.time()
             stop_at = start + duration
-            due = [(start + (a.i % 997) / 997 * period, k) for k, a in enumerate(sims)]
+            due = [(start + (a.i % 997) / 997 * a.period, k) for k, a in enumerate(sims)]
             heapq.heapify(due)
             while due:
                 delay = due[0][0] - loop.time()
@@ -207,7 +206,7 @@ def publisher(index: int, url: str, agents: range, total_agents: int, duration: 
                     sim = sims[k]
                     if at < stop_at:
                         batch_list = sim.window()
-                        heapq.heappush(due, (at + period, k))
+                        heapq.heappush(due, (at + sim.period, k))
                     else:
                         batch_list = sim.final()
                     for b in batch_list:
@@ -329,11 +328,11 @@ def main() -> int:
                          "every window due by then (default 0.005; 0: a wakeup per window)")
     ap.add_argument("--url", help="use this server instead of starting one")
     args = ap.parse_args()
+    tick = max(0.0, args.tick)
 
     from netevents.bus import EmbeddedServer
 
     server = None
-    server_cpu = None
     url = args.url
     if url is None:
         server = EmbeddedServer(port=0)
@@ -356,7 +355,7 @@ def main() -> int:
         for k in range(args.procs):
             r = range(k * share, min(args.agents, (k + 1) * share))
             p = ctx.Process(target=publisher, args=(k, url, r, args.agents, args.duration, args.rate,
-                                                    args.frames, max(0.0, args.tick), q))
+                                                    args.frames, tick, q))
             p.start()
             pubs.append(p)
         for _ in pubs:
@@ -365,7 +364,7 @@ def main() -> int:
         server_cpu0 = _server_cpu_s(server)
         print(f"fleet bench: {args.agents} simulated agents in {args.procs} publisher processes "
               f"(one NATS connection each, agents scheduled in turn, a wakeup every "
-              f"{max(0.0, args.tick) * 1e3:g} ms at most), {args.duration:g} s, server {url}",
+              f"{tick * 1e3:g} ms at most), {args.duration:g} s, server {url}",
               flush=True)
         published = {"batches": 0, "events": 0}
         pub_rss = []
@@ -381,9 +380,7 @@ def main() -> int:
             elif msg[0] == "consumed":
                 consumed[msg[1]] = msg[2]
         wall = time.monotonic() - t0
-        server_cpu = _server_cpu_s(server)
-        if server_cpu is not None and server_cpu0 is not None:
-            server_cpu -= server_cpu0
+        server_cpu1 = _server_cpu_s(server)
         for p in procs + pubs:
             p.join(timeout=10)
     finally:
@@ -422,12 +419,13 @@ def main() -> int:
     need = {"publishers": sum(pub_cpu) / args.duration}
     for name, s in consumed.items():
         need[name] = sum(s["cpu_s"]) / max(1, s["batches"]) * rate
-    if server_cpu is not None:  # all it did for the run's batches (in, and out to each consumer)
-        need["nats-server"] = server_cpu / args.duration
+    counted = server_cpu0 is not None and server_cpu1 is not None
+    if counted:  # all it did for the run's batches (in, and out to each consumer)
+        need["nats-server"] = (server_cpu1 - server_cpu0) / args.duration
     print(f"cores needed at {rate:,.0f} batches/s offered: "
           + ", ".join(f"{k} {v:.2f}" for k, v in need.items())
           + f"; {sum(need.values()):.2f} in all"
-          + ("" if server_cpu is not None else ", not counting nats-server")
+          + ("" if counted else ", not counting nats-server")
           + f", on {os.cpu_count()} cores")
     if n > 1:
         members = [consumed[m] for m in names]

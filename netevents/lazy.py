@@ -68,7 +68,6 @@ int, float, bool, None and bytes, made in C; None for anything else (msgspec the
 or raises). The codec uses it when :data:`ENABLED`."""
 
 
-
 def pick_py(values: tuple, picks: tuple, unset: Any, same_length: bool) -> dict | None:
     """``{name: values[i] for i, name in picks if values[i] is not unset}`` (the codec's
     one-pass batch fields and columns, a lazy batch's column spans); with ``same_length``,

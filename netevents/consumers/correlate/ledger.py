@@ -108,9 +108,8 @@ class DropLedger:
             location = str(location or "?")
             first = int(first or t0)
             last = int(last or t1)
-            if flow is _ABSENT:  # (before the check of a Mapping: a Python call, for an ABC)
-                flow = None
-            elif flow is not None and not isinstance(flow, Mapping):
+            # ABSENT first: the check of a Mapping is a Python call (an ABC)
+            if flow is _ABSENT or (flow is not None and not isinstance(flow, Mapping)):
                 flow = None
             pair = (flow.get("src"), flow.get("dst")) if flow else None
             remember(machine_key, (last, entity, machine, reason, location, how, count, pair))

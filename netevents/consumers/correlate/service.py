@@ -98,8 +98,7 @@ async def run_correlate(url: str | None, *, window: float = 10.0, grace: float =
                         corr.counts["bad_batches"] += 1
                         log.warning("batch %s from %s not correlated: %s", batch.kind, batch.host, exc)
                         made = []
-                    if made:  # most batches complete none: no coroutine for them
-                        await publish(made)
+                    await publish(made)
                 if loop.time() >= next_tick:
                     next_tick = loop.time() + tick_interval
                     await publish(corr.tick(clock()))
